@@ -1,0 +1,1 @@
+"""The agent runner: runs inside a session container and drives the agent provider."""

@@ -1,0 +1,75 @@
+"""Every error cronbox raises on purpose.
+
+User-facing layers (CLI, MCP, HTTP) turn these into one sentence; nothing else catches
+broadly. Each message is built from the offending value and says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class CronboxError(Exception):
+    """Base of every deliberate cronbox error; ``str(err)`` is one user-facing sentence."""
+
+
+class InvalidInput(CronboxError, ValueError):
+    """A value given by a user, an agent or a container is not acceptable."""
+
+
+class InvalidTimezone(InvalidInput):
+    def __init__(self, value: str, source: str | None = None) -> None:
+        where = f" (from {source})" if source else ""
+        super().__init__(
+            f'timezone "{value}"{where} is not a known IANA zone; '
+            'use a name such as "Europe/Berlin", "America/New_York" or "UTC"'
+        )
+        self.value = value
+        self.source = source
+
+
+class InvalidTime(InvalidInput):
+    """An instant could not be parsed or is not acceptable."""
+
+
+class InvalidRecurrence(InvalidInput):
+    """A cron expression or @every duration is malformed or fires too often."""
+
+
+class SessionNotFound(CronboxError, LookupError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f'no session named or with id "{ref}"; `cronbox session list` shows them')
+        self.ref = ref
+
+
+class SessionExists(CronboxError, ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f'a session named "{name}" already exists; pick another name')
+        self.name = name
+
+
+class TaskNotFound(CronboxError, LookupError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f'no task with id or series id "{ref}"; `cronbox task list --all` shows them'
+        )
+        self.ref = ref
+
+
+class TaskStateError(CronboxError, ValueError):
+    """The task exists but is not in a state that allows the action."""
+
+
+class TooManyTasks(CronboxError, ValueError):
+    def __init__(self, session: str, limit: int) -> None:
+        super().__init__(
+            f"session {session} already has {limit} live tasks, the limit; "
+            "cancel some before scheduling more"
+        )
+
+
+class HostAlreadyRunning(CronboxError, RuntimeError):
+    def __init__(self, home: str, pid: int | None) -> None:
+        who = f" (pid {pid})" if pid else ""
+        super().__init__(
+            f"another cronbox host{who} is already running on {home}; "
+            "stop it first or use a different --home"
+        )

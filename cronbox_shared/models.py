@@ -1,0 +1,112 @@
+"""State enums, size limits and frozen record models shared by host, runner and MCP server."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+MAX_PROMPT_BYTES = 64 * 1024
+MAX_SCRIPT_BYTES = 64 * 1024
+MAX_CHAT_BYTES = 64 * 1024
+PREVIEW_CHARS = 500
+
+
+class MessageKind(StrEnum):
+    CHAT = "chat"
+    TASK = "task"
+    SYSTEM = "system"
+
+
+class MessageStatus(StrEnum):
+    PENDING = "pending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def live(self) -> bool:
+        """Pending and paused rows are live: they may still run."""
+        return self in (MessageStatus.PENDING, MessageStatus.PAUSED)
+
+
+class AckStatus(StrEnum):
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class RunOutcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class InboundMessage(Record):
+    """One row of a session's ``messages_in``."""
+
+    id: str
+    seq: int
+    kind: MessageKind
+    created_at: str
+    status: MessageStatus
+    process_after: str | None
+    scheduled_for: str | None
+    recurrence: str | None
+    timezone: str
+    series_id: str | None
+    tries: int
+    trigger: int
+    content: dict[str, Any]
+    misfire_grace: int | None = None
+    timeout: int | None = None
+    error: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return str(self.content.get("prompt") or self.content.get("text") or "")
+
+    @property
+    def script(self) -> str | None:
+        script = self.content.get("script")
+        return str(script) if script else None
+
+
+class OutboundMessage(Record):
+    """One row of a session's ``messages_out``."""
+
+    id: str
+    seq: int
+    kind: MessageKind
+    created_at: str
+    in_reply_to: str | None
+    content: dict[str, Any]
+
+
+class Ack(Record):
+    """The container's record of one attempt at an inbound row."""
+
+    message_id: str
+    attempt: int
+    status: AckStatus
+    updated_at: str
+    error: str | None
+    output_preview: str | None
+
+
+def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
+    """Shorten ``text`` for run history and tables."""
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,449 @@
+"""Schema and every SQL statement on a session's own files.
+
+``inbound.db`` is written by the host only and read by the container (read-only);
+``outbound.db`` is written by the container only and read by the host (read-only).
+Both use ``journal_mode=DELETE`` so a reader in another mount namespace sees the pages
+once the writer closes. Seq numbers are even in ``messages_in`` and odd in
+``messages_out``, so a seq alone names a message in either table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from cronbox_shared.models import (
+    Ack,
+    AckStatus,
+    InboundMessage,
+    MessageKind,
+    MessageStatus,
+    OutboundMessage,
+)
+
+INBOUND = "inbound.db"
+OUTBOUND = "outbound.db"
+HEARTBEAT = ".heartbeat"
+WORKSPACE = "workspace"
+BUSY_TIMEOUT_MS = 10_000
+
+inbound_migrations = Migrations("cronbox.inbound")
+outbound_migrations = Migrations("cronbox.outbound")
+
+
+@inbound_migrations()
+def m001_inbound(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE messages_in (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE CHECK (seq % 2 = 0),
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT,
+            status TEXT NOT NULL,
+            process_after TEXT,
+            scheduled_for TEXT,
+            recurrence TEXT,
+            timezone TEXT NOT NULL,
+            series_id TEXT,
+            tries INTEGER NOT NULL DEFAULT 0,
+            "trigger" INTEGER NOT NULL DEFAULT 1,
+            content TEXT NOT NULL,
+            misfire_grace INTEGER,
+            timeout INTEGER,
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX messages_in_due ON messages_in (status, process_after)")
+    db.execute("CREATE INDEX messages_in_series ON messages_in (series_id)")
+    db.execute(
+        """
+        CREATE TABLE delivered (
+            seq INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            delivered_at TEXT NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE session_routing (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            channel TEXT NOT NULL,
+            destination TEXT
+        )
+        """
+    )
+
+
+@outbound_migrations()
+def m001_outbound(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE messages_out (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE CHECK (seq % 2 = 1),
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            in_reply_to TEXT,
+            content TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE processing_ack (
+            message_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            error TEXT,
+            output_preview TEXT,
+            PRIMARY KEY (message_id, attempt)
+        )
+        """
+    )
+    db.execute("CREATE TABLE session_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    else:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+@contextmanager
+def open_db(path: Path, migrations: Migrations | None, readonly: bool) -> Iterator[Database]:
+    """Open a session file for the span of one unit of work, then close it.
+
+    Writers apply ``migrations`` first; readers never write.
+    """
+    conn = _connect(path, readonly)
+    try:
+        db = Database(conn)
+        if migrations is not None and not readonly:
+            migrations.apply(db)
+        yield db
+    finally:
+        conn.close()
+
+
+def inbound(session_dir: Path, readonly: bool = False) -> Any:
+    """Context manager over ``inbound.db`` (host: read-write; container: read-only)."""
+    return open_db(session_dir / INBOUND, inbound_migrations, readonly)
+
+
+def outbound(session_dir: Path, readonly: bool = False) -> Any:
+    """Context manager over ``outbound.db`` (container: read-write; host: read-only)."""
+    return open_db(session_dir / OUTBOUND, outbound_migrations, readonly)
+
+
+# --- messages_in -----------------------------------------------------------------------
+
+_IN_COLUMNS = (
+    "id, seq, kind, created_at, updated_at, status, process_after, scheduled_for, "
+    'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error'
+)
+
+
+def _row_to_inbound(row: sqlite3.Row | tuple[Any, ...]) -> InboundMessage:
+    keys = [c.strip().strip('"') for c in _IN_COLUMNS.split(",")]
+    data = dict(zip(keys, row, strict=True))
+    data["content"] = json.loads(data["content"])
+    return InboundMessage.model_validate(data)
+
+
+def insert_inbound(db: Database, row: dict[str, Any]) -> int:
+    """Insert a ``messages_in`` row with the next even seq; the caller holds the transaction."""
+    (max_seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM messages_in").fetchone()
+    seq = int(max_seq) + 2 if int(max_seq) % 2 == 0 else int(max_seq) + 1
+    values = {**row, "seq": seq, "content": json.dumps(row["content"])}
+    cols = ", ".join(f'"{k}"' for k in values)
+    marks = ", ".join("?" for _ in values)
+    db.execute(f"INSERT INTO messages_in ({cols}) VALUES ({marks})", list(values.values()))
+    return seq
+
+
+def update_inbound(db: Database, message_id: str, **fields: Any) -> None:
+    """Set columns of one ``messages_in`` row."""
+    if "content" in fields:
+        fields["content"] = json.dumps(fields["content"])
+    assign = ", ".join(f'"{k}" = ?' for k in fields)
+    db.execute(f"UPDATE messages_in SET {assign} WHERE id = ?", [*fields.values(), message_id])
+
+
+def get_inbound(db: Database, message_id: str) -> InboundMessage | None:
+    """One row by id."""
+    row = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in WHERE id = ?", [message_id]).fetchone()
+    return _row_to_inbound(row) if row else None
+
+
+def series_rows(db: Database, ref: str) -> list[InboundMessage]:
+    """Every task row whose id or series id is ``ref``, newest seq first."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' "
+        "AND (series_id = ? OR series_id = (SELECT series_id FROM messages_in WHERE id = ?)) "
+        "ORDER BY seq DESC",
+        [ref, ref],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def live_tasks(db: Database, statuses: Sequence[MessageStatus]) -> list[InboundMessage]:
+    """Live task occurrences (one per series), earliest run first."""
+    marks = ", ".join("?" for _ in statuses)
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND status IN ({marks}) "
+        "ORDER BY coalesce(process_after, created_at), seq",
+        [s.value for s in statuses],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def all_tasks(db: Database) -> list[InboundMessage]:
+    """The newest row of every task series, live or finished."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq IN "
+        "(SELECT max(seq) FROM messages_in WHERE kind = 'task' "
+        "AND json_extract(content, '$.manual') IS NULL GROUP BY series_id) "
+        "ORDER BY seq"
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def count_live_tasks(db: Database) -> int:
+    (n,) = db.execute(
+        "SELECT count(*) FROM messages_in WHERE kind = 'task' AND status IN ('pending', 'paused')"
+    ).fetchone()
+    return int(n)
+
+
+def next_due(db: Database) -> str | None:
+    """Earliest ``process_after`` of pending rows that wake the agent (the due index)."""
+    (value,) = db.execute(
+        "SELECT min(coalesce(process_after, created_at)) FROM messages_in "
+        "WHERE status = 'pending' AND \"trigger\" = 1"
+    ).fetchone()
+    return str(value) if value is not None else None
+
+
+def due_rows(db: Database, now: str) -> list[InboundMessage]:
+    """Pending rows due at ``now`` (host side: for catch-up planning)."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' "
+        "AND (process_after IS NULL OR process_after <= ?) ORDER BY seq",
+        [now],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def rows_by_ids(db: Database, ids: Sequence[str]) -> dict[str, InboundMessage]:
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE id IN ({marks})", list(ids)
+    ).fetchall()
+    return {m.id: m for m in map(_row_to_inbound, rows)}
+
+
+def processing_rows(db: Database) -> list[InboundMessage]:
+    """Rows the host has not settled (pending) — used with acks to find claimed work."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' ORDER BY seq"
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def mark_delivered(
+    db: Database, seq: int, message_id: str, channel: str, at: str, status: str, detail: str | None
+) -> bool:
+    """Record that outbound ``seq`` was handled; False when it already was (exactly once)."""
+    cur = db.execute(
+        "INSERT OR IGNORE INTO delivered (seq, message_id, channel, delivered_at, status, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [seq, message_id, channel, at, status, detail],
+    )
+    return cur.rowcount == 1
+
+
+def delivered_max_seq(db: Database) -> int:
+    (value,) = db.execute("SELECT coalesce(max(seq), 0) FROM delivered").fetchone()
+    return int(value)
+
+
+def delivered_seqs(db: Database, seqs: Sequence[int]) -> set[int]:
+    if not seqs:
+        return set()
+    marks = ", ".join("?" for _ in seqs)
+    rows = db.execute(f"SELECT seq FROM delivered WHERE seq IN ({marks})", list(seqs))
+    return {int(r[0]) for r in rows}
+
+
+# --- messages_out, processing_ack, session_state (container side) ----------------------
+
+
+def insert_outbound(
+    db: Database,
+    message_id: str,
+    kind: MessageKind,
+    content: dict[str, Any],
+    created_at: str,
+    in_reply_to: str | None = None,
+) -> int:
+    """Append to ``messages_out`` with the next odd seq; returns the seq."""
+    with db.atomic():
+        (max_seq,) = db.execute("SELECT coalesce(max(seq), -1) FROM messages_out").fetchone()
+        seq = int(max_seq) + 2
+        db.execute(
+            "INSERT INTO messages_out (id, seq, kind, created_at, in_reply_to, content) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [message_id, seq, kind.value, created_at, in_reply_to, json.dumps(content)],
+        )
+    return seq
+
+
+def outbound_after(db: Database, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Raw ``messages_out`` rows with seq > ``after_seq``, oldest first.
+
+    Returned as plain dicts with the content still a JSON string: the host must
+    validate them as untrusted input.
+    """
+    cur = db.execute(
+        "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out "
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        [after_seq, limit],
+    )
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def set_ack(
+    db: Database,
+    message_id: str,
+    attempt: int,
+    status: AckStatus,
+    at: str,
+    error: str | None = None,
+    output_preview: str | None = None,
+) -> None:
+    """Record the container's state for one attempt at an inbound row."""
+    db.execute(
+        "INSERT INTO processing_ack (message_id, attempt, status, updated_at, error, "
+        "output_preview) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, attempt) DO UPDATE "
+        "SET status = excluded.status, updated_at = excluded.updated_at, "
+        "error = excluded.error, output_preview = excluded.output_preview",
+        [message_id, attempt, status.value, at, error, output_preview],
+    )
+
+
+def acks_for(db: Database, message_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Raw ack rows for the given inbound ids (untrusted; the host validates)."""
+    if not message_ids:
+        return []
+    marks = ", ".join("?" for _ in message_ids)
+    cur = db.execute(
+        "SELECT message_id, attempt, status, updated_at, error, output_preview "
+        f"FROM processing_ack WHERE message_id IN ({marks})",
+        list(message_ids),
+    )
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def clear_processing_acks(db: Database) -> int:
+    """Drop this container's stale ``processing`` acks (at runner start)."""
+    cur = db.execute("DELETE FROM processing_ack WHERE status = 'processing'")
+    return cur.rowcount
+
+
+def claimable(db: Database, inbound_path: Path, now: str, limit: int) -> list[InboundMessage]:
+    """Due pending rows of the attached inbound DB that have no ack for their current try.
+
+    The ack filter is applied before the limit so claimed rows never hide new work.
+    """
+    attached = {r[1] for r in db.execute("PRAGMA database_list")}
+    if "inb" not in attached:
+        db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
+    cols = ", ".join(f"m.{c.strip()}" for c in _IN_COLUMNS.split(","))
+    rows = db.execute(
+        f"SELECT {cols} FROM inb.messages_in m WHERE m.status = 'pending' "
+        "AND (m.process_after IS NULL OR m.process_after <= ?) "
+        "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
+        "AND a.attempt = m.tries) ORDER BY coalesce(m.process_after, m.created_at), m.seq LIMIT ?",
+        [now, limit],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def get_state(db: Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM session_state WHERE key = ?", [key]).fetchone()
+    return str(row[0]) if row else None
+
+
+def set_state(db: Database, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO session_state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
+
+
+def ack_from_row(row: dict[str, Any]) -> Ack:
+    """Validate one raw ack row (raises pydantic.ValidationError when malformed)."""
+    return Ack.model_validate(row)
+
+
+def outbound_from_row(row: dict[str, Any]) -> OutboundMessage:
+    """Validate one raw outbound row (raises ValueError when malformed)."""
+    data = dict(row)
+    content = json.loads(data["content"]) if isinstance(data["content"], str) else None
+    if not isinstance(content, dict):
+        raise ValueError("content is not a JSON object")
+    data["content"] = content
+    return OutboundMessage.model_validate(data)
+
+
+def _attach_inbound(db: Database, inbound_path: Path) -> None:
+    attached = {r[1] for r in db.execute("PRAGMA database_list")}
+    if "inb" not in attached:
+        db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
+
+
+def trigger_waiting(db: Database, inbound_path: Path, now: str) -> bool:
+    """Whether a due, unacked ``trigger=1`` row waits in the attached inbound DB.
+
+    The runner asks this when a full batch holds only context rows: the row that
+    should wake the agent may sit behind them, past the batch limit.
+    """
+    _attach_inbound(db, inbound_path)
+    row = db.execute(
+        "SELECT 1 FROM inb.messages_in m WHERE m.status = 'pending' AND m.\"trigger\" = 1 "
+        "AND (m.process_after IS NULL OR m.process_after <= ?) "
+        "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
+        "AND a.attempt = m.tries) LIMIT 1",
+        [now],
+    ).fetchone()
+    return row is not None
+
+
+def all_rows(db: Database) -> list[InboundMessage]:
+    """Every ``messages_in`` row, oldest first."""
+    rows = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in ORDER BY seq").fetchall()
+    return [_row_to_inbound(r) for r in rows]

@@ -1,0 +1,267 @@
+"""Validation of task requests: the one implementation the store, CLI, HTTP and MCP share.
+
+Every check raises an InvalidInput subclass whose message is one sentence that says what
+was wrong and how to fix it. Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cronbox_shared.errors import InvalidInput, InvalidTime
+from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
+from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence
+from cronbox_shared.timeutil import fmt, local_to_utc, zone
+
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A one-time instant this far in the past is still accepted as "due now": clocks of
+# the agent and the host differ a little, and "now" typed by a person is a moment old.
+PAST_SLACK = timedelta(seconds=60)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_WORDS = {
+    "second": "s", "seconds": "s", "sec": "s", "secs": "s",
+    "minute": "m", "minutes": "m", "min": "m", "mins": "m",
+    "hour": "h", "hours": "h", "hr": "h", "hrs": "h",
+    "day": "d", "days": "d", "week": "w", "weeks": "w",
+}  # fmt: skip
+_COMPACT = re.compile(r"^(?:(\d+)([smhdw]))+$")
+_COMPACT_PART = re.compile(r"(\d+)([smhdw])")
+_IN_PHRASE = re.compile(r"^in\s+(\d+)\s*([a-z]+)$")
+
+
+def new_task_id() -> str:
+    """A fresh, URL-safe task id."""
+    return "task-" + secrets.token_hex(6)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """Parse ``30m``, ``1h30m``, ``90s``, ``2d``; None when ``text`` is not such a duration."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or not _COMPACT.match(compact):
+        return None
+    seconds = sum(int(n) * _UNITS[u] for n, u in _COMPACT_PART.findall(compact))
+    return timedelta(seconds=seconds)
+
+
+def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "processAfter") -> datetime:
+    """Read a time given by a person or an agent, as aware UTC.
+
+    ``Z`` or an offset is taken as is; a naive ``2026-01-15T21:00:00`` is wall-clock time
+    in ``tz`` (a time in a spring-forward gap resolves to the transition); ``now``,
+    ``+10m`` and ``in 2 hours`` are relative to ``now``.
+    """
+    raw = text.strip()
+    lowered = raw.lower()
+    if lowered == "now":
+        return now
+    if lowered.startswith("+"):
+        delta = parse_duration(lowered[1:])
+        if delta is not None:
+            return now + delta
+    match = _IN_PHRASE.match(lowered)
+    if match and match.group(2) in _WORDS:
+        return now + timedelta(seconds=int(match.group(1)) * _UNITS[_WORDS[match.group(2)]])
+    if lowered.startswith("in "):
+        delta = parse_duration(lowered[3:])
+        if delta is not None:
+            return now + delta
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidTime(
+            f'{field} "{text}" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
+            f"(read in {tz.key}), add Z or an offset such as +01:00 for an absolute "
+            'instant, or say "+10m" or "in 2 hours"'
+        ) from None
+    if parsed.tzinfo is None:
+        return local_to_utc(parsed, tz)
+    return parsed.astimezone(now.tzinfo)
+
+
+def _check_text(field: str, value: str | None, limit: int, required: bool) -> None:
+    if value is None or not value.strip():
+        if required:
+            raise InvalidInput(f"{field} is empty; say what the agent should do when the task runs")
+        return
+    size = len(value.encode("utf-8"))
+    if size > limit:
+        raise InvalidInput(
+            f"{field} is {size:,} bytes, over the limit of {limit:,} bytes "
+            f"({limit // 1024} KiB); shorten it or keep the bulk in a workspace file"
+        )
+
+
+def _one_sentence(exc: ValidationError) -> InvalidInput:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "request"
+    return InvalidInput(f"{where}: {err['msg']}")
+
+
+class ScheduleRequest(BaseModel):
+    """A request to schedule a task, as it arrives from the CLI, HTTP, MCP or a container."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+
+    id: str | None = Field(default=None, alias="taskId")
+    prompt: str
+    process_after: str | None = Field(default=None, alias="processAfter")
+    recurrence: str | None = None
+    script: str | None = None
+    timezone: str | None = None
+    misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0)
+    timeout: int | None = Field(default=None, ge=1, le=86400)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> ScheduleRequest:
+        """Validate raw input, turning type errors into one InvalidInput sentence."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _one_sentence(exc) from None
+
+
+class UpdateRequest(BaseModel):
+    """A change to a task; a field left out stays, an explicit null clears it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+
+    task_id: str = Field(alias="taskId")
+    prompt: str | None = None
+    process_after: str | None = Field(default=None, alias="processAfter")
+    recurrence: str | None = None
+    script: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> UpdateRequest:
+        """Validate raw input, turning type errors into one InvalidInput sentence."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _one_sentence(exc) from None
+
+
+@dataclass(frozen=True)
+class ValidTask:
+    """A schedule request that passed every check, with its first run computed."""
+
+    id: str
+    prompt: str
+    script: str | None
+    timezone: str
+    recurrence: Recurrence | None
+    first_run: datetime
+    misfire_grace: int | None
+    timeout: int | None
+
+    @property
+    def content(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "script": self.script}
+
+
+def check_task_id(task_id: str) -> str:
+    if not TASK_ID.match(task_id):
+        raise InvalidInput(
+            f'task id "{task_id[:80]}" is not valid; use 1-64 letters, digits, "-", "_" or "."'
+        )
+    return task_id
+
+
+def validate_schedule(
+    req: ScheduleRequest, *, default_tz: str, now: datetime, min_interval: timedelta
+) -> ValidTask:
+    """Check a schedule request completely and compute its first run."""
+    _check_text("prompt", req.prompt, MAX_PROMPT_BYTES, required=True)
+    _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
+    tz_name = req.timezone or default_tz
+    tz = zone(tz_name, "the task's timezone" if req.timezone else "the session's timezone")
+    rec = parse_recurrence(req.recurrence, min_interval) if req.recurrence else None
+    if req.process_after is not None:
+        first = parse_when(req.process_after, tz, now)
+        if rec is None and first < now - PAST_SLACK:
+            raise InvalidTime(
+                f"processAfter {fmt(first)} is in the past (now is {fmt(now)}); "
+                "give a future time, or add a recurrence for a repeating task"
+            )
+        first = max(first, now) if rec is None else first
+    elif rec is not None:
+        first = next_fire(rec, tz, now)
+    else:
+        raise InvalidInput(
+            "a task needs processAfter (when to run once) or recurrence (a cron "
+            'expression such as "0 9 * * MON-FRI"), or both'
+        )
+    return ValidTask(
+        id=check_task_id(req.id) if req.id else new_task_id(),
+        prompt=req.prompt,
+        script=req.script or None,
+        timezone=tz.key,
+        recurrence=rec,
+        first_run=first,
+        misfire_grace=req.misfire_grace,
+        timeout=req.timeout,
+    )
+
+
+@dataclass(frozen=True)
+class TaskChanges:
+    """What an update does to the live occurrence; None fields stay as they are."""
+
+    content: dict[str, Any] | None
+    recurrence: str | None
+    recurrence_changed: bool
+    process_after: datetime | None
+
+
+def validate_update(
+    req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta
+) -> TaskChanges:
+    """Check an update against the live occurrence and work out its new schedule.
+
+    Changing ``recurrence`` or ``processAfter`` recomputes when the live occurrence runs.
+    """
+    given = req.model_fields_set
+    content = dict(current.content)
+    if "prompt" in given:
+        if req.prompt is None:
+            raise InvalidInput("prompt cannot be cleared; give the new instructions instead")
+        _check_text("prompt", req.prompt, MAX_PROMPT_BYTES, required=True)
+        content["prompt"] = req.prompt
+    if "script" in given:
+        _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
+        content["script"] = req.script or None
+    tz = zone(current.timezone, "the task's timezone")
+    recurrence = current.recurrence
+    rec: Recurrence | None = None
+    if "recurrence" in given:
+        recurrence = req.recurrence or None
+    if recurrence:
+        rec = parse_recurrence(recurrence, min_interval)
+    process_after: datetime | None = None
+    if "process_after" in given and req.process_after is not None:
+        process_after = parse_when(req.process_after, tz, now)
+        if rec is None and process_after < now - PAST_SLACK:
+            raise InvalidTime(
+                f"processAfter {fmt(process_after)} is in the past (now is {fmt(now)}); "
+                "give a future time"
+            )
+        process_after = max(process_after, now) if rec is None else process_after
+    elif "process_after" in given or ("recurrence" in given and rec is not None):
+        if rec is None:
+            raise InvalidInput(
+                "a task needs processAfter or recurrence; this update would leave neither"
+            )
+        process_after = next_fire(rec, tz, now)
+    return TaskChanges(
+        content=content if {"prompt", "script"} & given else None,
+        recurrence=recurrence,
+        recurrence_changed="recurrence" in given,
+        process_after=process_after,
+    )

@@ -1,0 +1,1 @@
+"""The cronbox host: store, sweep, pool, runtimes, delivery, CLI and HTTP."""

@@ -1,0 +1,41 @@
+"""Host settings: ``CRONBOX_*`` environment variables and ``.env`` (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cronbox_shared.timeutil import resolve_host_timezone
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cronbox"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CRONBOX_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    sweep_interval: float = Field(default=60.0, gt=0)
+    max_containers: int = Field(default=5, ge=1)
+    idle_timeout: float = Field(default=30.0, gt=0)
+    runtime: Literal["process", "docker"] = "process"
+    image: str = "cronbox-agent:latest"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8377, ge=0, le=65535)
+    api_key: str | None = None
+    min_interval: float = Field(default=60.0, gt=0)
+    max_tasks_per_session: int = Field(default=1000, ge=1)
+    task_timeout: float = Field(default=600.0, gt=0)
+
+    def timezone(self) -> str:
+        """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""
+        tz, _source = resolve_host_timezone()
+        return tz.key
