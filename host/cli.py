@@ -1,0 +1,607 @@
+"""The ``cronbox`` command line (SPEC §6.2): typer commands over the store.
+
+This module only parses arguments, calls named ``Store`` functions and renders the
+result (rich tables, or JSON with ``--json``). It is also the user-facing boundary for
+errors: a ``CronboxError`` raised anywhere below becomes one sentence on stderr and
+exit code 2; nothing else here catches broadly.
+
+Extending: commands of the host daemon (``run``, ``status``, ``task run``) register on
+``app`` and ``task_app`` like the ones below, take ``home: HomeOption`` and
+``as_json: JsonOption``, get their store from :func:`open_store` and print with
+:func:`stdout_console` / :func:`print_json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import humanize
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from cronbox_shared.errors import CronboxError, InvalidInput
+from cronbox_shared.models import InboundMessage, preview
+from cronbox_shared.recurrence import fire_times, parse_recurrence
+from cronbox_shared.tasks import ScheduleRequest, UpdateRequest, parse_when
+from cronbox_shared.timeutil import fmt, parse_utc, zone
+from host.config import Settings
+from host.store import Limits, Run, Session, Store, TaskView, describe_recurrence
+
+# Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
+# that lines are neither wrapped nor cut at rich's 80-column fallback.
+PIPE_WIDTH = 200
+EXIT_USER_ERROR = 2
+EXIT_ENVIRONMENT_ERROR = 1
+NOTHING = "—"
+
+
+class CronboxGroup(TyperGroup):
+    """The root command group; its ``invoke`` is the CLI's error boundary."""
+
+    # ``ctx`` is typer's vendored click Context, which typer does not export by name.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CronboxError as exc:
+            fail(str(exc), EXIT_USER_ERROR)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot use{where}: {exc.strerror or exc}", EXIT_ENVIRONMENT_ERROR)
+
+
+app = typer.Typer(
+    cls=CronboxGroup,
+    name="cronbox",
+    help="cronbox: a scheduler runtime that lets AI agents act on time.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+session_app = typer.Typer(
+    help="Create and list sessions (one agent conversation each).",
+    no_args_is_help=True,
+)
+task_app = typer.Typer(
+    help="Schedule, inspect and change the tasks of sessions.",
+    no_args_is_help=True,
+)
+app.add_typer(session_app, name="session")
+app.add_typer(task_app, name="task")
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        help="cronbox's data directory (default: $CRONBOX_HOME, else $XDG_DATA_HOME/cronbox).",
+        file_okay=False,
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table."),
+]
+TIMEZONE_HELP = "IANA zone such as America/New_York (default: the host's zone, from TZ)."
+
+# --- plumbing ---------------------------------------------------------------------------
+
+
+def fail(sentence: str, code: int) -> NoReturn:
+    """Print ``error: <sentence>`` on stderr as one line and exit with ``code``."""
+    line = Text("error: ", style="bold red")
+    line.append(sentence)
+    stderr_console().print(line, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _console(stream: Any, stderr: bool) -> Console:
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(stderr=stderr, width=width, highlight=False)
+
+
+def stdout_console() -> Console:
+    """A console on the current stdout (looked up per call so test runners can swap it)."""
+    return _console(sys.stdout, stderr=False)
+
+
+def stderr_console() -> Console:
+    return _console(sys.stderr, stderr=True)
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def load_settings() -> Settings:
+    """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "CRONBOX_" + "_".join(str(p) for p in err["loc"]).upper()
+        raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
+
+
+def open_store(home: Path | None) -> Store:
+    """The store under ``home`` (default from the settings), with the configured limits."""
+    settings = load_settings()
+    return Store(
+        home or settings.home,
+        default_timezone=settings.timezone(),
+        limits=Limits(
+            min_interval=timedelta(seconds=settings.min_interval),
+            max_tasks_per_session=settings.max_tasks_per_session,
+        ),
+    )
+
+
+def read_script(path: Path) -> str:
+    """The text of a gate script file; an unreadable file is a user mistake."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(
+            f'cannot read script file "{path}": {exc.strerror or exc}; give a readable file'
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def local_time(when: datetime, tz: ZoneInfo) -> str:
+    """``2026-01-15 09:00 EST`` (seconds shown only when not zero)."""
+    local = when.astimezone(tz)
+    pattern = "%Y-%m-%d %H:%M:%S %Z" if local.second else "%Y-%m-%d %H:%M %Z"
+    return local.strftime(pattern)
+
+
+def relative(when: datetime, now: datetime) -> str:
+    """``in 14 hours`` / ``3 minutes ago`` / ``now``."""
+    delta = when - now
+    if abs(delta) < timedelta(seconds=1):
+        return "now"
+    words = humanize.naturaldelta(abs(delta))
+    return f"in {words}" if delta > timedelta(0) else f"{words} ago"
+
+
+def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
+    """A stored instant as local time plus how far it is from now."""
+    if stored is None:
+        return NOTHING
+    when = parse_utc(stored)
+    return f"{local_time(when, tz)} ({relative(when, now)})"
+
+
+def iso_local(when: datetime, tz: ZoneInfo) -> str:
+    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``."""
+    local = when.astimezone(tz)
+    return local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
+
+
+def task_json(view: TaskView) -> dict[str, Any]:
+    """The JSON shape of a task series (``task schedule``, ``task list`` and friends)."""
+    tz = zone(view.timezone)
+    return {
+        "id": view.id,
+        "series_id": view.series_id,
+        "session": view.session,
+        "session_id": view.session_id,
+        "status": view.status.value,
+        "next_run": fmt(parse_utc(view.next_run)) if view.next_run else None,
+        "next_run_local": iso_local(parse_utc(view.next_run), tz) if view.next_run else None,
+        "recurrence": view.recurrence,
+        "recurrence_words": describe_recurrence(view.recurrence),
+        "timezone": view.timezone,
+        "prompt": view.prompt,
+        "has_script": view.has_script,
+        "last_run_at": view.last_run_at,
+        "last_outcome": view.last_outcome.value if view.last_outcome else None,
+    }
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    return session.model_dump(mode="json")
+
+
+def schedule_cell(recurrence: str | None) -> str:
+    if recurrence is None:
+        return "once"
+    return f"{recurrence} ({describe_recurrence(recurrence)})"
+
+
+def last_run_cell(view: TaskView) -> str:
+    if view.last_run_at is None:
+        return NOTHING
+    when = local_time(parse_utc(view.last_run_at), zone(view.timezone))
+    return f"{when} {view.last_outcome.value if view.last_outcome else 'running'}"
+
+
+def render_tasks(views: Sequence[TaskView], now: datetime) -> Table:
+    table = Table("task", "session", "status", "schedule", "next run", "last run", "prompt")
+    for view in views:
+        tz = zone(view.timezone)
+        table.add_row(
+            *(
+                Text(cell, no_wrap=True)
+                for cell in (
+                    view.series_id,
+                    view.session,
+                    view.status.value,
+                    schedule_cell(view.recurrence),
+                    when_cell(view.next_run, tz, now),
+                    last_run_cell(view),
+                )
+            ),
+            Text(preview(view.prompt, 40) or "", overflow="ellipsis"),
+        )
+    return table
+
+
+def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
+    """One line after a task action, e.g. ``scheduled task-1 in work: next run ...``."""
+    tz = zone(view.timezone)
+    text = f"{verb} task {view.series_id} in session {view.session} ({view.status.value})"
+    if view.next_run:
+        text += f"; next run {when_cell(view.next_run, tz, now)}"
+    text += f"; {schedule_cell(view.recurrence)}"
+    return Text(text)
+
+
+def show_task(verb: str, view: TaskView, store: Store, as_json: bool) -> None:
+    if as_json:
+        print_json(task_json(view))
+    else:
+        stdout_console().print(describe_task(verb, view, store.now()), soft_wrap=True)
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+@session_app.command("create")
+def session_create(
+    name: Annotated[str, typer.Argument(help="Unique session name (no spaces).")],
+    agent: Annotated[
+        str, typer.Option("--agent", help="Agent profile that answers in this session.")
+    ] = "echo",
+    timezone: Annotated[
+        str | None,
+        typer.Option("--timezone", help="Session zone for its tasks. " + TIMEZONE_HELP),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a session: its directory, inbox and entry in the registry."""
+    store = open_store(home)
+    session = store.create_session(name, agent=agent, timezone=timezone)
+    if as_json:
+        print_json(session_json(session))
+        return
+    stdout_console().print(
+        Text(
+            f"created session {session.name} (id {session.id}, agent {session.agent}, "
+            f"timezone {session.timezone})"
+        ),
+        soft_wrap=True,
+    )
+
+
+@session_app.command("list")
+def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List every session with its agent, timezone and next due work."""
+    store = open_store(home)
+    sessions = store.list_sessions()
+    if as_json:
+        print_json([session_json(s) for s in sessions])
+        return
+    console = stdout_console()
+    if not sessions:
+        console.print("no sessions yet; `cronbox session create NAME` makes one", markup=False)
+        return
+    now = store.now()
+    table = Table("name", "id", "agent", "timezone", "next due")
+    for s in sessions:
+        cells = (s.name, s.id, s.agent, s.timezone, when_cell(s.next_due_at, zone(s.timezone), now))
+        table.add_row(*(Text(c, no_wrap=True) for c in cells))
+    console.print(table)
+
+
+@app.command("send")
+def send(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    text: Annotated[str, typer.Argument(help="The chat message for the session's agent.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a chat message to a session's agent (it is due at once)."""
+    store = open_store(home)
+    target = store.get_session(session)
+    message: InboundMessage = store.send_message(target.id, text)
+    if as_json:
+        print_json({**message.model_dump(mode="json"), "session": target.name})
+        return
+    stdout_console().print(
+        Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
+    )
+
+
+# --- tasks ------------------------------------------------------------------------------
+
+TaskRef = Annotated[str, typer.Argument(help="Task id or series id.")]
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help='When to run: ISO time (naive = task zone, or with Z/offset), "+10m", '
+        '"in 2 hours" or "now". With --cron, the first run.',
+    ),
+]
+CronOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cron",
+        help='Recurrence: 5-field cron such as "0 9 * * MON-FRI", @daily, or "@every 2h".',
+    ),
+]
+ScriptOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--script",
+        help="Bash gate script file; its last stdout line decides whether the agent wakes.",
+        dir_okay=False,
+    ),
+]
+
+
+@task_app.command("schedule")
+def task_schedule(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="What the agent should do when the task runs.")
+    ],
+    at: AtOption = None,
+    cron: CronOption = None,
+    script: ScriptOption = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone", help="Zone the task's times are read in (default: the session's)."
+        ),
+    ] = None,
+    task_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Task id to use; scheduling the same id twice is a no-op."),
+    ] = None,
+    misfire_grace: Annotated[
+        int | None,
+        typer.Option(
+            "--misfire-grace",
+            min=0,
+            help="Seconds a late run may still start; later ones are recorded as missed.",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option("--timeout", min=1, max=86400, help="Seconds one run may take."),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Schedule a task once (--at), repeating (--cron), or both."""
+    request = ScheduleRequest.parse(
+        {
+            "taskId": task_id,
+            "prompt": prompt,
+            "processAfter": at,
+            "recurrence": cron,
+            "script": read_script(script) if script is not None else None,
+            "timezone": timezone,
+            "misfireGrace": misfire_grace,
+            "timeout": timeout,
+        }
+    )
+    store = open_store(home)
+    view = store.schedule_task(session, request)
+    show_task("scheduled", view, store, as_json)
+
+
+@task_app.command("list")
+def task_list(
+    session: Annotated[
+        str | None, typer.Argument(help="Only this session's tasks (name or id).")
+    ] = None,
+    include_all: Annotated[
+        bool,
+        typer.Option("--all", help="Include finished tasks (completed, failed, cancelled)."),
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List task series with their schedule, next run and last run."""
+    store = open_store(home)
+    views = store.list_tasks(session, include_all=include_all)
+    if as_json:
+        print_json([task_json(v) for v in views])
+        return
+    console = stdout_console()
+    if not views:
+        hint = "" if include_all else "; --all shows finished ones too"
+        console.print(f"no live tasks{hint}", markup=False)
+        return
+    console.print(render_tasks(views, store.now()))
+
+
+@task_app.command("cancel")
+def task_cancel(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Cancel a task; a recurring one stops for good."""
+    store = open_store(home)
+    show_task("cancelled", store.cancel_task(task), store, as_json)
+
+
+@task_app.command("pause")
+def task_pause(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Pause a task; it keeps its schedule but does not run until resumed."""
+    store = open_store(home)
+    show_task("paused", store.pause_task(task), store, as_json)
+
+
+@task_app.command("resume")
+def task_resume(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Resume a paused task; a recurring one continues from its next slot."""
+    store = open_store(home)
+    show_task("resumed", store.resume_task(task), store, as_json)
+
+
+@task_app.command("update")
+def task_update(
+    task: TaskRef,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="New instructions for the agent.")
+    ] = None,
+    at: AtOption = None,
+    cron: CronOption = None,
+    script: ScriptOption = None,
+    clear_script: Annotated[
+        bool, typer.Option("--clear-script", help="Remove the task's gate script.")
+    ] = False,
+    clear_cron: Annotated[
+        bool, typer.Option("--clear-cron", help="Make the task one-time (drop its recurrence).")
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a task; a new --at or --cron reschedules its next run."""
+    if cron is not None and clear_cron:
+        raise InvalidInput("--cron and --clear-cron contradict each other; give one of them")
+    if script is not None and clear_script:
+        raise InvalidInput("--script and --clear-script contradict each other; give one of them")
+    changes: dict[str, Any] = {"taskId": task}
+    if prompt is not None:
+        changes["prompt"] = prompt
+    if at is not None:
+        changes["processAfter"] = at
+    if cron is not None or clear_cron:
+        changes["recurrence"] = cron
+    if script is not None or clear_script:
+        changes["script"] = read_script(script) if script is not None else None
+    if len(changes) == 1:
+        raise InvalidInput(
+            "nothing to update; give --prompt, --at, --cron, --script, --clear-cron "
+            "or --clear-script"
+        )
+    request = UpdateRequest.parse(changes)
+    store = open_store(home)
+    show_task("updated", store.update_task(request), store, as_json)
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    data = run.model_dump(mode="json")
+    took = _duration(run)
+    data["duration_seconds"] = took.total_seconds() if took is not None else None
+    return data
+
+
+def _duration(run: Run) -> timedelta | None:
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return parse_utc(run.finished_at) - parse_utc(run.started_at)
+
+
+@task_app.command("history")
+def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show a task's past runs: started, duration, outcome and output preview."""
+    store = open_store(home)
+    view = store.get_task(task)
+    runs = store.runs_for(view.series_id)
+    if as_json:
+        print_json([run_json(r) for r in runs])
+        return
+    console = stdout_console()
+    if not runs:
+        console.print(Text(f"task {view.series_id} has not run yet"))
+        return
+    tz, now = zone(view.timezone), store.now()
+    table = Table("started", "duration", "outcome", "preview")
+    for run in runs:
+        took = _duration(run)
+        table.add_row(
+            Text(when_cell(run.started_at, tz, now), no_wrap=True),
+            Text(
+                humanize.precisedelta(took, format="%0.0f") if took is not None else NOTHING,
+                no_wrap=True,
+            ),
+            Text(run.outcome.value if run.outcome else "running", no_wrap=True),
+            Text(preview(run.error or run.output_preview, 80) or "", overflow="ellipsis"),
+        )
+    console.print(table)
+
+
+# --- cron preview -----------------------------------------------------------------------
+
+
+@app.command("cron")
+def cron_preview(
+    expr: Annotated[str, typer.Argument(help='Cron expression, shorthand or "@every 30m".')],
+    count: Annotated[
+        int, typer.Option("-n", "--count", min=1, max=1000, help="How many fire times to show.")
+    ] = 5,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="Zone to evaluate in. " + TIMEZONE_HELP)
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Show fire times strictly after this instant (same forms as --at; default: now).",
+        ),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Preview the next fire times of a recurrence, DST included.
+
+    --home is accepted for uniformity; the preview reads no state.
+    """
+    del home  # the preview is pure; nothing under --home is read
+    # min_interval 0: a preview explains an expression instead of rejecting it.
+    rec = parse_recurrence(expr, timedelta(0))
+    tz = zone(timezone, "--timezone") if timezone else zone(load_settings().timezone())
+    now = datetime.now(UTC)
+    start = parse_when(after, tz, now, field="--after") if after is not None else now
+    fires = fire_times(rec, tz, start, count)
+    if as_json:
+        print_json([iso_local(f, tz) for f in fires])
+        return
+    console = stdout_console()
+    console.print(Text(f'"{rec.expr}": {rec.describe()} (in {tz.key})'), soft_wrap=True)
+    table = Table("#", "local", "offset", "UTC", "relative")
+    for i, when in enumerate(fires, 1):
+        offset = when.astimezone(tz).strftime("%z")
+        cells = (
+            str(i),
+            local_time(when, tz),
+            f"{offset[:3]}:{offset[3:]}",
+            fmt(when),
+            relative(when, now),
+        )
+        table.add_row(*(Text(c, no_wrap=True) for c in cells))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``cronbox`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

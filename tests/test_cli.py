@@ -1,0 +1,554 @@
+"""The ``cronbox`` CLI against real SQLite files under a temporary ``--home``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import typer
+from typer.core import TyperGroup
+from typer.testing import CliRunner, Result
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.models import AckStatus
+from cronbox_shared.timeutil import fmt, is_canonical, parse_utc
+from host.cli import app
+from host.store import Store
+
+HOST_TZ = "America/New_York"
+# Far enough ahead that "in the past" never applies, whatever today's date is.
+FUTURE_WINTER = "2031-01-15T09:00:00"
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh CRONBOX_HOME; the working directory has no .env and TZ is fixed."""
+    monkeypatch.setenv("TZ", HOST_TZ)
+    monkeypatch.setenv("CRONBOX_HOME", str(tmp_path / "default-home"))
+    for name in ("CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS_PER_SESSION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def cli(home: Path) -> Cli:
+    """Run ``cronbox ARGS --home HOME`` in-process; options go after the subcommand."""
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, [*args, "--home", str(home)])
+
+    return invoke
+
+
+@pytest.fixture
+def session(cli: Cli) -> str:
+    result = cli("session", "create", "work")
+    assert result.exit_code == 0, result.output
+    return "work"
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def schedule(cli: Cli, *args: str) -> dict[str, Any]:
+    task: dict[str, Any] = as_json(cli("task", "schedule", "work", *args, "--json"))
+    return task
+
+
+def tasks(cli: Cli, *args: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = as_json(cli("task", "list", *args, "--json"))
+    return listed
+
+
+def walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            yield from walk(sub, (*path, name))
+
+
+ROOT = typer.main.get_command(app)
+COMMAND_PATHS = list(walk(ROOT))
+
+
+def lookup(path: tuple[str, ...]) -> Any:
+    command = ROOT
+    for name in path:
+        assert isinstance(command, TyperGroup)
+        command = command.commands[name]
+    return command
+
+
+# --- help -------------------------------------------------------------------------------
+
+
+def test_every_command_option_and_argument_has_help_text() -> None:
+    missing = []
+    for path in COMMAND_PATHS:
+        command = lookup(path)
+        where = " ".join(("cronbox", *path))
+        if not (command.help or "").strip():
+            missing.append(f"{where}: command")
+        for param in command.params:
+            if param.name == "help":
+                continue
+            if not (getattr(param, "help", None) or "").strip():
+                missing.append(f"{where}: {param.name}")
+    assert missing == []
+
+
+def test_every_leaf_command_takes_home_and_json() -> None:
+    lacking = []
+    for path in COMMAND_PATHS:
+        command = lookup(path)
+        if isinstance(command, TyperGroup):
+            continue
+        flags = {opt for param in command.params for opt in param.opts}
+        if not {"--home", "--json"} <= flags:
+            lacking.append(" ".join(path))
+    assert lacking == []
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "cronbox")
+def test_help_flag_prints_the_commands_description(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    first_line = (lookup(path).help or "").strip().splitlines()[0]
+    assert first_line and first_line in " ".join(result.stdout.split())
+
+
+def test_the_cli_offers_the_commands_of_the_spec() -> None:
+    assert {" ".join(p) for p in COMMAND_PATHS} >= {
+        "session create", "session list", "send", "cron", "task schedule", "task list",
+        "task cancel", "task pause", "task resume", "task update", "task history",
+    }  # fmt: skip
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+def test_session_create_then_list_shows_name_agent_and_timezone(cli: Cli) -> None:
+    created = ok(cli("session", "create", "work", "--agent", "claude"))
+    assert "created session work" in created.stdout
+    listed = ok(cli("session", "list")).stdout
+    assert "work" in listed
+    assert "claude" in listed
+    assert HOST_TZ in listed
+
+
+def test_session_json_output_is_the_session_record(cli: Cli) -> None:
+    created = as_json(cli("session", "create", "tokyo", "--timezone", "Asia/Tokyo", "--json"))
+    assert created["name"] == "tokyo"
+    assert created["timezone"] == "Asia/Tokyo"
+    assert created["agent"] == "echo"
+    assert created["id"].startswith("s-")
+    listed = as_json(cli("session", "list", "--json"))
+    assert [s["id"] for s in listed] == [created["id"]]
+
+
+def test_session_with_taken_name_is_refused(cli: Cli, session: str) -> None:
+    result = cli("session", "create", session)
+    assert result.exit_code == 2
+    assert "already exists" in result.stderr
+
+
+def test_send_queues_a_message_that_makes_the_session_due(cli: Cli, session: str) -> None:
+    sent = as_json(cli("send", session, "hello there", "--json"))
+    assert sent["kind"] == "chat"
+    assert sent["content"]["text"] == "hello there"
+    (listed,) = as_json(cli("session", "list", "--json"))
+    assert listed["next_due_at"] == sent["process_after"]
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+
+def test_naive_at_is_read_in_the_host_zone(cli: Cli, session: str) -> None:
+    task = schedule(cli, "--prompt", "report", "--at", FUTURE_WINTER)
+    assert task["next_run"] == "2031-01-15T14:00:00.000Z"
+    assert task["timezone"] == HOST_TZ
+    assert task["recurrence"] is None
+
+
+def test_naive_at_is_read_in_the_timezone_option(cli: Cli, session: str) -> None:
+    task = schedule(cli, "--prompt", "report", "--at", FUTURE_WINTER, "--timezone", "Asia/Tokyo")
+    assert task["next_run"] == "2031-01-15T00:00:00.000Z"
+    assert task["timezone"] == "Asia/Tokyo"
+
+
+def test_relative_at_schedules_from_now(cli: Cli, session: str) -> None:
+    before = datetime.now(UTC)
+    task = schedule(cli, "--prompt", "stretch", "--at", "+10m")
+    delta = parse_utc(task["next_run"]) - before
+    assert timedelta(minutes=9) < delta <= timedelta(minutes=11)
+
+
+def test_cron_schedule_puts_next_run_on_the_grid(cli: Cli, session: str) -> None:
+    now = datetime.now(UTC)
+    task = schedule(cli, "--prompt", "brief", "--cron", "0 9 * * *")
+    first = parse_utc(task["next_run"])
+    local = first.astimezone(ZoneInfo(HOST_TZ))
+    assert (local.hour, local.minute, local.second) == (9, 0, 0)
+    assert now < first <= now + timedelta(days=1)
+    assert task["recurrence"] == "0 9 * * *"
+    assert task["recurrence_words"] == "At 09:00"
+
+
+def test_schedule_json_has_the_documented_fields(cli: Cli, session: str) -> None:
+    task = schedule(cli, "--prompt", "brief", "--cron", "0 9 * * MON-FRI", "--id", "brief")
+    assert task["id"] == "brief"
+    assert task["series_id"] == "brief"
+    assert task["session"] == session
+    assert task["status"] == "pending"
+    assert is_canonical(task["next_run"])
+    assert task["recurrence"] == "0 9 * * MON-FRI"
+    assert task["recurrence_words"] == "At 09:00, Monday through Friday"
+    assert task["timezone"] == HOST_TZ
+    assert task["prompt"] == "brief"
+    local = datetime.fromisoformat(task["next_run_local"])
+    assert local == parse_utc(task["next_run"])
+    assert local.utcoffset() in (timedelta(hours=-5), timedelta(hours=-4))
+
+
+def test_scheduling_the_same_id_twice_creates_one_task(cli: Cli, session: str) -> None:
+    first = schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "dup")
+    again = schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "dup")
+    assert again == first
+    assert len(tasks(cli)) == 1
+
+
+def test_script_file_is_attached_to_the_task(cli: Cli, session: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate.sh"
+    gate.write_text("echo '{\"wakeAgent\": true}'\n", encoding="utf-8")
+    task = schedule(cli, "--prompt", "check", "--cron", "@hourly", "--script", str(gate))
+    assert task["has_script"] is True
+
+
+def test_recurrence_more_frequent_than_min_interval_setting_is_refused(
+    cli: Cli, session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = cli("task", "schedule", session, "--prompt", "p", "--cron", "@every 30s")
+    assert refused.exit_code == 2
+    assert "more often than the minimum of 60" in refused.stderr
+    monkeypatch.setenv("CRONBOX_MIN_INTERVAL", "10")
+    assert schedule(cli, "--prompt", "p", "--cron", "@every 30s")["recurrence"] == "@every 30s"
+
+
+# --- listing ----------------------------------------------------------------------------
+
+
+def test_task_list_table_shows_schedule_in_words_and_next_run_relative(
+    cli: Cli, session: str
+) -> None:
+    schedule(cli, "--prompt", "brief", "--cron", "0 9 * * MON-FRI", "--id", "brief")
+    schedule(cli, "--prompt", "remind me", "--at", FUTURE_WINTER, "--id", "remind")
+    table = ok(cli("task", "list")).stdout
+    brief = next(line for line in table.splitlines() if "brief" in line)
+    assert "0 9 * * MON-FRI (At 09:00, Monday through Friday)" in brief
+    assert "(in " in brief
+    remind = next(line for line in table.splitlines() if "remind" in line)
+    assert "once" in remind
+    assert "2031-01-15 09:00 EST (in " in remind
+
+
+def test_task_list_json_is_an_array_of_task_objects(cli: Cli, session: str) -> None:
+    scheduled = schedule(cli, "--prompt", "remind me", "--at", FUTURE_WINTER)
+    assert tasks(cli) == [scheduled]
+
+
+def test_task_list_can_be_limited_to_one_session(cli: Cli, session: str) -> None:
+    ok(cli("session", "create", "other"))
+    schedule(cli, "--prompt", "mine", "--at", FUTURE_WINTER, "--id", "mine")
+    ok(cli("task", "schedule", "other", "--prompt", "theirs", "--at", FUTURE_WINTER))
+    assert [t["id"] for t in tasks(cli, session)] == ["mine"]
+    assert len(tasks(cli)) == 2
+
+
+def test_empty_task_list_says_so(cli: Cli, session: str) -> None:
+    assert "no live tasks" in ok(cli("task", "list")).stdout
+    assert tasks(cli) == []
+
+
+# --- task actions -----------------------------------------------------------------------
+
+
+def test_cancel_by_series_id_hides_the_task_unless_all(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "brief", "--cron", "0 9 * * *", "--id", "brief")
+    cancelled = as_json(cli("task", "cancel", "brief", "--json"))
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["next_run"] is None
+    assert tasks(cli) == []
+    assert [(t["id"], t["status"]) for t in tasks(cli, "--all")] == [("brief", "cancelled")]
+    assert "cancelled" in ok(cli("task", "list", "--all")).stdout
+
+
+def test_pause_and_resume_by_series_id(cli: Cli, session: str) -> None:
+    scheduled = schedule(cli, "--prompt", "brief", "--cron", "0 9 * * *", "--id", "brief")
+    paused = ok(cli("task", "pause", "brief"))
+    assert "paused task brief" in paused.stdout
+    assert tasks(cli)[0]["status"] == "paused"
+    (session_row,) = as_json(cli("session", "list", "--json"))
+    assert session_row["next_due_at"] is None
+    resumed = as_json(cli("task", "resume", "brief", "--json"))
+    assert resumed["status"] == "pending"
+    assert resumed["next_run"] == scheduled["next_run"]
+
+
+def test_acting_on_a_cancelled_task_is_a_user_error(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "brief", "--at", FUTURE_WINTER, "--id", "brief")
+    ok(cli("task", "cancel", "brief"))
+    result = cli("task", "pause", "brief")
+    assert result.exit_code == 2
+    assert "no live occurrence" in result.stderr
+
+
+def test_update_changes_prompt_and_reschedules(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "old", "--at", FUTURE_WINTER, "--id", "t1")
+    updated = as_json(
+        cli("task", "update", "t1", "--prompt", "new", "--at", "2031-07-15T09:00", "--json")
+    )
+    assert updated["prompt"] == "new"
+    assert updated["next_run"] == "2031-07-15T13:00:00.000Z"
+
+
+def test_update_with_cron_recomputes_next_run(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    updated = as_json(cli("task", "update", "t1", "--cron", "30 7 * * *", "--json"))
+    local = parse_utc(updated["next_run"]).astimezone(ZoneInfo(HOST_TZ))
+    assert (local.hour, local.minute) == (7, 30)
+    assert parse_utc(updated["next_run"]) < parse_utc("2031-01-01T00:00:00Z")
+
+
+def test_update_clear_cron_and_clear_script(cli: Cli, session: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate.sh"
+    gate.write_text("echo '{}'\n", encoding="utf-8")
+    schedule(cli, "--prompt", "p", "--cron", "0 9 * * *", "--script", str(gate), "--id", "t1")
+    updated = as_json(cli("task", "update", "t1", "--clear-cron", "--clear-script", "--json"))
+    assert updated["recurrence"] is None
+    assert updated["recurrence_words"] == "once"
+    assert updated["has_script"] is False
+
+
+def test_update_without_any_change_is_a_user_error(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    result = cli("task", "update", "t1")
+    assert result.exit_code == 2
+    assert "nothing to update" in result.stderr
+
+
+def test_history_of_a_task_that_never_ran_is_empty(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    assert as_json(cli("task", "history", "t1", "--json")) == []
+    assert "has not run yet" in ok(cli("task", "history", "t1")).stdout
+
+
+def test_history_and_list_show_a_finished_run(cli: Cli, session: str, home: Path) -> None:
+    schedule(cli, "--prompt", "p", "--at", "now", "--id", "t1")
+    (row,) = as_json(cli("session", "list", "--json"))
+    store = Store(home, default_timezone=HOST_TZ)
+    # Speak the runner's side of the protocol: acks in the session's outbound.db.
+    with sdb.outbound(store.session_dir(row["id"])) as out:
+        sdb.set_ack(out, "t1", 0, AckStatus.PROCESSING, fmt(store.now()))
+    store.settle_acks(row["id"], timedelta(minutes=10))
+    with sdb.outbound(store.session_dir(row["id"])) as out:
+        sdb.set_ack(out, "t1", 0, AckStatus.COMPLETED, fmt(store.now()), None, "all done")
+    store.settle_acks(row["id"], timedelta(minutes=10))
+
+    (run,) = as_json(cli("task", "history", "t1", "--json"))
+    assert (run["outcome"], run["output_preview"]) == ("ok", "all done")
+    assert run["duration_seconds"] >= 0
+    table = ok(cli("task", "history", "t1")).stdout
+    assert "all done" in table
+    assert " ok " in table
+    (listed,) = tasks(cli, "--all")
+    assert (listed["status"], listed["last_outcome"]) == ("completed", "ok")
+    assert " ok " in ok(cli("task", "list", "--all")).stdout
+
+
+# --- cron preview -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        pytest.param(
+            "0 9 * * *",
+            "2026-03-07T12:00",
+            ["2026-03-08T09:00:00-04:00", "2026-03-09T09:00:00-04:00", "2026-03-10T09:00:00-04:00"],
+            id="daily across spring forward",
+        ),
+        pytest.param(
+            "30 2 * * *",
+            "2026-03-07T12:00",
+            ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00", "2026-03-10T02:30:00-04:00"],
+            id="gap time fires once at the transition",
+        ),
+        pytest.param(
+            "30 1 * * *",
+            "2026-10-31T12:00",
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00", "2026-11-03T01:30:00-05:00"],
+            id="repeated hour fires once",
+        ),
+        pytest.param(
+            "0 9 * * *",
+            "2026-03-08T09:00:00-04:00",
+            ["2026-03-09T09:00:00-04:00", "2026-03-10T09:00:00-04:00", "2026-03-11T09:00:00-04:00"],
+            id="strictly after --after",
+        ),
+    ],
+)
+def test_cron_preview_gives_exact_instants_with_local_offsets(
+    cli: Cli, expr: str, after: str, expected: list[str]
+) -> None:
+    assert as_json(cli("cron", expr, "-n", "3", "--after", after, "--json")) == expected
+
+
+def test_cron_preview_table_shows_words_local_time_and_utc(cli: Cli) -> None:
+    out = ok(cli("cron", "0 9 * * MON-FRI", "-n", "2", "--after", "2026-03-06T12:00")).stdout
+    assert "At 09:00, Monday through Friday" in out
+    assert "2026-03-09 09:00 EDT" in out
+    assert "2026-03-09T13:00:00.000Z" in out
+    assert "2026-03-10 09:00 EDT" in out
+
+
+def test_cron_preview_in_another_zone(cli: Cli) -> None:
+    fires = as_json(
+        cli("cron", "0 9 * * *", "-n", "1", "--timezone", "Asia/Kolkata",
+            "--after", "2026-03-07T00:00:00Z", "--json")
+    )  # fmt: skip
+    assert fires == ["2026-03-07T09:00:00+05:30"]
+
+
+def test_cron_preview_defaults_to_the_next_times_after_now(cli: Cli) -> None:
+    now = datetime.now(UTC)
+    fires = [datetime.fromisoformat(f) for f in as_json(cli("cron", "* * * * *", "--json"))]
+    assert len(fires) == 5
+    assert now < fires[0] <= now + timedelta(minutes=1)
+    assert fires == sorted(set(fires))
+
+
+# --- user mistakes ----------------------------------------------------------------------
+
+MISTAKES = [
+    pytest.param(
+        ["task", "schedule", "nosuch", "--prompt", "p", "--at", "+1h"],
+        'no session named or with id "nosuch"',
+        id="unknown session",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--cron", "0 25 * * *"],
+        "hour 25 is out of range 0-23",
+        id="bad cron",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--timezone", "Mars/Base"],
+        'timezone "Mars/Base"',
+        id="unknown timezone",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "next tuesday-ish"],
+        '"next tuesday-ish" is not a time',
+        id="unparsable at",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--script", "missing.sh"],
+        'cannot read script file "missing.sh"',
+        id="missing script",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "  ", "--at", "+1h"],
+        "prompt is empty",
+        id="empty prompt",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "2020-01-01T09:00"],
+        "is in the past",
+        id="past time",
+    ),
+    pytest.param(["task", "schedule", "work", "--prompt", "p"], "needs processAfter", id="no time"),
+    pytest.param(["task", "cancel", "nosuch"], 'no task with id or series id "nosuch"', id="task"),
+    pytest.param(["cron", "61 * * * *"], "61", id="bad cron preview"),
+    pytest.param(["cron", "@daily", "--after", "soonish"], '--after "soonish"', id="bad after"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), MISTAKES)
+def test_user_mistake_is_one_sentence_on_stderr_and_writes_nothing(
+    cli: Cli, session: str, args: list[str], message: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert tasks(cli, "--all") == []
+
+
+def test_invalid_host_timezone_names_the_value_and_its_source(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Mars/Olympus")
+    result = cli("session", "list")
+    assert result.exit_code == 2
+    assert 'timezone "Mars/Olympus" (from the TZ environment variable)' in result.stderr
+
+
+def test_invalid_setting_is_one_sentence_naming_the_variable(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRONBOX_MIN_INTERVAL", "often")
+    result = cli("session", "list")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: CRONBOX_MIN_INTERVAL is not valid")
+
+
+def test_contradicting_update_flags_are_refused(cli: Cli, session: str) -> None:
+    schedule(cli, "--prompt", "p", "--cron", "0 9 * * *", "--id", "t1")
+    result = cli("task", "update", "t1", "--cron", "0 10 * * *", "--clear-cron")
+    assert result.exit_code == 2
+    assert "contradict" in result.stderr
+    assert tasks(cli)[0]["recurrence"] == "0 9 * * *"
+
+
+# --- the installed entry point ----------------------------------------------------------
+
+
+def run_module(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "host.cli", *args, "--home", str(home)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_module_entry_point_lists_tasks_as_json(home: Path) -> None:
+    done = run_module("task", "list", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_module_entry_point_reports_a_mistake_without_traceback(home: Path) -> None:
+    done = run_module("task", "schedule", "nosuch", "--prompt", "p", "--at", "+1h", home=home)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        'error: no session named or with id "nosuch"; `cronbox session list` shows them'
+    ]
