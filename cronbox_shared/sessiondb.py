@@ -447,3 +447,16 @@ def all_rows(db: Database) -> list[InboundMessage]:
     """Every ``messages_in`` row, oldest first."""
     rows = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in ORDER BY seq").fetchall()
     return [_row_to_inbound(r) for r in rows]
+
+
+def delete_ack(db: Database, message_id: str, attempt: int) -> None:
+    """Forget the container's ack of one attempt, so the row is claimable again."""
+    db.execute(
+        "DELETE FROM processing_ack WHERE message_id = ? AND attempt = ?", [message_id, attempt]
+    )
+
+
+def outbound_ready(db: Database) -> bool:
+    """Whether the container has created its tables yet (the file can exist before)."""
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {"messages_out", "processing_ack"} <= names

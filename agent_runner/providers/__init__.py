@@ -1,0 +1,61 @@
+"""Agent providers by name.
+
+A session's agent profile names its provider (``CRONBOX_PROVIDER``). Built-ins are
+imported only when asked for, so a provider's dependencies (a model SDK, an MCP
+client) cost nothing to sessions that do not use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent_runner.provider import Provider
+from cronbox_shared.errors import CronboxError
+
+ProviderFactory = Callable[[], Provider]
+
+
+class UnknownProvider(CronboxError, LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f'unknown agent provider "{name}"; set CRONBOX_PROVIDER to one of: ' + ", ".join(known)
+        )
+        self.name = name
+
+
+def _echo() -> Provider:
+    from agent_runner.providers.echo import EchoProvider
+
+    return EchoProvider()
+
+
+def _fail() -> Provider:
+    from agent_runner.providers.failing import FailingProvider
+
+    return FailingProvider()
+
+
+_FACTORIES: dict[str, ProviderFactory] = {"echo": _echo, "fail": _fail}
+
+
+def provider_names() -> list[str]:
+    """Names :func:`get_provider` accepts, sorted."""
+    return sorted(_FACTORIES)
+
+
+def get_provider(name: str) -> Provider:
+    """A fresh provider instance for ``name``; raises UnknownProvider for other names."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise UnknownProvider(name, provider_names())
+    return factory()
+
+
+def register_provider(name: str, factory: ProviderFactory) -> None:
+    """Make ``factory`` available as ``name`` (replacing any provider of that name)."""
+    _FACTORIES[name] = factory
+
+
+def unregister_provider(name: str) -> None:
+    """Forget ``name``; built-in names come back only when registered again."""
+    _FACTORIES.pop(name, None)
