@@ -1,0 +1,393 @@
+"""The ``process`` runtime: each session's agent runner is a local subprocess (SPEC §7).
+
+The embedded default: no Docker, no isolation. A runner is started in its own session
+(and so its own process group), so stopping it takes along everything it spawned (gate
+scripts, tools) and a Ctrl-C on the host's terminal never reaches it directly; the host
+decides when runners stop.
+
+The "label" that marks a runner as this host's is its environment: every runner gets
+``CRONBOX_HOST_HOME`` and ``CRONBOX_SESSION_DIR``, and ``<session_dir>/.runner.pid``
+records its pid. A restarted host finds its runners through the pid files and trusts a
+pid only when ``/proc/<pid>`` still shows that environment and start time, so a pid the
+kernel has since handed to another program is never signalled. Adoption reads
+``/proc``, so it needs Linux.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc
+from host.runtimes.base import RunnerHandle, RunnerSpec, RunnerStartFailed
+
+__all__ = ["HOME_LABEL", "PID_FILE", "RUNNER_LOG", "SESSION_DIR_VAR", "ProcessRuntime"]
+
+HOME_LABEL = "CRONBOX_HOST_HOME"
+SESSION_DIR_VAR = "CRONBOX_SESSION_DIR"
+PID_FILE = ".runner.pid"
+RUNNER_LOG = "runner.log"
+
+# How often a stop or kill looks whether the runner is gone. The death of a process that
+# is not our child (an adopted runner) has no event to wait on, so these waits poll.
+_FIRST_POLL = 0.01
+_MAX_POLL = 0.2
+
+
+@dataclass
+class _Child:
+    """A runner this host process spawned (and so must reap)."""
+
+    popen: subprocess.Popen[bytes]
+    session_dir: Path
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class _Adopted:
+    """What a runner found through its pid file must still look like to be ours."""
+
+    home: Path
+    session_dir: Path
+    proc_start: int | None
+
+
+@dataclass(frozen=True)
+class _PidRecord:
+    pid: int
+    session_id: str
+    started_at: datetime
+    proc_start: int | None
+
+
+class ProcessRuntime:
+    """Runs ``python -m agent_runner`` (or ``argv``) as a subprocess per session.
+
+    The exit code of a runner stays known until the next runner of its session starts.
+    """
+
+    name = "process"
+
+    def __init__(self, argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> None:
+        self._argv: tuple[str, ...] = (
+            tuple(argv) if argv is not None else (sys.executable, "-m", "agent_runner")
+        )
+        self._clock: Clock = clock or SystemClock()
+        # Touched from worker threads (start, list_own) and the event loop alike.
+        self._lock = threading.Lock()
+        self._children: dict[RunnerHandle, _Child] = {}
+        self._adopted: dict[RunnerHandle, _Adopted] = {}
+
+    # -- the Runtime protocol ---------------------------------------------------------
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        return await anyio.to_thread.run_sync(self._start_sync, spec)
+
+    async def is_running(self, handle: RunnerHandle) -> bool:
+        child = self._child(handle)
+        if child is not None:
+            if child.popen.poll() is None:
+                return True
+            if not child.finished:
+                await anyio.to_thread.run_sync(self._finish_sync, child)
+            return False
+        alive = await anyio.to_thread.run_sync(self._foreign_alive_sync, handle)
+        if not alive:
+            with self._lock:
+                self._adopted.pop(handle, None)
+        return alive
+
+    async def exit_code(self, handle: RunnerHandle) -> int | None:
+        child = self._child(handle)
+        if child is None or await self.is_running(handle):
+            return None
+        return child.popen.returncode
+
+    async def stop(self, handle: RunnerHandle, grace: float) -> None:
+        if not await self.is_running(handle):
+            return
+        await self._signal(handle, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await self._wait_gone(handle)
+            return
+        await self.kill(handle)
+
+    async def kill(self, handle: RunnerHandle) -> None:
+        if not await self.is_running(handle):
+            return
+        await self._signal(handle, signal.SIGKILL)
+        await self._wait_gone(handle)
+
+    async def list_own(self, home: Path) -> list[RunnerHandle]:
+        return await anyio.to_thread.run_sync(self._list_own_sync, home)
+
+    # -- blocking halves, run in worker threads ---------------------------------------
+
+    def _start_sync(self, spec: RunnerSpec) -> RunnerHandle:
+        workspace = spec.session_dir / "workspace"
+        env = {
+            **os.environ,
+            **spec.env,
+            SESSION_DIR_VAR: str(spec.session_dir),
+            HOME_LABEL: str(spec.home),
+        }
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            with open(spec.session_dir / RUNNER_LOG, "ab") as log:
+                log.write(f"--- runner started at {fmt(self._clock.now())} ---\n".encode())
+                log.flush()
+                popen = subprocess.Popen(
+                    self._argv,
+                    cwd=workspace,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise RunnerStartFailed(spec.session_id, str(exc)) from exc
+
+        handle = RunnerHandle(spec.session_id, str(popen.pid), self._clock.now())
+        with self._lock:
+            # An earlier runner of this session that has finished is of no more use.
+            for old in [
+                h
+                for h, c in self._children.items()
+                if h.session_id == spec.session_id and c.finished
+            ]:
+                del self._children[old]
+            self._children[handle] = _Child(popen, spec.session_dir)
+        record = _PidRecord(popen.pid, spec.session_id, handle.started_at, _proc_start(popen.pid))
+        try:
+            _write_pid_file(spec.session_dir, record)
+        except OSError as exc:
+            # A runner no restarted host could find would be an orphan: do not keep it.
+            _killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            self._finish_sync(self._children[handle])
+            raise RunnerStartFailed(spec.session_id, f"cannot write its pid file: {exc}") from exc
+        return handle
+
+    def _finish_sync(self, child: _Child) -> None:
+        """Tidy up after a reaped child, once: kill what it left in its group, drop its
+        pid file."""
+        with self._lock:
+            if child.finished:
+                return
+            child.finished = True
+        # The group outlives its leader while a spawned gate script or tool still runs;
+        # while any member lives the kernel does not reuse the group id.
+        _killpg(child.popen.pid, signal.SIGKILL)
+        _remove_pid_file(child.session_dir, child.popen.pid)
+
+    def _foreign_alive_sync(self, handle: RunnerHandle) -> bool:
+        try:
+            pid = int(handle.ref)
+        except ValueError:
+            return False
+        with self._lock:
+            adopted = self._adopted.get(handle)
+        if adopted is None:
+            return _is_runner(pid, session_id=handle.session_id)
+        return _is_runner(
+            pid,
+            session_id=handle.session_id,
+            home=adopted.home,
+            session_dir=adopted.session_dir,
+            proc_start=adopted.proc_start,
+        )
+
+    def _signal_foreign_sync(self, handle: RunnerHandle, sig: signal.Signals) -> None:
+        if not self._foreign_alive_sync(handle):
+            return
+        pid = int(handle.ref)
+        try:
+            leads_group = os.getpgid(pid) == pid
+        except ProcessLookupError:
+            return
+        if leads_group:
+            _killpg(pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _list_own_sync(self, home: Path) -> list[RunnerHandle]:
+        handles: list[RunnerHandle] = []
+        for pid_file in sorted((home / "sessions").glob(f"*/{PID_FILE}")):
+            session_dir = pid_file.parent
+            record = _read_pid_file(pid_file)
+            if record is None:
+                pid_file.unlink(missing_ok=True)
+                continue
+            own = self._own_child_sync(record.pid, session_dir)
+            if own is not None:
+                handles.append(own)
+                continue
+            if _is_runner(
+                record.pid,
+                session_id=record.session_id,
+                home=home,
+                session_dir=session_dir,
+                proc_start=record.proc_start,
+            ):
+                handle = RunnerHandle(record.session_id, str(record.pid), record.started_at)
+                with self._lock:
+                    self._adopted[handle] = _Adopted(home, session_dir, record.proc_start)
+                handles.append(handle)
+            else:
+                pid_file.unlink(missing_ok=True)
+        return handles
+
+    def _own_child_sync(self, pid: int, session_dir: Path) -> RunnerHandle | None:
+        """Our live child with this pid, if it is one; a finished one is tidied up."""
+        with self._lock:
+            matches = [
+                (h, c)
+                for h, c in self._children.items()
+                if c.popen.pid == pid and c.session_dir == session_dir and not c.finished
+            ]
+        for handle, child in matches:
+            if child.popen.poll() is None:
+                return handle
+            self._finish_sync(child)
+        return None
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _child(self, handle: RunnerHandle) -> _Child | None:
+        with self._lock:
+            return self._children.get(handle)
+
+    async def _signal(self, handle: RunnerHandle, sig: signal.Signals) -> None:
+        child = self._child(handle)
+        if child is None:
+            await anyio.to_thread.run_sync(self._signal_foreign_sync, handle, sig)
+        elif child.popen.returncode is None:
+            # Not reaped yet, so the pid (and group id) cannot have been reused.
+            _killpg(child.popen.pid, sig)
+
+    async def _wait_gone(self, handle: RunnerHandle) -> None:
+        """Return once the runner is gone (callers bound the wait)."""
+        step = _FIRST_POLL
+        while await self.is_running(handle):
+            await anyio.sleep(step)
+            step = min(step * 2, _MAX_POLL)
+
+
+# -- /proc and pid files ---------------------------------------------------------------
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    # An empty group is fine: everything in it is already gone.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time in clock ticks since boot)`` of ``pid``, or ``None`` if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses; it ends at the last ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[19])
+
+
+def _proc_start(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _proc_environ(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    env: dict[str, str] = {}
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _is_runner(
+    pid: int,
+    *,
+    session_id: str,
+    home: Path | None = None,
+    session_dir: Path | None = None,
+    proc_start: int | None = None,
+) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and is a cronbox runner of this session.
+
+    Without ``home`` any home label is accepted, and without ``session_dir`` the session
+    dir only needs to be named after ``session_id``.
+    """
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in {"Z", "X", "x"}:
+        return False
+    if proc_start is not None and stat[1] != proc_start:
+        return False
+    env = _proc_environ(pid)
+    if env is None or HOME_LABEL not in env or SESSION_DIR_VAR not in env:
+        return False
+    if home is not None and not _same_path(env[HOME_LABEL], home):
+        return False
+    if session_dir is not None:
+        return _same_path(env[SESSION_DIR_VAR], session_dir)
+    return Path(env[SESSION_DIR_VAR]).name == session_id
+
+
+def _write_pid_file(session_dir: Path, record: _PidRecord) -> None:
+    payload = {
+        "pid": record.pid,
+        "session_id": record.session_id,
+        "started_at": fmt(record.started_at),
+        "proc_start": record.proc_start,
+    }
+    tmp = session_dir / f"{PID_FILE}.tmp"
+    tmp.write_text(json.dumps(payload) + "\n")
+    os.replace(tmp, session_dir / PID_FILE)
+
+
+def _read_pid_file(path: Path) -> _PidRecord | None:
+    try:
+        data = json.loads(path.read_text())
+        proc_start = data.get("proc_start")
+        return _PidRecord(
+            pid=int(data["pid"]),
+            session_id=str(data.get("session_id") or path.parent.name),
+            started_at=parse_utc(str(data["started_at"])),
+            proc_start=int(proc_start) if proc_start is not None else None,
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # torn or foreign content: treat as stale
+
+
+def _remove_pid_file(session_dir: Path, pid: int) -> None:
+    """Remove the session's pid file if it still names ``pid`` (a newer runner's stays)."""
+    path = session_dir / PID_FILE
+    record = _read_pid_file(path)
+    if record is not None and record.pid == pid:
+        path.unlink(missing_ok=True)
