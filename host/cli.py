@@ -14,9 +14,11 @@ Extending: commands of the host daemon (``run``, ``status``, ``task run``) regis
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -35,7 +37,7 @@ from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import ScheduleRequest, UpdateRequest, parse_when
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import Settings
-from host.store import Limits, Run, Session, Store, TaskView, describe_recurrence
+from host.store import Run, Session, Store, TaskView, describe_recurrence
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -134,14 +136,9 @@ def load_settings() -> Settings:
 def open_store(home: Path | None) -> Store:
     """The store under ``home`` (default from the settings), with the configured limits."""
     settings = load_settings()
-    return Store(
-        home or settings.home,
-        default_timezone=settings.timezone(),
-        limits=Limits(
-            min_interval=timedelta(seconds=settings.min_interval),
-            max_tasks_per_session=settings.max_tasks_per_session,
-        ),
-    )
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
+    return Store.from_settings(settings)
 
 
 def read_script(path: Path) -> str:
@@ -601,6 +598,103 @@ def cron_preview(
 def main() -> None:
     """Entry point of the ``cronbox`` console script."""
     app()
+
+
+# --- the host ---------------------------------------------------------------------------
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[handler],
+    )
+
+
+@app.command("run")
+def run(
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo", help="Create a demo session with a recurring and a gated task first."
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the host: sweep, pool, runners and delivery, until Ctrl-C or SIGTERM."""
+    import anyio
+
+    from host.daemon import run_host
+
+    del as_json  # the host logs; it prints no result
+    settings = load_settings()
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
+    _setup_logging(verbose)
+    anyio.run(partial(run_host, settings, demo=demo))
+
+
+@app.command("status")
+def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show the pool, live runners, due counts and the next wake-up."""
+    from host.daemon import host_status
+
+    store = open_store(home)
+    report = host_status(store, load_settings().max_containers)
+    if as_json:
+        print_json(report)
+        return
+    console = stdout_console()
+    now = store.now()
+    host = report["host"]
+    if host is None:
+        console.print(Text("host: not running"))
+    else:
+        live = report["live"]
+        console.print(
+            Text(
+                f"host: running (pid {host['pid']}, runtime {host['runtime']}), "
+                f"pool {len(live)}/{host['max_containers']} in use"
+            )
+        )
+    console.print(
+        Text(
+            f"sessions: {report['sessions']}, due now: {report['due_now']}, "
+            f"live tasks: {report['live_tasks']}"
+        )
+    )
+    nxt = report["next_wake"]
+    tz = zone(load_settings().timezone())
+    console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
+    if report["live"]:
+        table = Table("session", "runner", "started", "busy")
+        for runner in report["live"]:
+            table.add_row(
+                Text(runner["session"]),
+                Text(runner["ref"]),
+                Text(when_cell(runner["started_at"], tz, now)),
+                Text("yes" if runner["busy"] else "idle"),
+            )
+        console.print(table)
+
+
+@task_app.command("run")
+def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Run a task now, once, outside its schedule (the series is not disturbed)."""
+    store = open_store(home)
+    row = store.run_now(task)
+    if as_json:
+        print_json({"id": row.id, "series_id": row.series_id, "process_after": row.process_after})
+        return
+    stdout_console().print(
+        Text(f"queued a run of {row.series_id} now (occurrence {row.id})"), soft_wrap=True
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ from cronbox_shared.tasks import (
     validate_update,
 )
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc, zone
+from host.config import Settings
+from host.liveness import Claim
 
 CENTRAL = "cronbox.db"
 SESSIONS = "sessions"
@@ -249,6 +251,19 @@ class Store:
         with self.central() as db:
             central_migrations.apply(db)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Store:
+        """The store under ``settings.home`` with the configured zone and limits."""
+        return cls(
+            settings.home,
+            clock=clock,
+            default_timezone=settings.timezone(),
+            limits=Limits(
+                min_interval=timedelta(seconds=settings.min_interval),
+                max_tasks_per_session=settings.max_tasks_per_session,
+            ),
+        )
+
     # --- plumbing --------------------------------------------------------------------
 
     @contextmanager
@@ -433,9 +448,7 @@ class Store:
         else:
             rows = []
             for ref in series:
-                found = [
-                    r for r in sdb.series_rows(inbound_db, ref) if not r.content.get("manual")
-                ]
+                found = [r for r in sdb.series_rows(inbound_db, ref) if not r.content.get("manual")]
                 if found:
                     rows.append(found[0])
         now = fmt(self.now())
@@ -463,12 +476,12 @@ class Store:
         audit: tuple[str, str, str | None, dict[str, Any] | None] | None = None,
     ) -> None:
         """Re-derive the central view of one session from its inbound.db."""
-        with sdb.inbound(self.session_dir(session_id)) as inbound_db, self.central() as db:
-            with db.atomic():
-                self._sync_central(db, session_id, inbound_db, series)
-                if audit is not None:
-                    actor, action, target, detail = audit
-                    self.audit(db, actor, action, session_id, target, detail)
+        directory = self.session_dir(session_id)
+        with sdb.inbound(directory) as inbound_db, self.central() as db, db.atomic():
+            self._sync_central(db, session_id, inbound_db, series)
+            if audit is not None:
+                actor, action, target, detail = audit
+                self.audit(db, actor, action, session_id, target, detail)
 
     def reindex(self) -> int:
         """Re-derive every session's central state from its files (host start)."""
@@ -621,7 +634,8 @@ class Store:
                 "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
                 "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome "
                 "FROM tasks t JOIN sessions s ON s.id = t.session_id "
-                "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE series_id = t.series_id "
+                "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
+                "WHERE series_id = t.series_id "
                 f"AND session_id = t.session_id) {clause} "
                 "ORDER BY t.next_run IS NULL, t.next_run, t.created_at",
                 args,
@@ -701,7 +715,7 @@ class Store:
         self, request: UpdateRequest | dict[str, Any], *, actor: str = "cli",
         session_id: str | None = None,
     ) -> TaskView:  # fmt: skip
-        """Change a task's prompt, script, time or recurrence; the live occurrence is rescheduled."""
+        """Change a task's prompt, script, time or recurrence; reschedules the live occurrence."""
         req = request if isinstance(request, UpdateRequest) else UpdateRequest.parse(request)
         session, series = self._locate(req.task_id, session_id)
         now = fmt(self.now())
@@ -747,7 +761,7 @@ class Store:
 
     # --- settlement: acks, retries, fan-out, catch-up ---------------------------------
 
-    def settle_acks(self, session_id: str) -> list[Claim]:
+    def settle_acks(self, session_id: str, default_timeout: timedelta) -> list[Claim]:
         """Apply the runner's acks to ``messages_in`` and the run history (sweep step 1, 5).
 
         Acks are untrusted: malformed ones, or ones for another try, are ignored. A
@@ -764,7 +778,7 @@ class Store:
         with self._inbound_tx(session_id) as db:
             pending = {r.id: r for r in sdb.processing_rows(db)}
             with sdb.outbound(directory, readonly=True) as out:
-                raw_acks = sdb.acks_for(out, list(pending))
+                raw_acks = sdb.acks_for(out, list(pending)) if sdb.outbound_ready(out) else []
             for raw in raw_acks:
                 try:
                     ack = sdb.ack_from_row(raw)
@@ -778,7 +792,8 @@ class Store:
                        "scheduled_for": row.scheduled_for or row.process_after,
                        "tries": row.tries + 1, "started_at": fmt(at)}  # fmt: skip
                 if ack.status is AckStatus.PROCESSING:
-                    claims.append(Claim(row.id, at, row.timeout))
+                    timeout = timedelta(seconds=row.timeout) if row.timeout else default_timeout
+                    claims.append(Claim(row.id, at, timeout))
                     runs.append(run)
                     continue
                 status, outcome = _ACK_FATE[ack.status]
@@ -854,7 +869,7 @@ class Store:
                     runs.append({"message_id": row.id, "series_id": row.series_id,
                                  "scheduled_for": slot, "tries": 0, "finished_at": fmt(now),
                                  "outcome": RunOutcome.MISSED.value,
-                                 "error": f"missed: {late} late, past its misfire grace"})  # fmt: skip
+                                 "error": f"missed: {late} late, past its grace"})  # fmt: skip
                 elif slot != row.scheduled_for:
                     sdb.update_inbound(db, row.id, scheduled_for=slot, process_after=slot)
                 else:
@@ -921,32 +936,32 @@ class Store:
         self, session_id: str, runs: Sequence[dict[str, Any]], series: Sequence[str]
     ) -> None:
         """Upsert run history rows and refresh the central view, in one transaction."""
-        with sdb.inbound(self.session_dir(session_id)) as inbound_db, self.central() as db:
-            with db.atomic():
-                for run in runs:
-                    db.execute(
-                        "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, "
-                        "started_at, finished_at, outcome, tries, error, output_preview) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (session_id, message_id) DO UPDATE SET "
-                        "started_at = coalesce(runs.started_at, excluded.started_at), "
-                        "finished_at = coalesce(excluded.finished_at, runs.finished_at), "
-                        "outcome = coalesce(excluded.outcome, runs.outcome), "
-                        "tries = max(runs.tries, excluded.tries), "
-                        "error = coalesce(excluded.error, runs.error), "
-                        "output_preview = coalesce(excluded.output_preview, runs.output_preview)",
-                        [
-                            session_id, run["message_id"], run.get("series_id"),
-                            run.get("scheduled_for"), run.get("started_at"),
-                            run.get("finished_at"), run.get("outcome"), run.get("tries", 0),
-                            run.get("error"), run.get("output_preview"),
-                        ],
-                    )  # fmt: skip
-                self._sync_central(db, session_id, inbound_db, series)
+        directory = self.session_dir(session_id)
+        with sdb.inbound(directory) as inbound_db, self.central() as db, db.atomic():
+            for run in runs:
                 db.execute(
-                    "UPDATE sessions SET last_active_at = ? WHERE id = ?",
-                    [fmt(self.now()), session_id],
-                )
+                    "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, "
+                    "started_at, finished_at, outcome, tries, error, output_preview) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (session_id, message_id) DO UPDATE SET "
+                    "started_at = coalesce(runs.started_at, excluded.started_at), "
+                    "finished_at = coalesce(excluded.finished_at, runs.finished_at), "
+                    "outcome = coalesce(excluded.outcome, runs.outcome), "
+                    "tries = max(runs.tries, excluded.tries), "
+                    "error = coalesce(excluded.error, runs.error), "
+                    "output_preview = coalesce(excluded.output_preview, runs.output_preview)",
+                    [
+                        session_id, run["message_id"], run.get("series_id"),
+                        run.get("scheduled_for"), run.get("started_at"),
+                        run.get("finished_at"), run.get("outcome"), run.get("tries", 0),
+                        run.get("error"), run.get("output_preview"),
+                    ],
+                )  # fmt: skip
+            self._sync_central(db, session_id, inbound_db, series)
+            db.execute(
+                "UPDATE sessions SET last_active_at = ? WHERE id = ?",
+                [fmt(self.now()), session_id],
+            )
 
     def session_runs(self, session_id: str, limit: int = 100) -> list[Run]:
         """Run history of one session (tasks and chat), newest first."""
@@ -966,14 +981,27 @@ class Store:
         with sdb.inbound(self.session_dir(session_id), readonly=True) as db:
             return sdb.all_rows(db)
 
+    # --- outbound: replies and agent actions -------------------------------------------
 
-@dataclass(frozen=True)
-class Claim:
-    """A row the runner has acked ``processing`` for its current try."""
+    def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Raw ``messages_out`` rows the host has not handled yet, oldest first (untrusted)."""
+        directory = self.session_dir(session_id)
+        if not (directory / sdb.OUTBOUND).exists():
+            return []
+        with sdb.inbound(directory, readonly=True) as inbound_db:
+            after = sdb.delivered_max_seq(inbound_db)
+        with sdb.outbound(directory, readonly=True) as out:
+            return sdb.outbound_after(out, after, limit) if sdb.outbound_ready(out) else []
 
-    message_id: str
-    claimed_at: datetime
-    timeout: int | None
+    def mark_delivered(
+        self, session_id: str, seq: int, message_id: str, channel: str, status: str,
+        detail: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record that outbound ``seq`` was handled; False if it already was."""
+        with self._inbound_tx(session_id) as db:
+            return sdb.mark_delivered(
+                db, seq, message_id[:200], channel, fmt(self.now()), status, _cap(detail, 2000)
+            )
 
 
 @dataclass(frozen=True)

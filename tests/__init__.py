@@ -1,0 +1,1 @@
+"""cronbox test suite."""

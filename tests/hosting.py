@@ -1,0 +1,120 @@
+"""Helpers for tests that run a real host: in-process with real runner subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from cronbox_shared import sessiondb as sdb
+from host.config import Settings
+from host.daemon import run_host
+from host.store import Store
+from host.sweep import SweepConfig, Sweeper
+
+T = TypeVar("T")
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "home": home,
+        "runtime": "process",
+        "sweep_interval": 60.0,
+        "idle_timeout": 1.0,
+        "min_interval": 1.0,
+        "max_containers": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fast_sweep(settings: Settings, **overrides: Any) -> SweepConfig:
+    values: dict[str, Any] = {
+        "sweep_interval": settings.sweep_interval,
+        "max_containers": settings.max_containers,
+        "idle_timeout": settings.idle_timeout,
+        "task_timeout": settings.task_timeout,
+        "live_poll": 0.05,
+        "runner_poll": 0.05,
+        "stop_grace": 5.0,
+        "retry_base": 0.05,
+    }
+    values.update(overrides)
+    return SweepConfig(**values)
+
+
+@asynccontextmanager
+async def running_host(
+    settings: Settings, sweep: SweepConfig | None = None
+) -> AsyncIterator[Sweeper]:
+    """Run ``run_host`` in this event loop; cancelling it performs the staged shutdown."""
+    async with anyio.create_task_group() as tg:
+        sweeper: Sweeper = await tg.start(
+            partial(run_host, settings, sweep=sweep or fast_sweep(settings))
+        )
+        try:
+            yield sweeper
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:
+    """Poll ``check`` (run in a thread) until it returns something truthy."""
+    with anyio.fail_after(limit):
+        while True:
+            value = await anyio.to_thread.run_sync(check)
+            if value:
+                return value
+            await anyio.sleep(0.05)
+
+
+def replies(store: Store, session_id: str) -> list[dict[str, Any]]:
+    """The chat replies a session's runner wrote."""
+    directory = store.session_dir(session_id)
+    if not (directory / sdb.OUTBOUND).exists():
+        return []
+    with sdb.outbound(directory, readonly=True) as db:
+        if not sdb.outbound_ready(db):
+            return []
+        return [r for r in sdb.outbound_after(db, 0, 10_000) if r["kind"] == "chat"]
+
+
+def delivered_seqs(store: Store, session_id: str) -> list[int]:
+    with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
+        return sorted(sdb.delivered_seqs(db, list(range(1, 20_001, 2))))
+
+
+def acks(store: Store, session_id: str, message_id: str) -> list[dict[str, Any]]:
+    directory = store.session_dir(session_id)
+    if not (directory / sdb.OUTBOUND).exists():
+        return []
+    with sdb.outbound(directory, readonly=True) as db:
+        return sdb.acks_for(db, [message_id]) if sdb.outbound_ready(db) else []
+
+
+def runner_pids(home: Path) -> list[int]:
+    """Live processes whose environment names this home (runners of any host)."""
+    pids = []
+    needle = f"CRONBOX_HOST_HOME={home.resolve()}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and needle in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_group(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

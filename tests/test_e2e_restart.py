@@ -1,0 +1,131 @@
+"""End to end: the host as a real `cronbox run` process, killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cronbox_shared.models import MessageStatus, RunOutcome
+from host.store import Store
+from tests.hosting import acks, delivered_seqs, make_settings, replies, runner_pids, wait_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def host_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TZ="UTC",
+        CRONBOX_HOME=str(home),
+        CRONBOX_IDLE_TIMEOUT="1",
+        CRONBOX_MIN_INTERVAL="1",
+        CRONBOX_SWEEP_INTERVAL="60",
+    )
+    return env
+
+
+@contextmanager
+def host_process(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "host.cli", "run"],
+            env=host_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+async def test_second_host_on_the_same_home_refuses_to_start(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Store.from_settings(make_settings(home))
+    with host_process(home, tmp_path / "host1.log") as first:
+        await wait_for(lambda: (home / "host.json").exists())
+        second = subprocess.run(
+            [sys.executable, "-m", "host.cli", "run"],
+            env=host_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert first.poll() is None
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+    assert second.returncode != 0
+    assert "already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+
+async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    home = tmp_path / "home"
+    store = Store.from_settings(make_settings(home))
+    session = store.create_session("phoenix")
+    slow = store.schedule_task(
+        session.id,
+        {"taskId": "slow", "prompt": "slow one", "processAfter": "now",
+         "script": "sleep 2; echo '{\"wakeAgent\": true}'"},
+    )  # fmt: skip
+    later = store.schedule_task(
+        session.id, {"taskId": "later", "prompt": "later one", "processAfter": "+3s"}
+    )
+    series = store.schedule_task(
+        session.id, {"taskId": "tick", "prompt": "tick", "recurrence": "@every 2s"}
+    )
+    log = tmp_path / "host.log"
+    with host_process(home, log) as first:
+        await wait_for(lambda: acks(store, session.id, slow.id))
+        orphans = runner_pids(home)
+        assert orphans, "the slow task's runner is alive when the host dies"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+
+    with host_process(home, log) as second:
+        await wait_for(lambda: store.runs_for(slow.id) and store.runs_for(slow.id)[0].outcome)
+        await wait_for(lambda: store.runs_for(later.id) and store.runs_for(later.id)[0].outcome)
+        await wait_for(
+            lambda: len([r for r in store.runs_for(series.id) if r.outcome]) >= 3, limit=60
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+
+    assert runner_pids(home) == [], "no runner outlives the host"
+    for task in (slow, later):
+        [run] = store.runs_for(task.id)
+        assert run.outcome is RunOutcome.OK
+    rows = store.inbound_rows(session.id)
+    tick_rows = [r for r in rows if r.series_id == series.id]
+    slots = Counter(r.scheduled_for for r in tick_rows)
+    assert all(n == 1 for n in slots.values()), f"duplicate occurrences: {slots}"
+    assert len([r for r in tick_rows if r.status.live]) == 1
+    assert all(
+        r.status is MessageStatus.COMPLETED for r in tick_rows if not r.status.live
+    )
+    sent = replies(store, session.id)
+    reply_targets = Counter(r["in_reply_to"] for r in sent)
+    assert reply_targets[slow.id] == 1
+    assert reply_targets[later.id] == 1
+    assert delivered_seqs(store, session.id) == sorted(r["seq"] for r in sent)
