@@ -31,6 +31,8 @@ from host.store import RowFate, Session, Store
 
 log = logging.getLogger("cronbox.sweep")
 T = TypeVar("T")
+QUARANTINE_BASE = 5.0
+QUARANTINE_MAX = 300.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class Sweeper:
         self.started_total = 0
         self.peak_live = 0
         self.starts: deque[StartRecord] = deque(maxlen=10_000)
+        self.quarantine: dict[str, tuple[datetime, int]] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -122,8 +125,12 @@ class Sweeper:
 
     async def recover(self) -> None:
         """Re-derive state from the files and adopt or reap runners a previous host left."""
-        count = await self._io(self.store.reindex)
         known = {s.id: s for s in await self._io(self.store.list_sessions)}
+        for session_id in known:
+            try:
+                await self._io(self.store.sync_session, session_id)
+            except Exception:
+                log.exception("session %s: could not re-derive its state", session_id)
         for handle in await self.runtime.list_own(self.store.home):
             session = known.get(handle.session_id)
             if session is None:
@@ -134,7 +141,7 @@ class Sweeper:
                 continue
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
-        log.info("recovered %d sessions, adopted %d runners", count, len(self.live))
+        log.info("recovered %d sessions, adopted %d runners", len(known), len(self.live))
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -158,7 +165,10 @@ class Sweeper:
             delay = min(delay, self.config.live_poll)
         nxt = self.store.next_wake()
         if nxt is not None:
-            delay = min(delay, max(0.0, (nxt - now).total_seconds()))
+            until = (nxt - now).total_seconds()
+            # Work already due is being served (or is waiting for a slot, or quarantined);
+            # polling for it at the live rate keeps the loop from spinning.
+            delay = min(delay, until if until > 0 else self.config.live_poll)
         return delay
 
     async def tick(self) -> None:
@@ -172,7 +182,11 @@ class Sweeper:
             return
         now = self.clock.now()
         due = await self._io(self.store.due_sessions, now)
-        self.waiting = {sid: parse_utc(at) for sid, at in due if sid not in self.live}
+        self.waiting = {
+            sid: parse_utc(at)
+            for sid, at in due
+            if sid not in self.live and self.quarantine.get(sid, (now, 0))[0] <= now
+        }
         plan = plan_pool(
             [Waiting(sid, at) for sid, at in self.waiting.items()],
             [Live(sid, r.busy, r.idle_since) for sid, r in self.live.items()],
@@ -191,7 +205,15 @@ class Sweeper:
             try:
                 await self._start(session_id)
             except Exception:
-                log.exception("session %s: could not start its runner", session_id)
+                # Back off so one broken session neither floods the log nor spins the loop.
+                _, failures = self.quarantine.get(session_id, (now, 0))
+                pause = min(QUARANTINE_MAX, QUARANTINE_BASE * 2**failures)
+                self.quarantine[session_id] = (now + timedelta(seconds=pause), failures + 1)
+                log.exception(
+                    "session %s: could not start its runner; next try in %d s", session_id, pause
+                )
+            else:
+                self.quarantine.pop(session_id, None)
 
     async def _start(self, session_id: str) -> None:
         await self._io(self.store.prepare_due, session_id)

@@ -1,0 +1,164 @@
+"""The sweep and the store's settlement: costs, isolation, timeouts, catch-up, fan-out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
+from cronbox_shared.timeutil import ManualClock, fmt
+from host.delivery import Delivery
+from host.runtimes import ProcessRuntime
+from host.store import Store
+from host.sweep import SweepConfig, Sweeper
+from tests.hosting import fast_sweep, make_settings, running_host, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+
+
+def ack(store: Store, session_id: str, message_id: str, attempt: int, status: AckStatus) -> None:
+    """Write an ack as the runner would (the test plays the container)."""
+    with sdb.outbound(store.session_dir(session_id)) as db, db.atomic():
+        sdb.set_ack(db, message_id, attempt, status, fmt(store.now()), None, "done")
+
+
+async def test_idle_tick_opens_no_session_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "home", clock=ManualClock("2026-01-01T00:00:00Z"))
+    for i in range(20):
+        session = store.create_session(f"idle-{i}")
+        store.schedule_task(session.id, {"prompt": "later", "processAfter": "+1d"})
+    opened: list[Path] = []
+    real_open = sdb.open_db
+
+    @contextmanager
+    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
+        opened.append(path)
+        with real_open(path, migrations, readonly) as db:
+            yield db
+
+    monkeypatch.setattr(sdb, "open_db", spy)
+    sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), store.clock)
+    await sweeper.tick()
+    assert opened == []
+    assert sweeper.live == {}
+
+
+async def test_a_broken_session_does_not_stop_the_others(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = Store.from_settings(settings)
+    broken = store.create_session("broken")
+    store.schedule_task(broken.id, {"prompt": "doomed", "processAfter": "now"})
+    (store.session_dir(broken.id) / sdb.INBOUND).write_bytes(b"this is not a database" * 100)
+    good = store.create_session("good")
+    task = store.schedule_task(good.id, {"prompt": "fine", "processAfter": "now"})
+    async with running_host(settings):
+        await wait_for(lambda: store.runs_for(task.id) and store.runs_for(task.id)[0].outcome)
+    assert store.runs_for(task.id)[0].outcome is RunOutcome.OK
+
+
+async def test_task_past_its_run_timeout_is_stopped_and_recorded_timeout(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = Store.from_settings(settings)
+    session = store.create_session("slowpoke")
+    task = store.schedule_task(
+        session.id,
+        {"prompt": "too slow", "processAfter": "now", "script": "sleep 30", "timeout": 1},
+    )
+    async with running_host(settings, fast_sweep(settings)):
+        await wait_for(lambda: store.runs_for(task.id) and store.runs_for(task.id)[0].outcome)
+    [run] = store.runs_for(task.id)
+    assert run.outcome is RunOutcome.TIMEOUT
+    assert "timed out after 1 s" in (run.error or "")
+    row = next(r for r in store.inbound_rows(session.id) if r.id == task.id)
+    assert row.status is MessageStatus.FAILED
+
+
+def test_finished_occurrence_gets_exactly_one_next_occurrence(tmp_path: Path) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    store = Store(tmp_path / "home", clock=clock, default_timezone="Europe/Berlin")
+    session = store.create_session("daily")
+    task = store.schedule_task(session.id, {"prompt": "brief", "recurrence": "0 9 * * *"})
+    assert task.next_run == "2026-01-16T08:00:00.000Z"
+    clock.set("2026-01-16T08:00:05Z")
+    ack(store, session.id, task.id, 0, AckStatus.COMPLETED)
+    store.settle_acks(session.id, timedelta(minutes=10))
+    store.settle_acks(session.id, timedelta(minutes=10))  # a second pass changes nothing
+    rows = store.inbound_rows(session.id)
+    assert [(r.id, r.status, r.scheduled_for, r.recurrence) for r in rows] == [
+        (task.id, MessageStatus.COMPLETED, "2026-01-16T08:00:00.000Z", None),
+        (f"{task.id}~1", MessageStatus.PENDING, "2026-01-17T08:00:00.000Z", "0 9 * * *"),
+    ]
+    assert store.get_session(session.id).next_due_at == "2026-01-17T08:00:00.000Z"
+    [run] = store.runs_for(task.id)
+    assert run.outcome is RunOutcome.OK
+    assert run.scheduled_for == "2026-01-16T08:00:00.000Z"
+
+
+def test_failed_and_skipped_occurrences_still_continue_the_series(tmp_path: Path) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    store = Store(tmp_path / "home", clock=clock)
+    session = store.create_session("stubborn")
+    task = store.schedule_task(session.id, {"prompt": "p", "recurrence": "@hourly"})
+    clock.set("2026-01-15T09:00:01Z")
+    ack(store, session.id, task.id, 0, AckStatus.FAILED)
+    store.settle_acks(session.id, timedelta(minutes=10))
+    clock.set("2026-01-15T10:00:01Z")
+    ack(store, session.id, f"{task.id}~1", 0, AckStatus.SKIPPED)
+    store.settle_acks(session.id, timedelta(minutes=10))
+    statuses = [(r.id, r.status) for r in store.inbound_rows(session.id)]
+    assert statuses == [
+        (task.id, MessageStatus.FAILED),
+        (f"{task.id}~1", MessageStatus.SKIPPED),
+        (f"{task.id}~2", MessageStatus.PENDING),
+    ]
+    outcomes = sorted((r.message_id, r.outcome) for r in store.runs_for(task.id))
+    assert outcomes == [(task.id, RunOutcome.ERROR), (f"{task.id}~1", RunOutcome.SKIPPED)]
+
+
+@pytest.mark.parametrize(
+    ("grace", "status", "slot", "outcome"),
+    [
+        # Host down three days: one coalesced run at the latest slot.
+        (None, MessageStatus.PENDING, "2026-01-18T09:00:00.000Z", None),
+        # Within its misfire grace: still run.
+        (8 * 3600, MessageStatus.PENDING, "2026-01-18T09:00:00.000Z", None),
+        # Past its misfire grace: recorded missed, the series moves on.
+        (3600, MessageStatus.SKIPPED, "2026-01-18T09:00:00.000Z", RunOutcome.MISSED),
+    ],
+)
+def test_catch_up_after_downtime_coalesces_or_misses(
+    tmp_path: Path, grace: int | None, status: MessageStatus, slot: str, outcome: RunOutcome | None
+) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    store = Store(tmp_path / "home", clock=clock)
+    session = store.create_session("sleepy")
+    request: dict[str, Any] = {"prompt": "p", "recurrence": "0 9 * * *"}
+    if grace is not None:
+        request["misfireGrace"] = grace
+    task = store.schedule_task(session.id, request)
+    clock.set("2026-01-18T15:00:00Z")
+    store.prepare_due(session.id)
+    first = store.inbound_rows(session.id)[0]
+    assert (first.status, first.scheduled_for) == (status, slot)
+    runs = store.runs_for(task.id)
+    assert [r.outcome for r in runs] == ([outcome] if outcome else [])
+    if outcome is RunOutcome.MISSED:
+        assert store.get_task(task.id).next_run == "2026-01-19T09:00:00.000Z"
