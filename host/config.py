@@ -27,10 +27,6 @@ class Settings(BaseSettings):
     max_containers: int = Field(default=5, ge=1)
     idle_timeout: float = Field(default=30.0, gt=0)
     runtime: Literal["process", "docker"] = "process"
-    image: str = "cronbox-agent:latest"
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8377, ge=0, le=65535)
-    api_key: str | None = None
     min_interval: float = Field(default=60.0, gt=0)
     max_tasks_per_session: int = Field(default=1000, ge=1)
     task_timeout: float = Field(default=600.0, gt=0)
