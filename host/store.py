@@ -761,18 +761,20 @@ class Store:
 
     # --- settlement: acks, retries, fan-out, catch-up ---------------------------------
 
-    def settle_acks(self, session_id: str, default_timeout: timedelta) -> list[Claim]:
+    def settle_acks(self, session_id: str, default_timeout: timedelta) -> Settlement:
         """Apply the runner's acks to ``messages_in`` and the run history (sweep step 1, 5).
 
         Acks are untrusted: malformed ones, or ones for another try, are ignored. A
         finished recurring occurrence gets its next occurrence in the same inbound
-        transaction that settles it. Returns the rows still claimed (``processing``).
+        transaction that settles it. Returns the rows still claimed (``processing``) and
+        the occurrences this pass finished.
         """
         directory = self.session_dir(session_id)
         if not (directory / sdb.OUTBOUND).exists():
-            return []
+            return Settlement([], [])
         now = self.now()
         claims: list[Claim] = []
+        finished: list[Finished] = []
         runs: list[dict[str, Any]] = []
         touched: set[str] = set()
         with self._inbound_tx(session_id) as db:
@@ -803,9 +805,10 @@ class Store:
                            error=error, output_preview=_cap(ack.output_preview, 500))  # fmt: skip
                 runs.append(run)
                 touched.add(row.series_id or row.id)
+                finished.append(Finished(row.id, row.series_id, outcome, error))
         if runs or touched:
             self._record_runs(session_id, runs, sorted(touched))
-        return claims
+        return Settlement(claims, finished)
 
     def requeue(self, session_id: str, fates: Sequence[RowFate]) -> None:
         """Apply the sweep's verdict on rows a dead or killed runner left claimed.
@@ -1002,6 +1005,24 @@ class Store:
             return sdb.mark_delivered(
                 db, seq, message_id[:200], channel, fmt(self.now()), status, _cap(detail, 2000)
             )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An occurrence a settlement pass ended."""
+
+    message_id: str
+    series_id: str | None
+    outcome: RunOutcome
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one pass over a runner's acks found: rows still claimed, and rows finished."""
+
+    claims: list[Claim]
+    finished: list[Finished]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from host.store import RowFate, Session, Store
 log = logging.getLogger("cronbox.sweep")
 T = TypeVar("T")
 QUARANTINE_BASE = 5.0
+_QUIET = (RunOutcome.OK, RunOutcome.SKIPPED)
 QUARANTINE_MAX = 300.0
 
 
@@ -239,7 +240,7 @@ class Sweeper:
         """Settle acks and replies of one live runner, enforce liveness, notice its exit."""
         runner = self.live[session_id]
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        runner.claims = await self._io(self.store.settle_acks, session_id, default_timeout)
+        runner.claims = await self._settle(runner.session, default_timeout)
         await self._deliver(runner.session)
         now = self.clock.now()
         if not await self.runtime.is_running(runner.handle):
@@ -276,7 +277,7 @@ class Sweeper:
         """Settle what an exited runner left: last acks and replies, then its claimed rows."""
         session_id = runner.session.id
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        claims = await self._io(self.store.settle_acks, session_id, default_timeout)
+        claims = await self._settle(runner.session, default_timeout)
         await self._deliver(runner.session)
         now = self.clock.now()
         fates: list[RowFate] = []
@@ -304,6 +305,15 @@ class Sweeper:
         else:
             log.info("session %s: runner finished", runner.session.name)
         self.wake()
+
+    async def _settle(self, session: Session, default_timeout: timedelta) -> list[Claim]:
+        settlement = await self._io(self.store.settle_acks, session.id, default_timeout)
+        for done in settlement.finished:
+            what = done.series_id or done.message_id
+            detail = f": {done.error}" if done.error else ""
+            level = logging.INFO if done.outcome in _QUIET else logging.WARNING
+            log.log(level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail)
+        return settlement.claims
 
     async def _deliver(self, session: Session) -> None:
         rows = await self._io(self.delivery.pending, session.id)
