@@ -40,6 +40,7 @@ outbound_migrations = Migrations("cronbox.outbound")
 
 @inbound_migrations()
 def m001_inbound(db: Database) -> None:
+    """messages_in, delivered and session_routing."""
     db.execute(
         """
         CREATE TABLE messages_in (
@@ -90,6 +91,7 @@ def m001_inbound(db: Database) -> None:
 
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
+    """messages_out, processing_ack and session_state."""
     db.execute(
         """
         CREATE TABLE messages_out (
@@ -228,6 +230,7 @@ def all_tasks(db: Database) -> list[InboundMessage]:
 
 
 def count_live_tasks(db: Database) -> int:
+    """How many task occurrences are pending or paused."""
     (n,) = db.execute(
         "SELECT count(*) FROM messages_in WHERE kind = 'task' AND status IN ('pending', 'paused')"
     ).fetchone()
@@ -254,6 +257,7 @@ def due_rows(db: Database, now: str) -> list[InboundMessage]:
 
 
 def rows_by_ids(db: Database, ids: Sequence[str]) -> dict[str, InboundMessage]:
+    """The ``messages_in`` rows with the given ids, by id."""
     if not ids:
         return {}
     marks = ", ".join("?" for _ in ids)
@@ -284,11 +288,13 @@ def mark_delivered(
 
 
 def delivered_max_seq(db: Database) -> int:
+    """The highest outbound seq the host has handled (0 if none)."""
     (value,) = db.execute("SELECT coalesce(max(seq), 0) FROM delivered").fetchone()
     return int(value)
 
 
 def delivered_seqs(db: Database, seqs: Sequence[int]) -> set[int]:
+    """Which of ``seqs`` the host has handled."""
     if not seqs:
         return set()
     marks = ", ".join("?" for _ in seqs)
@@ -393,11 +399,13 @@ def claimable(db: Database, inbound_path: Path, now: str, limit: int) -> list[In
 
 
 def get_state(db: Database, key: str) -> str | None:
+    """A value from the container's key/value store."""
     row = db.execute("SELECT value FROM session_state WHERE key = ?", [key]).fetchone()
     return str(row[0]) if row else None
 
 
 def set_state(db: Database, key: str, value: str) -> None:
+    """Set a value in the container's key/value store."""
     db.execute(
         "INSERT INTO session_state (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -63,6 +63,7 @@ central_migrations = Migrations("cronbox.central")
 
 @central_migrations()
 def m001_central(db: Database) -> None:
+    """The central schema: sessions (with the due index), task mirror, runs, audit log."""
     db.execute(
         """
         CREATE TABLE sessions (
@@ -200,6 +201,7 @@ def series_of(ref: str) -> str:
 
 
 def next_occurrence_id(row: InboundMessage) -> str:
+    """The id of the occurrence after ``row`` in its series (``<series>~<n+1>``)."""
     series = row.series_id or row.id
     n = int(row.id.rsplit(OCCURRENCE_SEP, 1)[1]) + 1 if OCCURRENCE_SEP in row.id else 1
     return f"{series}{OCCURRENCE_SEP}{n}"
@@ -228,6 +230,7 @@ class ChangeWatcher:
         return changed
 
     def close(self) -> None:
+        """Release the watcher's connection."""
         self._conn.close()
 
 
@@ -290,9 +293,11 @@ class Store:
             db.conn.commit()
 
     def session_dir(self, session_id: str) -> Path:
+        """The directory holding a session's files."""
         return self.sessions_dir / session_id
 
     def now(self) -> datetime:
+        """The current instant from the injected clock."""
         return self.clock.now()
 
     def watch_changes(self) -> ChangeWatcher:
@@ -424,6 +429,7 @@ class Store:
         return parse_utc(value) if value else None
 
     def touch_session(self, session_id: str) -> None:
+        """Mark a session active now."""
         with self.central() as db, db.atomic():
             db.execute(
                 "UPDATE sessions SET last_active_at = ? WHERE id = ?", [fmt(self.now()), session_id]
