@@ -552,3 +552,51 @@ def test_module_entry_point_reports_a_mistake_without_traceback(home: Path) -> N
     assert done.stderr.strip().splitlines() == [
         'error: no session named or with id "nosuch"; `cronbox session list` shows them'
     ]
+
+
+# --- task run and status ---------------------------------------------------------------
+
+
+def test_task_run_queues_a_one_off_occurrence_without_disturbing_the_series(
+    cli: Cli, session: str, home: Path
+) -> None:
+    task = schedule(cli, "--prompt", "brief", "--cron", "0 9 * * *", "--id", "brief")
+    queued = as_json(cli("task", "run", "brief", "--json"))
+    assert queued["series_id"] == "brief"
+    assert queued["id"] != task["id"]
+    [after] = tasks(cli)
+    assert after["id"] == task["id"]
+    assert after["next_run"] == task["next_run"], "the schedule is untouched"
+    store = Store(home)
+    sid = store.get_session("work").id
+    manual = next(r for r in store.inbound_rows(sid) if r.id == queued["id"])
+    assert manual.recurrence is None
+    assert manual.status.value == "pending"
+    assert store.get_session("work").next_due_at == manual.process_after, "due at once"
+    ok(cli("task", "cancel", "brief"))
+    rows = {r.id: r.status.value for r in store.inbound_rows(sid)}
+    assert rows == {task["id"]: "cancelled", queued["id"]: "pending"}
+
+
+def test_task_run_of_an_unknown_task_is_one_sentence(cli: Cli, session: str) -> None:
+    result = cli("task", "run", "nope")
+    assert result.exit_code == 2
+    assert "no task with id or series id" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_status_without_a_running_host_shows_due_counts_and_next_wake(
+    cli: Cli, session: str
+) -> None:
+    schedule(cli, "--prompt", "later", "--at", FUTURE_WINTER)
+    ok(cli("send", "work", "hi"))
+    report = as_json(cli("status", "--json"))
+    assert report["host"] is None
+    assert report["live"] == []
+    assert report["sessions"] == 1
+    assert report["due_now"] == 1
+    assert report["live_tasks"] == 1
+    assert report["next_wake"] is not None and is_canonical(report["next_wake"])
+    text = ok(cli("status")).stdout
+    assert "host: not running" in text
+    assert "due now: 1" in text
