@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from cronbox_shared.models import MessageStatus, RunOutcome
@@ -61,20 +62,18 @@ async def test_second_host_on_the_same_home_refuses_to_start(tmp_path: Path) -> 
     Store.from_settings(make_settings(home))
     with host_process(home, tmp_path / "host1.log") as first:
         await wait_for(lambda: (home / "host.json").exists())
-        second = subprocess.run(
-            [sys.executable, "-m", "host.cli", "run"],
-            env=host_env(home),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        with anyio.fail_after(60):
+            second = await anyio.run_process(
+                [sys.executable, "-m", "host.cli", "run"], env=host_env(home), check=False
+            )
         assert first.poll() is None
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0
+    stderr = second.stderr.decode()
     assert second.returncode != 0
-    assert "already running" in second.stderr
-    assert "Traceback" not in second.stderr
-    assert len(second.stderr.strip().splitlines()) == 1
+    assert "already running" in stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
@@ -121,9 +120,7 @@ async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
     slots = Counter(r.scheduled_for for r in tick_rows)
     assert all(n == 1 for n in slots.values()), f"duplicate occurrences: {slots}"
     assert len([r for r in tick_rows if r.status.live]) == 1
-    assert all(
-        r.status is MessageStatus.COMPLETED for r in tick_rows if not r.status.live
-    )
+    assert all(r.status is MessageStatus.COMPLETED for r in tick_rows if not r.status.live)
     sent = replies(store, session.id)
     reply_targets = Counter(r["in_reply_to"] for r in sent)
     assert reply_targets[slow.id] == 1
