@@ -47,11 +47,6 @@ SKIP = "echo '{\"wakeAgent\": false}'"
 BAD_JSON = "echo 'all good'"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class RecordingProvider:
     """Answers like echo and keeps every batch it was given."""
 

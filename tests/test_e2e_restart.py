@@ -21,11 +21,6 @@ from tests.hosting import acks, delivered_seqs, make_settings, replies, runner_p
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def host_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

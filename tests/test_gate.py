@@ -16,11 +16,6 @@ from agent_runner.gate import GateResult, GateVerdict, run_gate
 HANG_GUARD = 10
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def gate(script: str, cwd: Path, **kwargs: Any) -> GateResult:
     with anyio.fail_after(HANG_GUARD):
         return await run_gate(script, cwd=cwd, **kwargs)

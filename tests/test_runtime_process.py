@@ -32,11 +32,6 @@ from host.runtimes.process import PID_FILE, RUNNER_LOG
 HANG_GUARD = 10
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def script(source: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(source)]
 
