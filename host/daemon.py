@@ -26,7 +26,7 @@ from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
 from host.runtimes import get_runtime
-from host.store import Store
+from host.store import ChangeWatcher, Store
 from host.sweep import SweepConfig, Sweeper
 
 log = logging.getLogger("cronbox.host")
@@ -161,11 +161,10 @@ async def run_host(
                 log.info("cronbox host stopped")
 
 
-async def _watch(store: Store, sweeper: Sweeper, settings: Settings, watcher: object) -> None:
+async def _watch(
+    store: Store, sweeper: Sweeper, settings: Settings, watcher: ChangeWatcher
+) -> None:
     """Wake the sweep when another process commits to the store; publish status."""
-    from host.store import ChangeWatcher
-
-    assert isinstance(watcher, ChangeWatcher)
     last_status = ""
     while True:
         if await anyio.to_thread.run_sync(watcher.changed):
