@@ -196,10 +196,17 @@ def get_inbound(db: Database, message_id: str) -> InboundMessage | None:
     return _row_to_inbound(row) if row else None
 
 
+# Manual runs ("task run") belong to a series' history, never to its schedule.
+_SCHEDULED = "json_extract(content, '$.manual') IS NULL"
+
+
 def series_rows(db: Database, ref: str) -> list[InboundMessage]:
-    """Every task row whose id or series id is ``ref``, newest seq first."""
+    """The scheduled rows of the series ``ref`` names (a task or series id), newest first.
+
+    The first live one among them is the series' live occurrence.
+    """
     rows = db.execute(
-        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' "
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND {_SCHEDULED} "
         "AND (series_id = ? OR series_id = (SELECT series_id FROM messages_in WHERE id = ?)) "
         "ORDER BY seq DESC",
         [ref, ref],
@@ -211,7 +218,8 @@ def live_tasks(db: Database, statuses: Sequence[MessageStatus]) -> list[InboundM
     """Live task occurrences (one per series), earliest run first."""
     marks = ", ".join("?" for _ in statuses)
     rows = db.execute(
-        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND status IN ({marks}) "
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND {_SCHEDULED} "
+        f"AND status IN ({marks}) "
         "ORDER BY coalesce(process_after, created_at), seq",
         [s.value for s in statuses],
     ).fetchall()
@@ -222,8 +230,8 @@ def all_tasks(db: Database) -> list[InboundMessage]:
     """The newest row of every task series, live or finished."""
     rows = db.execute(
         f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq IN "
-        "(SELECT max(seq) FROM messages_in WHERE kind = 'task' "
-        "AND json_extract(content, '$.manual') IS NULL GROUP BY series_id) "
+        f"(SELECT max(seq) FROM messages_in WHERE kind = 'task' AND {_SCHEDULED} "
+        "GROUP BY series_id) "
         "ORDER BY seq"
     ).fetchall()
     return [_row_to_inbound(r) for r in rows]
@@ -421,7 +429,10 @@ def ack_from_row(row: dict[str, Any]) -> Ack:
 def outbound_from_row(row: dict[str, Any]) -> OutboundMessage:
     """Validate one raw outbound row (raises ValueError when malformed)."""
     data = dict(row)
-    content = json.loads(data["content"]) if isinstance(data["content"], str) else None
+    try:
+        content = json.loads(data["content"]) if isinstance(data["content"], str) else None
+    except RecursionError:
+        raise ValueError("content is nested too deeply") from None
     if not isinstance(content, dict):
         raise ValueError("content is not a JSON object")
     data["content"] = content

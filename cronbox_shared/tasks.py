@@ -24,6 +24,9 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A one-time instant this far in the past is still accepted as "due now": clocks of
 # the agent and the host differ a little, and "now" typed by a person is a moment old.
 PAST_SLACK = timedelta(seconds=60)
+MAX_GRACE = 366 * 86400
+# Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
+MAX_AHEAD = timedelta(days=366 * 100)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _WORDS = {
@@ -42,13 +45,31 @@ def new_task_id() -> str:
     return "task-" + secrets.token_hex(6)
 
 
-def parse_duration(text: str) -> timedelta | None:
-    """Parse ``30m``, ``1h30m``, ``90s``, ``2d``; None when ``text`` is not such a duration."""
+def _compact_seconds(text: str) -> int | None:
     compact = text.strip().lower().replace(" ", "")
     if not compact or not _COMPACT.match(compact):
         return None
-    seconds = sum(int(n) * _UNITS[u] for n, u in _COMPACT_PART.findall(compact))
+    return sum(int(n) * _UNITS[u] for n, u in _COMPACT_PART.findall(compact))
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """Parse ``30m``, ``1h30m``, ``90s``, ``2d``; None when ``text`` is not such a duration."""
+    seconds = _compact_seconds(text)
+    if seconds is None or seconds > MAX_AHEAD.total_seconds():
+        return None
     return timedelta(seconds=seconds)
+
+
+def _relative_seconds(lowered: str) -> int | None:
+    """Seconds ahead for ``+10m``, ``in 2 hours`` or ``in 2h``; None for anything else."""
+    if lowered.startswith("+"):
+        return _compact_seconds(lowered[1:])
+    match = _IN_PHRASE.match(lowered)
+    if match and match.group(2) in _WORDS:
+        return int(match.group(1)) * _UNITS[_WORDS[match.group(2)]]
+    if lowered.startswith("in "):
+        return _compact_seconds(lowered[3:])
+    return None
 
 
 def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "processAfter") -> datetime:
@@ -62,17 +83,13 @@ def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "processAfte
     lowered = raw.lower()
     if lowered == "now":
         return now
-    if lowered.startswith("+"):
-        delta = parse_duration(lowered[1:])
-        if delta is not None:
-            return now + delta
-    match = _IN_PHRASE.match(lowered)
-    if match and match.group(2) in _WORDS:
-        return now + timedelta(seconds=int(match.group(1)) * _UNITS[_WORDS[match.group(2)]])
-    if lowered.startswith("in "):
-        delta = parse_duration(lowered[3:])
-        if delta is not None:
-            return now + delta
+    ahead = _relative_seconds(lowered)
+    if ahead is not None:
+        if ahead > MAX_AHEAD.total_seconds():
+            raise InvalidTime(
+                f'{field} "{text[:40]}" is too far ahead; give a time within 100 years'
+            )
+        return now + timedelta(seconds=ahead)
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -91,7 +108,12 @@ def _check_text(field: str, value: str | None, limit: int, required: bool) -> No
         if required:
             raise InvalidInput(f"{field} is empty; say what the agent should do when the task runs")
         return
-    size = len(value.encode("utf-8"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{field} is not valid Unicode text (it holds a lone surrogate); send it as UTF-8"
+        ) from None
     if size > limit:
         raise InvalidInput(
             f"{field} is {size:,} bytes, over the limit of {limit:,} bytes "
@@ -116,7 +138,7 @@ class ScheduleRequest(BaseModel):
     recurrence: str | None = None
     script: str | None = None
     timezone: str | None = None
-    misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0)
+    misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=86400)
 
     @classmethod

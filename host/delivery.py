@@ -22,6 +22,9 @@ from host.store import Session, Store
 
 log = logging.getLogger("cronbox.delivery")
 
+# A rejection quotes at most this much of its reason back to the agent.
+MAX_REASON_CHARS = 500
+
 ACTIONS = ("schedule_task", "cancel_task", "pause_task", "resume_task", "update_task")
 
 
@@ -158,6 +161,9 @@ class Delivery:
         self, session: Session, seq: int, message_id: str, reason: str,
         content: dict[str, Any] | None = None,
     ) -> Handled:  # fmt: skip
+        # The reason may quote the row's own values; an oversize field must not come back
+        # as an oversize note in the inbox (or log line).
+        reason = _short(reason, MAX_REASON_CHARS)
         action = str((content or {}).get("action", "row"))[:40]
         log.warning("session %s: rejected outbound seq %s: %s", session.id, seq, reason)
         if self.store.mark_delivered(session.id, seq, message_id, "action", "rejected", reason):
@@ -171,8 +177,9 @@ class Delivery:
         return Handled(seq, "rejected", reason)
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: Exception | str, limit: int = 200) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-    return str(exc)[:200]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"[:limit]
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

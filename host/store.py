@@ -454,7 +454,7 @@ class Store:
         else:
             rows = []
             for ref in series:
-                found = [r for r in sdb.series_rows(inbound_db, ref) if not r.content.get("manual")]
+                found = sdb.series_rows(inbound_db, ref)
                 if found:
                     rows.append(found[0])
         now = fmt(self.now())
@@ -656,8 +656,7 @@ class Store:
         ]  # fmt: skip
 
     def _live(self, db: Database, ref: str) -> InboundMessage:
-        # Manual runs ("task run") belong to the series' history, never its schedule.
-        rows = [r for r in sdb.series_rows(db, series_of(ref)) if not r.content.get("manual")]
+        rows = sdb.series_rows(db, series_of(ref))
         live = [r for r in rows if r.status.live]
         if not rows:
             raise TaskNotFound(ref)

@@ -119,7 +119,8 @@ class Sweeper:
             "CRONBOX_TIMEZONE": session.timezone,
             "CRONBOX_IDLE_TIMEOUT": str(self.config.idle_timeout),
             "CRONBOX_POLL_INTERVAL": str(self.config.runner_poll),
-            "CRONBOX_MIN_INTERVAL": str(int(self.store.limits.min_interval.total_seconds())),
+            "CRONBOX_MIN_INTERVAL": str(self.store.limits.min_interval.total_seconds()),
+            "CRONBOX_MAX_TASKS": str(self.store.limits.max_tasks_per_session),
         }
 
     # --- start-up --------------------------------------------------------------------

@@ -35,7 +35,13 @@ def _fail() -> Provider:
     return FailingProvider()
 
 
-_FACTORIES: dict[str, ProviderFactory] = {"echo": _echo, "fail": _fail}
+def _scripted() -> Provider:
+    from agent_runner.providers.scripted import ScriptedProvider
+
+    return ScriptedProvider()
+
+
+_FACTORIES: dict[str, ProviderFactory] = {"echo": _echo, "fail": _fail, "scripted": _scripted}
 
 
 def provider_names() -> list[str]:

@@ -1,0 +1,79 @@
+"""The MCP server's settings, read from the environment the agent runner passes on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from cronbox_shared.errors import InvalidInput
+from cronbox_shared.sessiondb import INBOUND
+from cronbox_shared.timeutil import Clock, SystemClock, zone
+
+DEFAULT_MIN_INTERVAL = 60.0
+DEFAULT_MAX_TASKS = 1000
+
+
+class ToolConfigError(InvalidInput):
+    """The server's environment is missing a setting or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class ToolConfig:
+    """What the task tools need: the session's files, its zone and the host's limits.
+
+    ``timezone`` is the session's default zone for tasks that name none; the limits
+    mirror the host's (``CRONBOX_MIN_INTERVAL``, ``CRONBOX_MAX_TASKS``) so a request the
+    host would refuse is refused here first, where the agent can still fix it.
+    """
+
+    session_dir: Path
+    timezone: str = "UTC"
+    min_interval: timedelta = timedelta(seconds=DEFAULT_MIN_INTERVAL)
+    max_tasks: int = DEFAULT_MAX_TASKS
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolConfig:
+        """Read ``CRONBOX_SESSION_DIR`` (required), ``CRONBOX_TIMEZONE``,
+        ``CRONBOX_MIN_INTERVAL`` (seconds) and ``CRONBOX_MAX_TASKS``.
+
+        Raises ToolConfigError naming the variable and its value.
+        """
+        env = os.environ if environ is None else environ
+        raw_dir = env.get("CRONBOX_SESSION_DIR", "").strip()
+        if not raw_dir:
+            raise ToolConfigError(
+                "CRONBOX_SESSION_DIR is not set; set it to the session directory that holds "
+                f"{INBOUND}"
+            )
+        session_dir = Path(raw_dir)
+        if not (session_dir / INBOUND).is_file():
+            raise ToolConfigError(
+                f'CRONBOX_SESSION_DIR "{raw_dir}" holds no {INBOUND}; '
+                "point it at a cronbox session directory"
+            )
+        tz = env.get("CRONBOX_TIMEZONE", "").strip() or "UTC"
+        zone(tz, "CRONBOX_TIMEZONE")
+        return cls(
+            session_dir=session_dir,
+            timezone=tz,
+            min_interval=timedelta(seconds=_positive(env, "CRONBOX_MIN_INTERVAL", 60.0)),
+            max_tasks=int(_positive(env, "CRONBOX_MAX_TASKS", DEFAULT_MAX_TASKS, whole=True)),
+        )
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, whole: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(int(raw)) if whole else float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        kind = "whole number" if whole else "number of seconds"
+        raise ToolConfigError(f'{name} "{raw}" is not a positive {kind}')
+    return value

@@ -1,0 +1,174 @@
+"""The agent's schedule as the tools see it: the host's inbox plus the agent's own requests.
+
+The host applies a request written to ``outbound.db`` about a second later. Until then
+``inbound.db`` does not show it, so every answer here projects the requests the host has
+not handled yet onto the inbox: a task scheduled a moment ago can be listed, paused or
+cancelled at once, and a task with a cancellation on its way is no longer live.
+All SQL is in ``cronbox_shared.sessiondb``; this module only reads, decides and writes
+one row.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.timeutil import fmt
+
+SCHEDULE = "schedule_task"
+CANCEL = "cancel_task"
+PAUSE = "pause_task"
+RESUME = "resume_task"
+UPDATE = "update_task"
+
+LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
+# How many unapplied rows are looked at; the host applies them within a second or so.
+_UNAPPLIED_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One series as the agent should see it.
+
+    ``row`` is its live occurrence (or, for an ended series, its newest one) with the
+    agent's unapplied requests projected on it; ``applied`` is False while the
+    ``schedule_task`` request that created it still waits for the host.
+    """
+
+    series_id: str
+    row: InboundMessage
+    applied: bool = True
+
+
+def unapplied_actions(session_dir: Path) -> list[dict[str, Any]]:
+    """The contents of this session's ``kind=system`` rows the host has not handled yet."""
+    if not (session_dir / sdb.OUTBOUND).exists():
+        return []
+    with sdb.inbound(session_dir, readonly=True) as db:
+        after = sdb.delivered_max_seq(db)
+    with sdb.outbound(session_dir, readonly=True) as out:
+        rows = sdb.outbound_after(out, after, _UNAPPLIED_LIMIT) if sdb.outbound_ready(out) else []
+    actions = []
+    for raw in rows:
+        if raw["kind"] != MessageKind.SYSTEM.value:
+            continue
+        try:
+            content = json.loads(raw["content"])
+        except ValueError:
+            continue
+        if isinstance(content, dict) and isinstance(content.get("taskId"), str):
+            actions.append(content)
+    return actions
+
+
+def write_action(session_dir: Path, content: dict[str, Any], now: datetime) -> int:
+    """Append one request for the host to ``outbound.db``; returns its (odd) seq."""
+    with sdb.outbound(session_dir) as db:
+        return sdb.insert_outbound(
+            db, f"action-{secrets.token_hex(8)}", MessageKind.SYSTEM, content, fmt(now)
+        )
+
+
+def scheduled_row(action: dict[str, Any], now: datetime) -> InboundMessage:
+    """The row a (validated) ``schedule_task`` request will become once applied."""
+    when = action.get("processAfter")
+    return InboundMessage(
+        id=action["taskId"], seq=0, kind=MessageKind.TASK, created_at=fmt(now),
+        status=MessageStatus.PENDING, process_after=when, scheduled_for=when,
+        recurrence=action.get("recurrence"), timezone=str(action.get("timezone") or "UTC"),
+        series_id=action["taskId"], tries=0, trigger=1,
+        content={"prompt": action.get("prompt"), "script": action.get("script")},
+    )  # fmt: skip
+
+
+def project(
+    row: InboundMessage, series_id: str, actions: Sequence[dict[str, Any]]
+) -> InboundMessage:
+    """``row`` after the unapplied requests aimed at its series, taken in order.
+
+    A request the host would refuse (resuming a pending task, say) changes nothing.
+    """
+    names = {series_id, row.id}
+    for action in actions:
+        if action.get("taskId") not in names:
+            continue
+        kind = action.get("action")
+        status = row.status
+        if kind == CANCEL and status.live:
+            row = row.model_copy(update={"status": MessageStatus.CANCELLED})
+        elif kind == PAUSE and status is MessageStatus.PENDING:
+            row = row.model_copy(update={"status": MessageStatus.PAUSED})
+        elif kind == RESUME and status is MessageStatus.PAUSED:
+            row = row.model_copy(update={"status": MessageStatus.PENDING})
+        elif kind == UPDATE and status.live:
+            row = _updated(row, action)
+    return row
+
+
+def _updated(row: InboundMessage, action: dict[str, Any]) -> InboundMessage:
+    content = dict(row.content)
+    fields: dict[str, Any] = {}
+    for key in ("prompt", "script"):
+        if key in action:
+            content[key] = action[key]
+    fields["content"] = content
+    if "recurrence" in action:
+        fields["recurrence"] = action["recurrence"] or None
+    if isinstance(action.get("processAfter"), str):
+        fields.update(process_after=action["processAfter"], scheduled_for=action["processAfter"])
+    return row.model_copy(update=fields)
+
+
+def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:
+    """The series ``ref`` (a task id, occurrence id or series id) names, or None."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        rows = sdb.series_rows(db, ref)
+    actions = unapplied_actions(session_dir)
+    if rows:
+        live = [r for r in rows if r.status.live]
+        current = live[0] if live else rows[0]
+        series = current.series_id or current.id
+        return TaskState(series, project(current, series, actions))
+    for i, action in enumerate(actions):
+        if action.get("action") == SCHEDULE and action.get("taskId") == ref:
+            row = project(scheduled_row(action, now), ref, actions[i + 1 :])
+            return TaskState(ref, row, applied=False)
+    return None
+
+
+def live_tasks(session_dir: Path, now: datetime) -> list[TaskState]:
+    """Every live series, the agent's unapplied requests included, soonest run first."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        rows = sdb.live_tasks(db, LIVE)
+    actions = unapplied_actions(session_dir)
+    states: dict[str, TaskState] = {}
+    for row in rows:
+        series = row.series_id or row.id
+        if series not in states:
+            states[series] = TaskState(series, project(row, series, actions))
+    for i, action in enumerate(actions):
+        task_id = action["taskId"]
+        if action.get("action") == SCHEDULE and task_id not in states:
+            row = project(scheduled_row(action, now), task_id, actions[i + 1 :])
+            states[task_id] = TaskState(task_id, row, applied=False)
+    live = [s for s in states.values() if s.row.status.live]
+    return sorted(live, key=lambda s: (s.row.process_after or s.row.created_at, s.series_id))
+
+
+def live_task_count(session_dir: Path) -> int:
+    """Live tasks the host will hold once it has applied every unapplied schedule request."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        count = sdb.count_live_tasks(db)
+        fresh = [
+            a["taskId"]
+            for a in unapplied_actions(session_dir)
+            if a.get("action") == SCHEDULE and not sdb.series_rows(db, a["taskId"])
+        ]
+    return count + len(set(fresh))

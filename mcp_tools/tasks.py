@@ -1,0 +1,434 @@
+"""The task tools (SPEC §6.1): schedule, list, cancel, pause, resume and update tasks.
+
+Each call is checked at once with the same validation the host's store uses
+(``cronbox_shared.tasks``); bad input is a ``ToolError`` whose text says how to fix it,
+and nothing is written. An accepted call becomes one ``kind=system`` row in
+``outbound.db`` that the host validates again and applies about a second later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from cronbox_shared.errors import CronboxError, InvalidRecurrence
+from cronbox_shared.models import InboundMessage, MessageStatus, preview
+from cronbox_shared.recurrence import Recurrence, fire_times, parse_recurrence
+from cronbox_shared.tasks import (
+    ScheduleRequest,
+    UpdateRequest,
+    new_task_id,
+    validate_schedule,
+    validate_update,
+)
+from cronbox_shared.timeutil import fmt, parse_utc, zone
+from mcp_tools import session as sv
+from mcp_tools.config import ToolConfig
+
+APPLY_NOTE = "The host applies this within about a second."
+CRON_HINT = (
+    'A recurrence is a 5-field cron expression "minute hour day-of-month month day-of-week" '
+    'such as "0 9 * * MON-FRI" (weekdays at 9:00) or "*/30 * * * *", a shorthand such as '
+    '"@daily" or "@hourly", or "@every 2h" / "@every 1h30m".'
+)
+PROMPT_PREVIEW = 80
+
+# --- what the model reads --------------------------------------------------------------
+
+TIME_RULES = (
+    "Times: processAfter takes ISO-8601. A naive local time such as 2026-01-15T21:00:00 is "
+    "read in the task's timezone (the session's zone unless you pass timezone); add Z or an "
+    "offset (2026-01-15T20:00:00Z, 2026-01-15T21:00:00+01:00) for an absolute instant. "
+    'Relative times work too: "now", "+10m", "+1h30m", "in 2 hours".'
+)
+GATE_RULES = (
+    "Gate script: optional bash run before the agent is woken (30 s timeout, 1 MiB output). "
+    'Its last stdout line must be JSON {"wakeAgent": true|false, "data": ...}: false ends '
+    "the run without waking the agent (no model cost), true wakes it with data in its "
+    "prompt. A timeout, non-zero exit or bad JSON skips the agent and records the error."
+)
+COST_RULES = (
+    "Cost: every run that wakes the agent costs a model call. A task that runs more than "
+    "about twice a day and needs no judgement each time (checking a feed, a build, a price) "
+    "should carry a gate script that wakes the agent only when there is something to do."
+)
+
+SCHEDULE_DESCRIPTION = "\n\n".join([
+    "Schedule a task: a prompt the agent receives later, once or on a recurrence. Give "
+    "processAfter (when to run once), recurrence (when to repeat), or both (a recurring task "
+    "whose first run is processAfter). With only a recurrence, the first run is its next "
+    "occurrence. Returns the task id (use it with cancel_task, pause_task, resume_task and "
+    "update_task), the first run in UTC and in the task's zone, and the recurrence in words.",
+    TIME_RULES,
+    CRON_HINT + " Recurrences are evaluated in the task's timezone, DST-correct, and may not "
+    "fire more often than the host's minimum interval.",
+    GATE_RULES,
+    COST_RULES,
+    "Limits: prompt and script at most 64 KiB each; a one-time processAfter must not be in "
+    "the past.",
+])  # fmt: skip
+
+LIST_DESCRIPTION = (
+    "List this session's tasks: one line per task (series) with its id, status, next run (in "
+    "the task's zone and UTC), recurrence (cron and in words), whether it has a gate script, "
+    'and a prompt preview. status filters to "pending" or "paused" (default: both). Tasks '
+    "scheduled a moment ago show as waiting for the host until it applies them."
+)
+
+CANCEL_DESCRIPTION = (
+    "Cancel a task by its id (the id schedule_task returned, as list_tasks shows). For a "
+    "recurring task this stops the whole series: its next occurrence never runs. A pending or "
+    "paused task can be cancelled; an ended one cannot."
+)
+
+PAUSE_DESCRIPTION = (
+    "Pause a pending task by its id: it keeps its schedule but does not run until "
+    "resume_task. Pausing a recurring task pauses the whole series."
+)
+
+RESUME_DESCRIPTION = (
+    "Resume a paused task by its id. A one-time task whose time has passed runs at once; a "
+    "recurring task continues from its next occurrence (missed slots are not replayed)."
+)
+
+UPDATE_DESCRIPTION = "\n\n".join([
+    "Change a task by its id. Give only what changes: an argument you leave out stays as it "
+    "is, and an explicit null clears it (script: null removes the gate script; recurrence: "
+    "null makes the task one-time; processAfter: null moves the next run to the "
+    "recurrence's next occurrence). Changing processAfter or recurrence reschedules the next "
+    "run. The prompt cannot be cleared, and the task keeps its timezone.",
+    TIME_RULES,
+    CRON_HINT,
+    GATE_RULES,
+])  # fmt: skip
+
+TaskId = Annotated[
+    str, Field(description="The task's id as schedule_task returned it (list_tasks shows it).")
+]
+Prompt = Annotated[
+    str,
+    Field(description="What the agent should do when the task runs, as a self-contained "
+          "instruction (the agent will not remember this conversation)."),
+]  # fmt: skip
+ProcessAfter = Annotated[
+    str | None,
+    Field(description='When to run: "2026-01-15T21:00:00" (task zone), '
+          '"2026-01-15T20:00:00Z", "+10m", "in 2 hours".'),
+]  # fmt: skip
+RecurrenceArg = Annotated[
+    str | None,
+    Field(description='Cron "0 9 * * MON-FRI", shorthand "@daily", or "@every 2h".'),
+]
+Script = Annotated[
+    str | None,
+    Field(description='Bash gate script; last stdout line {"wakeAgent": bool, "data": ...}.'),
+]
+Timezone = Annotated[
+    str | None,
+    Field(description='IANA zone such as "Europe/Berlin" for this task; default: the session\'s.'),
+]
+StatusFilter = Annotated[
+    Literal["pending", "paused"] | None,
+    Field(description='"pending" or "paused"; leave out for both.'),
+]
+
+# Which states each action accepts, and the word for "can no longer be ...".
+_STATUS_RULES: dict[str, tuple[frozenset[MessageStatus], str]] = {
+    sv.CANCEL: (frozenset(sv.LIVE), "cancelled"),
+    sv.PAUSE: (frozenset({MessageStatus.PENDING}), "paused"),
+    sv.RESUME: (frozenset({MessageStatus.PAUSED}), "resumed"),
+    sv.UPDATE: (frozenset(sv.LIVE), "updated"),
+}
+
+
+# --- the tools ---------------------------------------------------------------------------
+
+
+class TaskTools:
+    """The six task tools over one session's files."""
+
+    def __init__(self, config: ToolConfig) -> None:
+        self.config = config
+
+    def now(self) -> datetime:
+        return self.config.clock.now()
+
+    def schedule(
+        self,
+        prompt: str,
+        process_after: str | None = None,
+        recurrence: str | None = None,
+        script: str | None = None,
+        timezone: str | None = None,
+    ) -> str:
+        """Validate a new task and ask the host to schedule it."""
+        now = self.now()
+        given = {"processAfter": process_after, "recurrence": recurrence, "script": script,
+                 "timezone": timezone}  # fmt: skip
+        args = {"taskId": new_task_id(), "prompt": prompt}
+        args |= {k: v for k, v in given.items() if v is not None}
+        with _as_tool_error():
+            valid = validate_schedule(
+                ScheduleRequest.parse(args),
+                default_tz=self.config.timezone,
+                now=now,
+                min_interval=self.config.min_interval,
+            )
+        if sv.live_task_count(self.config.session_dir) >= self.config.max_tasks:
+            raise ToolError(
+                f"this session already has {self.config.max_tasks} live tasks, the limit; "
+                "cancel tasks it no longer needs (list_tasks shows them) before scheduling more"
+            )
+        # The first run is sent as an absolute instant, so "+10m" means ten minutes from
+        # this call, not from whenever the host gets to it.
+        content: dict[str, Any] = {
+            "action": sv.SCHEDULE, "taskId": valid.id, "prompt": valid.prompt,
+            "processAfter": fmt(valid.first_run), "timezone": valid.timezone,
+        }  # fmt: skip
+        if valid.recurrence is not None:
+            content["recurrence"] = valid.recurrence.expr
+        if valid.script:
+            content["script"] = valid.script
+        sv.write_action(self.config.session_dir, content, now)
+        tz = zone(valid.timezone)
+        lines = [
+            f"Scheduled task {valid.id} (use this id to cancel, pause, resume or update it).",
+            f"First run: {_when(valid.first_run, tz)}.",
+            f"Repeats: {_repeats(valid.recurrence)}." if valid.recurrence else "Runs once.",
+        ]
+        if valid.script:
+            lines.append("Gate script: yes; the agent is woken only when it says wakeAgent=true.")
+        elif valid.recurrence is not None and _more_than_twice_a_day(valid.recurrence, tz, now):
+            lines.append(
+                "Tip: this task runs more than twice a day; if most runs need no judgement, "
+                "add a gate script (update_task with script) so the agent is woken only when "
+                "there is something to do."
+            )
+        lines.append(APPLY_NOTE)
+        return "\n".join(lines)
+
+    def list(self, status: str | None = None) -> str:
+        """One line per live series, soonest first; ``status`` is "pending" or "paused"."""
+        wanted = {s for s in sv.LIVE if status in (None, s.value)}
+        if not wanted:
+            raise ToolError(f'status "{status}" cannot be listed; use "pending" or "paused"')
+        states = [
+            s for s in sv.live_tasks(self.config.session_dir, self.now()) if s.row.status in wanted
+        ]
+        what = f"{status} tasks" if status else "pending or paused tasks"
+        if not states:
+            return f"No {what}."
+        head = f"{len(states)} {what} (next run in the task's zone and in UTC):"
+        return "\n".join([head, *(_task_line(s) for s in states)])
+
+    def change_status(self, action: str, task_id: str) -> str:
+        """Cancel, pause or resume a task's live occurrence."""
+        state = self._live(action, task_id)
+        sv.write_action(
+            self.config.session_dir, {"action": action, "taskId": state.series_id}, self.now()
+        )
+        row = state.row
+        name = state.series_id
+        if action == sv.CANCEL:
+            done = f"Cancelled task {name}: it will not run again"
+            if row.recurrence:
+                done += " (the whole recurring series ends)"
+        elif action == sv.PAUSE:
+            done = f"Paused task {name}: it keeps its schedule but does not run until resume_task"
+        else:
+            done = f"Resumed task {name}: next run {_next(row, self.now())}"
+        return f"{done}. {APPLY_NOTE}"
+
+    def update(self, args: dict[str, Any]) -> str:
+        """Validate a change to a live task and ask the host to apply it.
+
+        ``args`` holds only the arguments the caller gave (an explicit null included).
+        """
+        with _as_tool_error():
+            req = UpdateRequest.parse(args)
+        changed = sorted(set(args) - {"taskId"})
+        if not changed:
+            raise ToolError(
+                "nothing to change; give at least one of prompt, processAfter, recurrence "
+                "or script (null clears script, recurrence or processAfter)"
+            )
+        state = self._live(sv.UPDATE, req.task_id)
+        now = self.now()
+        with _as_tool_error():
+            changes = validate_update(
+                req, state.row, now=now, min_interval=self.config.min_interval
+            )
+        content: dict[str, Any] = {"action": sv.UPDATE, "taskId": state.series_id}
+        content |= {k: v for k, v in args.items() if k != "taskId"}
+        if isinstance(args.get("processAfter"), str) and changes.process_after is not None:
+            content["processAfter"] = fmt(changes.process_after)
+        sv.write_action(self.config.session_dir, content, now)
+        tz = zone(state.row.timezone)
+        lines = [f"Updated task {state.series_id} ({', '.join(changed)})."]
+        if changes.process_after is not None:
+            lines.append(f"Next run: {_when(changes.process_after, tz)}.")
+        if changes.recurrence_changed:
+            rec = _recurrence(changes.recurrence)
+            lines.append(f"Repeats: {_repeats(rec)}." if rec else "Runs once (no recurrence).")
+        lines.append(APPLY_NOTE)
+        return "\n".join(lines)
+
+    def _live(self, action: str, task_id: str) -> sv.TaskState:
+        state = sv.find_task(self.config.session_dir, task_id, self.now())
+        if state is None:
+            raise ToolError(
+                f'no task with id "{task_id[:80]}" in this session; '
+                "call list_tasks to see your tasks and their ids"
+            )
+        allowed, verb = _STATUS_RULES[action]
+        status = state.row.status
+        if status in allowed:
+            return state
+        if not status.live:
+            raise ToolError(
+                f'task "{task_id}" has already ended (it is {status.value}), so it cannot be '
+                f"{verb}; schedule a new task instead"
+            )
+        if action == sv.PAUSE:
+            raise ToolError(f'task "{task_id}" is already paused; resume_task continues it')
+        raise ToolError(f'task "{task_id}" is not paused (it is {status.value}); nothing to resume')
+
+
+def register(server: MCPServer[Any], tools: TaskTools) -> None:
+    """Add the six task tools, with their MCP names and argument names, to ``server``."""
+
+    def schedule_task(
+        prompt: Prompt,
+        processAfter: ProcessAfter = None,
+        recurrence: RecurrenceArg = None,
+        script: Script = None,
+        timezone: Timezone = None,
+    ) -> str:
+        return tools.schedule(prompt, processAfter, recurrence, script, timezone)
+
+    def list_tasks(status: StatusFilter = None) -> str:
+        return tools.list(status)
+
+    def cancel_task(taskId: TaskId) -> str:
+        return tools.change_status(sv.CANCEL, taskId)
+
+    def pause_task(taskId: TaskId) -> str:
+        return tools.change_status(sv.PAUSE, taskId)
+
+    def resume_task(taskId: TaskId) -> str:
+        return tools.change_status(sv.RESUME, taskId)
+
+    def update_task(
+        ctx: Context[Any, Any],
+        taskId: TaskId,
+        prompt: Annotated[str | None, Field(description="New instructions.")] = None,
+        processAfter: ProcessAfter = None,
+        recurrence: RecurrenceArg = None,
+        script: Script = None,
+    ) -> str:
+        values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
+                  "recurrence": recurrence, "script": script}  # fmt: skip
+        given = _given_arguments(ctx)
+        if given is None:  # called without a request (in-process): None means "left out"
+            given = {k for k, v in values.items() if v is not None}
+        return tools.update({k: v for k, v in values.items() if k in given or k == "taskId"})
+
+    def hints(title: str, *, read_only: bool = False, destructive: bool = False,
+              idempotent: bool = False) -> ToolAnnotations:  # fmt: skip
+        return ToolAnnotations(
+            title=title, read_only_hint=read_only, destructive_hint=destructive,
+            idempotent_hint=idempotent, open_world_hint=False,
+        )  # fmt: skip
+
+    table: list[tuple[Callable[..., str], str, ToolAnnotations]] = [
+        (schedule_task, SCHEDULE_DESCRIPTION, hints("Schedule a task")),
+        (list_tasks, LIST_DESCRIPTION, hints("List tasks", read_only=True, idempotent=True)),
+        (cancel_task, CANCEL_DESCRIPTION, hints("Cancel a task", destructive=True)),
+        (pause_task, PAUSE_DESCRIPTION, hints("Pause a task")),
+        (resume_task, RESUME_DESCRIPTION, hints("Resume a task")),
+        (update_task, UPDATE_DESCRIPTION, hints("Update a task", destructive=True)),
+    ]
+    for fn, description, hint in table:
+        server.add_tool(fn, description=description, annotations=hint, structured_output=False)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _as_tool_error() -> Iterator[None]:
+    """Turn a CronboxError into a ToolError with its sentence (plus cron help)."""
+    try:
+        yield
+    except CronboxError as exc:
+        text = str(exc)
+        if isinstance(exc, InvalidRecurrence):
+            text += f". {CRON_HINT}"
+        raise ToolError(text) from exc
+
+
+def _given_arguments(ctx: Context[Any, Any]) -> set[str] | None:
+    """Names of the arguments the client actually sent (so an explicit null is seen)."""
+    try:
+        params = ctx.request_context.params
+    except ValueError:
+        return None
+    arguments = (params or {}).get("arguments")
+    return set(arguments) if isinstance(arguments, dict) else None
+
+
+def _when(instant: datetime, tz: ZoneInfo) -> str:
+    local = instant.astimezone(tz)
+    return f"{local:%a %Y-%m-%d %H:%M:%S %Z} ({tz.key}) = {fmt(instant)} UTC"
+
+
+def _recurrence(expr: str | None) -> Recurrence | None:
+    return parse_recurrence(expr, timedelta(0)) if expr else None
+
+
+def _repeats(rec: Recurrence | None) -> str:
+    if rec is None:
+        return "once"
+    words = rec.describe()
+    return f'{words[:1].lower()}{words[1:]} ("{rec.expr}")'
+
+
+def _more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool:
+    third = fire_times(rec, tz, now, 3)[-1:]
+    return bool(third) and third[0] - now < timedelta(days=1)
+
+
+def _next(row: InboundMessage, now: datetime) -> str:
+    """When a resumed task runs: a passed one-time task at once, a series at its next slot."""
+    tz = zone(row.timezone)
+    when = parse_utc(row.process_after) if row.process_after else now
+    rec = _recurrence(row.recurrence)
+    if when < now:
+        when = fire_times(rec, tz, now, 1)[0] if rec else now
+    return _when(when, tz)
+
+
+def _task_line(state: sv.TaskState) -> str:
+    row = state.row
+    tz = zone(row.timezone)
+    when = _when(parse_utc(row.process_after), tz) if row.process_after else "now"
+    rec = _recurrence(row.recurrence)
+    parts = [
+        f"- {state.series_id} [{row.status.value}]",
+        f"next: {when}",
+        f"repeats: {_repeats(rec)}",
+        f"gate script: {'yes' if row.script else 'no'}",
+        f'prompt: "{preview(row.prompt, PROMPT_PREVIEW)}"',
+    ]
+    line = "; ".join(parts)
+    if not state.applied:
+        line += " (just scheduled; waiting for the host to apply it)"
+    return line
