@@ -103,6 +103,7 @@ class Ack(Record):
     updated_at: str
     error: str | None
     output_preview: str | None
+    started_at: str | None = None
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:

@@ -120,6 +120,12 @@ def m001_outbound(db: Database) -> None:
     db.execute("CREATE TABLE session_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@outbound_migrations()
+def m002_ack_started_at(db: Database) -> None:
+    """When an attempt started: kept when its ack moves on from ``processing``."""
+    db.execute("ALTER TABLE processing_ack ADD COLUMN started_at TEXT")
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -357,13 +363,20 @@ def set_ack(
     error: str | None = None,
     output_preview: str | None = None,
 ) -> None:
-    """Record the container's state for one attempt at an inbound row."""
+    """Record the container's state for one attempt at an inbound row.
+
+    The attempt's ``started_at`` is the time of its first ack and is kept when the ack
+    later becomes ``completed`` or ``failed``, so the host learns when work started even
+    if it never saw the ``processing`` state.
+    """
     db.execute(
         "INSERT INTO processing_ack (message_id, attempt, status, updated_at, error, "
-        "output_preview) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, attempt) DO UPDATE "
+        "output_preview, started_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (message_id, attempt) DO UPDATE "
         "SET status = excluded.status, updated_at = excluded.updated_at, "
-        "error = excluded.error, output_preview = excluded.output_preview",
-        [message_id, attempt, status.value, at, error, output_preview],
+        "error = excluded.error, output_preview = excluded.output_preview, "
+        "started_at = coalesce(processing_ack.started_at, excluded.started_at)",
+        [message_id, attempt, status.value, at, error, output_preview, at],
     )
 
 
@@ -373,7 +386,7 @@ def acks_for(db: Database, message_ids: Sequence[str]) -> list[dict[str, Any]]:
         return []
     marks = ", ".join("?" for _ in message_ids)
     cur = db.execute(
-        "SELECT message_id, attempt, status, updated_at, error, output_preview "
+        "SELECT message_id, attempt, status, updated_at, error, output_preview, started_at "
         f"FROM processing_ack WHERE message_id IN ({marks})",
         list(message_ids),
     )

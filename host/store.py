@@ -794,7 +794,7 @@ class Store:
                 row = pending.get(ack.message_id)
                 if row is None or ack.attempt != row.tries:
                     continue
-                at = _clamp_time(ack.updated_at, row, now)
+                at = _clamp_time(ack.started_at or ack.updated_at, row, now)
                 run = {"message_id": row.id, "series_id": row.series_id,
                        "scheduled_for": row.scheduled_for or row.process_after,
                        "tries": row.tries + 1, "started_at": fmt(at)}  # fmt: skip
@@ -806,7 +806,8 @@ class Store:
                 status, outcome = _ACK_FATE[ack.status]
                 error = _cap(ack.error, 2000)
                 self._finish(db, row, status, error, now)
-                run.update(started_at=None, finished_at=fmt(now), outcome=outcome.value,
+                ended = _clamp_time(ack.updated_at, row, now)
+                run.update(finished_at=fmt(ended), outcome=outcome.value,
                            error=error, output_preview=_cap(ack.output_preview, 500))  # fmt: skip
                 runs.append(run)
                 touched.add(row.series_id or row.id)

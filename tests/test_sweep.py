@@ -157,3 +157,23 @@ def test_catch_up_after_downtime_coalesces_or_misses(
     assert [r.outcome for r in runs] == ([outcome] if outcome else [])
     if outcome is RunOutcome.MISSED:
         assert store.get_task(task.id).next_run == "2026-01-19T09:00:00.000Z"
+
+
+def test_history_keeps_the_start_time_even_when_processing_was_never_seen(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    store = Store(tmp_path / "home", clock=clock)
+    session = store.create_session("quick")
+    task = store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1m"})
+    clock.set("2026-01-15T08:01:00.250Z")
+    ack(store, session.id, task.id, 0, AckStatus.PROCESSING)
+    clock.set("2026-01-15T08:01:03.500Z")
+    ack(store, session.id, task.id, 0, AckStatus.COMPLETED)  # before the host looked
+    clock.set("2026-01-15T08:01:04Z")
+    store.settle_acks(session.id, timedelta(minutes=10))
+    [run] = store.runs_for(task.id)
+    assert (run.started_at, run.finished_at) == (
+        "2026-01-15T08:01:00.250Z",
+        "2026-01-15T08:01:03.500Z",
+    )
