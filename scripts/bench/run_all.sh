@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every cronbox benchmark with its defaults (about 8 minutes on 2 cores).
+# Usage: scripts/bench/run_all.sh [python]   (default: /work/venv/bin/python, else python3)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+python="${1:-}"
+if [[ -z "$python" ]]; then
+    if [[ -x /work/venv/bin/python ]]; then python=/work/venv/bin/python; else python=python3; fi
+fi
+cd "$here/../.."
+
+echo "== due -> runner-start latency (200 one-time tasks, pool 8) =="
+"$python" "$here/due_latency.py"
+echo
+echo "== the same at a rate 2 cores can start runners (one task every 500 ms) =="
+"$python" "$here/due_latency.py" --stagger 0.5
+echo
+echo "== idle sweep (10,000 sessions x 10 future tasks) =="
+"$python" "$here/idle_sweep.py"
