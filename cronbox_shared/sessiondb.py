@@ -126,6 +126,21 @@ def m002_ack_started_at(db: Database) -> None:
     db.execute("ALTER TABLE processing_ack ADD COLUMN started_at TEXT")
 
 
+def change_counter(path: Path) -> int | None:
+    """SQLite's file change counter (header offset 24), None when the file is unreadable.
+
+    In rollback-journal mode (``journal_mode=DELETE``, which session files use) every
+    committed transaction increments it, so it tells whether a file changed without
+    opening it as a database.
+    """
+    try:
+        with path.open("rb") as f:
+            header = f.read(28)
+    except OSError:
+        return None
+    return int.from_bytes(header[24:28], "big") if len(header) == 28 else None
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)

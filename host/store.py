@@ -131,6 +131,12 @@ def m001_central(db: Database) -> None:
     )
 
 
+@central_migrations()
+def m002_inbound_version(db: Database) -> None:
+    """The inbound.db change counter the central view was last derived from."""
+    db.execute("ALTER TABLE sessions ADD COLUMN inbound_version INTEGER")
+
+
 class Session(Record):
     """A row of the central ``sessions`` table."""
 
@@ -445,8 +451,8 @@ class Store:
         Runs inside the caller's central transaction, reading the session's inbound.db.
         """
         db.execute(
-            "UPDATE sessions SET next_due_at = ? WHERE id = ?",
-            [sdb.next_due(inbound_db), session_id],
+            "UPDATE sessions SET next_due_at = ?, inbound_version = ? WHERE id = ?",
+            [sdb.next_due(inbound_db), self._inbound_version(session_id), session_id],
         )
         if series is None:
             rows = sdb.all_tasks(inbound_db)
@@ -488,6 +494,20 @@ class Store:
             if audit is not None:
                 actor, action, target, detail = audit
                 self.audit(db, actor, action, session_id, target, detail)
+
+    def _inbound_version(self, session_id: str) -> int | None:
+        return sdb.change_counter(self.session_dir(session_id) / sdb.INBOUND)
+
+    def stale_sessions(self) -> list[str]:
+        """Sessions whose inbound.db changed after their central view was derived.
+
+        Every write derives the view right after committing to inbound.db, so only a
+        crash between the two leaves a session here; a restarted host re-derives just
+        those instead of opening every session's database.
+        """
+        with self.central() as db:
+            rows = db.execute("SELECT id, inbound_version FROM sessions").fetchall()
+        return [sid for sid, seen in rows if seen is None or seen != self._inbound_version(sid)]
 
     def reindex(self) -> int:
         """Re-derive every session's central state from its files (host start)."""

@@ -128,7 +128,8 @@ class Sweeper:
     async def recover(self) -> None:
         """Re-derive state from the files and adopt or reap runners a previous host left."""
         known = {s.id: s for s in await self._io(self.store.list_sessions)}
-        for session_id in known:
+        stale = await self._io(self.store.stale_sessions)
+        for session_id in stale:
             try:
                 await self._io(self.store.sync_session, session_id)
             except Exception:
@@ -143,7 +144,10 @@ class Sweeper:
                 continue
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
-        log.info("recovered %d sessions, adopted %d runners", len(known), len(self.live))
+        log.info(
+            "%d sessions, %d re-derived from their files, %d runners adopted",
+            len(known), len(stale), len(self.live),
+        )  # fmt: skip
 
     # --- the loop ----------------------------------------------------------------------
 

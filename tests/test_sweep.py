@@ -177,3 +177,37 @@ def test_history_keeps_the_start_time_even_when_processing_was_never_seen(
         "2026-01-15T08:01:00.250Z",
         "2026-01-15T08:01:03.500Z",
     )
+
+
+async def test_restart_rederives_only_sessions_changed_behind_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    store = Store(tmp_path / "home", clock=clock)
+    sessions = [store.create_session(f"s{i}") for i in range(3)]
+    for session in sessions:
+        store.schedule_task(session.id, {"prompt": "later", "processAfter": "+1d"})
+    crashed = sessions[1]
+    # A host that died after committing to inbound.db but before the central update.
+    with sdb.inbound(store.session_dir(crashed.id)) as db, db.atomic():
+        sdb.insert_inbound(
+            db,
+            {"id": "orphan", "kind": "chat", "created_at": fmt(clock.now()),
+             "status": "pending", "process_after": fmt(clock.now()),
+             "timezone": "UTC", "trigger": 1, "content": {"text": "hi"}},
+        )  # fmt: skip
+    assert store.get_session(crashed.id).next_due_at != fmt(clock.now())
+    opened: list[Path] = []
+    real_open = sdb.open_db
+
+    @contextmanager
+    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
+        opened.append(path)
+        with real_open(path, migrations, readonly) as db:
+            yield db
+
+    monkeypatch.setattr(sdb, "open_db", spy)
+    sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), clock)
+    await sweeper.recover()
+    assert {p.parent.name for p in opened} == {crashed.id}
+    assert store.get_session(crashed.id).next_due_at == fmt(clock.now())
