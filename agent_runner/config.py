@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cronbox_shared.envconf import env_count, env_seconds
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.timeutil import zone
 
@@ -55,34 +56,8 @@ class RunnerConfig:
             session_dir=session_dir,
             provider=env.get("CRONBOX_PROVIDER", "").strip() or "echo",
             timezone=timezone,
-            idle_timeout=_seconds(env, "CRONBOX_IDLE_TIMEOUT", 30.0),
-            poll_interval=_seconds(env, "CRONBOX_POLL_INTERVAL", 1.0),
-            max_batch=_count(env, "CRONBOX_MAX_BATCH", 10),
-            gate_timeout=_seconds(env, "CRONBOX_GATE_TIMEOUT", 30.0),
+            idle_timeout=env_seconds(env, "CRONBOX_IDLE_TIMEOUT", 30.0, RunnerConfigError),
+            poll_interval=env_seconds(env, "CRONBOX_POLL_INTERVAL", 1.0, RunnerConfigError),
+            max_batch=env_count(env, "CRONBOX_MAX_BATCH", 10, RunnerConfigError),
+            gate_timeout=env_seconds(env, "CRONBOX_GATE_TIMEOUT", 30.0, RunnerConfigError),
         )
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise RunnerConfigError(f'{name} "{raw}" is not a positive number of seconds')
-    return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise RunnerConfigError(f'{name} "{raw}" is not a positive whole number')
-    return value

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cronbox_shared.envconf import env_count, env_seconds
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.sessiondb import INBOUND
 from cronbox_shared.timeutil import Clock, SystemClock, zone
@@ -60,20 +61,8 @@ class ToolConfig:
         return cls(
             session_dir=session_dir,
             timezone=tz,
-            min_interval=timedelta(seconds=_positive(env, "CRONBOX_MIN_INTERVAL", 60.0)),
-            max_tasks=int(_positive(env, "CRONBOX_MAX_TASKS", DEFAULT_MAX_TASKS, whole=True)),
+            min_interval=timedelta(
+                seconds=env_seconds(env, "CRONBOX_MIN_INTERVAL", 60.0, ToolConfigError)
+            ),
+            max_tasks=env_count(env, "CRONBOX_MAX_TASKS", DEFAULT_MAX_TASKS, ToolConfigError),
         )
-
-
-def _positive(env: Mapping[str, str], name: str, default: float, whole: bool = False) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(int(raw)) if whole else float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        kind = "whole number" if whole else "number of seconds"
-        raise ToolConfigError(f'{name} "{raw}" is not a positive {kind}')
-    return value

@@ -27,30 +27,35 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every session file opened from now on (the real opener, observed)."""
+    paths: list[Path] = []
+    real_open = sdb.open_db
+
+    @contextmanager
+    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
+        paths.append(path)
+        with real_open(path, migrations, readonly) as db:
+            yield db
+
+    monkeypatch.setattr(sdb, "open_db", spy)
+    return paths
+
+
 def ack(store: Store, session_id: str, message_id: str, attempt: int, status: AckStatus) -> None:
     """Write an ack as the runner would (the test plays the container)."""
     with sdb.outbound(store.session_dir(session_id)) as db, db.atomic():
         sdb.set_ack(db, message_id, attempt, status, fmt(store.now()), None, "done")
 
 
-async def test_idle_tick_opens_no_session_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_idle_tick_opens_no_session_file(tmp_path: Path, opened: list[Path]) -> None:
     store = Store(tmp_path / "home", clock=ManualClock("2026-01-01T00:00:00Z"))
     for i in range(20):
         session = store.create_session(f"idle-{i}")
         store.schedule_task(session.id, {"prompt": "later", "processAfter": "+1d"})
-    opened: list[Path] = []
-    real_open = sdb.open_db
-
-    @contextmanager
-    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
-        opened.append(path)
-        with real_open(path, migrations, readonly) as db:
-            yield db
-
-    monkeypatch.setattr(sdb, "open_db", spy)
     sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), store.clock)
+    opened.clear()
     await sweeper.tick()
     assert opened == []
     assert sweeper.live == {}
@@ -180,7 +185,7 @@ def test_history_keeps_the_start_time_even_when_processing_was_never_seen(
 
 
 async def test_restart_rederives_only_sessions_changed_behind_the_index(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, opened: list[Path]
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
     store = Store(tmp_path / "home", clock=clock)
@@ -197,17 +202,8 @@ async def test_restart_rederives_only_sessions_changed_behind_the_index(
              "timezone": "UTC", "trigger": 1, "content": {"text": "hi"}},
         )  # fmt: skip
     assert store.get_session(crashed.id).next_due_at != fmt(clock.now())
-    opened: list[Path] = []
-    real_open = sdb.open_db
-
-    @contextmanager
-    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
-        opened.append(path)
-        with real_open(path, migrations, readonly) as db:
-            yield db
-
-    monkeypatch.setattr(sdb, "open_db", spy)
     sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), clock)
+    opened.clear()
     await sweeper.recover()
     assert {p.parent.name for p in opened} == {crashed.id}
     assert store.get_session(crashed.id).next_due_at == fmt(clock.now())
