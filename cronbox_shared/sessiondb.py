@@ -504,6 +504,12 @@ def delete_ack(db: Database, message_id: str, attempt: int) -> None:
 
 
 def outbound_ready(db: Database) -> bool:
-    """Whether the container has created its tables yet (the file can exist before)."""
+    """Whether the container has applied every outbound migration yet.
+
+    The file exists before its tables do, and its migrations commit one by one, so a
+    reader must not query it in between.
+    """
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return {"messages_out", "processing_ack"} <= names
+    if outbound_migrations.migrations_table not in names:
+        return False
+    return not outbound_migrations.pending(db)

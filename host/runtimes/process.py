@@ -118,7 +118,11 @@ class ProcessRuntime:
     async def stop(self, handle: RunnerHandle, grace: float) -> None:
         if not await self.is_running(handle):
             return
-        await self._signal(handle, signal.SIGTERM)
+        # The runner alone is asked: it finishes its batch, and the gate script or agent
+        # it is waiting on must not be cut short by the same signal (that would record a
+        # failure instead of the retry a stopped host owes its rows). The whole group is
+        # killed only if the grace runs out.
+        await self._signal(handle, signal.SIGTERM, group=False)
         with anyio.move_on_after(grace):
             await self._wait_gone(handle)
             return
@@ -210,7 +214,9 @@ class ProcessRuntime:
             proc_start=adopted.proc_start,
         )
 
-    def _signal_foreign_sync(self, handle: RunnerHandle, sig: signal.Signals) -> None:
+    def _signal_foreign_sync(
+        self, handle: RunnerHandle, sig: signal.Signals, group: bool = True
+    ) -> None:
         if not self._foreign_alive_sync(handle):
             return
         pid = int(handle.ref)
@@ -218,7 +224,7 @@ class ProcessRuntime:
             leads_group = os.getpgid(pid) == pid
         except ProcessLookupError:
             return
-        if leads_group:
+        if group and leads_group:
             _killpg(pid, sig)
         else:
             with contextlib.suppress(ProcessLookupError):
@@ -271,13 +277,17 @@ class ProcessRuntime:
         with self._lock:
             return self._children.get(handle)
 
-    async def _signal(self, handle: RunnerHandle, sig: signal.Signals) -> None:
+    async def _signal(self, handle: RunnerHandle, sig: signal.Signals, group: bool = True) -> None:
+        """Signal the runner's process group, or with ``group=False`` the runner alone."""
         child = self._child(handle)
         if child is None:
-            await anyio.to_thread.run_sync(self._signal_foreign_sync, handle, sig)
+            await anyio.to_thread.run_sync(self._signal_foreign_sync, handle, sig, group)
         elif child.popen.returncode is None:
             # Not reaped yet, so the pid (and group id) cannot have been reused.
-            _killpg(child.popen.pid, sig)
+            if group:
+                _killpg(child.popen.pid, sig)
+            else:
+                child.popen.send_signal(sig)
 
     async def _wait_gone(self, handle: RunnerHandle) -> None:
         """Return once the runner is gone (callers bound the wait)."""
