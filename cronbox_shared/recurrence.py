@@ -187,6 +187,11 @@ def parse_recurrence(expr: str, min_interval: timedelta = timedelta(seconds=60))
     return Recurrence(text, None, fixed_time=fixed)
 
 
+def stored_recurrence(expr: str) -> Recurrence:
+    """Read an expression that was validated when it was stored (no interval check)."""
+    return parse_recurrence(expr, timedelta(0))
+
+
 def next_fire(rec: Recurrence, tz: ZoneInfo, after: datetime) -> datetime:
     """The first fire strictly after the aware instant ``after``, as aware UTC."""
     return next(_fires(rec, tz, after))

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cronbox_shared.errors import InvalidInput, InvalidTime
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
-from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence
-from cronbox_shared.timeutil import fmt, local_to_utc, zone
+from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
+from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
 
 TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A one-time instant this far in the past is still accepted as "due now": clocks of
@@ -287,3 +287,16 @@ def validate_update(
         recurrence_changed="recurrence" in given,
         process_after=process_after,
     )
+
+
+def resume_at(row: InboundMessage, now: datetime) -> datetime | None:
+    """Where a paused occurrence runs once resumed; None when its time stands.
+
+    A series resumed after its slot has passed continues at its next slot rather than
+    firing for the missed one; a one-time task whose time has passed runs at once.
+    """
+    if row.process_after is None or parse_utc(row.process_after) >= now:
+        return None
+    if row.recurrence is None:
+        return now
+    return next_fire(stored_recurrence(row.recurrence), zone(row.timezone), now)

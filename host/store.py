@@ -42,11 +42,12 @@ from cronbox_shared.models import (
     RunOutcome,
     preview,
 )
-from cronbox_shared.recurrence import next_fire, parse_recurrence, plan_due
+from cronbox_shared.recurrence import next_fire, plan_due, stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
+    resume_at,
     validate_schedule,
     validate_update,
 )
@@ -702,13 +703,9 @@ class Store:
                     else f'task "{ref}" is {live.status.value} and cannot be cancelled'
                 )
             fields: dict[str, Any] = {"status": to.value, "updated_at": now}
-            if to is MessageStatus.PENDING and live.recurrence and live.process_after:
-                # A series resumed after its time has passed continues on schedule
-                # rather than firing for every missed slot.
-                rec = parse_recurrence(live.recurrence, timedelta(0))
-                if live.process_after < now:
-                    nxt = fmt(next_fire(rec, zone(live.timezone), self.now()))
-                    fields.update(process_after=nxt, scheduled_for=nxt)
+            resumed = resume_at(live, self.now()) if to is MessageStatus.PENDING else None
+            if resumed is not None and live.recurrence:
+                fields.update(process_after=fmt(resumed), scheduled_for=fmt(resumed))
             sdb.update_inbound(db, live.id, **fields)
         self.sync_session(session, series=[series], audit=(actor, f"task.{action}", series, None))
         return self.get_task(series)
@@ -884,7 +881,7 @@ class Store:
                 if row.kind is not MessageKind.TASK or row.tries > 0:
                     continue
                 scheduled = parse_utc(row.scheduled_for or row.process_after or row.created_at)
-                rec = parse_recurrence(row.recurrence, timedelta(0)) if row.recurrence else None
+                rec = stored_recurrence(row.recurrence) if row.recurrence else None
                 grace = (
                     timedelta(seconds=row.misfire_grace) if row.misfire_grace is not None else None
                 )
@@ -943,7 +940,7 @@ class Store:
         sdb.update_inbound(db, row.id, status=status.value, error=error, updated_at=fmt(now))
         if not row.recurrence:
             return
-        rec = parse_recurrence(row.recurrence, timedelta(0))
+        rec = stored_recurrence(row.recurrence)
         base = parse_utc(row.scheduled_for or row.process_after or row.created_at)
         nxt = fmt(next_fire(rec, zone(row.timezone), base))
         new_id = next_occurrence_id(row)
@@ -1095,4 +1092,4 @@ def _seconds_words(span: timedelta) -> str:
 
 def describe_recurrence(expr: str | None) -> str:
     """The recurrence in words, or "once"."""
-    return parse_recurrence(expr, timedelta(0)).describe() if expr else "once"
+    return stored_recurrence(expr).describe() if expr else "once"

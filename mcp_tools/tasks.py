@@ -21,11 +21,12 @@ from pydantic import Field
 
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
 from cronbox_shared.models import InboundMessage, MessageStatus, preview
-from cronbox_shared.recurrence import Recurrence, fire_times, parse_recurrence
+from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
     new_task_id,
+    resume_at,
     validate_schedule,
     validate_update,
 )
@@ -391,7 +392,7 @@ def _when(instant: datetime, tz: ZoneInfo) -> str:
 
 
 def _recurrence(expr: str | None) -> Recurrence | None:
-    return parse_recurrence(expr, timedelta(0)) if expr else None
+    return stored_recurrence(expr) if expr else None
 
 
 def _repeats(rec: Recurrence | None) -> str:
@@ -407,13 +408,9 @@ def _more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool
 
 
 def _next(row: InboundMessage, now: datetime) -> str:
-    """When a resumed task runs: a passed one-time task at once, a series at its next slot."""
-    tz = zone(row.timezone)
-    when = parse_utc(row.process_after) if row.process_after else now
-    rec = _recurrence(row.recurrence)
-    if when < now:
-        when = fire_times(rec, tz, now, 1)[0] if rec else now
-    return _when(when, tz)
+    """When a resumed task runs (the store's rule, ``resume_at``)."""
+    when = resume_at(row, now) or (parse_utc(row.process_after) if row.process_after else now)
+    return _when(when, zone(row.timezone))
 
 
 def _task_line(state: sv.TaskState) -> str:
