@@ -296,14 +296,6 @@ def rows_by_ids(db: Database, ids: Sequence[str]) -> dict[str, InboundMessage]:
     return {m.id: m for m in map(_row_to_inbound, rows)}
 
 
-def processing_rows(db: Database) -> list[InboundMessage]:
-    """Rows the host has not settled (pending) — used with acks to find claimed work."""
-    rows = db.execute(
-        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' ORDER BY seq"
-    ).fetchall()
-    return [_row_to_inbound(r) for r in rows]
-
-
 def mark_delivered(
     db: Database, seq: int, message_id: str, channel: str, at: str, status: str, detail: str | None
 ) -> bool:
@@ -415,20 +407,24 @@ def clear_processing_acks(db: Database) -> int:
     return cur.rowcount
 
 
+# A row of the attached inbox that is due and has no ack for its current try.
+_DUE_UNACKED = (
+    "m.status = 'pending' AND (m.process_after IS NULL OR m.process_after <= ?) "
+    "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
+    "AND a.attempt = m.tries)"
+)
+
+
 def claimable(db: Database, inbound_path: Path, now: str, limit: int) -> list[InboundMessage]:
     """Due pending rows of the attached inbound DB that have no ack for their current try.
 
     The ack filter is applied before the limit so claimed rows never hide new work.
     """
-    attached = {r[1] for r in db.execute("PRAGMA database_list")}
-    if "inb" not in attached:
-        db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
+    _attach_inbound(db, inbound_path)
     cols = ", ".join(f"m.{c.strip()}" for c in _IN_COLUMNS.split(","))
     rows = db.execute(
-        f"SELECT {cols} FROM inb.messages_in m WHERE m.status = 'pending' "
-        "AND (m.process_after IS NULL OR m.process_after <= ?) "
-        "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
-        "AND a.attempt = m.tries) ORDER BY coalesce(m.process_after, m.created_at), m.seq LIMIT ?",
+        f"SELECT {cols} FROM inb.messages_in m WHERE {_DUE_UNACKED} "
+        "ORDER BY coalesce(m.process_after, m.created_at), m.seq LIMIT ?",
         [now, limit],
     ).fetchall()
     return [_row_to_inbound(r) for r in rows]
@@ -481,10 +477,7 @@ def trigger_waiting(db: Database, inbound_path: Path, now: str) -> bool:
     """
     _attach_inbound(db, inbound_path)
     row = db.execute(
-        "SELECT 1 FROM inb.messages_in m WHERE m.status = 'pending' AND m.\"trigger\" = 1 "
-        "AND (m.process_after IS NULL OR m.process_after <= ?) "
-        "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
-        "AND a.attempt = m.tries) LIMIT 1",
+        f'SELECT 1 FROM inb.messages_in m WHERE m."trigger" = 1 AND {_DUE_UNACKED} LIMIT 1',
         [now],
     ).fetchone()
     return row is not None
@@ -513,3 +506,17 @@ def outbound_ready(db: Database) -> bool:
     if outbound_migrations.migrations_table not in names:
         return False
     return not outbound_migrations.pending(db)
+
+
+def undelivered(session_dir: Path, limit: int = 500) -> list[dict[str, Any]]:
+    """Raw ``messages_out`` rows the host has not handled yet, oldest first (untrusted).
+
+    Read-only on both files: the host uses it to deliver, the MCP server to see which
+    of the agent's requests are still on their way.
+    """
+    if not (session_dir / OUTBOUND).exists():
+        return []
+    with inbound(session_dir, readonly=True) as inbound_db:
+        after = delivered_max_seq(inbound_db)
+    with outbound(session_dir, readonly=True) as out:
+        return outbound_after(out, after, limit) if outbound_ready(out) else []

@@ -800,7 +800,8 @@ class Store:
         runs: list[dict[str, Any]] = []
         touched: set[str] = set()
         with self._inbound_tx(session_id) as db:
-            pending = {r.id: r for r in sdb.processing_rows(db)}
+            # Only due rows can have been claimed; future ones are never read here.
+            pending = {r.id: r for r in sdb.due_rows(db, fmt(now))}
             with sdb.outbound(directory, readonly=True) as out:
                 raw_acks = sdb.acks_for(out, list(pending)) if sdb.outbound_ready(out) else []
             for raw in raw_acks:
@@ -1011,13 +1012,7 @@ class Store:
 
     def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """Raw ``messages_out`` rows the host has not handled yet, oldest first (untrusted)."""
-        directory = self.session_dir(session_id)
-        if not (directory / sdb.OUTBOUND).exists():
-            return []
-        with sdb.inbound(directory, readonly=True) as inbound_db:
-            after = sdb.delivered_max_seq(inbound_db)
-        with sdb.outbound(directory, readonly=True) as out:
-            return sdb.outbound_after(out, after, limit) if sdb.outbound_ready(out) else []
+        return sdb.undelivered(self.session_dir(session_id), limit)
 
     def mark_delivered(
         self, session_id: str, seq: int, message_id: str, channel: str, status: str,

@@ -49,14 +49,8 @@ class TaskState:
 
 def unapplied_actions(session_dir: Path) -> list[dict[str, Any]]:
     """The contents of this session's ``kind=system`` rows the host has not handled yet."""
-    if not (session_dir / sdb.OUTBOUND).exists():
-        return []
-    with sdb.inbound(session_dir, readonly=True) as db:
-        after = sdb.delivered_max_seq(db)
-    with sdb.outbound(session_dir, readonly=True) as out:
-        rows = sdb.outbound_after(out, after, _UNAPPLIED_LIMIT) if sdb.outbound_ready(out) else []
     actions = []
-    for raw in rows:
+    for raw in sdb.undelivered(session_dir, _UNAPPLIED_LIMIT):
         if raw["kind"] != MessageKind.SYSTEM.value:
             continue
         try:
