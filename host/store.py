@@ -202,6 +202,20 @@ class Limits:
     max_tasks_per_session: int = 1000
 
 
+def task_row(valid: ValidTask, now: str) -> dict[str, Any]:
+    """The ``messages_in`` row of a new task: the first occurrence of its own series."""
+    first = fmt(valid.first_run)
+    return {
+        "id": valid.id, "kind": MessageKind.TASK.value, "created_at": now,
+        "updated_at": now, "status": MessageStatus.PENDING.value,
+        "process_after": first, "scheduled_for": first,
+        "recurrence": valid.recurrence.expr if valid.recurrence else None,
+        "timezone": valid.timezone, "series_id": valid.id, "trigger": 1,
+        "content": valid.content, "misfire_grace": valid.misfire_grace,
+        "timeout": valid.timeout,
+    }  # fmt: skip
+
+
 def series_of(ref: str) -> str:
     """The series id an occurrence id belongs to (occurrence ids are ``<series>~<n>``)."""
     return ref.split(OCCURRENCE_SEP, 1)[0]
@@ -601,19 +615,7 @@ class Store:
             if not existing:
                 if sdb.count_live_tasks(db) >= self.limits.max_tasks_per_session:
                     raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
-                first = fmt(valid.first_run)
-                sdb.insert_inbound(
-                    db,
-                    {
-                        "id": valid.id, "kind": MessageKind.TASK.value, "created_at": now,
-                        "updated_at": now, "status": MessageStatus.PENDING.value,
-                        "process_after": first, "scheduled_for": first,
-                        "recurrence": valid.recurrence.expr if valid.recurrence else None,
-                        "timezone": valid.timezone, "series_id": valid.id, "trigger": 1,
-                        "content": valid.content, "misfire_grace": valid.misfire_grace,
-                        "timeout": valid.timeout,
-                    },
-                )  # fmt: skip
+                sdb.insert_inbound(db, task_row(valid, now))
         audit = None
         if not existing:
             detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,

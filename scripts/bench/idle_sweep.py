@@ -45,12 +45,11 @@ import anyio
 from _common import percentile, ratio, secs, table
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import MessageKind, MessageStatus
 from cronbox_shared.tasks import ScheduleRequest, validate_schedule
 from cronbox_shared.timeutil import SystemClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
-from host.store import Store
+from host.store import Store, task_row
 from host.sweep import SweepConfig, Sweeper
 
 HORIZON = timedelta(days=30)
@@ -113,19 +112,7 @@ def build_chunk(job: tuple[str, int, int, int, int]) -> int:
         with sdb.inbound(store.session_dir(session.id)) as db:
             db.execute("BEGIN IMMEDIATE")
             for task in valid:
-                first = fmt(task.first_run)
-                sdb.insert_inbound(
-                    db,
-                    {
-                        "id": task.id, "kind": MessageKind.TASK.value, "created_at": now,
-                        "updated_at": now, "status": MessageStatus.PENDING.value,
-                        "process_after": first, "scheduled_for": first,
-                        "recurrence": task.recurrence.expr if task.recurrence else None,
-                        "timezone": task.timezone, "series_id": task.id, "trigger": 1,
-                        "content": task.content, "misfire_grace": task.misfire_grace,
-                        "timeout": task.timeout,
-                    },
-                )  # fmt: skip
+                sdb.insert_inbound(db, task_row(task, now))
             db.conn.commit()
     return stop - start
 
