@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cronbox_shared.envconf import env_count, env_seconds
+from cronbox_shared.envconf import env_count, env_seconds, env_session_dir, env_timezone
 from cronbox_shared.errors import InvalidInput
-from cronbox_shared.timeutil import zone
 
 
 class RunnerConfigError(InvalidInput):
@@ -38,24 +37,10 @@ class RunnerConfig:
         Raises RunnerConfigError naming the variable and its value.
         """
         env = os.environ if environ is None else environ
-        raw_dir = env.get("CRONBOX_SESSION_DIR", "").strip()
-        if not raw_dir:
-            raise RunnerConfigError(
-                "CRONBOX_SESSION_DIR is not set; set it to the session directory "
-                "that holds inbound.db"
-            )
-        session_dir = Path(raw_dir)
-        if not session_dir.is_dir():
-            raise RunnerConfigError(
-                f'CRONBOX_SESSION_DIR "{raw_dir}" is not a directory; '
-                "point it at the session directory that holds inbound.db"
-            )
-        timezone = env.get("CRONBOX_TIMEZONE", "").strip() or "UTC"
-        zone(timezone, "CRONBOX_TIMEZONE")
         return cls(
-            session_dir=session_dir,
+            session_dir=env_session_dir(env, RunnerConfigError, need_inbound=False),
             provider=env.get("CRONBOX_PROVIDER", "").strip() or "echo",
-            timezone=timezone,
+            timezone=env_timezone(env, RunnerConfigError),
             idle_timeout=env_seconds(env, "CRONBOX_IDLE_TIMEOUT", 30.0, RunnerConfigError),
             poll_interval=env_seconds(env, "CRONBOX_POLL_INTERVAL", 1.0, RunnerConfigError),
             max_batch=env_count(env, "CRONBOX_MAX_BATCH", 10, RunnerConfigError),

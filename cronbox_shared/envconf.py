@@ -7,8 +7,11 @@ a bad value is one sentence naming the variable and the value.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
-from cronbox_shared.errors import InvalidInput
+from cronbox_shared.errors import InvalidInput, InvalidTimezone
+from cronbox_shared.sessiondb import INBOUND
+from cronbox_shared.timeutil import zone
 
 
 def env_seconds(
@@ -41,3 +44,36 @@ def env_count(
     if value < 1:
         raise error(f'{name} "{raw}" is not a positive whole number')
     return value
+
+
+def env_session_dir(
+    env: Mapping[str, str], error: type[InvalidInput] = InvalidInput, *, need_inbound: bool
+) -> Path:
+    """``CRONBOX_SESSION_DIR``: a directory, which with ``need_inbound`` holds inbound.db."""
+    raw = env.get("CRONBOX_SESSION_DIR", "").strip()
+    if not raw:
+        raise error(
+            f"CRONBOX_SESSION_DIR is not set; set it to the session directory that holds {INBOUND}"
+        )
+    path = Path(raw)
+    if not path.is_dir():
+        raise error(
+            f'CRONBOX_SESSION_DIR "{raw}" is not a directory; '
+            f"point it at the session directory that holds {INBOUND}"
+        )
+    if need_inbound and not (path / INBOUND).is_file():
+        raise error(
+            f'CRONBOX_SESSION_DIR "{raw}" holds no {INBOUND}; '
+            "point it at a cronbox session directory"
+        )
+    return path
+
+
+def env_timezone(env: Mapping[str, str], error: type[InvalidInput] = InvalidInput) -> str:
+    """``CRONBOX_TIMEZONE`` (default UTC), checked to be a known zone."""
+    name = env.get("CRONBOX_TIMEZONE", "").strip() or "UTC"
+    try:
+        zone(name, "CRONBOX_TIMEZONE")
+    except InvalidTimezone as exc:
+        raise error(str(exc)) from None
+    return name

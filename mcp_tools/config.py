@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from cronbox_shared.envconf import env_count, env_seconds
+from cronbox_shared.envconf import env_count, env_seconds, env_session_dir, env_timezone
 from cronbox_shared.errors import InvalidInput
-from cronbox_shared.sessiondb import INBOUND
-from cronbox_shared.timeutil import Clock, SystemClock, zone
+from cronbox_shared.timeutil import Clock, SystemClock
 
 DEFAULT_MIN_INTERVAL = 60.0
 DEFAULT_MAX_TASKS = 1000
@@ -44,23 +43,9 @@ class ToolConfig:
         Raises ToolConfigError naming the variable and its value.
         """
         env = os.environ if environ is None else environ
-        raw_dir = env.get("CRONBOX_SESSION_DIR", "").strip()
-        if not raw_dir:
-            raise ToolConfigError(
-                "CRONBOX_SESSION_DIR is not set; set it to the session directory that holds "
-                f"{INBOUND}"
-            )
-        session_dir = Path(raw_dir)
-        if not (session_dir / INBOUND).is_file():
-            raise ToolConfigError(
-                f'CRONBOX_SESSION_DIR "{raw_dir}" holds no {INBOUND}; '
-                "point it at a cronbox session directory"
-            )
-        tz = env.get("CRONBOX_TIMEZONE", "").strip() or "UTC"
-        zone(tz, "CRONBOX_TIMEZONE")
         return cls(
-            session_dir=session_dir,
-            timezone=tz,
+            session_dir=env_session_dir(env, ToolConfigError, need_inbound=True),
+            timezone=env_timezone(env, ToolConfigError),
             min_interval=timedelta(
                 seconds=env_seconds(env, "CRONBOX_MIN_INTERVAL", 60.0, ToolConfigError)
             ),
