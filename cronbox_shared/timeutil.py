@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -72,10 +72,6 @@ def parse_utc(text: str) -> datetime:
 def is_canonical(text: str) -> bool:
     """True when ``text`` is exactly in the stored format."""
     return bool(_ISO_Z.match(text))
-
-
-def now_iso(clock: Clock) -> str:
-    return fmt(clock.now())
 
 
 def zone(name: str, source: str | None = None) -> ZoneInfo:
@@ -147,10 +143,6 @@ def resolve_host_timezone(
         except InvalidTimezone:
             pass
     return ZoneInfo("UTC"), "default"
-
-
-def to_local(when: datetime, tz: tzinfo) -> datetime:
-    return when.astimezone(tz)
 
 
 def local_to_utc(naive: datetime, tz: ZoneInfo) -> datetime:

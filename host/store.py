@@ -449,13 +449,6 @@ class Store:
             (value,) = db.execute("SELECT min(next_due_at) FROM sessions").fetchone()
         return parse_utc(value) if value else None
 
-    def touch_session(self, session_id: str) -> None:
-        """Mark a session active now."""
-        with self.central() as db, db.atomic():
-            db.execute(
-                "UPDATE sessions SET last_active_at = ? WHERE id = ?", [fmt(self.now()), session_id]
-            )
-
     # --- the central view of one session ----------------------------------------------
 
     def _sync_central(
@@ -761,12 +754,6 @@ class Store:
         self.sync_session(session, series=[series], audit=(actor, "task.update", series, detail))
         return self.get_task(series)
 
-    def live_row(self, ref: str) -> tuple[str, InboundMessage]:
-        """(session id, live occurrence) of a task."""
-        session, series = self._locate(ref, None)
-        with sdb.inbound(self.session_dir(session)) as db:
-            return session, self._live(db, series)
-
     # --- runs ------------------------------------------------------------------------
 
     def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
@@ -991,19 +978,6 @@ class Store:
                 "UPDATE sessions SET last_active_at = ? WHERE id = ?",
                 [fmt(self.now()), session_id],
             )
-
-    def session_runs(self, session_id: str, limit: int = 100) -> list[Run]:
-        """Run history of one session (tasks and chat), newest first."""
-        with self.central() as db:
-            cur = db.execute(
-                "SELECT id, session_id, message_id, series_id, scheduled_for, started_at, "
-                "finished_at, outcome, tries, error, output_preview FROM runs "
-                "WHERE session_id = ? ORDER BY id DESC LIMIT ?",
-                [session_id, limit],
-            )
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        return [Run.model_validate(dict(zip(cols, r, strict=True))) for r in rows]
 
     def inbound_rows(self, session_id: str) -> list[InboundMessage]:
         """Every row of a session's inbox, oldest first (for status views and tests)."""
