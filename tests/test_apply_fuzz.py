@@ -29,7 +29,9 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
 )
-NOT_A_STRING = st.none() | st.booleans() | st.integers() | st.lists(TEXT, max_size=2)
+# SQLite stores integers in 64 bits; a container cannot write a larger one.
+INTEGERS = st.integers(-(2**63), 2**63 - 1)
+NOT_A_STRING = st.none() | st.booleans() | INTEGERS | st.lists(TEXT, max_size=2)
 OVERSIZE = 64 * 1024 + 1
 TARGETED = ("cancel_task", "pause_task", "resume_task", "update_task")
 # Names a schedule or update request may carry (by alias or by field name).
@@ -108,7 +110,7 @@ def bad_rows(draw: st.DrawFn, foreign: str, own: str) -> Row:
         return system({"action": action, "taskId": own, "prompt": "p", key: draw(JSON_VALUES)})
     if choice == 8:  # a kind the host does not accept
         other = TEXT.filter(lambda k: k not in ("chat", "system"))
-        kind = draw(st.sampled_from(["task", "", "SYSTEM"]) | other | st.integers())
+        kind = draw(st.sampled_from(["task", "", "SYSTEM"]) | other | INTEGERS)
         return Row(kind, json.dumps({"text": "hi"}), good=False)
     if choice == 9:  # a chat reply without usable text
         text = draw(st.sampled_from(["", "   "]) | NOT_A_STRING | st.just("x" * OVERSIZE))
