@@ -1,7 +1,10 @@
 """Schema and every SQL statement on a session's own files.
 
-``inbound.db`` is written by the host only and read by the container (read-only);
-``outbound.db`` is written by the container only and read by the host (read-only).
+A session directory holds ``inbox/inbound.db`` (written by the host only, read by the
+container; the docker runtime mounts ``inbox/`` read-only), ``outbox/outbound.db`` and
+``outbox/.heartbeat`` (written by the container only; the host opens them read-only) and
+``workspace/``. The host-only file has a directory of its own so nothing a runner writes
+(a journal, a replaced file) can ever sit beside it.
 Both use ``journal_mode=DELETE`` so a reader in another mount namespace sees the pages
 once the writer closes. Seq numbers are even in ``messages_in`` and odd in
 ``messages_out``, so a seq alone names a message in either table.
@@ -12,9 +15,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -28,11 +31,16 @@ from cronbox_shared.models import (
     OutboundMessage,
 )
 
-INBOUND = "inbound.db"
-OUTBOUND = "outbound.db"
-HEARTBEAT = ".heartbeat"
+INBOX = "inbox"
+OUTBOX = "outbox"
 WORKSPACE = "workspace"
+# Paths relative to a session directory.
+INBOUND = f"{INBOX}/inbound.db"
+OUTBOUND = f"{OUTBOX}/outbound.db"
+HEARTBEAT = f"{OUTBOX}/.heartbeat"
 BUSY_TIMEOUT_MS = 10_000
+
+_DbT = TypeVar("_DbT", bound=Database)
 
 inbound_migrations = Migrations("cronbox.inbound")
 outbound_migrations = Migrations("cronbox.outbound")
@@ -141,6 +149,40 @@ def change_counter(path: Path) -> int | None:
     return int.from_bytes(header[24:28], "big") if len(header) == 28 else None
 
 
+# The files of a session directory in the first layout (everything side by side).
+_FLAT_LAYOUT = {
+    "inbound.db": INBOUND,
+    "outbound.db": OUTBOUND,
+    "outbound.db-journal": f"{OUTBOUND}-journal",
+    ".heartbeat": HEARTBEAT,
+}
+
+
+def migrate_layout(session_dir: Path) -> bool:
+    """Move a session directory of the first layout into ``inbox/`` and ``outbox/``.
+
+    ``inbound.db`` is opened where it lies first, so a journal the host left there by a
+    crash is rolled back before the file moves without it. Idempotent: a directory
+    already in the current layout is left alone. Returns whether anything moved.
+    """
+    old = session_dir / "inbound.db"
+    if not old.is_file() or (session_dir / INBOUND).exists():
+        return False
+    conn = sqlite3.connect(old, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    finally:
+        conn.close()
+    (session_dir / INBOX).mkdir(exist_ok=True)
+    (session_dir / OUTBOX).mkdir(exist_ok=True)
+    (session_dir / WORKSPACE).mkdir(exist_ok=True)
+    for name, new in _FLAT_LAYOUT.items():
+        if (session_dir / name).exists() and not (session_dir / new).exists():
+            (session_dir / name).rename(session_dir / new)
+    (session_dir / "inbound.db-journal").unlink(missing_ok=True)
+    return True
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -151,30 +193,40 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+class InboundDb(Database):
+    """An open ``inbound.db``: the functions here that read or write the inbox take one."""
+
+
+class OutboundDb(Database):
+    """An open ``outbound.db``: the functions here that read or write the outbox take one."""
+
+
 @contextmanager
-def open_db(path: Path, migrations: Migrations | None, readonly: bool) -> Iterator[Database]:
+def open_db(kind: type[_DbT], path: Path, migrations: Migrations, readonly: bool) -> Iterator[_DbT]:
     """Open a session file for the span of one unit of work, then close it.
 
-    Writers apply ``migrations`` first; readers never write.
+    Writers create its directory and apply ``migrations`` first; readers never write.
     """
+    if not readonly:
+        path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path, readonly)
     try:
-        db = Database(conn)
-        if migrations is not None and not readonly:
+        db = kind(conn)
+        if not readonly:
             migrations.apply(db)
         yield db
     finally:
         conn.close()
 
 
-def inbound(session_dir: Path, readonly: bool = False) -> Any:
-    """Context manager over ``inbound.db`` (host: read-write; container: read-only)."""
-    return open_db(session_dir / INBOUND, inbound_migrations, readonly)
+def inbound(session_dir: Path, readonly: bool = False) -> AbstractContextManager[InboundDb]:
+    """Context manager over ``inbox/inbound.db`` (host: read-write; container: read-only)."""
+    return open_db(InboundDb, session_dir / INBOUND, inbound_migrations, readonly)
 
 
-def outbound(session_dir: Path, readonly: bool = False) -> Any:
-    """Context manager over ``outbound.db`` (container: read-write; host: read-only)."""
-    return open_db(session_dir / OUTBOUND, outbound_migrations, readonly)
+def outbound(session_dir: Path, readonly: bool = False) -> AbstractContextManager[OutboundDb]:
+    """Context manager over ``outbox/outbound.db`` (container: read-write; host: read-only)."""
+    return open_db(OutboundDb, session_dir / OUTBOUND, outbound_migrations, readonly)
 
 
 # --- messages_in -----------------------------------------------------------------------
@@ -192,7 +244,7 @@ def _row_to_inbound(row: sqlite3.Row | tuple[Any, ...]) -> InboundMessage:
     return InboundMessage.model_validate(data)
 
 
-def insert_inbound(db: Database, row: dict[str, Any]) -> int:
+def insert_inbound(db: InboundDb, row: dict[str, Any]) -> int:
     """Insert a ``messages_in`` row with the next even seq; the caller holds the transaction."""
     (max_seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM messages_in").fetchone()
     seq = int(max_seq) + 2 if int(max_seq) % 2 == 0 else int(max_seq) + 1
@@ -203,7 +255,7 @@ def insert_inbound(db: Database, row: dict[str, Any]) -> int:
     return seq
 
 
-def update_inbound(db: Database, message_id: str, **fields: Any) -> None:
+def update_inbound(db: InboundDb, message_id: str, **fields: Any) -> None:
     """Set columns of one ``messages_in`` row."""
     if "content" in fields:
         fields["content"] = json.dumps(fields["content"])
@@ -211,7 +263,7 @@ def update_inbound(db: Database, message_id: str, **fields: Any) -> None:
     db.execute(f"UPDATE messages_in SET {assign} WHERE id = ?", [*fields.values(), message_id])
 
 
-def get_inbound(db: Database, message_id: str) -> InboundMessage | None:
+def get_inbound(db: InboundDb, message_id: str) -> InboundMessage | None:
     """One row by id."""
     row = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in WHERE id = ?", [message_id]).fetchone()
     return _row_to_inbound(row) if row else None
@@ -221,7 +273,7 @@ def get_inbound(db: Database, message_id: str) -> InboundMessage | None:
 _SCHEDULED = "json_extract(content, '$.manual') IS NULL"
 
 
-def series_rows(db: Database, ref: str) -> list[InboundMessage]:
+def series_rows(db: InboundDb, ref: str) -> list[InboundMessage]:
     """The scheduled rows of the series ``ref`` names (a task or series id), newest first.
 
     The first live one among them is the series' live occurrence.
@@ -235,7 +287,7 @@ def series_rows(db: Database, ref: str) -> list[InboundMessage]:
     return [_row_to_inbound(r) for r in rows]
 
 
-def live_tasks(db: Database, statuses: Sequence[MessageStatus]) -> list[InboundMessage]:
+def live_tasks(db: InboundDb, statuses: Sequence[MessageStatus]) -> list[InboundMessage]:
     """Live task occurrences (one per series), earliest run first."""
     marks = ", ".join("?" for _ in statuses)
     rows = db.execute(
@@ -247,7 +299,7 @@ def live_tasks(db: Database, statuses: Sequence[MessageStatus]) -> list[InboundM
     return [_row_to_inbound(r) for r in rows]
 
 
-def all_tasks(db: Database) -> list[InboundMessage]:
+def all_tasks(db: InboundDb) -> list[InboundMessage]:
     """The newest row of every task series, live or finished."""
     rows = db.execute(
         f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq IN "
@@ -258,7 +310,7 @@ def all_tasks(db: Database) -> list[InboundMessage]:
     return [_row_to_inbound(r) for r in rows]
 
 
-def count_live_tasks(db: Database) -> int:
+def count_live_tasks(db: InboundDb) -> int:
     """How many task occurrences are pending or paused."""
     (n,) = db.execute(
         "SELECT count(*) FROM messages_in WHERE kind = 'task' AND status IN ('pending', 'paused')"
@@ -266,7 +318,7 @@ def count_live_tasks(db: Database) -> int:
     return int(n)
 
 
-def next_due(db: Database) -> str | None:
+def next_due(db: InboundDb) -> str | None:
     """Earliest ``process_after`` of pending rows that wake the agent (the due index)."""
     (value,) = db.execute(
         "SELECT min(coalesce(process_after, created_at)) FROM messages_in "
@@ -275,7 +327,7 @@ def next_due(db: Database) -> str | None:
     return str(value) if value is not None else None
 
 
-def due_rows(db: Database, now: str) -> list[InboundMessage]:
+def due_rows(db: InboundDb, now: str) -> list[InboundMessage]:
     """Pending rows due at ``now`` (host side: for catch-up planning)."""
     rows = db.execute(
         f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' "
@@ -285,7 +337,7 @@ def due_rows(db: Database, now: str) -> list[InboundMessage]:
     return [_row_to_inbound(r) for r in rows]
 
 
-def rows_by_ids(db: Database, ids: Sequence[str]) -> dict[str, InboundMessage]:
+def rows_by_ids(db: InboundDb, ids: Sequence[str]) -> dict[str, InboundMessage]:
     """The ``messages_in`` rows with the given ids, by id."""
     if not ids:
         return {}
@@ -297,7 +349,7 @@ def rows_by_ids(db: Database, ids: Sequence[str]) -> dict[str, InboundMessage]:
 
 
 def mark_delivered(
-    db: Database, seq: int, message_id: str, channel: str, at: str, status: str, detail: str | None
+    db: InboundDb, seq: int, message_id: str, channel: str, at: str, status: str, detail: str | None
 ) -> bool:
     """Record that outbound ``seq`` was handled; False when it already was (exactly once)."""
     cur = db.execute(
@@ -308,13 +360,13 @@ def mark_delivered(
     return cur.rowcount == 1
 
 
-def delivered_max_seq(db: Database) -> int:
+def delivered_max_seq(db: InboundDb) -> int:
     """The highest outbound seq the host has handled (0 if none)."""
     (value,) = db.execute("SELECT coalesce(max(seq), 0) FROM delivered").fetchone()
     return int(value)
 
 
-def delivered_seqs(db: Database, seqs: Sequence[int]) -> set[int]:
+def delivered_seqs(db: InboundDb, seqs: Sequence[int]) -> set[int]:
     """Which of ``seqs`` the host has handled."""
     if not seqs:
         return set()
@@ -327,7 +379,7 @@ def delivered_seqs(db: Database, seqs: Sequence[int]) -> set[int]:
 
 
 def insert_outbound(
-    db: Database,
+    db: OutboundDb,
     message_id: str,
     kind: MessageKind,
     content: dict[str, Any],
@@ -346,7 +398,7 @@ def insert_outbound(
     return seq
 
 
-def outbound_after(db: Database, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
+def outbound_after(db: OutboundDb, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
     """Raw ``messages_out`` rows with seq > ``after_seq``, oldest first.
 
     Returned as plain dicts with the content still a JSON string: the host must
@@ -362,7 +414,7 @@ def outbound_after(db: Database, after_seq: int, limit: int = 500) -> list[dict[
 
 
 def set_ack(
-    db: Database,
+    db: OutboundDb,
     message_id: str,
     attempt: int,
     status: AckStatus,
@@ -387,7 +439,7 @@ def set_ack(
     )
 
 
-def acks_for(db: Database, message_ids: Sequence[str]) -> list[dict[str, Any]]:
+def acks_for(db: OutboundDb, message_ids: Sequence[str]) -> list[dict[str, Any]]:
     """Raw ack rows for the given inbound ids (untrusted; the host validates)."""
     if not message_ids:
         return []
@@ -401,7 +453,7 @@ def acks_for(db: Database, message_ids: Sequence[str]) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def clear_processing_acks(db: Database) -> int:
+def clear_processing_acks(db: OutboundDb) -> int:
     """Drop this container's stale ``processing`` acks (at runner start)."""
     cur = db.execute("DELETE FROM processing_ack WHERE status = 'processing'")
     return cur.rowcount
@@ -415,7 +467,7 @@ _DUE_UNACKED = (
 )
 
 
-def claimable(db: Database, inbound_path: Path, now: str, limit: int) -> list[InboundMessage]:
+def claimable(db: OutboundDb, inbound_path: Path, now: str, limit: int) -> list[InboundMessage]:
     """Due pending rows of the attached inbound DB that have no ack for their current try.
 
     The ack filter is applied before the limit so claimed rows never hide new work.
@@ -430,13 +482,13 @@ def claimable(db: Database, inbound_path: Path, now: str, limit: int) -> list[In
     return [_row_to_inbound(r) for r in rows]
 
 
-def get_state(db: Database, key: str) -> str | None:
+def get_state(db: OutboundDb, key: str) -> str | None:
     """A value from the container's key/value store."""
     row = db.execute("SELECT value FROM session_state WHERE key = ?", [key]).fetchone()
     return str(row[0]) if row else None
 
 
-def set_state(db: Database, key: str, value: str) -> None:
+def set_state(db: OutboundDb, key: str, value: str) -> None:
     """Set a value in the container's key/value store."""
     db.execute(
         "INSERT INTO session_state (key, value) VALUES (?, ?) "
@@ -463,13 +515,13 @@ def outbound_from_row(row: dict[str, Any]) -> OutboundMessage:
     return OutboundMessage.model_validate(data)
 
 
-def _attach_inbound(db: Database, inbound_path: Path) -> None:
+def _attach_inbound(db: OutboundDb, inbound_path: Path) -> None:
     attached = {r[1] for r in db.execute("PRAGMA database_list")}
     if "inb" not in attached:
         db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
 
 
-def trigger_waiting(db: Database, inbound_path: Path, now: str) -> bool:
+def trigger_waiting(db: OutboundDb, inbound_path: Path, now: str) -> bool:
     """Whether a due, unacked ``trigger=1`` row waits in the attached inbound DB.
 
     The runner asks this when a full batch holds only context rows: the row that
@@ -483,20 +535,20 @@ def trigger_waiting(db: Database, inbound_path: Path, now: str) -> bool:
     return row is not None
 
 
-def all_rows(db: Database) -> list[InboundMessage]:
+def all_rows(db: InboundDb) -> list[InboundMessage]:
     """Every ``messages_in`` row, oldest first."""
     rows = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in ORDER BY seq").fetchall()
     return [_row_to_inbound(r) for r in rows]
 
 
-def delete_ack(db: Database, message_id: str, attempt: int) -> None:
+def delete_ack(db: OutboundDb, message_id: str, attempt: int) -> None:
     """Forget the container's ack of one attempt, so the row is claimable again."""
     db.execute(
         "DELETE FROM processing_ack WHERE message_id = ? AND attempt = ?", [message_id, attempt]
     )
 
 
-def outbound_ready(db: Database) -> bool:
+def outbound_ready(db: OutboundDb) -> bool:
     """Whether the container has applied every outbound migration yet.
 
     The file exists before its tables do, and its migrations commit one by one, so a

@@ -138,6 +138,14 @@ def m002_inbound_version(db: Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN inbound_version INTEGER")
 
 
+@central_migrations()
+def m003_session_layout(db: Database) -> None:
+    """Move every session directory into the ``inbox/`` / ``outbox/`` layout."""
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / SESSIONS).glob("*/")):
+        sdb.migrate_layout(session_dir)
+
+
 class Session(Record):
     """A row of the central ``sessions`` table."""
 
@@ -302,7 +310,7 @@ class Store:
             conn.close()
 
     @contextmanager
-    def _inbound_tx(self, session_id: str) -> Iterator[Database]:
+    def _inbound_tx(self, session_id: str) -> Iterator[sdb.InboundDb]:
         """A write transaction on a session's inbound.db (taken at once, so seqs never race)."""
         with sdb.inbound(self.session_dir(session_id)) as db:
             db.execute("BEGIN IMMEDIATE")
@@ -390,7 +398,8 @@ class Store:
             if db.execute("SELECT 1 FROM sessions WHERE name = ?", [name]).fetchone():
                 raise SessionExists(name)
         directory = self.session_dir(session_id)
-        (directory / sdb.WORKSPACE).mkdir(parents=True, exist_ok=True)
+        for sub in (sdb.WORKSPACE, sdb.OUTBOX):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
         with sdb.inbound(directory):
             pass
         with self.central() as db, db.atomic():
@@ -452,7 +461,7 @@ class Store:
     # --- the central view of one session ----------------------------------------------
 
     def _sync_central(
-        self, db: Database, session_id: str, inbound_db: Database, series: Sequence[str] | None
+        self, db: Database, session_id: str, inbound_db: sdb.InboundDb, series: Sequence[str] | None
     ) -> None:
         """Bring ``next_due_at`` and the task mirror of ``series`` (None: all) up to date.
 
@@ -671,7 +680,7 @@ class Store:
             for r in rows
         ]  # fmt: skip
 
-    def _live(self, db: Database, ref: str) -> InboundMessage:
+    def _live(self, db: sdb.InboundDb, ref: str) -> InboundMessage:
         rows = sdb.series_rows(db, series_of(ref))
         live = [r for r in rows if r.status.live]
         if not rows:
@@ -919,7 +928,7 @@ class Store:
         return row
 
     def _finish(
-        self, db: Database, row: InboundMessage, status: MessageStatus, error: str | None,
+        self, db: sdb.InboundDb, row: InboundMessage, status: MessageStatus, error: str | None,
         now: datetime,
     ) -> None:  # fmt: skip
         """End an occurrence and, for a recurring one, insert the next in the same transaction.

@@ -644,5 +644,5 @@ async def test_module_without_session_dir_exits_2_with_one_line() -> None:
     assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert lines == ["agent_runner: CRONBOX_SESSION_DIR is not set; set it to the session "
-                     "directory that holds inbound.db"]  # fmt: skip
+                     "directory that holds inbox/inbound.db"]  # fmt: skip
     assert done.stdout == b""

@@ -193,4 +193,4 @@ def test_without_a_session_dir_the_server_exits_with_one_line(tmp_path: Path) ->
         check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "holds no inbound.db" in done.stderr
+    assert done.stderr.count("\n") == 1 and "holds no inbox/inbound.db" in done.stderr

@@ -34,9 +34,9 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     real_open = sdb.open_db
 
     @contextmanager
-    def spy(path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
+    def spy(kind: Any, path: Path, migrations: Any, readonly: bool) -> Iterator[Any]:
         paths.append(path)
-        with real_open(path, migrations, readonly) as db:
+        with real_open(kind, path, migrations, readonly) as db:
             yield db
 
     monkeypatch.setattr(sdb, "open_db", spy)
@@ -205,5 +205,5 @@ async def test_restart_rederives_only_sessions_changed_behind_the_index(
     sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), clock)
     opened.clear()
     await sweeper.recover()
-    assert {p.parent.name for p in opened} == {crashed.id}
+    assert {p.parent.parent.name for p in opened} == {crashed.id}
     assert store.get_session(crashed.id).next_due_at == fmt(clock.now())
