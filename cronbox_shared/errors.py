@@ -73,3 +73,11 @@ class HostAlreadyRunning(CronboxError, RuntimeError):
             f"another cronbox host{who} is already running on {home}; "
             "stop it first or use a different --home"
         )
+
+
+class AlreadyHandled(CronboxError, RuntimeError):
+    """An outbound row the host has taken in before: it is never applied twice."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"outbound seq {seq} was handled already; nothing was applied again")
+        self.seq = seq

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from cronbox_shared.timeutil import Instant
+
 MAX_PROMPT_BYTES = 64 * 1024
 MAX_SCRIPT_BYTES = 64 * 1024
 MAX_CHAT_BYTES = 64 * 1024
@@ -48,6 +50,24 @@ class RunOutcome(StrEnum):
     MISSED = "missed"
 
 
+class DeliveryStatus(StrEnum):
+    """The host's state of one outbound row on one channel."""
+
+    PENDING = "pending"
+    """Not delivered yet: the channel failed and its next attempt is due later."""
+    DELIVERED = "delivered"
+    APPLIED = "applied"
+    """An agent action the host applied to the inbox."""
+    REJECTED = "rejected"
+    """An invalid row; the agent was told why."""
+    FAILED = "failed"
+    """The channel gave up after its last attempt."""
+
+    @property
+    def final(self) -> bool:
+        return self is not DeliveryStatus.PENDING
+
+
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -58,10 +78,10 @@ class InboundMessage(Record):
     id: str
     seq: int
     kind: MessageKind
-    created_at: str
+    created_at: Instant
     status: MessageStatus
-    process_after: str | None
-    scheduled_for: str | None
+    process_after: Instant | None
+    scheduled_for: Instant | None
     recurrence: str | None
     timezone: str
     series_id: str | None
@@ -71,7 +91,7 @@ class InboundMessage(Record):
     misfire_grace: int | None = None
     timeout: int | None = None
     error: str | None = None
-    updated_at: str | None = None
+    updated_at: Instant | None = None
 
     @property
     def prompt(self) -> str:

@@ -16,6 +16,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from sqlite_utils.migrations import Migrations
 from cronbox_shared.models import (
     Ack,
     AckStatus,
+    DeliveryStatus,
     InboundMessage,
     MessageKind,
     MessageStatus,
@@ -95,6 +97,41 @@ def m001_inbound(db: Database) -> None:
         )
         """
     )
+
+
+@inbound_migrations()
+def m002_deliveries(db: Database) -> None:
+    """Per-channel delivery state replaces one ``delivered`` row per seq; series index.
+
+    A reply is recorded once per channel, so a channel that fails keeps its own
+    attempts and next attempt while the others are done. Actions use channel "action".
+    """
+    db.execute(
+        """
+        CREATE TABLE deliveries (
+            seq INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error TEXT,
+            detail TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (seq, channel)
+        )
+        """
+    )
+    db.execute("CREATE INDEX deliveries_pending ON deliveries (status, next_attempt_at)")
+    db.execute(
+        "INSERT INTO deliveries (seq, channel, message_id, status, attempts, detail, updated_at) "
+        "SELECT seq, channel, message_id, status, 1, detail, delivered_at FROM delivered"
+    )
+    db.execute("DROP TABLE delivered")
+    # The live (or newest) occurrence of a series is its newest scheduled row.
+    db.execute("DROP INDEX messages_in_series")
+    db.execute("CREATE INDEX messages_in_series ON messages_in (series_id, seq)")
+    db.execute("CREATE INDEX messages_in_finished ON messages_in (status, updated_at)")
 
 
 @outbound_migrations()
@@ -273,18 +310,25 @@ def get_inbound(db: InboundDb, message_id: str) -> InboundMessage | None:
 _SCHEDULED = "json_extract(content, '$.manual') IS NULL"
 
 
-def series_rows(db: InboundDb, ref: str) -> list[InboundMessage]:
-    """The scheduled rows of the series ``ref`` names (a task or series id), newest first.
+def series_of_ref(db: InboundDb, ref: str) -> str:
+    """The series a task id, occurrence id or series id names (``ref`` itself if unknown)."""
+    row = db.execute("SELECT series_id FROM messages_in WHERE id = ?", [ref]).fetchone()
+    return str(row[0]) if row and row[0] else ref
 
-    The first live one among them is the series' live occurrence.
+
+def series_current(db: InboundDb, series_id: str) -> InboundMessage | None:
+    """The newest scheduled row of a series: its live occurrence, if it has one.
+
+    A series' next occurrence is inserted only once the previous one finished, so the
+    newest scheduled row is live exactly when the series is; one indexed lookup
+    whatever the length of its history.
     """
-    rows = db.execute(
-        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND {_SCHEDULED} "
-        "AND (series_id = ? OR series_id = (SELECT series_id FROM messages_in WHERE id = ?)) "
-        "ORDER BY seq DESC",
-        [ref, ref],
-    ).fetchall()
-    return [_row_to_inbound(r) for r in rows]
+    row = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE series_id = ? AND kind = 'task' "
+        f"AND {_SCHEDULED} ORDER BY seq DESC LIMIT 1",
+        [series_id],
+    ).fetchone()
+    return _row_to_inbound(row) if row else None
 
 
 def live_tasks(db: InboundDb, statuses: Sequence[MessageStatus]) -> list[InboundMessage]:
@@ -300,9 +344,9 @@ def live_tasks(db: InboundDb, statuses: Sequence[MessageStatus]) -> list[Inbound
 
 
 def all_tasks(db: InboundDb) -> list[InboundMessage]:
-    """The newest row of every task series, live or finished."""
+    """The newest scheduled row of every task series, live or finished (full re-derive)."""
     rows = db.execute(
-        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq IN "
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE seq IN "
         f"(SELECT max(seq) FROM messages_in WHERE kind = 'task' AND {_SCHEDULED} "
         "GROUP BY series_id) "
         "ORDER BY seq"
@@ -348,30 +392,112 @@ def rows_by_ids(db: InboundDb, ids: Sequence[str]) -> dict[str, InboundMessage]:
     return {m.id: m for m in map(_row_to_inbound, rows)}
 
 
-def mark_delivered(
-    db: InboundDb, seq: int, message_id: str, channel: str, at: str, status: str, detail: str | None
-) -> bool:
-    """Record that outbound ``seq`` was handled; False when it already was (exactly once)."""
+def prune_finished(db: InboundDb, before: str, limit: int) -> int:
+    """Delete up to ``limit`` finished rows last changed before ``before``.
+
+    The newest scheduled row of each series stays, so an ended series keeps its place
+    in ``task list --all``; the run history in cronbox.db stays the record of the rest.
+    """
     cur = db.execute(
-        "INSERT OR IGNORE INTO delivered (seq, message_id, channel, delivered_at, status, detail) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [seq, message_id, channel, at, status, detail],
+        "DELETE FROM messages_in WHERE id IN (SELECT m.id FROM messages_in m "
+        "WHERE m.status IN ('completed', 'failed', 'cancelled', 'skipped') "
+        "AND coalesce(m.updated_at, m.created_at) < ? "
+        "AND NOT (m.kind = 'task' AND m.series_id IS NOT NULL AND m.seq = "
+        "(SELECT max(n.seq) FROM messages_in n WHERE n.series_id = m.series_id "
+        f"AND n.kind = 'task' AND {_SCHEDULED.replace('content', 'n.content')})) "
+        "LIMIT ?)",
+        [before, limit],
     )
-    return cur.rowcount == 1
+    return int(cur.rowcount)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """The host's state of one outbound row on one channel."""
+
+    seq: int
+    channel: str
+    message_id: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+
+
+def accept_outbound(
+    db: InboundDb, seq: int, message_id: str, channels: Sequence[str], status: DeliveryStatus,
+    at: str, detail: str | None = None,
+) -> bool:  # fmt: skip
+    """Record an outbound row as taken in: one delivery row per channel, all in ``status``.
+
+    False (and nothing written) when ``seq`` was taken in already, so each row is
+    handled exactly once. Runs inside the caller's transaction.
+    """
+    if db.execute("SELECT 1 FROM deliveries WHERE seq = ? LIMIT 1", [seq]).fetchone():
+        return False
+    db.conn.executemany(
+        "INSERT INTO deliveries (seq, channel, message_id, status, attempts, next_attempt_at, "
+        "detail, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+        [(seq, ch, message_id, status.value, at, detail, at) for ch in channels],
+    )
+    return True
+
+
+def record_attempt(
+    db: InboundDb, seq: int, channel: str, status: DeliveryStatus, at: str,
+    next_attempt_at: str | None, error: str | None,
+) -> None:  # fmt: skip
+    """Record one attempt of a channel at a reply: its new status, error and next try."""
+    db.execute(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, "
+        "last_error = coalesce(?, last_error), updated_at = ? WHERE seq = ? AND channel = ?",
+        [status.value, next_attempt_at, error, at, seq, channel],
+    )
+
+
+def due_deliveries(db: InboundDb, now: str, limit: int = 200) -> list[DeliveryRow]:
+    """Pending channel deliveries whose next attempt is due, oldest first."""
+    rows = db.execute(
+        "SELECT seq, channel, message_id, status, attempts, next_attempt_at, last_error "
+        "FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
+        "ORDER BY seq, channel LIMIT ?",
+        [now, limit],
+    ).fetchall()
+    return [
+        DeliveryRow(int(r[0]), r[1], r[2], DeliveryStatus(r[3]), int(r[4]), r[5], r[6])
+        for r in rows
+    ]
+
+
+def deliveries_of(db: InboundDb, seq: int) -> list[DeliveryRow]:
+    """Every channel's state for one outbound seq."""
+    rows = db.execute(
+        "SELECT seq, channel, message_id, status, attempts, next_attempt_at, last_error "
+        "FROM deliveries WHERE seq = ? ORDER BY channel",
+        [seq],
+    ).fetchall()
+    return [
+        DeliveryRow(int(r[0]), r[1], r[2], DeliveryStatus(r[3]), int(r[4]), r[5], r[6])
+        for r in rows
+    ]
 
 
 def delivered_max_seq(db: InboundDb) -> int:
-    """The highest outbound seq the host has handled (0 if none)."""
-    (value,) = db.execute("SELECT coalesce(max(seq), 0) FROM delivered").fetchone()
+    """The highest outbound seq the host has taken in (0 if none)."""
+    (value,) = db.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()
     return int(value)
 
 
 def delivered_seqs(db: InboundDb, seqs: Sequence[int]) -> set[int]:
-    """Which of ``seqs`` the host has handled."""
+    """Which of ``seqs`` the host has finished with on every channel."""
     if not seqs:
         return set()
     marks = ", ".join("?" for _ in seqs)
-    rows = db.execute(f"SELECT seq FROM delivered WHERE seq IN ({marks})", list(seqs))
+    rows = db.execute(
+        f"SELECT seq FROM deliveries WHERE seq IN ({marks}) GROUP BY seq "
+        "HAVING sum(status = 'pending') = 0",
+        list(seqs),
+    )
     return {int(r[0]) for r in rows}
 
 
@@ -408,6 +534,18 @@ def outbound_after(db: OutboundDb, after_seq: int, limit: int = 500) -> list[dic
         "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out "
         "WHERE seq > ? ORDER BY seq LIMIT ?",
         [after_seq, limit],
+    )
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def outbound_by_seqs(db: OutboundDb, seqs: Sequence[int]) -> list[dict[str, Any]]:
+    """Raw ``messages_out`` rows with these seqs, oldest first (untrusted)."""
+    marks = ", ".join("?" for _ in seqs)
+    cur = db.execute(
+        "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out "
+        f"WHERE seq IN ({marks}) ORDER BY seq",
+        list(seqs),
     )
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]

@@ -11,8 +11,10 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import AfterValidator
 
 from cronbox_shared.errors import InvalidTime, InvalidTimezone
 
@@ -72,6 +74,18 @@ def parse_utc(text: str) -> datetime:
 def is_canonical(text: str) -> bool:
     """True when ``text`` is exactly in the stored format."""
     return bool(_ISO_Z.match(text))
+
+
+def _canonical(text: str) -> str:
+    if not is_canonical(text):
+        raise ValueError(f'"{text[:40]}" is not a stored instant (UTC, milliseconds, Z)')
+    return text
+
+
+Instant = Annotated[str, AfterValidator(_canonical)]
+"""An instant as stored and passed between modules: ``2026-03-09T13:00:00.000Z``.
+
+String order is time order; pydantic records reject any other spelling."""
 
 
 def zone(name: str, source: str | None = None) -> ZoneInfo:

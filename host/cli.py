@@ -1,6 +1,6 @@
 """The ``cronbox`` command line (SPEC §6.2): typer commands over the store.
 
-This module only parses arguments, calls named ``Store`` functions and renders the
+This module only parses arguments, calls the service layer (:mod:`host.service`) and renders the
 result (rich tables, or JSON with ``--json``). It is also the user-facing boundary for
 errors: a ``CronboxError`` raised anywhere below becomes one sentence on stderr and
 exit code 2; nothing else here catches broadly.
@@ -37,7 +37,8 @@ from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import ScheduleRequest, UpdateRequest, parse_when
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import Settings
-from host.store import Run, Session, Store, TaskView, describe_recurrence
+from host.service import Cronbox, describe_recurrence
+from host.store.records import Run, Session, TaskView
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -133,12 +134,12 @@ def load_settings() -> Settings:
         raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
 
 
-def open_store(home: Path | None) -> Store:
-    """The store under ``home`` (default from the settings), with the configured limits."""
+def open_store(home: Path | None) -> Cronbox:
+    """The service over ``home`` (default from the settings), with the configured limits."""
     settings = load_settings()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
-    return Store.from_settings(settings)
+    return Cronbox.from_settings(settings)
 
 
 def read_script(path: Path) -> str:
@@ -255,7 +256,7 @@ def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
     return Text(text)
 
 
-def show_task(verb: str, view: TaskView, store: Store, as_json: bool) -> None:
+def show_task(verb: str, view: TaskView, store: Cronbox, as_json: bool) -> None:
     if as_json:
         print_json(task_json(view))
     else:
@@ -311,6 +312,48 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
         cells = (s.name, s.id, s.agent, s.timezone, when_cell(s.next_due_at, zone(s.timezone), now))
         table.add_row(*(Text(c, no_wrap=True) for c in cells))
     console.print(table)
+
+
+@session_app.command("update")
+def session_update(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Agent profile that answers from now on.")
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option("--timezone", help="Zone for tasks scheduled from now on. " + TIMEZONE_HELP),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a session's agent profile or default timezone (existing tasks keep theirs)."""
+    store = open_store(home)
+    updated = store.update_session(session, agent=agent, timezone=timezone)
+    if as_json:
+        print_json(session_json(updated))
+        return
+    stdout_console().print(
+        Text(
+            f"updated session {updated.name} (agent {updated.agent}, timezone {updated.timezone})"
+        ),
+        soft_wrap=True,
+    )
+
+
+@session_app.command("delete")
+def session_delete(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a session with no runner at work; its files move to trash/, its history stays."""
+    store = open_store(home)
+    gone = store.delete_session(session)
+    if as_json:
+        print_json(session_json(gone))
+        return
+    stdout_console().print(Text(f"deleted session {gone.name} (id {gone.id})"), soft_wrap=True)
 
 
 @app.command("send")

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     min_interval: float = Field(default=60.0, gt=0)
     max_tasks_per_session: int = Field(default=1000, ge=1)
     task_timeout: float = Field(default=600.0, gt=0)
+    keep_finished: float = Field(default=7 * 86400.0, gt=0)
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

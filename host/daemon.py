@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
 from host.runtimes import get_runtime
-from host.store import ChangeWatcher, Store
+from host.service import Cronbox
+from host.store.central import ChangeWatcher
 from host.sweep import SweepConfig, Sweeper
+from host.writer import Writer
 
 log = logging.getLogger("cronbox.host")
 LOCK = "host.lock"
@@ -63,10 +66,11 @@ def sweep_config(settings: Settings) -> SweepConfig:
         max_containers=settings.max_containers,
         idle_timeout=settings.idle_timeout,
         task_timeout=settings.task_timeout,
+        keep_finished=settings.keep_finished,
     )
 
 
-def seed_demo(store: Store) -> None:
+def seed_demo(store: Cronbox) -> None:
     """A demo session with a recurring task and a gated task, so a newcomer sees answers."""
     if any(s.name == "demo" for s in store.list_sessions()):
         return
@@ -90,7 +94,7 @@ def seed_demo(store: Store) -> None:
     store.send_message(session.id, "Hello! Is anyone there?")
 
 
-def write_status(store: Store, sweeper: Sweeper, settings: Settings) -> None:
+def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
     """Publish the pool's state for ``cronbox status`` (written atomically)."""
     status = {
         "pid": os.getpid(),
@@ -126,14 +130,17 @@ async def run_host(
     """Run the host until SIGINT/SIGTERM (or cancellation), then shut down in stages."""
     clock = clock or SystemClock()
     with home_lock(settings.home):
-        store = Store.from_settings(settings, clock=clock)
+        store = await anyio.to_thread.run_sync(
+            partial(Cronbox.from_settings, settings, clock=clock)
+        )
         if demo:
             await anyio.to_thread.run_sync(seed_demo, store)
         runtime = get_runtime(settings.runtime)
+        writer = Writer()
         sweeper = Sweeper(
             store,
             runtime,
-            Delivery(store, [ConsoleChannel()]),
+            Delivery(store, [ConsoleChannel()], writer),
             sweep or sweep_config(settings),
             clock,
         )
@@ -162,7 +169,7 @@ async def run_host(
 
 
 async def _watch(
-    store: Store, sweeper: Sweeper, settings: Settings, watcher: ChangeWatcher
+    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeWatcher
 ) -> None:
     """Wake the sweep when another process commits to the store; publish status."""
     last_status = ""
@@ -185,7 +192,7 @@ async def _signals(sweeper: Sweeper, scope: anyio.CancelScope) -> None:
             return
 
 
-def host_status(store: Store, max_containers: int) -> dict[str, Any]:
+def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
     """What ``cronbox status`` shows: the host's published pool state plus due counts."""
     published: dict[str, Any] | None = None
     path = store.home / STATUS
@@ -207,9 +214,9 @@ def host_status(store: Store, max_containers: int) -> dict[str, Any]:
         },
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),
-        "sessions": len(store.list_sessions()),
+        "sessions": store.central.session_count(),
         "due_now": len(store.due_sessions(now)),
-        "live_tasks": len(store.list_tasks()),
+        "live_tasks": store.live_task_count(),
         "next_wake": fmt(nxt) if nxt else None,
     }
 

@@ -1,8 +1,18 @@
 """Delivery: replies go out through channels; agent actions are applied to the inbox.
 
-Everything in ``outbound.db`` was written by an untrusted container. Each row is
-validated, handled once, and recorded in the session's ``delivered`` table; a bad row is
-rejected, audited and explained to the agent, and never stops the host.
+Everything in ``outbound.db`` was written by an untrusted runner. Rows are taken in
+strictly in seq order, each exactly once:
+
+* a chat reply is validated, recorded with one delivery row per channel, and sent; a
+  channel that fails keeps its row ``pending`` with a backoff and is retried on later
+  passes (it is ``failed`` after its last attempt), while the other channels are done;
+* an agent action is validated completely and applied through the service layer, its
+  receipt recorded in the same inbox transaction as its effect;
+* a row that is invalid — a ``CronboxError`` or a validation error — is rejected,
+  audited and explained to the agent.
+
+Anything else (a transient ``database is locked``, a bug) rejects nothing: the row and
+those after it stay for the next pass, and the error is logged once.
 """
 
 from __future__ import annotations
@@ -10,20 +20,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.errors import CronboxError
-from cronbox_shared.models import MAX_CHAT_BYTES, MessageKind, OutboundMessage
+from cronbox_shared.errors import AlreadyHandled, CronboxError
+from cronbox_shared.models import MAX_CHAT_BYTES, DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.tasks import ScheduleRequest, UpdateRequest
-from host.store import Session, Store
+from cronbox_shared.timeutil import fmt
+from host.service import Cronbox, Receipt
+from host.store.records import Session
+from host.writer import Writer, read
 
 log = logging.getLogger("cronbox.delivery")
 
 # A rejection quotes at most this much of its reason back to the agent.
 MAX_REASON_CHARS = 500
+# Recorded for a reply when no channel is configured, so it is still taken in once.
+NO_CHANNEL = "none"
 
 ACTIONS = ("schedule_task", "cancel_task", "pause_task", "resume_task", "update_task")
 
@@ -32,7 +48,8 @@ class Channel(Protocol):
     """Where an agent's replies go.
 
     Implementers must ensure ``send`` either delivers the message or raises; the
-    caller records the outcome, so a channel never records anything itself.
+    caller records the outcome per channel and retries a failed send later, so a
+    channel records nothing itself and must tolerate being asked again.
     """
 
     name: str
@@ -55,9 +72,27 @@ class ConsoleChannel:
 
 
 @dataclass(frozen=True)
+class ChannelRetry:
+    """How a failed channel is retried: after ``base * 2**attempts``, ``attempts`` times."""
+
+    base: timedelta = timedelta(seconds=5)
+    max_attempts: int = 8
+    cap: timedelta = timedelta(minutes=10)
+
+    def after(self, attempts: int, now: datetime) -> datetime | None:
+        """When to try again after ``attempts`` failed attempts; None once they are used up."""
+        if attempts >= self.max_attempts:
+            return None
+        backoff: timedelta = self.base * 2 ** (attempts - 1)
+        return now + min(self.cap, backoff)
+
+
+@dataclass(frozen=True)
 class Handled:
+    """What became of one outbound row in this pass."""
+
     seq: int
-    status: str
+    status: DeliveryStatus
     detail: str | None = None
 
 
@@ -65,20 +100,26 @@ class Rejected(CronboxError, ValueError):
     """An outbound row that cannot be accepted."""
 
 
-def _reply_text(message: OutboundMessage) -> str:
+def reply_text(message: OutboundMessage) -> str:
+    """The text of a chat reply, or Rejected with the reason."""
     text = message.content.get("text")
     if not isinstance(text, str) or not text.strip():
         raise Rejected("a chat reply needs a non-empty string in content.text")
-    if len(text.encode("utf-8")) > MAX_CHAT_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise Rejected("a chat reply is not valid Unicode text") from None
+    if size > MAX_CHAT_BYTES:
         raise Rejected(f"a chat reply is over {MAX_CHAT_BYTES // 1024} KiB")
     return text
 
 
-def apply_action(store: Store, session: Session, content: dict[str, Any]) -> str:
+def apply_action(app: Cronbox, session: Session, content: dict[str, Any], receipt: Receipt) -> str:
     """Apply one agent action to the inbox, re-validating it completely.
 
-    Returns a short description of what was done; raises a CronboxError subclass when
-    the action is unknown or its arguments are bad.
+    The receipt is recorded in the same inbox transaction as the change. Returns a
+    short description of what was done; raises a CronboxError subclass when the
+    action is unknown or its arguments are bad.
     """
     action = content.get("action")
     if action not in ACTIONS:
@@ -86,78 +127,157 @@ def apply_action(store: Store, session: Session, content: dict[str, Any]) -> str
     args = {k: v for k, v in content.items() if k != "action"}
     actor = f"agent:{session.id}"
     if action == "schedule_task":
-        view = store.schedule_task(session.id, ScheduleRequest.parse(args), actor=actor)
+        view = app.schedule_task(
+            session.id, ScheduleRequest.parse(args), actor=actor, receipt=receipt
+        )
         return f"scheduled {view.series_id} for {view.next_run}"
     if action == "update_task":
-        view = store.update_task(UpdateRequest.parse(args), actor=actor, session_id=session.id)
+        view = app.update_task(
+            UpdateRequest.parse(args), actor=actor, session_id=session.id, receipt=receipt
+        )
         return f"updated {view.series_id}"
     task_id = args.get("taskId")
     if not isinstance(task_id, str) or set(args) != {"taskId"}:
         raise Rejected(f"{action} takes exactly one argument, taskId, a string")
-    verb = {"cancel_task": store.cancel_task, "pause_task": store.pause_task,
-            "resume_task": store.resume_task}[action]  # fmt: skip
-    view = verb(task_id, actor=actor, session_id=session.id)
+    verb = {"cancel_task": app.cancel_task, "pause_task": app.pause_task,
+            "resume_task": app.resume_task}[action]  # fmt: skip
+    view = verb(task_id, actor=actor, session_id=session.id, receipt=receipt)
     return f"{action.removesuffix('_task')} {view.series_id}: now {view.status.value}"
 
 
 class Delivery:
     """Handles one session's new outbound rows: replies to channels, actions to the inbox."""
 
-    def __init__(self, store: Store, channels: Sequence[Channel]) -> None:
-        self.store = store
+    def __init__(
+        self,
+        app: Cronbox,
+        channels: Sequence[Channel],
+        writer: Writer | None = None,
+        retry: ChannelRetry | None = None,
+    ) -> None:
+        self.app = app
         self.channels = list(channels)
+        self.writer = writer or Writer()
+        self.retry = retry or ChannelRetry()
+        self._stuck: dict[tuple[str, int], str] = {}
 
     def pending(self, session_id: str) -> list[dict[str, Any]]:
-        return self.store.undelivered(session_id)
+        """Raw outbound rows not taken in yet (untrusted), oldest first."""
+        return self.app.undelivered(session_id)
 
     async def deliver(self, session: Session, rows: Sequence[dict[str, Any]]) -> list[Handled]:
-        """Handle each raw row once; never raises for a bad row."""
-        return [await self._one(session, raw) for raw in rows]
+        """Take each raw row in, in order; never raises for a bad row.
 
-    async def _one(self, session: Session, raw: dict[str, Any]) -> Handled:
-        try:
-            return await self._handle(session, raw)
-        except Exception as exc:
-            # The row is untrusted: whatever it provokes is its rejection, not our crash.
-            log.exception("session %s: outbound row crashed its handler", session.id)
+        Stops at a row whose handling failed for a reason other than the row itself:
+        that row and the rest wait for the next pass, so order and exactly-once hold.
+        """
+        handled: list[Handled] = []
+        for raw in rows:
             seq = raw.get("seq")
             if not isinstance(seq, int):
-                return Handled(-1, "ignored")
-            return self._reject(session, seq, str(raw.get("id")), f"could not be handled: {exc}")
+                continue  # an id the table's constraints allow no other way; skip it
+            try:
+                outcome = await self._one(session, seq, raw)
+            except Exception as exc:
+                self._note_stuck(session, seq, exc)
+                break
+            self._stuck.pop((session.id, seq), None)
+            if outcome is not None:
+                handled.append(outcome)
+        return handled
 
-    async def _handle(self, session: Session, raw: dict[str, Any]) -> Handled:
-        seq = raw.get("seq")
-        if not isinstance(seq, int):
-            return Handled(-1, "ignored")
+    async def retry_due(self, session: Session) -> int:
+        """Send again the replies whose failed channels are due for another attempt."""
+        due = await read(self.app.files.due_deliveries, session.id, fmt(self.app.now()))
+        by_name = {c.name: c for c in self.channels}
+        retried = [d for d in due if d.channel in by_name]
+        if not retried:
+            return 0
+        raw = await read(self.app.files.outbound_rows, session.id, sorted({d.seq for d in retried}))
+        messages = {}
+        for row in raw:
+            try:
+                messages[int(row["seq"])] = sdb.outbound_from_row(row)
+            except (ValueError, ValidationError):
+                continue
+        for item in retried:
+            message = messages.get(item.seq)
+            if message is None:
+                continue
+            await self._send(session, message, by_name[item.channel], item.attempts)
+        return len(retried)
+
+    # --- one row -----------------------------------------------------------------------
+
+    async def _one(self, session: Session, seq: int, raw: dict[str, Any]) -> Handled | None:
         message_id = str(raw.get("id"))
         try:
             message = sdb.outbound_from_row(raw)
         except (ValueError, ValidationError) as exc:
-            return self._reject(session, seq, message_id, f"malformed row: {_short(exc)}")
+            return await self._reject(session, seq, message_id, f"malformed row: {_short(exc)}")
         if message.kind is MessageKind.CHAT:
-            try:
-                text = _reply_text(message)
-            except Rejected as exc:
-                return self._reject(session, seq, message_id, str(exc))
-            for channel in self.channels:
-                try:
-                    await channel.send(session, message, text)
-                except Exception as exc:  # a channel failure must not stop delivery
-                    log.warning("session %s: channel %s failed: %s", session.id, channel.name, exc)
-            names = ",".join(c.name for c in self.channels) or "none"
-            self.store.mark_delivered(session.id, seq, message_id, names, "delivered")
-            return Handled(seq, "delivered")
+            return await self._reply(session, seq, message)
         if message.kind is MessageKind.SYSTEM:
-            try:
-                done = apply_action(self.store, session, message.content)
-            except CronboxError as exc:
-                return self._reject(session, seq, message_id, str(exc), message.content)
-            self.store.mark_delivered(session.id, seq, message_id, "action", "applied", done)
-            log.info("session %s: agent action applied: %s", session.id, done)
-            return Handled(seq, "applied", done)
-        return self._reject(session, seq, message_id, f"kind {message.kind.value} is not accepted")
+            return await self._action(session, seq, message)
+        return await self._reject(
+            session, seq, message_id, f"kind {message.kind.value} is not accepted"
+        )
 
-    def _reject(
+    async def _reply(self, session: Session, seq: int, message: OutboundMessage) -> Handled | None:
+        try:
+            text = reply_text(message)
+        except Rejected as exc:
+            return await self._reject(session, seq, message.id, str(exc))
+        names = tuple(c.name for c in self.channels)
+        status = DeliveryStatus.PENDING if names else DeliveryStatus.DELIVERED
+        receipt = Receipt(seq, message.id, channels=names or (NO_CHANNEL,), status=status)
+        try:
+            await self.writer(self.app.accept_reply, session.id, receipt)
+        except AlreadyHandled:
+            return None
+        sent = [await self._send(session, message, channel, 0, text) for channel in self.channels]
+        return Handled(seq, DeliveryStatus.DELIVERED if all(sent) else DeliveryStatus.PENDING)
+
+    async def _send(
+        self, session: Session, message: OutboundMessage, channel: Channel, attempts: int,
+        text: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Send a reply on one channel and record the attempt; whether it was delivered."""
+        try:
+            await channel.send(session, message, text or reply_text(message))
+        except Exception as exc:  # a channel's failure is recorded, never our crash
+            attempt = attempts + 1
+            nxt = self.retry.after(attempt, self.app.now())
+            status = DeliveryStatus.PENDING if nxt else DeliveryStatus.FAILED
+            log.warning(
+                "session %s: channel %s failed on reply seq %d (attempt %d%s): %s",
+                session.name, channel.name, message.seq, attempt,
+                "" if nxt else ", giving up", exc,
+            )  # fmt: skip
+            await self.writer(
+                self.app.record_attempt, session.id, message.seq, channel.name, status, nxt,
+                _short(str(exc) or type(exc).__name__, 2000),
+            )  # fmt: skip
+            return False
+        await self.writer(
+            self.app.record_attempt, session.id, message.seq, channel.name,
+            DeliveryStatus.DELIVERED, None, None,
+        )  # fmt: skip
+        return True
+
+    async def _action(self, session: Session, seq: int, message: OutboundMessage) -> Handled | None:
+        receipt = Receipt(seq, message.id)
+        try:
+            done = await self.writer(apply_action, self.app, session, message.content, receipt)
+        except AlreadyHandled:
+            return None
+        except (CronboxError, ValidationError) as exc:
+            return await self._reject(session, seq, message.id, _short(exc, 10_000),
+                                      message.content)  # fmt: skip
+        log.info("session %s: agent action applied: %s", session.name, done)
+        return Handled(seq, DeliveryStatus.APPLIED, done)
+
+    async def _reject(
         self, session: Session, seq: int, message_id: str, reason: str,
         content: dict[str, Any] | None = None,
     ) -> Handled:  # fmt: skip
@@ -165,16 +285,18 @@ class Delivery:
         # as an oversize note in the inbox (or log line).
         reason = _short(reason, MAX_REASON_CHARS)
         action = str((content or {}).get("action", "row"))[:40]
-        log.warning("session %s: rejected outbound seq %s: %s", session.id, seq, reason)
-        if self.store.mark_delivered(session.id, seq, message_id, "action", "rejected", reason):
-            self.store.record_audit(
-                f"agent:{session.id}", "outbound.reject", session.id, message_id[:200],
-                {"seq": seq, "action": action, "reason": reason[:500]},
+        log.warning("session %s: rejected outbound seq %s: %s", session.name, seq, reason)
+        await self.writer(self.app.reject_outbound, session, seq, message_id, reason, action)
+        return Handled(seq, DeliveryStatus.REJECTED, reason)
+
+    def _note_stuck(self, session: Session, seq: int, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._stuck.get((session.id, seq)) != text:
+            self._stuck[(session.id, seq)] = text
+            log.error(
+                "session %s: outbound seq %d could not be handled now, will retry: %s",
+                session.name, seq, text,
             )  # fmt: skip
-            self.store.post_system_note(
-                session.id, f"Your {action} request (seq {seq}) was rejected: {reason}"
-            )
-        return Handled(seq, "rejected", reason)
 
 
 def _short(exc: Exception | str, limit: int = 200) -> str:

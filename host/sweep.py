@@ -10,30 +10,38 @@ opened. One session's error is logged with its id and never stops the others.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import MessageStatus, RunOutcome
+from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
-from host.liveness import Claim, LivenessAction, decide_liveness, plan_retry
+from host.liveness import Claim, LivenessAction, decide_liveness
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
-from host.store import RowFate, Session, Store
+from host.service import Cronbox
+from host.settlement import Finished
+from host.store.records import Session
+from host.writer import read
 
 log = logging.getLogger("cronbox.sweep")
-T = TypeVar("T")
 QUARANTINE_BASE = 5.0
 _QUIET = (RunOutcome.OK, RunOutcome.SKIPPED)
 QUARANTINE_MAX = 300.0
+# Beyond the runners' own stop grace, how long shutdown waits for their settlement.
+DRAIN_MARGIN = 10.0
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class SweepConfig:
     stop_grace: float = 10.0
     runner_poll: float = 0.2
     retry_base: float = 5.0
+    keep_finished: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -78,40 +87,46 @@ class LiveRunner:
 
 
 class Sweeper:
-    """Owns the live runners and runs the sweep loop; the only writer while the host runs."""
+    """Owns the live runners and runs the sweep loop.
+
+    Every write goes through the host's one writer (the delivery's); every read and
+    file check runs in a worker thread, so the event loop never waits on SQLite.
+    """
 
     def __init__(
         self,
-        store: Store,
+        store: Cronbox,
         runtime: Runtime,
         delivery: Delivery,
         config: SweepConfig,
         clock: Clock,
         runner_env: Callable[[Session], dict[str, str]] | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.delivery = delivery
+        self.writer = delivery.writer
         self.config = config
         self.clock = clock
         self.runner_env = runner_env or self.default_runner_env
+        self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}"
         self.live: dict[str, LiveRunner] = {}
         self.waiting: dict[str, datetime] = {}
         self.accepting = True
         self._wake = anyio.Event()
+        self._background: TaskGroup | None = None
         self.started_total = 0
         self.peak_live = 0
         self.starts: deque[StartRecord] = deque(maxlen=10_000)
         self.quarantine: dict[str, tuple[datetime, int]] = {}
+        self._pruned: dict[str, datetime] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
     def wake(self) -> None:
         """Make the loop run a pass now (something changed)."""
         self._wake.set()
-
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(fn, *args)
 
     def default_runner_env(self, session: Session) -> dict[str, str]:
         return {
@@ -123,15 +138,22 @@ class Sweeper:
             "CRONBOX_MAX_TASKS": str(self.store.limits.max_tasks_per_session),
         }
 
+    async def _beside(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` beside the loop (or at once when no loop runs, as in tests)."""
+        if self._background is None:
+            await work()
+        else:
+            self._background.start_soon(work)
+
     # --- start-up --------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Re-derive state from the files and adopt or reap runners a previous host left."""
-        known = {s.id: s for s in await self._io(self.store.list_sessions)}
-        stale = await self._io(self.store.stale_sessions)
+        known = {s.id: s for s in await read(self.store.list_sessions)}
+        stale = await read(self.store.stale_sessions)
         for session_id in stale:
             try:
-                await self._io(self.store.sync_session, session_id)
+                await self.writer(self.store.sync_session, session_id)
             except Exception:
                 log.exception("session %s: could not re-derive its state", session_id)
         for handle in await self.runtime.list_own(self.store.home):
@@ -144,6 +166,11 @@ class Sweeper:
                 continue
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
+            await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
+        for lease in await read(self.store.leases):
+            runner = self.live.get(lease.session_id)
+            if runner is None or runner.handle.ref != lease.runner_ref:
+                await self.writer(self.store.release_lease, lease.session_id, lease.runner_ref)
         log.info(
             "%d sessions, %d re-derived from their files, %d runners adopted",
             len(known), len(stale), len(self.live),
@@ -152,17 +179,26 @@ class Sweeper:
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Sweep until :meth:`stop_accepting`; each pass waits on a fresh event."""
-        task_status.started()
-        while self.accepting:
-            self._wake = anyio.Event()
+        """Sweep until :meth:`stop_accepting`; each pass waits on a fresh event.
+
+        Slow steps that concern one runner (stopping an idle one) run beside the loop,
+        so no session waits for another's.
+        """
+        async with anyio.create_task_group() as tg:
+            self._background = tg
+            task_status.started()
             try:
-                await self.tick()
-            except Exception:
-                log.exception("sweep pass failed; retrying at the next pass")
-            delay = await self._io(self._next_delay)
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
+                while self.accepting:
+                    self._wake = anyio.Event()
+                    try:
+                        await self.tick()
+                    except Exception:
+                        log.exception("sweep pass failed; retrying at the next pass")
+                    delay = await read(self._next_delay)
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+            finally:
+                self._background = None
 
     def _next_delay(self) -> float:
         now = self.clock.now()
@@ -187,7 +223,7 @@ class Sweeper:
         if not self.accepting:
             return
         now = self.clock.now()
-        due = await self._io(self.store.due_sessions, now)
+        due = await read(self.store.due_sessions, now)
         self.waiting = {
             sid: parse_utc(at)
             for sid, at in due
@@ -205,8 +241,7 @@ class Sweeper:
             if not runner.stopping:
                 runner.stopping = True
                 log.info("session %s: idle runner yields its slot", runner.session.name)
-                await self.runtime.stop(runner.handle, self.config.stop_grace)
-                await self._tend(session_id)
+                await self._beside(partial(self._stop, runner))
         for session_id in plan.start:
             try:
                 await self._start(session_id)
@@ -221,9 +256,16 @@ class Sweeper:
             else:
                 self.quarantine.pop(session_id, None)
 
+    async def _stop(self, runner: LiveRunner) -> None:
+        """Stop an evicted runner; the next pass settles what it left."""
+        try:
+            await self.runtime.stop(runner.handle, self.config.stop_grace)
+        finally:
+            self.wake()
+
     async def _start(self, session_id: str) -> None:
-        await self._io(self.store.prepare_due, session_id)
-        session = await self._io(self.store.get_session, session_id)
+        await self.writer(self.store.prepare_due, session_id)
+        session = await read(self.store.get_session, session_id)
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
         spec = RunnerSpec(
@@ -240,6 +282,7 @@ class Sweeper:
         self.peak_live = max(self.peak_live, len(self.live))
         self.starts.append(StartRecord(session.id, due_at, self.clock.now()))
         log.info("session %s: runner %s started", session.name, handle.ref)
+        await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
 
     async def _tend(self, session_id: str) -> None:
         """Settle acks and replies of one live runner, enforce liveness, notice its exit."""
@@ -251,7 +294,7 @@ class Sweeper:
         if not await self.runtime.is_running(runner.handle):
             await self._after_exit(runner, reason="runner exited while working")
             return
-        heartbeat = await self._io(_mtime, self.store.session_dir(session_id) / sdb.HEARTBEAT)
+        heartbeat = await read(_mtime, self.store.session_dir(session_id) / sdb.HEARTBEAT)
         verdict = decide_liveness(
             now,
             runner.handle.started_at,
@@ -267,7 +310,7 @@ class Sweeper:
                 runner, reason=f"runner killed: {verdict.reason}", timed_out=verdict.timed_out
             )
             return
-        session = await self._io(self.store.get_session, session_id)
+        session = await read(self.store.get_session, session_id)
         due_now = session.next_due_at is not None and parse_utc(session.next_due_at) <= now
         busy = bool(runner.claims) or due_now
         if busy:
@@ -279,53 +322,62 @@ class Sweeper:
     async def _after_exit(
         self, runner: LiveRunner, reason: str, timed_out: tuple[str, ...] = ()
     ) -> None:
-        """Settle what an exited runner left: last acks and replies, then its claimed rows."""
+        """Settle what an exited runner left: last acks and replies, then its claimed rows.
+
+        Touches only the rows the runner still held, whatever the size of the inbox.
+        """
         session_id = runner.session.id
         default_timeout = timedelta(seconds=self.config.task_timeout)
         claims = await self._settle(runner.session, default_timeout)
         await self._deliver(runner.session)
-        now = self.clock.now()
-        fates: list[RowFate] = []
-        rows = {r.id: r for r in await self._io(self.store.inbound_rows, session_id)}
-        for claim in claims:
-            row = rows.get(claim.message_id)
-            if row is None:
-                continue
-            if claim.message_id in timed_out:
-                error = f"timed out after {int(claim.timeout.total_seconds())} s"
-                fates.append(
-                    RowFate(
-                        row.id, MessageStatus.FAILED, row.tries + 1, None, error, RunOutcome.TIMEOUT
-                    )
-                )
-                continue
-            plan = plan_retry(row.tries, now, base=timedelta(seconds=self.config.retry_base))
-            status = MessageStatus.PENDING if plan.status == "pending" else MessageStatus.FAILED
-            note = f"{reason} (try {plan.tries})"
-            fates.append(RowFate(row.id, status, plan.tries, plan.process_after, note))
-        await self._io(self.store.requeue, session_id, fates)
+        plan = await self.writer(
+            self.store.requeue, session_id, claims, reason, timed_out=timed_out,
+            retry_base=timedelta(seconds=self.config.retry_base),
+        )  # fmt: skip
+        self._log_finished(runner.session, plan.finished)
         del self.live[session_id]
-        if fates:
-            log.warning("session %s: %s; %d rows requeued", runner.session.name, reason, len(fates))
+        await self.writer(self.store.release_lease, session_id, runner.handle.ref)
+        if claims:
+            log.warning(
+                "session %s: %s; %d rows requeued", runner.session.name, reason, len(claims)
+            )
         else:
             log.info("session %s: runner finished", runner.session.name)
+        await self._prune(runner.session)
         self.wake()
 
+    async def _prune(self, session: Session) -> None:
+        """Drop old finished inbox rows of a session that just worked (at most hourly)."""
+        now = self.clock.now()
+        last = self._pruned.get(session.id)
+        if last is not None and now - last < PRUNE_EVERY:
+            return
+        self._pruned[session.id] = now
+        keep = timedelta(seconds=self.config.keep_finished)
+        removed = await self.writer(self.store.prune_finished, session.id, keep)
+        if removed:
+            log.info("session %s: pruned %d finished inbox rows", session.name, removed)
+
     async def _settle(self, session: Session, default_timeout: timedelta) -> list[Claim]:
-        settlement = await self._io(self.store.settle_acks, session.id, default_timeout)
-        for done in settlement.finished:
+        plan = await self.writer(self.store.settle_acks, session.id, default_timeout)
+        self._log_finished(session, plan.finished)
+        return list(plan.claims)
+
+    @staticmethod
+    def _log_finished(session: Session, finished: Sequence[Finished]) -> None:
+        for done in finished:
             what = done.series_id or done.message_id
             detail = f": {done.error}" if done.error else ""
             level = logging.INFO if done.outcome in _QUIET else logging.WARNING
             log.log(level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail)
-        return settlement.claims
 
     async def _deliver(self, session: Session) -> None:
-        rows = await self._io(self.delivery.pending, session.id)
+        rows = await read(self.delivery.pending, session.id)
         if rows:
             handled = await self.delivery.deliver(session, rows)
-            if any(h.status == "applied" for h in handled):
+            if any(h.status is DeliveryStatus.APPLIED for h in handled):
                 self.wake()
+        await self.delivery.retry_due(session)
 
     # --- shutdown --------------------------------------------------------------------
 
@@ -337,9 +389,12 @@ class Sweeper:
     async def drain(self) -> None:
         """Stages two and three: let runners finish within the grace, then stop them.
 
-        Every row a runner leaves claimed goes back to ``pending`` with a retry.
+        Every row a runner leaves claimed goes back to ``pending`` with a retry. The
+        whole drain is bounded: past ``stop_grace`` plus a margin the host gives up on
+        what is left (the next start re-derives it from the files).
         """
-        with anyio.CancelScope(shield=True):
+        limit = self.config.stop_grace + DRAIN_MARGIN
+        with anyio.move_on_after(limit, shield=True) as scope:
             async with anyio.create_task_group() as tg:
                 for runner in list(self.live.values()):
                     tg.start_soon(self.runtime.stop, runner.handle, self.config.stop_grace)
@@ -349,6 +404,11 @@ class Sweeper:
                     await self._after_exit(runner, reason="host shut down")
                 except Exception:
                     log.exception("session %s: settling at shutdown failed", session_id)
+        if scope.cancelled_caught:
+            log.warning(
+                "shutdown drain gave up after %.0f s with %d runners unsettled",
+                limit, len(self.live),
+            )  # fmt: skip
 
 
 def _mtime(path: Path) -> datetime | None:

@@ -123,11 +123,9 @@ def _updated(row: InboundMessage, action: dict[str, Any]) -> InboundMessage:
 def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:
     """The series ``ref`` (a task id, occurrence id or series id) names, or None."""
     with sdb.inbound(session_dir, readonly=True) as db:
-        rows = sdb.series_rows(db, ref)
+        current = sdb.series_current(db, sdb.series_of_ref(db, ref))
     actions = unapplied_actions(session_dir)
-    if rows:
-        live = [r for r in rows if r.status.live]
-        current = live[0] if live else rows[0]
+    if current is not None:
         series = current.series_id or current.id
         return TaskState(series, project(current, series, actions))
     for i, action in enumerate(actions):
@@ -163,6 +161,7 @@ def live_task_count(session_dir: Path) -> int:
         fresh = [
             a["taskId"]
             for a in unapplied_actions(session_dir)
-            if a.get("action") == SCHEDULE and not sdb.series_rows(db, a["taskId"])
+            if a.get("action") == SCHEDULE
+            and sdb.series_current(db, sdb.series_of_ref(db, a["taskId"])) is None
         ]
     return count + len(set(fresh))

@@ -15,7 +15,7 @@ import anyio
 from cronbox_shared import sessiondb as sdb
 from host.config import Settings
 from host.daemon import run_host
-from host.store import Store
+from host.service import Cronbox
 from host.sweep import SweepConfig, Sweeper
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:
             await anyio.sleep(0.05)
 
 
-def replies(store: Store, session_id: str) -> list[dict[str, Any]]:
+def replies(store: Cronbox, session_id: str) -> list[dict[str, Any]]:
     """The chat replies a session's runner wrote."""
     directory = store.session_dir(session_id)
     if not (directory / sdb.OUTBOUND).exists():
@@ -85,12 +85,12 @@ def replies(store: Store, session_id: str) -> list[dict[str, Any]]:
         return [r for r in sdb.outbound_after(db, 0, 10_000) if r["kind"] == "chat"]
 
 
-def delivered_seqs(store: Store, session_id: str) -> list[int]:
+def delivered_seqs(store: Cronbox, session_id: str) -> list[int]:
     with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
         return sorted(sdb.delivered_seqs(db, list(range(1, 20_001, 2))))
 
 
-def acks(store: Store, session_id: str, message_id: str) -> list[dict[str, Any]]:
+def acks(store: Cronbox, session_id: str, message_id: str) -> list[dict[str, Any]]:
     directory = store.session_dir(session_id)
     if not (directory / sdb.OUTBOUND).exists():
         return []

@@ -1,6 +1,6 @@
 """The agent runner claims due rows, runs their gates and records every outcome in outbound.db.
 
-Sessions are set up through the host's Store on real SQLite files; the runner runs
+Sessions are set up through the host's Cronbox on real SQLite files; the runner runs
 in-process (or as ``python -m agent_runner``) against those files alone.
 """
 
@@ -36,7 +36,7 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Clock, ManualClock, SystemClock
-from host.store import Store
+from host.service import Cronbox
 
 # Bounds that turn a hang into a failure; never a statement about how long things take.
 HANG_GUARD = 20
@@ -74,16 +74,16 @@ def recorder() -> Iterator[RecordingProvider]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "home")
+def store(tmp_path: Path) -> Cronbox:
+    return Cronbox(tmp_path / "home")
 
 
 @pytest.fixture
-def session_id(store: Store) -> str:
+def session_id(store: Cronbox) -> str:
     return store.create_session("demo").id
 
 
-def config_for(store: Store, session_id: str, **overrides: Any) -> RunnerConfig:
+def config_for(store: Cronbox, session_id: str, **overrides: Any) -> RunnerConfig:
     base = RunnerConfig(
         session_dir=store.session_dir(session_id), idle_timeout=0.5, poll_interval=0.05
     )
@@ -95,18 +95,18 @@ async def run(config: RunnerConfig, clock: Clock | None = None, **kwargs: Any) -
         return await run_runner(config, clock or SystemClock(), **kwargs)
 
 
-def task(store: Store, session_id: str, prompt: str, **fields: Any) -> str:
+def task(store: Cronbox, session_id: str, prompt: str, **fields: Any) -> str:
     request = {"prompt": prompt, "processAfter": "now", **fields}
     return store.schedule_task(session_id, request).id
 
 
-def acks(store: Store, session_id: str, *ids: str) -> dict[str, dict[str, Any]]:
+def acks(store: Cronbox, session_id: str, *ids: str) -> dict[str, dict[str, Any]]:
     """The latest ack of each given row, by id."""
     with sdb.outbound(store.session_dir(session_id), readonly=True) as db:
         return {a["message_id"]: a for a in sdb.acks_for(db, ids)}
 
 
-def replies(store: Store, session_id: str) -> dict[str, str]:
+def replies(store: Cronbox, session_id: str) -> dict[str, str]:
     """Chat replies in messages_out, by the row they answer."""
     with sdb.outbound(store.session_dir(session_id), readonly=True) as db:
         rows = [sdb.outbound_from_row(r) for r in sdb.outbound_after(db, 0)]
@@ -114,13 +114,13 @@ def replies(store: Store, session_id: str) -> dict[str, str]:
     return {str(r.in_reply_to): str(r.content["text"]) for r in rows}
 
 
-def pending(store: Store, session_id: str) -> list[InboundMessage]:
+def pending(store: Cronbox, session_id: str) -> list[InboundMessage]:
     """Every pending row of the session's inbox, due or not."""
     with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
         return sdb.due_rows(db, "9999-12-31T00:00:00.000Z")
 
 
-def pre_ack(store: Store, session_id: str, message_id: str, status: AckStatus) -> None:
+def pre_ack(store: Cronbox, session_id: str, message_id: str, status: AckStatus) -> None:
     with sdb.outbound(store.session_dir(session_id)) as db, db.atomic():
         sdb.set_ack(db, message_id, 0, status, "2026-01-01T00:00:00.000Z")
 
@@ -130,7 +130,7 @@ def pre_ack(store: Store, session_id: str, message_id: str, status: AckStatus) -
 
 @pytest.mark.anyio
 async def test_echo_replies_to_each_due_row_and_acks_it_completed(
-    store: Store, session_id: str
+    store: Cronbox, session_id: str
 ) -> None:
     chat = store.send_message(session_id, "hello there").id
     task_id = task(store, session_id, "summarise my open PRs")
@@ -149,7 +149,7 @@ async def test_echo_replies_to_each_due_row_and_acks_it_completed(
 
 
 @pytest.mark.anyio
-async def test_reply_ids_are_fresh_and_seqs_odd(store: Store, session_id: str) -> None:
+async def test_reply_ids_are_fresh_and_seqs_odd(store: Cronbox, session_id: str) -> None:
     store.send_message(session_id, "one")
     store.send_message(session_id, "two")
 
@@ -162,7 +162,7 @@ async def test_reply_ids_are_fresh_and_seqs_odd(store: Store, session_id: str) -
 
 
 @pytest.mark.anyio
-async def test_future_row_is_not_picked_up(store: Store, session_id: str) -> None:
+async def test_future_row_is_not_picked_up(store: Cronbox, session_id: str) -> None:
     later = task(store, session_id, "not yet", processAfter="+1h")
 
     await run(config_for(store, session_id))
@@ -173,7 +173,7 @@ async def test_future_row_is_not_picked_up(store: Store, session_id: str) -> Non
 
 @pytest.mark.anyio
 async def test_context_row_alone_does_not_wake_the_agent(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     store.post_system_note(session_id, "your last request was rejected")
 
@@ -186,7 +186,7 @@ async def test_context_row_alone_does_not_wake_the_agent(
 
 @pytest.mark.anyio
 async def test_context_row_rides_along_with_a_trigger_row(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     store.post_system_note(session_id, "the webhook channel is down")
     chat = store.send_message(session_id, "anything new?").id
@@ -202,7 +202,7 @@ async def test_context_row_rides_along_with_a_trigger_row(
 
 @pytest.mark.anyio
 async def test_full_batch_of_context_rows_does_not_hide_the_trigger_row(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     for n in range(3):
         store.post_system_note(session_id, f"note {n}")
@@ -220,7 +220,7 @@ async def test_prompt_starts_with_timezone_and_local_time(
     tmp_path: Path, recorder: RecordingProvider
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00.000Z")
-    store = Store(tmp_path / "home", clock=clock)
+    store = Cronbox(tmp_path / "home", clock=clock)
     session_id = store.create_session("berlin", timezone="Europe/Berlin").id
     task_id = task(store, session_id, "morning briefing")
 
@@ -238,7 +238,7 @@ async def test_prompt_starts_with_timezone_and_local_time(
 
 @pytest.mark.anyio
 async def test_gate_false_skips_the_row_without_invoking_the_provider(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     gated = task(store, session_id, "only when it rains", script=f"echo checking; {SKIP}")
 
@@ -254,7 +254,7 @@ async def test_gate_false_skips_the_row_without_invoking_the_provider(
 
 @pytest.mark.anyio
 async def test_gate_true_puts_its_data_in_the_prompt(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     gated = task(store, session_id, "dress advice", script=WAKE_WITH_DATA)
 
@@ -271,7 +271,7 @@ async def test_gate_true_puts_its_data_in_the_prompt(
 
 
 @pytest.mark.anyio
-async def test_gate_runs_in_the_workspace(store: Store, session_id: str) -> None:
+async def test_gate_runs_in_the_workspace(store: Cronbox, session_id: str) -> None:
     workspace = store.session_dir(session_id) / sdb.WORKSPACE
     (workspace / "flag").write_text("yes")
     script = 'test -f flag && echo \'{"wakeAgent": true, "data": "found"}\''
@@ -284,7 +284,7 @@ async def test_gate_runs_in_the_workspace(store: Store, session_id: str) -> None
 
 @pytest.mark.anyio
 async def test_gate_error_fails_the_row_with_the_reason_and_skips_the_provider(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     gated = task(store, session_id, "never reached", script=BAD_JSON)
 
@@ -298,7 +298,7 @@ async def test_gate_error_fails_the_row_with_the_reason_and_skips_the_provider(
 
 
 @pytest.mark.anyio
-async def test_gate_timeout_is_recorded_with_its_reason(store: Store, session_id: str) -> None:
+async def test_gate_timeout_is_recorded_with_its_reason(store: Cronbox, session_id: str) -> None:
     gated = task(store, session_id, "slow gate", script="sleep 30")
 
     await run(config_for(store, session_id, gate_timeout=0.2))
@@ -310,7 +310,7 @@ async def test_gate_timeout_is_recorded_with_its_reason(store: Store, session_id
 
 @pytest.mark.anyio
 async def test_skipped_gate_leaves_the_rest_of_the_batch_to_the_provider(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     gated = task(store, session_id, "skip me", script=SKIP)
     chat = store.send_message(session_id, "still answer me").id
@@ -324,7 +324,7 @@ async def test_skipped_gate_leaves_the_rest_of_the_batch_to_the_provider(
 
 @pytest.mark.anyio
 async def test_context_row_is_held_back_when_its_trigger_row_was_skipped(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     store.post_system_note(session_id, "fyi")
     gated = task(store, session_id, "skip me", script=SKIP)
@@ -340,7 +340,7 @@ async def test_context_row_is_held_back_when_its_trigger_row_was_skipped(
 
 @pytest.mark.anyio
 async def test_failing_provider_fails_every_row_with_its_error(
-    store: Store, session_id: str
+    store: Cronbox, session_id: str
 ) -> None:
     chat = store.send_message(session_id, "hi").id
     task_id = task(store, session_id, "do it")
@@ -356,7 +356,7 @@ async def test_failing_provider_fails_every_row_with_its_error(
 
 @pytest.mark.anyio
 async def test_row_left_out_by_the_provider_is_failed_not_completed(
-    store: Store, session_id: str
+    store: Cronbox, session_id: str
 ) -> None:
     class Partial:
         async def run(self, batch: Batch) -> ProviderResult:
@@ -379,7 +379,7 @@ async def test_row_left_out_by_the_provider_is_failed_not_completed(
 
 @pytest.mark.anyio
 async def test_ack_filter_applies_before_the_batch_limit(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     done = [store.send_message(session_id, f"old {n}").id for n in range(2)]
     for message_id in done:
@@ -394,7 +394,7 @@ async def test_ack_filter_applies_before_the_batch_limit(
 
 @pytest.mark.anyio
 async def test_rows_beyond_the_batch_limit_come_in_later_batches(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     ids = [store.send_message(session_id, f"m{n}").id for n in range(5)]
 
@@ -404,7 +404,7 @@ async def test_rows_beyond_the_batch_limit_come_in_later_batches(
 
 
 @pytest.mark.anyio
-async def test_stale_processing_acks_are_cleared_at_start(store: Store, session_id: str) -> None:
+async def test_stale_processing_acks_are_cleared_at_start(store: Cronbox, session_id: str) -> None:
     chat = store.send_message(session_id, "left behind by a crash").id
     pre_ack(store, session_id, chat, AckStatus.PROCESSING)
 
@@ -414,7 +414,7 @@ async def test_stale_processing_acks_are_cleared_at_start(store: Store, session_
 
 
 @pytest.mark.anyio
-async def test_heartbeat_is_touched(store: Store, session_id: str) -> None:
+async def test_heartbeat_is_touched(store: Cronbox, session_id: str) -> None:
     heartbeat = store.session_dir(session_id) / sdb.HEARTBEAT
     heartbeat.touch()
     os.utime(heartbeat, (0, 0))
@@ -426,7 +426,7 @@ async def test_heartbeat_is_touched(store: Store, session_id: str) -> None:
 
 @pytest.mark.anyio
 async def test_heartbeat_is_touched_while_the_provider_works(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     heartbeat = store.session_dir(session_id) / sdb.HEARTBEAT
 
@@ -446,13 +446,13 @@ async def test_heartbeat_is_touched_while_the_provider_works(
 
 
 @pytest.mark.anyio
-async def test_exits_by_itself_after_the_idle_timeout(store: Store, session_id: str) -> None:
+async def test_exits_by_itself_after_the_idle_timeout(store: Cronbox, session_id: str) -> None:
     assert await run(config_for(store, session_id, idle_timeout=0.2)) == 0
 
 
 @pytest.mark.anyio
 async def test_stop_finishes_the_current_batch_first(
-    store: Store, session_id: str, recorder: RecordingProvider
+    store: Cronbox, session_id: str, recorder: RecordingProvider
 ) -> None:
     stop = anyio.Event()
 
@@ -472,7 +472,7 @@ async def test_stop_finishes_the_current_batch_first(
 
 @pytest.mark.anyio
 async def test_unknown_provider_is_refused_before_touching_files(
-    store: Store, session_id: str
+    store: Cronbox, session_id: str
 ) -> None:
     with pytest.raises(UnknownProvider, match=r'"nope".*echo, fail'):
         await run(config_for(store, session_id, provider="nope"))
@@ -598,7 +598,7 @@ def runner_env(**env: str) -> dict[str, str]:
 
 @pytest.mark.anyio
 async def test_module_completes_a_due_chat_message_and_exits_0(
-    store: Store, session_id: str
+    store: Cronbox, session_id: str
 ) -> None:
     chat = store.send_message(session_id, "hello from the subprocess").id
     env = runner_env(
@@ -617,7 +617,7 @@ async def test_module_completes_a_due_chat_message_and_exits_0(
 
 
 @pytest.mark.anyio
-async def test_module_exits_0_on_sigterm(store: Store, session_id: str) -> None:
+async def test_module_exits_0_on_sigterm(store: Cronbox, session_id: str) -> None:
     heartbeat = store.session_dir(session_id) / sdb.HEARTBEAT
     env = runner_env(
         CRONBOX_SESSION_DIR=str(store.session_dir(session_id)), CRONBOX_IDLE_TIMEOUT="600"

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from host.delivery import ACTIONS, Delivery, Handled
-from host.store import Session, Store
+from host.service import Cronbox
+from host.store.records import Session
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 JSON_VALUES = st.recursive(
@@ -124,7 +125,7 @@ def bad_rows(draw: st.DrawFn, foreign: str, own: str) -> Row:
 
 @dataclass
 class World:
-    store: Store
+    store: Cronbox
     session: Session
     other: Session
     foreign: str
@@ -133,7 +134,7 @@ class World:
 
 
 def make_world(home: Path) -> World:
-    store = Store(home)
+    store = Cronbox(home)
     session = store.create_session("target")
     other = store.create_session("other")
     foreign = store.schedule_task(other.id, {"prompt": "theirs", "recurrence": "@daily"}).id

@@ -20,7 +20,7 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt, is_canonical, parse_utc
 from host.cli import app
-from host.store import Store
+from host.service import Cronbox
 
 HOST_TZ = "America/New_York"
 # Far enough ahead that "in the past" never applies, whatever today's date is.
@@ -362,7 +362,7 @@ def test_history_of_a_task_that_never_ran_is_empty(cli: Cli, session: str) -> No
 def test_history_and_list_show_a_finished_run(cli: Cli, session: str, home: Path) -> None:
     schedule(cli, "--prompt", "p", "--at", "now", "--id", "t1")
     (row,) = as_json(cli("session", "list", "--json"))
-    store = Store(home, default_timezone=HOST_TZ)
+    store = Cronbox(home, default_timezone=HOST_TZ)
     # Speak the runner's side of the protocol: acks in the session's outbound.db.
     with sdb.outbound(store.session_dir(row["id"])) as out:
         sdb.set_ack(out, "t1", 0, AckStatus.PROCESSING, fmt(store.now()))
@@ -567,7 +567,7 @@ def test_task_run_queues_a_one_off_occurrence_without_disturbing_the_series(
     [after] = tasks(cli)
     assert after["id"] == task["id"]
     assert after["next_run"] == task["next_run"], "the schedule is untouched"
-    store = Store(home)
+    store = Cronbox(home)
     sid = store.get_session("work").id
     manual = next(r for r in store.inbound_rows(sid) if r.id == queued["id"])
     assert manual.recurrence is None

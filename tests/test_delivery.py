@@ -11,12 +11,12 @@ import pytest
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
-from host.store import Store
+from host.service import Cronbox
 
 pytestmark = pytest.mark.anyio
 
 
-def write_raw(store: Store, session_id: str, seq: int, content: str) -> None:
+def write_raw(store: Cronbox, session_id: str, seq: int, content: str) -> None:
     """Write a messages_out row as an untrusted container could (content verbatim)."""
     with sdb.outbound(store.session_dir(session_id)) as db, db.atomic():
         db.execute(
@@ -49,7 +49,7 @@ def write_raw(store: Store, session_id: str, seq: int, content: str) -> None:
 async def test_hostile_action_is_rejected_with_a_reason(
     tmp_path: Path, content: str, reason: str
 ) -> None:
-    store = Store(tmp_path / "home", clock=ManualClock("2026-01-15T08:00:00Z"))
+    store = Cronbox(tmp_path / "home", clock=ManualClock("2026-01-15T08:00:00Z"))
     session = store.create_session("target")
     write_raw(store, session.id, 1, content)
     [handled] = await Delivery(store, []).deliver(session, store.undelivered(session.id))

@@ -11,7 +11,7 @@ import pytest
 
 from cronbox_shared.models import MessageStatus, RunOutcome
 from cronbox_shared.timeutil import fmt, parse_utc
-from host.store import Store
+from host.service import Cronbox
 from tests.hosting import (
     acks,
     delivered_seqs,
@@ -31,7 +31,7 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
 
 
-def finished_runs(store: Store, task: str, n: int = 1) -> bool:
+def finished_runs(store: Cronbox, task: str, n: int = 1) -> bool:
     runs = store.runs_for(task)
     return len([r for r in runs if r.outcome is not None]) >= n
 
@@ -40,7 +40,7 @@ async def test_one_time_task_starts_on_time_and_its_reply_is_delivered_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("alpha")
     due = store.now() + timedelta(seconds=2)
     task = store.schedule_task(session.id, {"prompt": "ping", "processAfter": fmt(due)})
@@ -65,7 +65,7 @@ async def test_one_time_task_starts_on_time_and_its_reply_is_delivered_once(
 
 async def test_recurring_task_fires_three_times_exactly_on_its_grid(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("beta")
     task = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@every 2s"})
     first = parse_utc(task.next_run or "")
@@ -95,7 +95,7 @@ async def test_gate_scripts_skip_wake_or_fail_with_their_reason(
 ) -> None:
     monkeypatch.setenv("CRONBOX_GATE_TIMEOUT", "1")
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("gated")
     soon = fmt(store.now() + timedelta(seconds=1))
     ids = {
@@ -130,7 +130,7 @@ async def test_runner_killed_mid_task_is_retried_then_failed_after_five_tries(
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("crashy")
     task = store.schedule_task(
         session.id, {"prompt": "never finishes", "processAfter": "now", "script": "sleep 60"}
@@ -166,7 +166,7 @@ async def test_pool_of_two_never_runs_more_than_two_and_serves_earliest_due_firs
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "home", max_containers=2, idle_timeout=0.3)
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     base = store.now() + timedelta(seconds=2)
     order = []
     for i in range(8):
@@ -192,7 +192,7 @@ async def test_failing_provider_records_failed_and_recurring_series_continues(
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("broken", agent="fail")
     once = store.schedule_task(session.id, {"prompt": "one", "processAfter": "now"})
     series = store.schedule_task(session.id, {"prompt": "again", "recurrence": "@every 1s"})
@@ -210,7 +210,7 @@ async def test_failing_provider_records_failed_and_recurring_series_continues(
 
 async def test_chat_message_wakes_the_session_at_once(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("chatty")
     async with running_host(settings):
         message = store.send_message(session.id, "hello there")
@@ -221,7 +221,7 @@ async def test_chat_message_wakes_the_session_at_once(tmp_path: Path) -> None:
 
 async def test_host_shutdown_leaves_no_claimed_row_without_a_retry(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("stopper")
     task = store.schedule_task(
         session.id, {"prompt": "long", "processAfter": "now", "script": "sleep 60"}

@@ -16,7 +16,7 @@ import pytest
 
 from cronbox_shared.models import MessageStatus, RunOutcome
 from cronbox_shared.timeutil import fmt
-from host.store import Store
+from host.service import Cronbox
 from tests.hosting import delivered_seqs, make_settings, replies, running_host, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -41,12 +41,12 @@ def tool_calls(*calls: tuple[str, dict[str, Any]]) -> str:
     return json.dumps({"tool_calls": [{"name": n, "arguments": a} for n, a in calls]})
 
 
-def reply_to(store: Store, session_id: str, message_id: str) -> str | None:
+def reply_to(store: Cronbox, session_id: str, message_id: str) -> str | None:
     found = [r["content"] for r in replies(store, session_id) if r["in_reply_to"] == message_id]
     return json.loads(found[0])["text"] if found else None
 
 
-def finished(store: Store, task_id: str) -> bool:
+def finished(store: Cronbox, task_id: str) -> bool:
     return any(r.outcome is not None for r in store.runs_for(task_id))
 
 
@@ -54,7 +54,7 @@ async def test_agent_schedules_a_task_that_fires_and_cancels_a_series_by_its_id(
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "home", min_interval=1.0)
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("mcp", agent="scripted")
     series = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@every 2s"}).id
     async with running_host(settings):
@@ -103,7 +103,7 @@ async def test_a_refused_tool_call_reaches_the_agent_as_an_error_and_nothing_is_
     tmp_path: Path,
 ) -> None:
     settings = make_settings(tmp_path / "home", min_interval=1.0)
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("mcp", agent="scripted")
     async with running_host(settings):
         ask = store.send_message(

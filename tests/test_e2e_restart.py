@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from cronbox_shared.models import MessageStatus, RunOutcome
-from host.store import Store
+from host.service import Cronbox
 from tests.hosting import acks, delivered_seqs, make_settings, replies, runner_pids, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -54,7 +54,7 @@ def host_process(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 async def test_second_host_on_the_same_home_refuses_to_start(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    Store.from_settings(make_settings(home))
+    Cronbox.from_settings(make_settings(home))
     with host_process(home, tmp_path / "host1.log") as first:
         await wait_for(lambda: (home / "host.json").exists())
         with anyio.fail_after(60):
@@ -76,7 +76,7 @@ async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
 ) -> None:
     monkeypatch.setenv("TZ", "UTC")
     home = tmp_path / "home"
-    store = Store.from_settings(make_settings(home))
+    store = Cronbox.from_settings(make_settings(home))
     session = store.create_session("phoenix")
     slow = store.schedule_task(
         session.id,

@@ -15,7 +15,7 @@ import pytest
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import MessageStatus, RunOutcome
-from host.store import Store
+from host.service import Cronbox
 
 DATA = Path(__file__).parent / "data" / "home-flat-layout.tar.gz"
 
@@ -33,7 +33,7 @@ def test_flat_layout_home_migrates_with_every_task_run_and_reply(old_home: Path)
     (session_dir,) = (old_home / "sessions").iterdir()
     assert (session_dir / "inbound.db").is_file()
 
-    store = Store(old_home)
+    store = Cronbox(old_home)
 
     assert not (session_dir / "inbound.db").exists()
     assert not (session_dir / "outbound.db").exists()
@@ -62,9 +62,9 @@ def test_flat_layout_home_migrates_with_every_task_run_and_reply(old_home: Path)
 
 
 def test_migrated_home_is_left_alone_when_opened_again(old_home: Path) -> None:
-    Store(old_home)
+    Cronbox(old_home)
     (session_dir,) = (old_home / "sessions").iterdir()
     before = sorted(p.relative_to(session_dir) for p in session_dir.rglob("*"))
     assert sdb.migrate_layout(session_dir) is False
-    Store(old_home)
+    Cronbox(old_home)
     assert sorted(p.relative_to(session_dir) for p in session_dir.rglob("*")) == before

@@ -21,7 +21,8 @@ from agent_runner.provider import SessionContext
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.timeutil import fmt
 from host.delivery import Delivery
-from host.store import Session, Store
+from host.service import Cronbox
+from host.store.records import Session
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -46,16 +47,16 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "home")
+def store(tmp_path: Path) -> Cronbox:
+    return Cronbox(tmp_path / "home")
 
 
 @pytest.fixture
-def session(store: Store) -> Session:
+def session(store: Cronbox) -> Session:
     return store.create_session("agent", timezone="Europe/Berlin")
 
 
-def server_env(store: Store, session: Session, **extra: str) -> dict[str, str]:
+def server_env(store: Cronbox, session: Session, **extra: str) -> dict[str, str]:
     return {
         "CRONBOX_SESSION_DIR": str(store.session_dir(session.id)),
         "CRONBOX_TIMEZONE": session.timezone,
@@ -76,7 +77,7 @@ async def call(client: Client, name: str, arguments: dict[str, Any]) -> tuple[bo
     return bool(result.is_error), "\n".join(getattr(c, "text", "") for c in result.content)
 
 
-def written(store: Store, session: Session) -> list[dict[str, Any]]:
+def written(store: Cronbox, session: Session) -> list[dict[str, Any]]:
     directory = store.session_dir(session.id)
     if not (directory / sdb.OUTBOUND).exists():
         return []
@@ -85,7 +86,7 @@ def written(store: Store, session: Session) -> list[dict[str, Any]]:
 
 
 async def test_tools_list_shows_the_six_tools_with_their_schemas(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     async with stdio(server_env(store, session)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
@@ -102,7 +103,7 @@ async def test_tools_list_shows_the_six_tools_with_their_schemas(
 
 
 async def test_schedule_then_list_round_trips_through_the_host(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     when = fmt(store.now() + timedelta(hours=2))
     async with stdio(server_env(store, session)) as client:
@@ -136,7 +137,7 @@ BAD = [
 
 @pytest.mark.parametrize(("arguments", "says"), BAD)
 async def test_bad_input_is_an_error_with_a_helpful_text_and_writes_nothing(
-    store: Store, session: Session, arguments: dict[str, Any], says: str
+    store: Cronbox, session: Session, arguments: dict[str, Any], says: str
 ) -> None:
     async with stdio(server_env(store, session)) as client:
         error, text = await call(client, "schedule_task", arguments)
@@ -146,7 +147,7 @@ async def test_bad_input_is_an_error_with_a_helpful_text_and_writes_nothing(
 
 
 async def test_an_explicit_null_over_stdio_clears_the_script(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     task_id = store.schedule_task(
         session.id, {"prompt": "p", "recurrence": "@daily", "script": "echo '{}'"}
@@ -165,7 +166,7 @@ async def test_an_explicit_null_over_stdio_clears_the_script(
 
 
 async def test_the_runner_wiring_passes_the_session_and_the_hosts_limits_on(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     directory = store.session_dir(session.id)
     context = SessionContext(directory, session.timezone, store.now())

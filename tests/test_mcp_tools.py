@@ -1,6 +1,6 @@
 """The task tools, in-process over the SDK's memory transport, against real session files.
 
-The host side is the real Store and Delivery, so "the host applies it" is the real apply
+The host side is the real Cronbox and Delivery, so "the host applies it" is the real apply
 path; a ManualClock shared by the store and the tools keeps every time exact.
 """
 
@@ -22,7 +22,8 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
-from host.store import Limits, Session, Store
+from host.service import Cronbox, Limits
+from host.store.records import Session
 from mcp_tools.config import ToolConfig
 from mcp_tools.server import build_server
 
@@ -52,17 +53,17 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: ManualClock) -> Store:
-    return Store(tmp_path / "home", clock=clock, limits=Limits(min_interval=timedelta(minutes=1)))
+def store(tmp_path: Path, clock: ManualClock) -> Cronbox:
+    return Cronbox(tmp_path / "home", clock=clock, limits=Limits(min_interval=timedelta(minutes=1)))
 
 
 @pytest.fixture
-def session(store: Store) -> Session:
+def session(store: Cronbox) -> Session:
     return store.create_session("agent", timezone="Europe/Berlin")
 
 
 @pytest.fixture
-def config(store: Store, session: Session, clock: ManualClock) -> ToolConfig:
+def config(store: Cronbox, session: Session, clock: ManualClock) -> ToolConfig:
     return ToolConfig(
         session_dir=store.session_dir(session.id),
         timezone=session.timezone,
@@ -98,7 +99,7 @@ def written(config: ToolConfig) -> list[dict[str, Any]]:
     return [{**r, "content": json.loads(r["content"])} for r in rows]
 
 
-async def apply(store: Store, session: Session) -> list[str]:
+async def apply(store: Cronbox, session: Session) -> list[str]:
     """Let the host handle everything the tools wrote; returns each row's status."""
     handled = await Delivery(store, []).deliver(session, store.undelivered(session.id))
     return [h.status for h in handled]
@@ -130,7 +131,7 @@ async def test_the_six_tools_are_listed_with_their_argument_names(config: ToolCo
 
 
 async def test_schedule_task_writes_one_action_that_the_host_applies(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     async with connected(config) as client:
         args = {"prompt": "water the plants", "processAfter": "2026-03-02T21:00:00"}
@@ -156,7 +157,7 @@ async def test_schedule_task_writes_one_action_that_the_host_applies(
 
 
 async def test_a_relative_time_is_sent_as_the_instant_of_the_call(
-    config: ToolConfig, store: Store, session: Session, clock: ManualClock
+    config: ToolConfig, store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     async with connected(config) as client:
         error, text = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+10m"})
@@ -167,7 +168,7 @@ async def test_a_relative_time_is_sent_as_the_instant_of_the_call(
 
 
 async def test_recurring_task_reports_its_first_run_and_rule_in_words(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     args = {"prompt": "summarise open PRs", "recurrence": "0 9 * * MON-FRI",
             "timezone": "America/New_York"}  # fmt: skip
@@ -241,7 +242,7 @@ async def test_a_bad_cron_error_shows_valid_examples(config: ToolConfig) -> None
 
 
 async def test_scheduling_past_the_live_task_limit_is_refused(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     limited = replace(config, max_tasks=2)
     async with connected(limited) as client:
@@ -258,7 +259,7 @@ async def test_scheduling_past_the_live_task_limit_is_refused(
 
 
 async def test_list_tasks_shows_one_line_per_series_with_next_run_and_words(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     async with connected(config) as client:
         _, daily = await call(
@@ -280,7 +281,7 @@ async def test_list_tasks_shows_one_line_per_series_with_next_run_and_words(
 
 
 async def test_list_tasks_names_a_recurring_task_by_its_series_id_and_filters_by_status(
-    config: ToolConfig, store: Store, session: Session, clock: ManualClock
+    config: ToolConfig, store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     series = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@hourly"}).id
     finish_occurrence(store, session, clock, series)
@@ -306,7 +307,7 @@ async def test_list_tasks_with_nothing_scheduled_says_so(config: ToolConfig) -> 
     assert not error and text == "No pending or paused tasks."
 
 
-def finish_occurrence(store: Store, session: Session, clock: ManualClock, series: str) -> None:
+def finish_occurrence(store: Cronbox, session: Session, clock: ManualClock, series: str) -> None:
     """Run a recurring task's live occurrence to completion, as a runner would."""
     live = store.get_task(series)
     clock.set(live.next_run or START)
@@ -319,7 +320,7 @@ def finish_occurrence(store: Store, session: Session, clock: ManualClock, series
 
 
 async def test_cancel_by_series_id_stops_next_occurrence(
-    config: ToolConfig, store: Store, session: Session, clock: ManualClock
+    config: ToolConfig, store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     series = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@hourly"}).id
     finish_occurrence(store, session, clock, series)
@@ -337,7 +338,7 @@ async def test_cancel_by_series_id_stops_next_occurrence(
 
 
 async def test_pause_and_resume_round_trip_even_before_the_host_applied_the_schedule(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     async with connected(config) as client:
         _, text = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
@@ -371,7 +372,7 @@ async def test_an_unknown_task_id_is_a_clear_error_and_writes_nothing(
     assert written(config) == []
 
 
-async def test_another_sessions_task_is_unknown_here(config: ToolConfig, store: Store) -> None:
+async def test_another_sessions_task_is_unknown_here(config: ToolConfig, store: Cronbox) -> None:
     other = store.create_session("other")
     foreign = store.schedule_task(other.id, {"prompt": "theirs", "processAfter": "+1h"}).id
     async with connected(config) as client:
@@ -381,7 +382,7 @@ async def test_another_sessions_task_is_unknown_here(config: ToolConfig, store: 
 
 
 async def test_cancelling_a_task_that_is_no_longer_live_is_refused(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     task_id = store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1h"}).id
     store.cancel_task(task_id)
@@ -398,7 +399,7 @@ async def test_cancelling_a_task_that_is_no_longer_live_is_refused(
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_update_tells_an_explicit_null_from_a_left_out_argument(
-    config: ToolConfig, store: Store, session: Session, mode: str
+    config: ToolConfig, store: Cronbox, session: Session, mode: str
 ) -> None:
     task_id = store.schedule_task(
         session.id,
@@ -417,7 +418,7 @@ async def test_update_tells_an_explicit_null_from_a_left_out_argument(
 
 
 async def test_update_reschedules_with_an_absolute_instant(
-    config: ToolConfig, store: Store, session: Session
+    config: ToolConfig, store: Cronbox, session: Session
 ) -> None:
     task_id = store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1h"}).id
     async with connected(config) as client:
@@ -446,7 +447,7 @@ BAD_UPDATES = [
 
 @pytest.mark.parametrize(("change", "says"), BAD_UPDATES)
 async def test_a_bad_update_is_a_tool_error_and_writes_nothing(
-    config: ToolConfig, store: Store, session: Session, change: dict[str, Any], says: str
+    config: ToolConfig, store: Cronbox, session: Session, change: dict[str, Any], says: str
 ) -> None:
     task_id = store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1h"}).id
     async with connected(config) as client:

@@ -14,7 +14,8 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput, TaskNotFound, TaskStateError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
-from host.store import Limits, Session, Store, TaskView
+from host.service import Cronbox, Limits
+from host.store.records import Session, TaskView
 
 START = "2026-01-15T12:00:00.000Z"  # 07:00 in New York, 21:00 in Tokyo
 
@@ -25,28 +26,28 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: ManualClock) -> Store:
-    return Store(tmp_path / "home", clock=clock)
+def store(tmp_path: Path, clock: ManualClock) -> Cronbox:
+    return Cronbox(tmp_path / "home", clock=clock)
 
 
 @pytest.fixture
-def session(store: Store) -> Session:
+def session(store: Cronbox) -> Session:
     return store.create_session("work", timezone="America/New_York")
 
 
-def inbound_row(store: Store, session_id: str, message_id: str) -> InboundMessage:
+def inbound_row(store: Cronbox, session_id: str, message_id: str) -> InboundMessage:
     with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
         row = sdb.get_inbound(db, message_id)
     assert row is not None, message_id
     return row
 
 
-def inbound_count(store: Store, session_id: str) -> int:
+def inbound_count(store: Cronbox, session_id: str) -> int:
     with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
         return int(db.table("messages_in").count)
 
 
-def add_later_occurrence(store: Store, session_id: str, series: str) -> str:
+def add_later_occurrence(store: Cronbox, session_id: str, series: str) -> str:
     """Finish the first occurrence of ``series`` and insert its successor, as the sweep would."""
     with sdb.inbound(store.session_dir(session_id)) as db, db.atomic():
         first = sdb.get_inbound(db, series)
@@ -74,12 +75,12 @@ def add_later_occurrence(store: Store, session_id: str, series: str) -> str:
     return f"{series}~1"
 
 
-def schedule(store: Store, session: Session, task_id: str, **fields: Any) -> TaskView:
+def schedule(store: Cronbox, session: Session, task_id: str, **fields: Any) -> TaskView:
     request: dict[str, Any] = {"taskId": task_id, "prompt": f"do {task_id}", **fields}
     return store.schedule_task(session.id, request)
 
 
-def due_index(store: Store, session: Session) -> str | None:
+def due_index(store: Cronbox, session: Session) -> str | None:
     return store.get_session(session.id).next_due_at
 
 
@@ -88,7 +89,7 @@ def due_index(store: Store, session: Session) -> str | None:
 REF_KINDS = ["task id", "series id", "later occurrence id"]
 
 
-def target(store: Store, session: Session, ref_kind: str) -> tuple[str, str]:
+def target(store: Cronbox, session: Session, ref_kind: str) -> tuple[str, str]:
     """Schedule a task and return (ref to act on, id of the live occurrence)."""
     if ref_kind == "task id":
         schedule(store, session, "once", processAfter="2026-01-16T09:00:00")
@@ -99,7 +100,9 @@ def target(store: Store, session: Session, ref_kind: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("ref_kind", REF_KINDS)
-def test_cancel_reaches_the_live_occurrence(store: Store, session: Session, ref_kind: str) -> None:
+def test_cancel_reaches_the_live_occurrence(
+    store: Cronbox, session: Session, ref_kind: str
+) -> None:
     ref, live = target(store, session, ref_kind)
     view = store.cancel_task(ref)
     assert view.id == live
@@ -110,7 +113,7 @@ def test_cancel_reaches_the_live_occurrence(store: Store, session: Session, ref_
 
 
 @pytest.mark.parametrize("ref_kind", REF_KINDS)
-def test_pause_reaches_the_live_occurrence(store: Store, session: Session, ref_kind: str) -> None:
+def test_pause_reaches_the_live_occurrence(store: Cronbox, session: Session, ref_kind: str) -> None:
     ref, live = target(store, session, ref_kind)
     view = store.pause_task(ref)
     assert (view.id, view.status) == (live, MessageStatus.PAUSED)
@@ -119,7 +122,9 @@ def test_pause_reaches_the_live_occurrence(store: Store, session: Session, ref_k
 
 
 @pytest.mark.parametrize("ref_kind", REF_KINDS)
-def test_resume_reaches_the_live_occurrence(store: Store, session: Session, ref_kind: str) -> None:
+def test_resume_reaches_the_live_occurrence(
+    store: Cronbox, session: Session, ref_kind: str
+) -> None:
     ref, live = target(store, session, ref_kind)
     store.pause_task(ref)
     view = store.resume_task(ref)
@@ -130,7 +135,9 @@ def test_resume_reaches_the_live_occurrence(store: Store, session: Session, ref_
 
 
 @pytest.mark.parametrize("ref_kind", REF_KINDS)
-def test_update_reaches_the_live_occurrence(store: Store, session: Session, ref_kind: str) -> None:
+def test_update_reaches_the_live_occurrence(
+    store: Cronbox, session: Session, ref_kind: str
+) -> None:
     ref, live = target(store, session, ref_kind)
     view = store.update_task({"taskId": ref, "prompt": "new words"})
     assert view.id == live
@@ -148,7 +155,7 @@ def test_update_reaches_the_live_occurrence(store: Store, session: Session, ref_
     ids=["cancel", "pause", "update"],
 )
 def test_actions_leave_the_finished_occurrence_alone(
-    store: Store, session: Session, act: Callable[[Store, str], TaskView]
+    store: Cronbox, session: Session, act: Callable[[Cronbox, str], TaskView]
 ) -> None:
     schedule(store, session, "daily", recurrence="0 9 * * *")
     before = inbound_row(store, session.id, "daily")
@@ -159,7 +166,9 @@ def test_actions_leave_the_finished_occurrence_alone(
     assert first.content == before.content
 
 
-def test_list_shows_one_row_per_series_the_live_occurrence(store: Store, session: Session) -> None:
+def test_list_shows_one_row_per_series_the_live_occurrence(
+    store: Cronbox, session: Session
+) -> None:
     schedule(store, session, "daily", recurrence="0 9 * * *")
     live = add_later_occurrence(store, session.id, "daily")
     views = store.list_tasks(session.id, include_all=True)
@@ -179,13 +188,13 @@ def test_list_shows_one_row_per_series_the_live_occurrence(store: Store, session
     ids=["cancel", "pause", "resume", "update"],
 )
 def test_actions_on_an_unknown_id_raise_task_not_found(
-    store: Store, session: Session, act: Callable[[Store, str], TaskView]
+    store: Cronbox, session: Session, act: Callable[[Cronbox, str], TaskView]
 ) -> None:
     with pytest.raises(TaskNotFound, match='"nope"'):
         act(store, "nope")
 
 
-def test_actions_are_scoped_to_the_given_session(store: Store, session: Session) -> None:
+def test_actions_are_scoped_to_the_given_session(store: Cronbox, session: Session) -> None:
     other = store.create_session("other")
     schedule(store, session, "mine", processAfter="+1h")
     with pytest.raises(TaskNotFound):
@@ -196,7 +205,7 @@ def test_actions_are_scoped_to_the_given_session(store: Store, session: Session)
 # --- idempotent schedule ----------------------------------------------------------------
 
 
-def test_scheduling_the_same_id_twice_creates_one_task(store: Store, session: Session) -> None:
+def test_scheduling_the_same_id_twice_creates_one_task(store: Cronbox, session: Session) -> None:
     first = schedule(store, session, "t1", processAfter="2026-01-16T09:00:00")
     second = schedule(store, session, "t1", processAfter="2026-01-16T09:00:00")
     assert second == first
@@ -207,7 +216,7 @@ def test_scheduling_the_same_id_twice_creates_one_task(store: Store, session: Se
 
 
 def test_scheduling_an_id_used_by_another_session_is_rejected(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     other = store.create_session("other")
     schedule(store, session, "t1", processAfter="+1h")
@@ -218,7 +227,7 @@ def test_scheduling_an_id_used_by_another_session_is_rejected(
 
 
 def test_schedule_returns_the_first_run_read_in_the_session_zone(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     view = schedule(store, session, "t1", processAfter="2026-01-15T21:00:00")
     assert view.next_run == "2026-01-16T02:00:00.000Z"
@@ -231,7 +240,7 @@ def test_schedule_returns_the_first_run_read_in_the_session_zone(
 
 
 def test_cancel_ends_cancelled_and_list_hides_it_unless_asked(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     store.cancel_task("t1")
@@ -242,7 +251,7 @@ def test_cancel_ends_cancelled_and_list_hides_it_unless_asked(
     assert store.audit_entries(session.id)[0].action == "task.cancel"
 
 
-def test_cancelling_twice_is_a_clear_error(store: Store, session: Session) -> None:
+def test_cancelling_twice_is_a_clear_error(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     store.cancel_task("t1")
     with pytest.raises(TaskStateError) as info:
@@ -252,7 +261,7 @@ def test_cancelling_twice_is_a_clear_error(store: Store, session: Session) -> No
     assert message.count("\n") == 0
 
 
-def test_a_paused_task_can_be_cancelled(store: Store, session: Session) -> None:
+def test_a_paused_task_can_be_cancelled(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     store.pause_task("t1")
     assert store.cancel_task("t1").status is MessageStatus.CANCELLED
@@ -267,7 +276,7 @@ def test_a_paused_task_can_be_cancelled(store: Store, session: Session) -> None:
     ids=["resume-pending", "pause-paused"],
 )
 def test_pause_and_resume_refuse_the_wrong_state(
-    store: Store, session: Session, setup: list[str], act: str, words: str
+    store: Cronbox, session: Session, setup: list[str], act: str, words: str
 ) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     for step in setup:
@@ -276,7 +285,7 @@ def test_pause_and_resume_refuse_the_wrong_state(
         getattr(store, f"{act}_task")("t1")
 
 
-def test_pause_then_resume_keeps_the_time(store: Store, session: Session) -> None:
+def test_pause_then_resume_keeps_the_time(store: Cronbox, session: Session) -> None:
     view = schedule(store, session, "t1", processAfter="2026-01-16T09:00:00")
     assert store.pause_task("t1").status is MessageStatus.PAUSED
     assert store.list_tasks(session.id)[0].status is MessageStatus.PAUSED
@@ -286,7 +295,7 @@ def test_pause_then_resume_keeps_the_time(store: Store, session: Session) -> Non
 
 
 def test_resuming_a_past_due_recurring_task_moves_to_the_next_slot(
-    store: Store, session: Session, clock: ManualClock
+    store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     view = schedule(store, session, "daily", recurrence="0 9 * * *")
     assert view.next_run == "2026-01-15T14:00:00.000Z"
@@ -298,7 +307,7 @@ def test_resuming_a_past_due_recurring_task_moves_to_the_next_slot(
 
 
 def test_resuming_a_future_recurring_task_keeps_its_slot(
-    store: Store, session: Session, clock: ManualClock
+    store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     schedule(store, session, "daily", recurrence="0 9 * * *")
     store.pause_task("daily")
@@ -310,7 +319,7 @@ def test_resuming_a_future_recurring_task_keeps_its_slot(
 
 
 def test_update_recurrence_recomputes_the_next_run_in_the_task_zone(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     schedule(store, session, "daily", recurrence="0 9 * * *")
     view = store.update_task({"taskId": "daily", "recurrence": "0 18 * * *"})
@@ -322,7 +331,7 @@ def test_update_recurrence_recomputes_the_next_run_in_the_task_zone(
 
 
 def test_update_recurrence_of_a_later_occurrence_moves_that_occurrence(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     schedule(store, session, "daily", recurrence="0 9 * * *")
     live = add_later_occurrence(store, session.id, "daily")
@@ -332,14 +341,14 @@ def test_update_recurrence_of_a_later_occurrence_moves_that_occurrence(
     assert inbound_row(store, session.id, "daily").process_after == "2026-01-15T14:00:00.000Z"
 
 
-def test_update_process_after_recomputes_the_next_run(store: Store, session: Session) -> None:
+def test_update_process_after_recomputes_the_next_run(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="2026-01-16T09:00:00")
     view = store.update_task({"taskId": "t1", "processAfter": "2026-01-20T09:00:00Z"})
     assert view.next_run == "2026-01-20T09:00:00.000Z"
     assert due_index(store, session) == "2026-01-20T09:00:00.000Z"
 
 
-def test_update_prompt_only_leaves_the_time_alone(store: Store, session: Session) -> None:
+def test_update_prompt_only_leaves_the_time_alone(store: Cronbox, session: Session) -> None:
     before = schedule(store, session, "daily", recurrence="0 9 * * *")
     view = store.update_task({"taskId": "daily", "prompt": "something else"})
     assert view.next_run == before.next_run
@@ -350,21 +359,21 @@ def test_update_prompt_only_leaves_the_time_alone(store: Store, session: Session
     }
 
 
-def test_update_with_explicit_null_script_clears_it(store: Store, session: Session) -> None:
+def test_update_with_explicit_null_script_clears_it(store: Cronbox, session: Session) -> None:
     assert schedule(store, session, "t1", processAfter="+1h", script="echo hi").has_script
     view = store.update_task({"taskId": "t1", "script": None})
     assert not view.has_script
     assert inbound_row(store, session.id, "t1").script is None
 
 
-def test_update_without_script_keeps_it(store: Store, session: Session) -> None:
+def test_update_without_script_keeps_it(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="+1h", script="echo hi")
     store.update_task({"taskId": "t1", "prompt": "p"})
     assert inbound_row(store, session.id, "t1").script == "echo hi"
 
 
 def test_update_with_null_prompt_is_rejected_and_writes_nothing(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     before = inbound_row(store, session.id, "t1")
@@ -375,7 +384,7 @@ def test_update_with_null_prompt_is_rejected_and_writes_nothing(
 
 
 def test_clearing_recurrence_without_process_after_keeps_the_time(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     before = schedule(store, session, "daily", recurrence="0 9 * * *")
     view = store.update_task({"taskId": "daily", "recurrence": None})
@@ -412,7 +421,7 @@ def test_clearing_recurrence_without_process_after_keeps_the_time(
     ],
 )
 def test_a_rejected_update_writes_nothing(
-    store: Store, session: Session, change: dict[str, Any], error: str
+    store: Cronbox, session: Session, change: dict[str, Any], error: str
 ) -> None:
     schedule(store, session, "t1", processAfter="2026-01-16T09:00:00")
     before_row = inbound_row(store, session.id, "t1")
@@ -429,7 +438,7 @@ def test_a_rejected_update_writes_nothing(
 
 
 def test_the_due_index_follows_every_kind_of_write(
-    store: Store, session: Session, clock: ManualClock
+    store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     assert due_index(store, session) is None
     assert store.next_wake() is None
@@ -465,7 +474,7 @@ def test_the_due_index_follows_every_kind_of_write(
 
 
 def test_a_context_only_row_never_counts_as_due(
-    store: Store, session: Session, clock: ManualClock
+    store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     store.send_message(session.id, "fyi", trigger=False)
     store.post_system_note(session.id, "note")
@@ -477,7 +486,9 @@ def test_a_context_only_row_never_counts_as_due(
     assert store.due_sessions(clock.now()) == []
 
 
-def test_a_trigger_zero_row_inserted_directly_never_counts(store: Store, session: Session) -> None:
+def test_a_trigger_zero_row_inserted_directly_never_counts(
+    store: Cronbox, session: Session
+) -> None:
     with sdb.inbound(store.session_dir(session.id)) as db, db.atomic():
         sdb.insert_inbound(
             db,
@@ -499,7 +510,7 @@ def test_a_trigger_zero_row_inserted_directly_never_counts(store: Store, session
 
 
 def test_due_sessions_are_those_due_by_now_earliest_first(
-    store: Store, session: Session, clock: ManualClock
+    store: Cronbox, session: Session, clock: ManualClock
 ) -> None:
     other = store.create_session("other", timezone="UTC")
     idle = store.create_session("idle")
@@ -515,10 +526,10 @@ def test_due_sessions_are_those_due_by_now_earliest_first(
     assert idle.id not in dict(due)
 
 
-def test_reindex_restores_a_corrupted_due_index(store: Store, session: Session) -> None:
+def test_reindex_restores_a_corrupted_due_index(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="2026-01-18T00:00:00Z")
     schedule(store, session, "t2", processAfter="2026-01-19T00:00:00Z")
-    with store.central() as db, db.atomic():
+    with store.central.transaction() as db:
         db.execute(
             "UPDATE sessions SET next_due_at = ? WHERE id = ?",
             ["1999-01-01T00:00:00.000Z", session.id],
@@ -529,8 +540,8 @@ def test_reindex_restores_a_corrupted_due_index(store: Store, session: Session) 
     assert [v.id for v in store.list_tasks(session.id)] == ["t1", "t2"]
 
 
-def test_reindex_clears_a_due_index_with_nothing_pending(store: Store, session: Session) -> None:
-    with store.central() as db, db.atomic():
+def test_reindex_clears_a_due_index_with_nothing_pending(store: Cronbox, session: Session) -> None:
+    with store.central.transaction() as db:
         db.execute(
             "UPDATE sessions SET next_due_at = ? WHERE id = ?",
             ["2026-01-15T00:00:00.000Z", session.id],
@@ -542,7 +553,7 @@ def test_reindex_clears_a_due_index_with_nothing_pending(store: Store, session: 
 # --- the session files ----------------------------------------------------------------
 
 
-def test_inbound_seqs_are_even_and_increasing(store: Store, session: Session) -> None:
+def test_inbound_seqs_are_even_and_increasing(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     store.send_message(session.id, "hi")
     schedule(store, session, "t2", recurrence="0 9 * * *")
@@ -555,7 +566,7 @@ def test_inbound_seqs_are_even_and_increasing(store: Store, session: Session) ->
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
-def test_outbound_seqs_are_odd_and_increasing(store: Store, session: Session) -> None:
+def test_outbound_seqs_are_odd_and_increasing(store: Cronbox, session: Session) -> None:
     with sdb.outbound(store.session_dir(session.id)) as db:
         seqs = [
             sdb.insert_outbound(db, f"out-{i}", MessageKind.CHAT, {"text": str(i)}, START)
@@ -564,7 +575,7 @@ def test_outbound_seqs_are_odd_and_increasing(store: Store, session: Session) ->
     assert seqs == [1, 3, 5, 7]
 
 
-def test_an_odd_seq_cannot_enter_inbound(store: Store, session: Session) -> None:
+def test_an_odd_seq_cannot_enter_inbound(store: Cronbox, session: Session) -> None:
     path = store.session_dir(session.id) / sdb.INBOUND
     conn = sqlite3.connect(path)
     try:
@@ -579,7 +590,7 @@ def test_an_odd_seq_cannot_enter_inbound(store: Store, session: Session) -> None
 
 
 @pytest.mark.parametrize("name", [sdb.INBOUND, sdb.OUTBOUND])
-def test_session_dbs_use_journal_mode_delete(store: Store, session: Session, name: str) -> None:
+def test_session_dbs_use_journal_mode_delete(store: Cronbox, session: Session, name: str) -> None:
     directory = store.session_dir(session.id)
     schedule(store, session, "t1", processAfter="+1h")
     with sdb.outbound(directory):
@@ -593,7 +604,7 @@ def test_session_dbs_use_journal_mode_delete(store: Store, session: Session, nam
     assert not (directory / f"{name}-wal").exists()
 
 
-def test_stored_instants_are_canonical(store: Store, session: Session) -> None:
+def test_stored_instants_are_canonical(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="in 2 hours")
     row = inbound_row(store, session.id, "t1")
     assert row.created_at == START
@@ -601,7 +612,7 @@ def test_stored_instants_are_canonical(store: Store, session: Session) -> None:
     assert store.get_session(session.id).created_at == START
 
 
-def test_audit_log_records_who_did_what(store: Store, session: Session) -> None:
+def test_audit_log_records_who_did_what(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="+1h")
     store.pause_task("t1", actor="agent")
     entries = store.audit_entries(session.id)
@@ -613,7 +624,7 @@ def test_audit_log_records_who_did_what(store: Store, session: Session) -> None:
 
 
 def test_limits_are_per_store(tmp_path: Path, clock: ManualClock) -> None:
-    store = Store(tmp_path, clock=clock, limits=Limits(max_tasks_per_session=1))
+    store = Cronbox(tmp_path, clock=clock, limits=Limits(max_tasks_per_session=1))
     s = store.create_session("s")
     schedule(store, s, "a", processAfter="+1h")
     store.cancel_task("a")

@@ -15,7 +15,7 @@ from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
-from host.store import Store
+from host.service import Cronbox
 from host.sweep import SweepConfig, Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host, wait_for
 
@@ -43,14 +43,14 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return paths
 
 
-def ack(store: Store, session_id: str, message_id: str, attempt: int, status: AckStatus) -> None:
+def ack(store: Cronbox, session_id: str, message_id: str, attempt: int, status: AckStatus) -> None:
     """Write an ack as the runner would (the test plays the container)."""
     with sdb.outbound(store.session_dir(session_id)) as db, db.atomic():
         sdb.set_ack(db, message_id, attempt, status, fmt(store.now()), None, "done")
 
 
 async def test_idle_tick_opens_no_session_file(tmp_path: Path, opened: list[Path]) -> None:
-    store = Store(tmp_path / "home", clock=ManualClock("2026-01-01T00:00:00Z"))
+    store = Cronbox(tmp_path / "home", clock=ManualClock("2026-01-01T00:00:00Z"))
     for i in range(20):
         session = store.create_session(f"idle-{i}")
         store.schedule_task(session.id, {"prompt": "later", "processAfter": "+1d"})
@@ -63,7 +63,7 @@ async def test_idle_tick_opens_no_session_file(tmp_path: Path, opened: list[Path
 
 async def test_a_broken_session_does_not_stop_the_others(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     broken = store.create_session("broken")
     store.schedule_task(broken.id, {"prompt": "doomed", "processAfter": "now"})
     (store.session_dir(broken.id) / sdb.INBOUND).write_bytes(b"this is not a database" * 100)
@@ -76,7 +76,7 @@ async def test_a_broken_session_does_not_stop_the_others(tmp_path: Path) -> None
 
 async def test_task_past_its_run_timeout_is_stopped_and_recorded_timeout(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
     session = store.create_session("slowpoke")
     task = store.schedule_task(
         session.id,
@@ -93,7 +93,7 @@ async def test_task_past_its_run_timeout_is_stopped_and_recorded_timeout(tmp_pat
 
 def test_finished_occurrence_gets_exactly_one_next_occurrence(tmp_path: Path) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
-    store = Store(tmp_path / "home", clock=clock, default_timezone="Europe/Berlin")
+    store = Cronbox(tmp_path / "home", clock=clock, default_timezone="Europe/Berlin")
     session = store.create_session("daily")
     task = store.schedule_task(session.id, {"prompt": "brief", "recurrence": "0 9 * * *"})
     assert task.next_run == "2026-01-16T08:00:00.000Z"
@@ -114,7 +114,7 @@ def test_finished_occurrence_gets_exactly_one_next_occurrence(tmp_path: Path) ->
 
 def test_failed_and_skipped_occurrences_still_continue_the_series(tmp_path: Path) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
-    store = Store(tmp_path / "home", clock=clock)
+    store = Cronbox(tmp_path / "home", clock=clock)
     session = store.create_session("stubborn")
     task = store.schedule_task(session.id, {"prompt": "p", "recurrence": "@hourly"})
     clock.set("2026-01-15T09:00:01Z")
@@ -148,7 +148,7 @@ def test_catch_up_after_downtime_coalesces_or_misses(
     tmp_path: Path, grace: int | None, status: MessageStatus, slot: str, outcome: RunOutcome | None
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
-    store = Store(tmp_path / "home", clock=clock)
+    store = Cronbox(tmp_path / "home", clock=clock)
     session = store.create_session("sleepy")
     request: dict[str, Any] = {"prompt": "p", "recurrence": "0 9 * * *"}
     if grace is not None:
@@ -168,7 +168,7 @@ def test_history_keeps_the_start_time_even_when_processing_was_never_seen(
     tmp_path: Path,
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
-    store = Store(tmp_path / "home", clock=clock)
+    store = Cronbox(tmp_path / "home", clock=clock)
     session = store.create_session("quick")
     task = store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1m"})
     clock.set("2026-01-15T08:01:00.250Z")
@@ -188,7 +188,7 @@ async def test_restart_rederives_only_sessions_changed_behind_the_index(
     tmp_path: Path, opened: list[Path]
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
-    store = Store(tmp_path / "home", clock=clock)
+    store = Cronbox(tmp_path / "home", clock=clock)
     sessions = [store.create_session(f"s{i}") for i in range(3)]
     for session in sessions:
         store.schedule_task(session.id, {"prompt": "later", "processAfter": "+1d"})

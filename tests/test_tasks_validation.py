@@ -25,7 +25,8 @@ from cronbox_shared.tasks import (
     validate_schedule,
 )
 from cronbox_shared.timeutil import ManualClock
-from host.store import Limits, Session, Store
+from host.service import Cronbox, Limits
+from host.store.records import Session
 
 START = "2026-01-15T12:00:00.000Z"
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -36,16 +37,16 @@ MAX = 64 * 1024
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path, clock=ManualClock(START))
+def store(tmp_path: Path) -> Cronbox:
+    return Cronbox(tmp_path, clock=ManualClock(START))
 
 
 @pytest.fixture
-def session(store: Store) -> Session:
+def session(store: Cronbox) -> Session:
     return store.create_session("work", timezone="America/New_York")
 
 
-def assert_nothing_written(store: Store, session: Session) -> None:
+def assert_nothing_written(store: Cronbox, session: Session) -> None:
     with sdb.inbound(store.session_dir(session.id), readonly=True) as db:
         assert db.table("messages_in").count == 0
     assert store.list_tasks(session.id, include_all=True) == []
@@ -135,7 +136,7 @@ REJECTED: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ids=[case[0] for case in REJECTED],
 )
 def test_a_rejected_schedule_is_one_sentence_and_writes_nothing(
-    store: Store, session: Session, fields: dict[str, Any], error: type[Exception], words: str
+    store: Cronbox, session: Session, fields: dict[str, Any], error: type[Exception], words: str
 ) -> None:
     merged: dict[str, Any] = {"prompt": "do it", "processAfter": "+1h", **fields}
     request = {k: v for k, v in merged.items() if v is not None}
@@ -148,7 +149,7 @@ def test_a_rejected_schedule_is_one_sentence_and_writes_nothing(
 
 
 def test_a_recurrence_below_a_configured_minimum_is_rejected(tmp_path: Path) -> None:
-    store = Store(
+    store = Cronbox(
         tmp_path,
         clock=ManualClock(START),
         limits=Limits(min_interval=timedelta(seconds=120)),
@@ -164,7 +165,7 @@ def test_a_recurrence_below_a_configured_minimum_is_rejected(tmp_path: Path) -> 
 
 
 def test_a_lower_minimum_admits_a_faster_recurrence(tmp_path: Path) -> None:
-    store = Store(
+    store = Cronbox(
         tmp_path,
         clock=ManualClock(START),
         limits=Limits(min_interval=timedelta(seconds=10)),
@@ -175,7 +176,7 @@ def test_a_lower_minimum_admits_a_faster_recurrence(tmp_path: Path) -> None:
 
 
 def test_more_than_max_tasks_per_session_is_rejected_and_writes_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path, clock=ManualClock(START), limits=Limits(max_tasks_per_session=3))
+    store = Cronbox(tmp_path, clock=ManualClock(START), limits=Limits(max_tasks_per_session=3))
     session = store.create_session("work")
     for i in range(3):
         store.schedule_task(session.id, {"taskId": f"t{i}", "prompt": "p", "processAfter": "+1h"})
@@ -194,18 +195,18 @@ def test_more_than_max_tasks_per_session_is_rejected_and_writes_nothing(tmp_path
 
 
 @pytest.mark.parametrize("field", ["prompt", "script"])
-def test_exactly_64_kib_is_accepted(store: Store, session: Session, field: str) -> None:
+def test_exactly_64_kib_is_accepted(store: Cronbox, session: Session, field: str) -> None:
     request = {"prompt": "p", "processAfter": "+1h", field: "x" * MAX}
     view = store.schedule_task(session.id, request)
     assert store.get_task(view.id).status == "pending"
 
 
-def test_a_slightly_past_one_time_time_runs_now(store: Store, session: Session) -> None:
+def test_a_slightly_past_one_time_time_runs_now(store: Cronbox, session: Session) -> None:
     view = store.schedule_task(session.id, {"prompt": "p", "processAfter": "2026-01-15T11:59:30Z"})
     assert view.next_run == START
 
 
-def test_a_past_process_after_with_a_recurrence_is_kept(store: Store, session: Session) -> None:
+def test_a_past_process_after_with_a_recurrence_is_kept(store: Cronbox, session: Session) -> None:
     view = store.schedule_task(
         session.id,
         {"prompt": "p", "processAfter": "2026-01-15T10:00:00Z", "recurrence": "0 9 * * *"},
@@ -214,13 +215,13 @@ def test_a_past_process_after_with_a_recurrence_is_kept(store: Store, session: S
 
 
 def test_only_a_recurrence_first_runs_at_its_next_occurrence(
-    store: Store, session: Session
+    store: Cronbox, session: Session
 ) -> None:
     view = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 9 * * MON-FRI"})
     assert view.next_run == "2026-01-15T14:00:00.000Z"  # Thursday 09:00 in New York
 
 
-def test_a_task_timezone_overrides_the_session_zone(store: Store, session: Session) -> None:
+def test_a_task_timezone_overrides_the_session_zone(store: Cronbox, session: Session) -> None:
     view = store.schedule_task(
         session.id, {"prompt": "p", "recurrence": "0 9 * * *", "timezone": "Asia/Tokyo"}
     )

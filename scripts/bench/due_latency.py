@@ -43,7 +43,7 @@ from _common import percentile, ratio, secs, table
 
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.daemon import sweep_config
-from host.store import Store
+from host.service import Cronbox
 from host.sweep import Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host
 
@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0
     )
     sweep = fast_sweep(settings) if args.fast_poll else sweep_config(settings)
-    store = Store.from_settings(settings)
+    store = Cronbox.from_settings(settings)
 
     began = time.perf_counter()
     sessions = [store.create_session(f"bench-{i:04d}").id for i in range(args.tasks)]

@@ -49,7 +49,8 @@ from cronbox_shared.tasks import ScheduleRequest, validate_schedule
 from cronbox_shared.timeutil import SystemClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
-from host.store import Store, task_row
+from host.service import Cronbox, task_row
+from host.store.files import row_values
 from host.sweep import SweepConfig, Sweeper
 
 HORIZON = timedelta(days=30)
@@ -93,7 +94,7 @@ def task_requests(rng: random.Random, index: int, count: int, now: datetime) -> 
 def build_chunk(job: tuple[str, int, int, int, int]) -> int:
     """Create sessions ``start..stop`` with their tasks (runs in a worker process)."""
     home, start, stop, per_session, seed = job
-    store = Store(Path(home))
+    store = Cronbox(Path(home))
     # Validate against an hour from now: no first run, recurring or not, is due sooner.
     ref = store.now() + NOT_BEFORE
     for index in range(start, stop):
@@ -112,13 +113,13 @@ def build_chunk(job: tuple[str, int, int, int, int]) -> int:
         with sdb.inbound(store.session_dir(session.id)) as db:
             db.execute("BEGIN IMMEDIATE")
             for task in valid:
-                sdb.insert_inbound(db, task_row(task, now))
+                sdb.insert_inbound(db, row_values(task_row(task, now)))
             db.conn.commit()
     return stop - start
 
 
-def build(args: argparse.Namespace, home: Path) -> Store:
-    store = Store(home)
+def build(args: argparse.Namespace, home: Path) -> Cronbox:
+    store = Cronbox(home)
     have = len(store.list_sessions())
     if have == args.sessions:
         print(f"build: reusing {have} sessions in {home}")
@@ -168,7 +169,7 @@ class Connections:
             self.by_file[name] = self.by_file.get(name, 0) + 1
 
 
-async def measure_ticks(store: Store, ticks: int, conns: Connections) -> dict[str, list[float]]:
+async def measure_ticks(store: Cronbox, ticks: int, conns: Connections) -> dict[str, list[float]]:
     sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), SystemClock())
     for _ in range(5):  # warm-up: thread pool, first connections
         await sweeper.tick()
@@ -190,7 +191,7 @@ async def measure_ticks(store: Store, ticks: int, conns: Connections) -> dict[st
     return {"tick": tick_times, "pass": pass_times}
 
 
-def nanoclaw_sweep(store: Store) -> tuple[float, float, int]:
+def nanoclaw_sweep(store: Cronbox) -> tuple[float, float, int]:
     """One nanoclaw-style sweep: (list time, open-and-query time, due rows found)."""
     began = time.perf_counter()
     sessions = store.list_sessions()

@@ -1,0 +1,713 @@
+"""The service layer: cronbox's commands, with their validation and audit.
+
+The CLI, the delivery of agent actions and (later) the HTTP API all call these. A
+command validates its input (``cronbox_shared.tasks``), changes a session's inbound.db
+in one transaction through the session-file repository, then brings the central view
+up to date from what that transaction left (due index, task mirror, run records, audit
+entry) in one transaction on cronbox.db. If the host dies between the two, the
+change-counter check at the next start re-derives the central view, so the session
+files stay the truth. Settlement decisions are pure functions in
+:mod:`host.settlement`; this module only reads their inputs and applies their plans.
+
+Every method is synchronous and blocking. In the host they run in the one writer
+thread (:mod:`host.writer`); the CLI calls them directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cronbox_shared.errors import (
+    AlreadyHandled,
+    InvalidInput,
+    SessionExists,
+    TaskNotFound,
+    TaskStateError,
+    TooManyTasks,
+)
+from cronbox_shared.models import (
+    MAX_CHAT_BYTES,
+    DeliveryStatus,
+    InboundMessage,
+    MessageKind,
+    MessageStatus,
+)
+from cronbox_shared.tasks import (
+    ScheduleRequest,
+    UpdateRequest,
+    ValidTask,
+    resume_at,
+    validate_schedule,
+    validate_update,
+)
+from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc, zone
+from host.config import Settings
+from host.liveness import Claim
+from host.settlement import (
+    OCCURRENCE_SEP,
+    Policy,
+    SettlementPlan,
+    plan_catch_up,
+    plan_requeue,
+    series_of,
+    settle_acks,
+)
+from host.store.central import ChangeWatcher, SqliteCentral
+from host.store.files import InboxTx, SqliteSessionFiles
+from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, TaskView
+
+T = TypeVar("T")
+MAX_DETAIL_CHARS = 2000
+# How many finished rows one pruning pass deletes at most (a pass never stalls a session).
+PRUNE_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validation limits applied to every task request, whoever sends it."""
+
+    min_interval: timedelta = timedelta(seconds=60)
+    max_tasks_per_session: int = 1000
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An outbound row being handled: recorded in the same inbound transaction as its
+    effect, so a crash can neither lose nor repeat it."""
+
+    seq: int
+    message_id: str
+    channels: tuple[str, ...] = ("action",)
+    status: DeliveryStatus = DeliveryStatus.APPLIED
+    detail: str | None = None
+
+
+@dataclass
+class _Work:
+    """What one inbound transaction changed, for the central view."""
+
+    series: list[str] | None = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    runs: Sequence[RunRecord] = ()
+
+
+def task_row(valid: ValidTask, now: str) -> InboundMessage:
+    """The ``messages_in`` row of a new task: the first occurrence of its own series."""
+    first = fmt(valid.first_run)
+    return InboundMessage(
+        id=valid.id, seq=0, kind=MessageKind.TASK, created_at=now, updated_at=now,
+        status=MessageStatus.PENDING, process_after=first, scheduled_for=first,
+        recurrence=valid.recurrence.expr if valid.recurrence else None,
+        timezone=valid.timezone, series_id=valid.id, tries=0, trigger=1,
+        content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
+    )  # fmt: skip
+
+
+def describe_recurrence(expr: str | None) -> str:
+    """The recurrence in words, or "once"."""
+    from cronbox_shared.recurrence import stored_recurrence
+
+    return stored_recurrence(expr).describe() if expr else "once"
+
+
+# Which states each status action accepts (the shared rule), and what it leads to.
+_TRANSITIONS: dict[str, tuple[frozenset[MessageStatus], MessageStatus]] = {
+    "cancel": (frozenset({MessageStatus.PENDING, MessageStatus.PAUSED}), MessageStatus.CANCELLED),
+    "pause": (frozenset({MessageStatus.PENDING}), MessageStatus.PAUSED),
+    "resume": (frozenset({MessageStatus.PAUSED}), MessageStatus.PENDING),
+}
+
+
+class Cronbox:
+    """cronbox's commands and queries over one ``CRONBOX_HOME``."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        clock: Clock | None = None,
+        default_timezone: str = "UTC",
+        limits: Limits | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.clock: Clock = clock or SystemClock()
+        self.default_timezone = zone(default_timezone, "the host timezone").key
+        self.limits = limits or Limits()
+        self.central = SqliteCentral(self.home)
+        self.files = SqliteSessionFiles(self.home)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Cronbox:
+        """The service under ``settings.home`` with the configured zone and limits."""
+        return cls(
+            settings.home,
+            clock=clock,
+            default_timezone=settings.timezone(),
+            limits=Limits(
+                min_interval=timedelta(seconds=settings.min_interval),
+                max_tasks_per_session=settings.max_tasks_per_session,
+            ),
+        )
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current instant from the injected clock."""
+        return self.clock.now()
+
+    def session_dir(self, session_id: str) -> Path:
+        """The directory holding a session's files."""
+        return self.files.directory(session_id)
+
+    def watch_changes(self) -> ChangeWatcher:
+        """A watcher that notices commits to ``cronbox.db`` made by other connections."""
+        return self.central.watch()
+
+    def _entry(
+        self, actor: str, action: str, session_id: str | None, target: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEntry:  # fmt: skip
+        return AuditEntry(
+            at=fmt(self.now()), actor=actor, action=action, session_id=session_id,
+            target=target, detail=detail,
+        )  # fmt: skip
+
+    def _commit(
+        self,
+        session_id: str,
+        work: Callable[[InboxTx, _Work], T],
+        receipt: Receipt | None = None,
+    ) -> T:
+        """Run ``work`` in one inbound transaction, then update the central view.
+
+        With a ``receipt`` the outbound row is recorded in that same transaction; one
+        already recorded raises AlreadyHandled and nothing is written.
+        """
+        done = _Work()
+        now = fmt(self.now())
+        with self.files.transaction(session_id) as tx:
+            if receipt is not None and not tx.accept_outbound(
+                receipt.seq, receipt.message_id[:200], receipt.channels, receipt.status, now,
+                _cap(receipt.detail, MAX_DETAIL_CHARS),
+            ):  # fmt: skip
+                raise AlreadyHandled(receipt.seq)
+            result = work(tx, done)
+            view = tx.view(done.series)
+        self.central.apply_view(
+            session_id, view, self.files.version(session_id), now=now, runs=done.runs,
+            audit=done.audit,
+        )  # fmt: skip
+        return result
+
+    def record_audit(
+        self, actor: str, action: str, session_id: str | None, target: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Append one audit entry."""
+        self.central.record_audit(self._entry(actor, action, session_id, target, detail))
+
+    def audit_entries(self, session_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries, newest first."""
+        return self.central.audit_entries(session_id, limit)
+
+    # --- sessions ----------------------------------------------------------------------
+
+    def create_session(
+        self, name: str, *, agent: str = "echo", timezone: str | None = None, actor: str = "cli"
+    ) -> Session:
+        """Register a session and create its directory and inbox."""
+        name = _session_name(name)
+        tz = zone(timezone, "--timezone").key if timezone else self.default_timezone
+        if self.central.name_taken(name):
+            raise SessionExists(name)
+        session_id = self.files.create()
+        session = Session(
+            id=session_id, name=name, agent=agent, timezone=tz, container={},
+            created_at=fmt(self.now()), last_active_at=None, next_due_at=None,
+        )  # fmt: skip
+        entry = self._entry(actor, "session.create", session_id, name, {"agent": agent, "tz": tz})
+        self.central.insert_session(session, entry)
+        return self.get_session(session_id)
+
+    def update_session(
+        self, ref: str, *, agent: str | None = None, timezone: str | None = None,
+        actor: str = "cli",
+    ) -> Session:  # fmt: skip
+        """Change a session's agent profile or default timezone (its tasks keep theirs)."""
+        session = self.get_session(ref)
+        fields: dict[str, str] = {}
+        if agent is not None:
+            if not agent.strip():
+                raise InvalidInput("the agent profile name is empty; give a profile name")
+            fields["agent"] = agent.strip()
+        if timezone is not None:
+            fields["timezone"] = zone(timezone, "--timezone").key
+        if not fields:
+            raise InvalidInput("nothing to change; give --agent or --timezone")
+        entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
+        self.central.update_session(session.id, fields, entry)
+        return self.get_session(session.id)
+
+    def delete_session(self, ref: str, *, actor: str = "cli") -> Session:
+        """Forget a session that has no live runner; its directory moves to ``trash/``.
+
+        Its run history and audit trail stay in cronbox.db.
+        """
+        session = self.get_session(ref)
+        if any(lease.session_id == session.id for lease in self.central.leases()):
+            raise TaskStateError(
+                f"session {session.name} has a runner working right now; "
+                "stop the host or wait for the runner to finish, then delete it"
+            )
+        trash = self.home / "trash"
+        trash.mkdir(exist_ok=True)
+        self.session_dir(session.id).rename(trash / f"{session.id}-{secrets.token_hex(3)}")
+        self.central.delete_session(
+            session.id, self._entry(actor, "session.delete", session.id, session.name)
+        )
+        return session
+
+    def get_session(self, ref: str) -> Session:
+        """A session by id or name."""
+        return self.central.session(ref)
+
+    def list_sessions(self) -> list[Session]:
+        """Every session, oldest first."""
+        return self.central.sessions()
+
+    def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, str]]:
+        """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
+        return self.central.due_sessions(fmt(now), limit)
+
+    def next_wake(self) -> datetime | None:
+        """The earliest ``next_due_at`` over all sessions."""
+        value = self.central.next_wake()
+        return parse_utc(value) if value else None
+
+    # --- the central view --------------------------------------------------------------
+
+    def sync_session(self, session_id: str) -> None:
+        """Re-derive the whole central view of one session from its inbound.db."""
+
+        def full(tx: InboxTx, done: _Work) -> None:
+            done.series = None
+
+        self._commit(session_id, full)
+
+    def stale_sessions(self) -> list[str]:
+        """Sessions whose inbound.db changed after their central view was derived.
+
+        Every write derives the view right after committing to inbound.db, so only a
+        crash between the two leaves a session here; a restarted host re-derives just
+        those instead of opening every session's database.
+        """
+        return [
+            sid
+            for sid, seen in self.central.inbound_versions()
+            if seen is None or seen != self.files.version(sid)
+        ]
+
+    def reindex(self) -> int:
+        """Re-derive every session's central state from its files."""
+        sessions = self.list_sessions()
+        for session in sessions:
+            self.sync_session(session.id)
+        return len(sessions)
+
+    # --- inbound messages --------------------------------------------------------------
+
+    def send_message(
+        self, session_ref: str, text: str, *, sender: str = "user", trigger: bool = True,
+        actor: str = "cli",
+    ) -> InboundMessage:  # fmt: skip
+        """Append a chat message to a session's inbox, due at once."""
+        session = self.get_session(session_ref)
+        if not text.strip():
+            raise InvalidInput("the message is empty; give the text to send")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                "the message is not valid Unicode text (it holds a lone surrogate); "
+                "send it as UTF-8"
+            ) from None
+        if size > MAX_CHAT_BYTES:
+            raise InvalidInput(
+                f"the message is over {MAX_CHAT_BYTES // 1024} KiB; shorten it "
+                "or put the bulk in a workspace file"
+            )
+        row = self._simple_row(session, MessageKind.CHAT, {"text": text, "sender": sender}, trigger)
+
+        def insert(tx: InboxTx, done: _Work) -> None:
+            tx.insert(row)
+            done.audit.append(self._entry(actor, "chat.send", session.id, row.id))
+
+        self._commit(session.id, insert)
+        return self._row(session.id, row.id)
+
+    def post_system_note(
+        self, session_id: str, text: str, *, trigger: bool = False, receipt: Receipt | None = None
+    ) -> None:
+        """Tell the agent something (e.g. why its request was rejected) on its next turn."""
+        session = self.get_session(session_id)
+        row = self._simple_row(
+            session, MessageKind.SYSTEM, {"text": text, "sender": "cronbox"}, trigger
+        )
+        self._commit(session.id, lambda tx, done: tx.insert(row), receipt)
+
+    def _simple_row(
+        self, session: Session, kind: MessageKind, content: dict[str, Any], trigger: bool
+    ) -> InboundMessage:
+        now = fmt(self.now())
+        return InboundMessage(
+            id=f"{kind.value}-{secrets.token_hex(6)}", seq=0, kind=kind, created_at=now,
+            updated_at=now, status=MessageStatus.PENDING, process_after=now, scheduled_for=now,
+            recurrence=None, timezone=session.timezone, series_id=None, tries=0,
+            trigger=int(trigger), content=content,
+        )  # fmt: skip
+
+    def _row(self, session_id: str, message_id: str) -> InboundMessage:
+        with self.files.transaction(session_id) as tx:
+            row = tx.get(message_id)
+        assert row is not None
+        return row
+
+    def inbound_rows(self, session_id: str) -> list[InboundMessage]:
+        """Every row of a session's inbox, oldest first (for status views and tests)."""
+        return self.files.all_rows(session_id)
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def schedule_task(
+        self, session_ref: str, request: ScheduleRequest | dict[str, Any], *,
+        actor: str = "cli", receipt: Receipt | None = None,
+    ) -> TaskView:  # fmt: skip
+        """Validate and schedule a task; scheduling an existing id returns that task."""
+        session = self.get_session(session_ref)
+        req = request if isinstance(request, ScheduleRequest) else ScheduleRequest.parse(request)
+        valid = validate_schedule(
+            req, default_tz=session.timezone, now=self.now(),
+            min_interval=self.limits.min_interval,
+        )  # fmt: skip
+        owner = self.central.locate(valid.id, valid.id)
+        if owner is not None and owner[0] != session.id:
+            raise InvalidInput(
+                f'task id "{valid.id}" is already used by another session; choose another id'
+            )
+        now = fmt(self.now())
+
+        def insert(tx: InboxTx, done: _Work) -> None:
+            done.series = [valid.id]
+            if tx.current(valid.id) is not None:
+                return  # the same id again: idempotent
+            if tx.live_task_count() >= self.limits.max_tasks_per_session:
+                raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
+            tx.insert(task_row(valid, now))
+            detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,
+                      "first_run": fmt(valid.first_run)}  # fmt: skip
+            done.audit.append(self._entry(actor, "task.schedule", session.id, valid.id, detail))
+
+        self._commit(session.id, insert, receipt)
+        return self.get_task(valid.id, session_id=session.id)
+
+    def _locate(self, ref: str, session_id: str | None) -> tuple[str, str]:
+        """(session id, series id) for a task id, occurrence id or series id."""
+        found = self.central.locate(series_of(ref), ref)
+        if found is None or (session_id is not None and found[0] != session_id):
+            raise TaskNotFound(ref)
+        return found
+
+    @staticmethod
+    def _live(tx: InboxTx, ref: str) -> InboundMessage:
+        current = tx.current(series_of(ref))
+        if current is None:
+            raise TaskNotFound(ref)
+        if not current.status.live:
+            raise TaskStateError(
+                f'task "{ref}" has no live occurrence (last one is {current.status.value}); '
+                "schedule a new task instead"
+            )
+        return current
+
+    def get_task(self, ref: str, *, session_id: str | None = None) -> TaskView:
+        """One task series by id, occurrence id or series id."""
+        _, series = self._locate(ref, session_id)
+        views = self.central.task_views(series_id=series)
+        if not views:
+            raise TaskNotFound(ref)
+        return views[0]
+
+    def list_tasks(
+        self, session_ref: str | None = None, *, include_all: bool = False
+    ) -> list[TaskView]:
+        """Task series, live ones by default, soonest next run first."""
+        session_id = self.get_session(session_ref).id if session_ref is not None else None
+        return self.central.task_views(session_id=session_id, live_only=not include_all)
+
+    def live_task_count(self) -> int:
+        """Live task series over every session."""
+        return self.central.live_task_count()
+
+    def _change_status(
+        self, ref: str, action: str, actor: str, session_id: str | None,
+        receipt: Receipt | None,
+    ) -> TaskView:  # fmt: skip
+        session, series = self._locate(ref, session_id)
+        allowed, to = _TRANSITIONS[action]
+        now = self.now()
+
+        def change(tx: InboxTx, done: _Work) -> None:
+            live = self._live(tx, series)
+            if live.status not in allowed:
+                raise TaskStateError(
+                    f'task "{ref}" is {live.status.value}, so it cannot be {action}d'
+                    if action != "cancel"
+                    else f'task "{ref}" is {live.status.value} and cannot be cancelled'
+                )
+            fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
+            resumed = resume_at(live, now) if to is MessageStatus.PENDING else None
+            if resumed is not None and live.recurrence:
+                fields.update(process_after=fmt(resumed), scheduled_for=fmt(resumed))
+            tx.update(live.id, **fields)
+            done.series = [series]
+            done.audit.append(self._entry(actor, f"task.{action}", session, series))
+
+        self._commit(session, change, receipt)
+        return self.get_task(series)
+
+    def cancel_task(
+        self, ref: str, *, actor: str = "cli", session_id: str | None = None,
+        receipt: Receipt | None = None,
+    ) -> TaskView:  # fmt: skip
+        """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``."""
+        return self._change_status(ref, "cancel", actor, session_id, receipt)
+
+    def pause_task(
+        self, ref: str, *, actor: str = "cli", session_id: str | None = None,
+        receipt: Receipt | None = None,
+    ) -> TaskView:  # fmt: skip
+        """Pause a pending task; it keeps its place but never fires until resumed."""
+        return self._change_status(ref, "pause", actor, session_id, receipt)
+
+    def resume_task(
+        self, ref: str, *, actor: str = "cli", session_id: str | None = None,
+        receipt: Receipt | None = None,
+    ) -> TaskView:  # fmt: skip
+        """Resume a paused task; a recurring one continues from its next slot."""
+        return self._change_status(ref, "resume", actor, session_id, receipt)
+
+    def update_task(
+        self, request: UpdateRequest | dict[str, Any], *, actor: str = "cli",
+        session_id: str | None = None, receipt: Receipt | None = None,
+    ) -> TaskView:  # fmt: skip
+        """Change a task's prompt, script, time or recurrence; reschedules the live occurrence."""
+        req = request if isinstance(request, UpdateRequest) else UpdateRequest.parse(request)
+        session, series = self._locate(req.task_id, session_id)
+        now = self.now()
+
+        def change(tx: InboxTx, done: _Work) -> None:
+            live = self._live(tx, series)
+            changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
+            fields: dict[str, Any] = {"updated_at": fmt(now)}
+            if changes.content is not None:
+                fields["content"] = changes.content
+            if changes.recurrence_changed:
+                fields["recurrence"] = changes.recurrence
+            if changes.process_after is not None:
+                when = fmt(changes.process_after)
+                fields.update(process_after=when, scheduled_for=when)
+            tx.update(live.id, **fields)
+            detail = {k: v for k, v in fields.items() if k in ("recurrence", "process_after")}
+            done.series = [series]
+            done.audit.append(self._entry(actor, "task.update", session, series, detail))
+
+        self._commit(session, change, receipt)
+        return self.get_task(series)
+
+    def run_now(self, ref: str, *, actor: str = "cli") -> InboundMessage:
+        """Fire a task once now, outside its schedule; the series is left as it is."""
+        session, series = self._locate(ref, None)
+        now = fmt(self.now())
+        run_id = f"{series}{OCCURRENCE_SEP}run-{secrets.token_hex(4)}"
+
+        def insert(tx: InboxTx, done: _Work) -> None:
+            current = tx.current(series)
+            if current is None:
+                raise TaskNotFound(ref)
+            if not current.status.live:
+                raise TaskStateError(
+                    f'task "{ref}" has no live occurrence (last one is '
+                    f"{current.status.value}); schedule a new task instead"
+                )
+            tx.insert(
+                current.model_copy(
+                    update={
+                        "id": run_id, "seq": 0, "created_at": now, "updated_at": now,
+                        "status": MessageStatus.PENDING, "process_after": now,
+                        "scheduled_for": now, "recurrence": None, "series_id": series,
+                        "tries": 0, "trigger": 1, "misfire_grace": None, "error": None,
+                        "content": {**current.content, "manual": True},
+                    }
+                )
+            )  # fmt: skip
+            done.audit.append(self._entry(actor, "task.run", session, series))
+
+        self._commit(session, insert)
+        return self._row(session, run_id)
+
+    def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
+        """Past runs of a task series, newest first."""
+        session, series = self._locate(ref, None)
+        return self.central.runs(session, series, limit)
+
+    # --- settlement (the host's sweep) -------------------------------------------------
+
+    def _apply_plan(
+        self, session_id: str, plan_of: Callable[[InboxTx], SettlementPlan]
+    ) -> SettlementPlan:
+        def apply(tx: InboxTx, done: _Work) -> SettlementPlan:
+            plan = plan_of(tx)
+            tx.apply(plan.changes)
+            done.series = list(plan.series)
+            done.runs = plan.runs
+            return plan
+
+        return self._commit(session_id, apply)
+
+    def settle_acks(self, session_id: str, default_timeout: timedelta) -> SettlementPlan:
+        """Apply the runner's acks to the inbox and the run history (sweep steps 1 and 5).
+
+        Only due rows can have been claimed, so future ones are never read. Returns the
+        plan: rows still claimed, and the occurrences it finished.
+        """
+        if not self.files.has_outbox(session_id):
+            return SettlementPlan()
+        policy = Policy(default_timeout=default_timeout)
+
+        def plan(tx: InboxTx) -> SettlementPlan:
+            now = self.now()
+            due = {r.id: r for r in tx.due_rows(fmt(now))}
+            return settle_acks(due, self.files.acks(session_id, list(due)), now, policy)
+
+        return self._apply_plan(session_id, plan)
+
+    def requeue(
+        self, session_id: str, claims: Sequence[Claim], reason: str, *,
+        timed_out: Sequence[str] = (), retry_base: timedelta = timedelta(seconds=5),
+    ) -> SettlementPlan:  # fmt: skip
+        """Settle the rows a runner that is gone left claimed (sweep step 4).
+
+        Reads only those rows, whatever the size of the inbox.
+        """
+        if not claims:
+            return SettlementPlan()
+        policy = Policy(retry_base=retry_base)
+
+        def plan(tx: InboxTx) -> SettlementPlan:
+            rows = tx.rows([c.message_id for c in claims])
+            return plan_requeue(rows, claims, reason, self.now(), policy, timed_out)
+
+        return self._apply_plan(session_id, plan)
+
+    def prepare_due(self, session_id: str) -> int:
+        """Apply the catch-up rule to a session's due rows before its runner is woken.
+
+        Returns the rows changed.
+        """
+
+        def plan(tx: InboxTx) -> SettlementPlan:
+            now = self.now()
+            return plan_catch_up(tx.due_rows(fmt(now)), now)
+
+        return len(self._apply_plan(session_id, plan).series)
+
+    def prune_finished(self, session_id: str, keep: timedelta) -> int:
+        """Delete a session's finished inbox rows older than ``keep`` (run history stays)."""
+        before = fmt(self.now() - keep)
+
+        def prune(tx: InboxTx, done: _Work) -> int:
+            return tx.prune_finished(before, PRUNE_BATCH)
+
+        return self._commit(session_id, prune)
+
+    # --- outbound: replies and agent actions -------------------------------------------
+
+    def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Raw ``messages_out`` rows the host has not taken in yet, oldest first (untrusted)."""
+        return self.files.undelivered(session_id, limit)
+
+    def accept_reply(self, session_id: str, receipt: Receipt) -> None:
+        """Take a reply in: one delivery row per channel, pending until each is delivered."""
+        self._commit(session_id, lambda tx, done: None, receipt)
+
+    def record_attempt(
+        self, session_id: str, seq: int, channel: str, status: DeliveryStatus,
+        next_attempt: datetime | None, error: str | None,
+    ) -> None:  # fmt: skip
+        """Record one channel's attempt at a reply."""
+        with self.files.transaction(session_id) as tx:
+            tx.record_attempt(
+                seq, channel, status, fmt(self.now()),
+                fmt(next_attempt) if next_attempt else None, _cap(error, MAX_DETAIL_CHARS),
+            )  # fmt: skip
+
+    def reject_outbound(
+        self, session: Session, seq: int, message_id: str, reason: str, action: str
+    ) -> bool:
+        """Record a rejected outbound row, audit it and tell the agent why (exactly once)."""
+        note = self._simple_row(
+            session, MessageKind.SYSTEM,
+            {"text": f"Your {action} request (seq {seq}) was rejected: {reason}",
+             "sender": "cronbox"}, False,
+        )  # fmt: skip
+        receipt = Receipt(seq, message_id, status=DeliveryStatus.REJECTED, detail=reason)
+
+        def reject(tx: InboxTx, done: _Work) -> None:
+            tx.insert(note)
+            done.audit.append(
+                self._entry(
+                    f"agent:{session.id}", "outbound.reject", session.id, message_id[:200],
+                    {"seq": seq, "action": action, "reason": reason[:500]},
+                )
+            )  # fmt: skip
+
+        try:
+            self._commit(session.id, reject, receipt)
+        except AlreadyHandled:
+            return False
+        return True
+
+    # --- leases ------------------------------------------------------------------------
+
+    def acquire_lease(self, session_id: str, host: str, runner_ref: str) -> None:
+        """Record that ``host`` runs the session's runner ``runner_ref``."""
+        self.central.acquire_lease(
+            Lease(session_id=session_id, host=host, runner_ref=runner_ref,
+                  acquired_at=fmt(self.now()))
+        )  # fmt: skip
+
+    def release_lease(self, session_id: str, runner_ref: str) -> None:
+        """Forget the lease of a runner that is gone."""
+        self.central.release_lease(session_id, runner_ref)
+
+    def leases(self) -> list[Lease]:
+        """Every recorded lease."""
+        return self.central.leases()
+
+
+def _session_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 64 or any(c.isspace() for c in name):
+        raise InvalidInput(
+            f'session name "{name[:80]}" is not valid; use 1-64 characters without spaces'
+        )
+    return name
+
+
+def _cap(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,182 @@
+"""The host's repositories as Protocols: the seams for other backends.
+
+The service layer (:mod:`host.service`) talks to the central state and to the session
+files only through these. :mod:`host.store.central` and :mod:`host.store.files`
+implement them on SQLite; a later issue implements them on PostgreSQL, where several
+hosts share one database and the lease rows say which host runs which session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from cronbox_shared.models import DeliveryStatus, InboundMessage
+from cronbox_shared.timeutil import Instant
+from host.settlement import InboxChanges
+from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+
+
+class CentralRepository(Protocol):
+    """The registry of sessions with their due index, the task mirror, runs, audit, leases.
+
+    Implementers must ensure every method is one atomic unit (one read, or one
+    transaction), that instants are compared as stored strings (their order is time
+    order), and that nothing here ever opens a session's own files: an idle session
+    costs a sweep nothing.
+    """
+
+    def insert_session(self, session: Session, audit: AuditEntry) -> None:
+        """Register a session with its audit entry; raise SessionExists for a taken name."""
+        ...
+
+    def session(self, ref: str) -> Session:
+        """The session with this id or name (id first); raise SessionNotFound."""
+        ...
+
+    def sessions(self) -> list[Session]:
+        """Every session, oldest first."""
+        ...
+
+    def due_sessions(self, now: Instant, limit: int = 1000) -> list[tuple[str, Instant]]:
+        """Sessions whose ``next_due_at <= now``, earliest first, from the index alone."""
+        ...
+
+    def next_wake(self) -> Instant | None:
+        """The earliest ``next_due_at`` of all sessions."""
+        ...
+
+    def apply_view(
+        self,
+        session_id: str,
+        view: SessionView,
+        version: int | None,
+        *,
+        now: Instant,
+        runs: Sequence[RunRecord] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> None:
+        """Replace the session's due index and update its task mirror, merge run records
+        and append audit entries, all in one transaction.
+
+        Implementers must merge a run record into an existing run of the same message
+        without losing a start time or an outcome already recorded.
+        """
+        ...
+
+    def locate(self, series_id: str, occurrence_id: str) -> tuple[str, str] | None:
+        """(session id, series id) of the series with this id or live occurrence id."""
+        ...
+
+    def task_views(
+        self,
+        *,
+        series_id: str | None = None,
+        session_id: str | None = None,
+        live_only: bool = False,
+    ) -> list[TaskView]:
+        """Task series with their last run, soonest next run first."""
+        ...
+
+    def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:
+        """Runs of one series, newest first."""
+        ...
+
+    def acquire_lease(self, lease: Lease) -> None:
+        """Record which host runs the session's runner (replacing an older lease)."""
+        ...
+
+    def release_lease(self, session_id: str, runner_ref: str) -> None:
+        """Drop the lease only while it still names ``runner_ref``."""
+        ...
+
+    def leases(self) -> list[Lease]:
+        """Every lease."""
+        ...
+
+
+class InboxTransaction(Protocol):
+    """One open write transaction on a session's inbox.
+
+    Implementers must ensure the transaction is taken before the first read (so a
+    plan computed from what it reads cannot race another writer), that new rows get
+    increasing even seqs, and that every lookup here costs the same whatever the
+    session's history: nothing scans finished rows.
+    """
+
+    def insert(self, row: InboundMessage) -> int:
+        """Insert a new row; return its seq."""
+        ...
+
+    def update(self, message_id: str, **fields: Any) -> None:
+        """Set columns of one row."""
+        ...
+
+    def get(self, message_id: str) -> InboundMessage | None:
+        """One row by id."""
+        ...
+
+    def current(self, ref: str) -> InboundMessage | None:
+        """The newest scheduled row of the series ``ref`` names: its live occurrence if any."""
+        ...
+
+    def due_rows(self, now: Instant) -> list[InboundMessage]:
+        """Pending rows due at ``now``."""
+        ...
+
+    def rows(self, ids: Sequence[str]) -> dict[str, InboundMessage]:
+        """Rows by id."""
+        ...
+
+    def live_task_count(self) -> int:
+        """Pending or paused task occurrences."""
+        ...
+
+    def apply(self, changes: InboxChanges) -> None:
+        """Apply a settlement plan; an occurrence whose id exists is not inserted again."""
+        ...
+
+    def accept_outbound(
+        self, seq: int, message_id: str, channels: Sequence[str], status: DeliveryStatus,
+        at: Instant, detail: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record an outbound row as taken in; False if it already was."""
+        ...
+
+    def view(self, series: Sequence[str] | None) -> SessionView:
+        """The due index and the current rows of ``series`` (None: all) as committed so far."""
+        ...
+
+
+class SessionFiles(Protocol):
+    """Every session's inbox (host-written) and outbox (runner-written, read-only here).
+
+    Implementers must treat everything read from an outbox as untrusted raw data and
+    never write to it.
+    """
+
+    def directory(self, session_id: str) -> Path:
+        """Where the session's files live (the runtime mounts it)."""
+        ...
+
+    def create(self) -> str:
+        """Make a new session's inbox, outbox and workspace; return its new id."""
+        ...
+
+    def transaction(self, session_id: str) -> AbstractContextManager[InboxTransaction]:
+        """A write transaction on the session's inbox, committed when the block ends."""
+        ...
+
+    def version(self, session_id: str) -> int | None:
+        """A number that changes with every committed change of the inbox."""
+        ...
+
+    def acks(self, session_id: str, message_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Raw acks the runner wrote for these rows."""
+        ...
+
+    def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Raw outbound rows not taken in yet, oldest first."""
+        ...

@@ -1,0 +1,493 @@
+"""``cronbox.db`` on SQLite: the sessions registry with the due index, the task mirror,
+run history, the audit log and runner leases.
+
+Named queries only: every method is one read or one transaction, and decides nothing.
+The session files are the truth; this file is derived from them (and re-derived at
+start-up when a crash left it behind), except for the run history and the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import SessionExists, SessionNotFound
+from cronbox_shared.models import preview
+from cronbox_shared.timeutil import Instant
+from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+
+CENTRAL = "cronbox.db"
+SESSIONS = "sessions"
+
+central_migrations = Migrations("cronbox.central")
+
+
+@central_migrations()
+def m001_central(db: Database) -> None:
+    """The central schema: sessions (with the due index), task mirror, runs, audit log."""
+    db.execute(
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            agent TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            container TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            last_active_at TEXT,
+            next_due_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX sessions_next_due ON sessions (next_due_at)")
+    db.execute(
+        """
+        CREATE TABLE tasks (
+            series_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions (id),
+            live_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            next_run TEXT,
+            recurrence TEXT,
+            timezone TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            has_script INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX tasks_session ON tasks (session_id)")
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            series_id TEXT,
+            scheduled_for TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            outcome TEXT,
+            tries INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            output_preview TEXT,
+            UNIQUE (session_id, message_id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_series ON runs (series_id, id)")
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            session_id TEXT,
+            target TEXT,
+            detail TEXT
+        )
+        """
+    )
+
+
+@central_migrations()
+def m002_inbound_version(db: Database) -> None:
+    """The inbound.db change counter the central view was last derived from."""
+    db.execute("ALTER TABLE sessions ADD COLUMN inbound_version INTEGER")
+
+
+@central_migrations()
+def m003_session_layout(db: Database) -> None:
+    """Move every session directory into the ``inbox/`` / ``outbox/`` layout."""
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / SESSIONS).glob("*/")):
+        sdb.migrate_layout(session_dir)
+
+
+@central_migrations()
+def m004_leases(db: Database) -> None:
+    """Which host runs which session's runner (a seam for several hosts)."""
+    db.execute(
+        """
+        CREATE TABLE leases (
+            session_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            runner_ref TEXT NOT NULL,
+            acquired_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+@central_migrations()
+def m005_inbound_schema(db: Database) -> None:
+    """Bring every session's inbound.db to the current schema (per-channel deliveries).
+
+    Readers never migrate, so the host does it for every session once, here.
+    """
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / SESSIONS).glob("*/")):
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir):
+                pass
+
+
+_SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
+                 "last_active_at", "next_due_at")  # fmt: skip
+_RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
+             "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
+
+
+def _session(row: Sequence[Any]) -> Session:
+    data = dict(zip(_SESSION_COLS, row, strict=True))
+    data["container"] = json.loads(data["container"] or "{}")
+    return Session.model_validate(data)
+
+
+class ChangeWatcher:
+    """Holds one connection open so ``PRAGMA data_version`` reveals other writers' commits.
+
+    The host polls it to notice changes made by other processes (CLI, HTTP handlers).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(
+            path, timeout=sdb.BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        self._version = self._read()
+
+    def _read(self) -> int:
+        (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+    def changed(self) -> bool:
+        """True once for every batch of commits by another connection since the last call."""
+        version = self._read()
+        changed, self._version = version != self._version, version
+        return changed
+
+    def close(self) -> None:
+        """Release the watcher's connection."""
+        self._conn.close()
+
+
+class SqliteCentral:
+    """The central repository over ``$CRONBOX_HOME/cronbox.db`` (WAL mode)."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / CENTRAL
+        (Path(home) / SESSIONS).mkdir(parents=True, exist_ok=True)
+        with self._open() as db:
+            central_migrations.apply(db)
+
+    @contextmanager
+    def _open(self) -> Iterator[Database]:
+        conn = sqlite3.connect(self.path, timeout=sdb.BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA busy_timeout={sdb.BUSY_TIMEOUT_MS}")
+            yield Database(conn)
+        finally:
+            conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One write transaction on cronbox.db (for tests and tools that patch rows)."""
+        with self._open() as db, db.atomic():
+            yield db
+
+    def watch(self) -> ChangeWatcher:
+        """A watcher that notices commits to ``cronbox.db`` made by other connections."""
+        return ChangeWatcher(self.path)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def insert_session(self, session: Session, audit: AuditEntry) -> None:
+        """Register a session; raises SessionExists when its name is taken."""
+        with self._open() as db, db.atomic():
+            try:
+                db.execute(
+                    "INSERT INTO sessions (id, name, agent, timezone, container, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [session.id, session.name, session.agent, session.timezone,
+                     json.dumps(session.container), session.created_at],
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise SessionExists(session.name) from None
+            self._audit(db, audit)
+
+    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
+        """Change a session's agent profile or timezone."""
+        assign = ", ".join(f"{k} = ?" for k in fields)
+        with self._open() as db, db.atomic():
+            db.execute(f"UPDATE sessions SET {assign} WHERE id = ?", [*fields.values(), session_id])
+            self._audit(db, audit)
+
+    def delete_session(self, session_id: str, audit: AuditEntry) -> None:
+        """Forget a session and its task mirror; its run history and audit trail stay."""
+        with self._open() as db, db.atomic():
+            db.execute("DELETE FROM tasks WHERE session_id = ?", [session_id])
+            db.execute("DELETE FROM leases WHERE session_id = ?", [session_id])
+            db.execute("DELETE FROM sessions WHERE id = ?", [session_id])
+            self._audit(db, audit)
+
+    def session(self, ref: str) -> Session:
+        """A session by id or name; raises SessionNotFound."""
+        with self._open() as db:
+            row = db.execute(
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions WHERE id = ? OR name = ? "
+                "ORDER BY id = ? DESC LIMIT 1",
+                [ref, ref, ref],
+            ).fetchone()
+        if row is None:
+            raise SessionNotFound(ref)
+        return _session(row)
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a session already has this name."""
+        with self._open() as db:
+            return (
+                db.execute("SELECT 1 FROM sessions WHERE name = ?", [name]).fetchone() is not None
+            )
+
+    def sessions(self) -> list[Session]:
+        """Every session, oldest first."""
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions ORDER BY created_at, id"
+            ).fetchall()
+        return [_session(r) for r in rows]
+
+    def session_count(self) -> int:
+        """How many sessions there are."""
+        with self._open() as db:
+            (n,) = db.execute("SELECT count(*) FROM sessions").fetchone()
+        return int(n)
+
+    def due_sessions(self, now: Instant, limit: int = 1000) -> list[tuple[str, Instant]]:
+        """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT id, next_due_at FROM sessions WHERE next_due_at IS NOT NULL "
+                "AND next_due_at <= ? ORDER BY next_due_at LIMIT ?",
+                [now, limit],
+            ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def next_wake(self) -> Instant | None:
+        """The earliest ``next_due_at`` over all sessions."""
+        with self._open() as db:
+            (value,) = db.execute("SELECT min(next_due_at) FROM sessions").fetchone()
+        return str(value) if value else None
+
+    def inbound_versions(self) -> list[tuple[str, int | None]]:
+        """(session id, inbound.db change counter its central view was derived from)."""
+        with self._open() as db:
+            rows = db.execute("SELECT id, inbound_version FROM sessions").fetchall()
+        return [(str(r[0]), r[1]) for r in rows]
+
+    # --- the derived view, runs and audit in one transaction ---------------------------
+
+    def apply_view(
+        self,
+        session_id: str,
+        view: SessionView,
+        version: int | None,
+        *,
+        now: Instant,
+        runs: Sequence[RunRecord] = (),
+        audit: Sequence[AuditEntry] = (),
+    ) -> None:
+        """Bring one session's due index and task mirror up to date, record runs and audit.
+
+        One transaction: the view was read from the session's inbound.db right after
+        the change it reflects was committed there.
+        """
+        with self._open() as db, db.atomic():
+            db.execute(
+                "UPDATE sessions SET next_due_at = ?, inbound_version = ? WHERE id = ?",
+                [view.next_due_at, version, session_id],
+            )
+            if view.full:
+                db.execute("DELETE FROM tasks WHERE session_id = ?", [session_id])
+            for row in view.tasks:
+                db.execute(
+                    "INSERT INTO tasks (series_id, session_id, live_id, status, next_run, "
+                    "recurrence, timezone, prompt, has_script, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id) DO UPDATE "
+                    "SET live_id = excluded.live_id, status = excluded.status, "
+                    "next_run = excluded.next_run, recurrence = excluded.recurrence, "
+                    "timezone = excluded.timezone, prompt = excluded.prompt, "
+                    "has_script = excluded.has_script, updated_at = excluded.updated_at",
+                    [
+                        row.series_id or row.id, session_id, row.id, row.status.value,
+                        row.process_after if row.status.live else None, row.recurrence,
+                        row.timezone, preview(row.prompt, 200) or "", int(bool(row.script)),
+                        row.created_at, now,
+                    ],
+                )  # fmt: skip
+            for run in runs:
+                self._upsert_run(db, session_id, run)
+            if runs:
+                db.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", [now, session_id])
+            for entry in audit:
+                self._audit(db, entry)
+
+    @staticmethod
+    def _upsert_run(db: Database, session_id: str, run: RunRecord) -> None:
+        db.execute(
+            "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, started_at, "
+            "finished_at, outcome, tries, error, output_preview) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id, message_id) DO UPDATE SET "
+            "started_at = coalesce(runs.started_at, excluded.started_at), "
+            "finished_at = coalesce(excluded.finished_at, runs.finished_at), "
+            "outcome = coalesce(excluded.outcome, runs.outcome), "
+            "tries = max(runs.tries, excluded.tries), "
+            "error = coalesce(excluded.error, runs.error), "
+            "output_preview = coalesce(excluded.output_preview, runs.output_preview)",
+            [
+                session_id, run.message_id, run.series_id, run.scheduled_for, run.started_at,
+                run.finished_at, run.outcome.value if run.outcome else None, run.tries,
+                run.error, run.output_preview,
+            ],
+        )  # fmt: skip
+
+    # --- tasks ---------------------------------------------------------------------
+
+    def locate(self, series_id: str, occurrence_id: str) -> tuple[str, str] | None:
+        """(session id, series id) of the series with this id or live occurrence id."""
+        with self._open() as db:
+            row = db.execute(
+                "SELECT session_id, series_id FROM tasks WHERE series_id = ? OR live_id = ? "
+                "LIMIT 1",
+                [series_id, occurrence_id],
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def task_views(
+        self,
+        *,
+        series_id: str | None = None,
+        session_id: str | None = None,
+        live_only: bool = False,
+    ) -> list[TaskView]:
+        """Task series with their last run, soonest next run first."""
+        where, args = [], []
+        if series_id is not None:
+            where.append("t.series_id = ?")
+            args.append(series_id)
+        if session_id is not None:
+            where.append("t.session_id = ?")
+            args.append(session_id)
+        if live_only:
+            where.append("t.status IN ('pending', 'paused')")
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
+                "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome "
+                "FROM tasks t JOIN sessions s ON s.id = t.session_id "
+                "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
+                "WHERE series_id = t.series_id AND session_id = t.session_id) "
+                f"{clause} ORDER BY t.next_run IS NULL, t.next_run, t.created_at",
+                args,
+            ).fetchall()
+        return [
+            TaskView(
+                id=r[0], series_id=r[1], session_id=r[2], session=r[3], status=r[4],
+                next_run=r[5], recurrence=r[6], timezone=r[7], prompt=r[8],
+                has_script=bool(r[9]), last_run_at=r[10], last_outcome=r[11],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def live_task_count(self) -> int:
+        """Live task series over all sessions (from the mirror)."""
+        with self._open() as db:
+            (n,) = db.execute(
+                "SELECT count(*) FROM tasks WHERE status IN ('pending', 'paused')"
+            ).fetchone()
+        return int(n)
+
+    def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:
+        """Past runs of a task series, newest first."""
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_RUN_COLS)} FROM runs "
+                "WHERE session_id = ? AND series_id = ? ORDER BY id DESC LIMIT ?",
+                [session_id, series_id, limit],
+            ).fetchall()
+        return [Run.model_validate(dict(zip(_RUN_COLS, r, strict=True))) for r in rows]
+
+    # --- audit ---------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(db: Database, entry: AuditEntry) -> None:
+        db.execute(
+            "INSERT INTO audit_log (at, actor, action, session_id, target, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [entry.at, entry.actor, entry.action, entry.session_id, entry.target,
+             json.dumps(entry.detail) if entry.detail is not None else None],
+        )  # fmt: skip
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Append one audit entry in its own transaction."""
+        with self._open() as db, db.atomic():
+            self._audit(db, entry)
+
+    def audit_entries(self, session_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries, newest first."""
+        where, args = ("WHERE session_id = ?", [session_id]) if session_id else ("", [])
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT id, at, actor, action, session_id, target, detail FROM audit_log "
+                f"{where} ORDER BY id DESC LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+        return [
+            AuditEntry(
+                id=r[0], at=r[1], actor=r[2], action=r[3], session_id=r[4], target=r[5],
+                detail=json.loads(r[6]) if r[6] else None,
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    # --- leases --------------------------------------------------------------------
+
+    def acquire_lease(self, lease: Lease) -> None:
+        """Record that ``lease.host`` runs the session's runner (replacing any old lease)."""
+        with self._open() as db, db.atomic():
+            db.execute(
+                "INSERT INTO leases (session_id, host, runner_ref, acquired_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+                "host = excluded.host, runner_ref = excluded.runner_ref, "
+                "acquired_at = excluded.acquired_at",
+                [lease.session_id, lease.host, lease.runner_ref, lease.acquired_at],
+            )
+
+    def release_lease(self, session_id: str, runner_ref: str) -> None:
+        """Drop the session's lease if it still names this runner."""
+        with self._open() as db, db.atomic():
+            db.execute(
+                "DELETE FROM leases WHERE session_id = ? AND runner_ref = ?",
+                [session_id, runner_ref],
+            )
+
+    def leases(self) -> list[Lease]:
+        """Every recorded lease."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT session_id, host, runner_ref, acquired_at FROM leases ORDER BY session_id"
+            ).fetchall()
+        return [Lease(session_id=r[0], host=r[1], runner_ref=r[2], acquired_at=r[3]) for r in rows]

@@ -1,0 +1,190 @@
+"""A session's own files on SQLite, as the host uses them.
+
+The host writes ``inbox/inbound.db`` (one ``BEGIN IMMEDIATE`` transaction per unit of
+work, through :class:`InboxTx`) and reads ``outbox/outbound.db`` read-only. The SQL
+itself is in :mod:`cronbox_shared.sessiondb`, shared with the runner and MCP server;
+this module groups it into the units of work the service layer asks for.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.models import DeliveryStatus, InboundMessage
+from cronbox_shared.timeutil import Instant
+from host.settlement import InboxChanges, RowChange
+from host.store.central import SESSIONS
+from host.store.records import SessionView
+
+
+def row_values(row: InboundMessage) -> dict[str, Any]:
+    """A new ``messages_in`` row as column values (its seq is assigned on insert)."""
+    values = row.model_dump(mode="json", exclude={"seq"})
+    values["kind"] = row.kind.value
+    values["status"] = row.status.value
+    return values
+
+
+class InboxTx:
+    """One open write transaction on a session's inbound.db."""
+
+    def __init__(self, db: sdb.InboundDb) -> None:
+        self.db = db
+
+    def insert(self, row: InboundMessage) -> int:
+        """Insert a new row with the next even seq; returns the seq."""
+        return sdb.insert_inbound(self.db, row_values(row))
+
+    def update(self, message_id: str, **fields: Any) -> None:
+        """Set columns of one row."""
+        sdb.update_inbound(self.db, message_id, **fields)
+
+    def get(self, message_id: str) -> InboundMessage | None:
+        """One row by id."""
+        return sdb.get_inbound(self.db, message_id)
+
+    def current(self, ref: str) -> InboundMessage | None:
+        """The live (or, for an ended series, newest) occurrence of the series ``ref`` names."""
+        return sdb.series_current(self.db, sdb.series_of_ref(self.db, ref))
+
+    def due_rows(self, now: Instant) -> list[InboundMessage]:
+        """Pending rows due at ``now``."""
+        return sdb.due_rows(self.db, now)
+
+    def rows(self, ids: Sequence[str]) -> dict[str, InboundMessage]:
+        """The rows with these ids."""
+        return sdb.rows_by_ids(self.db, ids)
+
+    def live_task_count(self) -> int:
+        """Pending or paused task occurrences."""
+        return sdb.count_live_tasks(self.db)
+
+    def apply(self, changes: InboxChanges) -> None:
+        """Apply a settlement plan's changes: row updates, then new occurrences.
+
+        A new occurrence whose id already exists is not inserted again (a crash can
+        repeat a plan, never double an occurrence).
+        """
+        for change in changes.updates:
+            self.update(change.message_id, **_fields(change))
+        for row in changes.inserts:
+            if self.get(row.id) is None:
+                self.insert(row)
+
+    def accept_outbound(
+        self, seq: int, message_id: str, channels: Sequence[str], status: DeliveryStatus,
+        at: Instant, detail: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Take an outbound row in; False when it was taken in already."""
+        return sdb.accept_outbound(self.db, seq, message_id, channels, status, at, detail)
+
+    def record_attempt(
+        self, seq: int, channel: str, status: DeliveryStatus, at: Instant,
+        next_attempt_at: Instant | None, error: str | None,
+    ) -> None:  # fmt: skip
+        """Record one channel's attempt at a reply."""
+        sdb.record_attempt(self.db, seq, channel, status, at, next_attempt_at, error)
+
+    def prune_finished(self, before: Instant, limit: int) -> int:
+        """Delete finished rows last changed before ``before`` (newest of each series stays)."""
+        return sdb.prune_finished(self.db, before, limit)
+
+    def view(self, series: Sequence[str] | None) -> SessionView:
+        """The session's due index and the current row of ``series`` (None: every series)."""
+        next_due = sdb.next_due(self.db)
+        if series is None:
+            return SessionView(next_due_at=next_due, tasks=tuple(sdb.all_tasks(self.db)), full=True)
+        rows = [sdb.series_current(self.db, s) for s in dict.fromkeys(series)]
+        return SessionView(next_due_at=next_due, tasks=tuple(r for r in rows if r is not None))
+
+
+def _fields(change: RowChange) -> dict[str, Any]:
+    fields: dict[str, Any] = {"updated_at": change.at}
+    if change.status is not None:
+        fields["status"] = change.status.value
+        fields["error"] = change.error
+    elif change.error is not None:
+        fields["error"] = change.error
+    if change.tries is not None:
+        fields["tries"] = change.tries
+    if change.process_after is not None:
+        fields["process_after"] = change.process_after
+    if change.scheduled_for is not None:
+        fields["scheduled_for"] = change.scheduled_for
+    if change.clear_recurrence:
+        fields["recurrence"] = None
+    return fields
+
+
+class SqliteSessionFiles:
+    """Every session directory under ``$CRONBOX_HOME/sessions``."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = Path(home) / SESSIONS
+
+    def directory(self, session_id: str) -> Path:
+        """The directory holding a session's files."""
+        return self.root / session_id
+
+    def create(self) -> str:
+        """Make a new session directory with its inbox, outbox and workspace; its id."""
+        session_id = "s-" + secrets.token_hex(6)
+        directory = self.directory(session_id)
+        for sub in (sdb.WORKSPACE, sdb.OUTBOX):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        with sdb.inbound(directory):
+            pass
+        return session_id
+
+    @contextmanager
+    def transaction(self, session_id: str) -> Iterator[InboxTx]:
+        """A write transaction on the session's inbound.db, taken at once so seqs never race."""
+        with sdb.inbound(self.directory(session_id)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield InboxTx(db)
+            except BaseException:
+                db.conn.rollback()
+                raise
+            db.conn.commit()
+
+    def version(self, session_id: str) -> int | None:
+        """inbound.db's change counter (None when unreadable)."""
+        return sdb.change_counter(self.directory(session_id) / sdb.INBOUND)
+
+    def all_rows(self, session_id: str) -> list[InboundMessage]:
+        """Every row of the inbox, oldest first (status views and tests)."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return sdb.all_rows(db)
+
+    def has_outbox(self, session_id: str) -> bool:
+        """Whether the runner has created its outbound.db yet."""
+        return (self.directory(session_id) / sdb.OUTBOUND).exists()
+
+    def acks(self, session_id: str, message_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Raw ack rows for these inbound ids (untrusted; settlement validates them)."""
+        if not message_ids or not self.has_outbox(session_id):
+            return []
+        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+            return sdb.acks_for(out, message_ids) if sdb.outbound_ready(out) else []
+
+    def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Raw outbound rows not taken in yet, oldest first (untrusted)."""
+        return sdb.undelivered(self.directory(session_id), limit)
+
+    def due_deliveries(self, session_id: str, now: Instant) -> list[sdb.DeliveryRow]:
+        """Channel deliveries waiting for a retry that is due."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return sdb.due_deliveries(db, now)
+
+    def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
+        """Raw outbound rows with these seqs (to retry a delivery)."""
+        if not seqs or not self.has_outbox(session_id):
+            return []
+        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+            return sdb.outbound_by_seqs(out, seqs) if sdb.outbound_ready(out) else []

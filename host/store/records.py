@@ -1,0 +1,105 @@
+"""The host's records: frozen models of what ``cronbox.db`` holds, read or written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutcome
+from cronbox_shared.timeutil import Instant
+
+
+class Session(Record):
+    """A row of the central ``sessions`` table."""
+
+    id: str
+    name: str
+    agent: str
+    timezone: str
+    container: dict[str, Any]
+    created_at: Instant
+    last_active_at: Instant | None
+    next_due_at: Instant | None
+
+
+class TaskView(Record):
+    """One task series as shown by ``task list``: its live (or newest) occurrence."""
+
+    id: str
+    series_id: str
+    session_id: str
+    session: str
+    status: MessageStatus
+    next_run: Instant | None
+    recurrence: str | None
+    timezone: str
+    prompt: str
+    has_script: bool
+    last_run_at: Instant | None = None
+    last_outcome: RunOutcome | None = None
+
+
+class Run(Record):
+    """One occurrence that started, from the central ``runs`` table."""
+
+    id: int
+    session_id: str
+    message_id: str
+    series_id: str | None
+    scheduled_for: Instant | None
+    started_at: Instant | None
+    finished_at: Instant | None
+    outcome: RunOutcome | None
+    tries: int
+    error: str | None
+    output_preview: str | None
+
+
+class RunRecord(Record):
+    """What settlement learned of one occurrence; merged into its ``runs`` row.
+
+    Fields left ``None`` keep what the row already holds, so a run first seen
+    ``processing`` and later finished ends up with both its start and its end.
+    """
+
+    message_id: str
+    series_id: str | None
+    scheduled_for: Instant | None
+    tries: int
+    started_at: Instant | None = None
+    finished_at: Instant | None = None
+    outcome: RunOutcome | None = None
+    error: str | None = None
+    output_preview: str | None = None
+
+
+class AuditEntry(Record):
+    """One line of the audit log: who changed what."""
+
+    id: int = 0
+    at: Instant
+    actor: str
+    action: str
+    session_id: str | None
+    target: str | None
+    detail: dict[str, Any] | None = None
+
+
+class Lease(Record):
+    """Which host runs a session's runner right now (one row per live runner)."""
+
+    session_id: str
+    host: str
+    runner_ref: str
+    acquired_at: Instant
+
+
+class SessionView(Record):
+    """What the central view of one session is derived from, read from its inbound.db.
+
+    ``tasks`` holds the current row of each series that changed; with ``full`` it holds
+    every series, and the central mirror is replaced rather than updated.
+    """
+
+    next_due_at: Instant | None
+    tasks: tuple[InboundMessage, ...] = ()
+    full: bool = False
