@@ -1,0 +1,173 @@
+"""The service layer beyond task actions: retention, sessions, leases and the one writer."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import InvalidTimezone, SessionNotFound, TaskStateError
+from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
+from cronbox_shared.timeutil import ManualClock, fmt
+from host.delivery import Delivery
+from host.runtimes import ProcessRuntime
+from host.service import Cronbox
+from host.sweep import SweepConfig, Sweeper
+from host.writer import Writer
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock("2026-01-15T08:00:00Z")
+
+
+@pytest.fixture
+def app(tmp_path: Path, clock: ManualClock) -> Cronbox:
+    return Cronbox(tmp_path / "home", clock=clock)
+
+
+def run_once(app: Cronbox, clock: ManualClock, session_id: str, message_id: str) -> None:
+    """Play the runner: complete ``message_id`` now, then settle."""
+    with sdb.outbound(app.session_dir(session_id)) as db, db.atomic():
+        sdb.set_ack(db, message_id, 0, AckStatus.COMPLETED, fmt(clock.now()), None, "ok")
+    app.settle_acks(session_id, timedelta(minutes=10))
+
+
+def test_pruning_drops_old_finished_rows_but_keeps_each_series_and_the_history(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    session = app.create_session("busy")
+    task = app.schedule_task(session.id, {"prompt": "tick", "recurrence": "@hourly"})
+    once = app.schedule_task(session.id, {"prompt": "once", "processAfter": "+30m"})
+    chat = app.send_message(session.id, "hi")
+    run_once(app, clock, session.id, chat.id)
+    for n in range(5):
+        clock.set(f"2026-01-15T{9 + n:02d}:00:01Z")
+        run_once(app, clock, session.id, task.id if n == 0 else f"{task.id}~{n}")
+        if n == 0:
+            run_once(app, clock, session.id, once.id)
+    assert len(app.inbound_rows(session.id)) == 8
+
+    clock.advance(days=8)
+    removed = app.prune_finished(session.id, timedelta(days=7))
+
+    rows = {r.id: r.status for r in app.inbound_rows(session.id)}
+    # The live occurrence stays, and so does the newest row of the ended one-time task.
+    assert rows == {f"{task.id}~5": MessageStatus.PENDING, once.id: MessageStatus.COMPLETED}
+    assert removed == 6
+    assert len(app.runs_for(task.id)) == 5
+    assert app.get_task(once.id).status is MessageStatus.COMPLETED
+    assert app.prune_finished(session.id, timedelta(days=7)) == 0
+
+
+def test_pruning_keeps_recent_finished_rows(app: Cronbox, clock: ManualClock) -> None:
+    session = app.create_session("recent")
+    chat = app.send_message(session.id, "hi")
+    run_once(app, clock, session.id, chat.id)
+    clock.advance(days=6)
+    assert app.prune_finished(session.id, timedelta(days=7)) == 0
+    assert [r.id for r in app.inbound_rows(session.id)] == [chat.id]
+
+
+def test_session_update_changes_agent_and_zone_and_is_audited(app: Cronbox) -> None:
+    session = app.create_session("s", timezone="Europe/Berlin")
+    updated = app.update_session("s", agent="scripted", timezone="Asia/Tokyo")
+    assert (updated.agent, updated.timezone) == ("scripted", "Asia/Tokyo")
+    assert app.audit_entries(session.id)[0].action == "session.update"
+    with pytest.raises(InvalidTimezone):
+        app.update_session("s", timezone="Mars/Olympus")
+    assert app.get_session("s").timezone == "Asia/Tokyo"
+
+
+def test_session_delete_moves_its_files_to_trash_and_keeps_history(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    session = app.create_session("gone")
+    task = app.schedule_task(session.id, {"prompt": "p", "processAfter": "now"})
+    run_once(app, clock, session.id, task.id)
+    app.delete_session("gone")
+    with pytest.raises(SessionNotFound):
+        app.get_session("gone")
+    assert not app.session_dir(session.id).exists()
+    assert [p.name.startswith(session.id) for p in (app.home / "trash").iterdir()] == [True]
+    assert app.list_tasks(include_all=True) == []
+    assert app.audit_entries(session.id)[0].action == "session.delete"
+
+
+def test_a_session_with_a_leased_runner_cannot_be_deleted(app: Cronbox) -> None:
+    session = app.create_session("busy")
+    app.acquire_lease(session.id, "host-a", "1234")
+    with pytest.raises(TaskStateError, match="has a runner working"):
+        app.delete_session("busy")
+    app.release_lease(session.id, "999")  # another runner's lease: ignored
+    assert [lease.runner_ref for lease in app.leases()] == ["1234"]
+    app.release_lease(session.id, "1234")
+    app.delete_session("busy")
+
+
+@pytest.mark.anyio
+async def test_restart_releases_leases_of_runners_that_are_gone(app: Cronbox) -> None:
+    session = app.create_session("orphan")
+    app.acquire_lease(session.id, "old-host:1", "999999")
+    sweeper = Sweeper(app, ProcessRuntime(), Delivery(app, []), SweepConfig(), app.clock)
+    await sweeper.recover()
+    assert app.leases() == []
+
+
+@pytest.mark.anyio
+async def test_the_writer_runs_one_write_at_a_time_in_submission_order() -> None:
+    writer = Writer()
+    running = 0
+    peak = 0
+    order: list[int] = []
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def write(n: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        gate.wait(5)
+        order.append(n)
+        with lock:
+            running -= 1
+        return n
+
+    results: list[int] = []
+
+    async def submit(n: int) -> None:
+        results.append(await writer(write, n))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(6):
+            tg.start_soon(submit, n)
+            await anyio.sleep(0)  # keep submission order deterministic
+        gate.set()
+    assert peak == 1
+    assert order == list(range(6))
+    assert sorted(results) == list(range(6))
+
+
+def test_history_does_not_change_what_a_series_action_reads(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    """The live occurrence is found by one indexed lookup, not by reading the history."""
+    session = app.create_session("long")
+    task = app.schedule_task(session.id, {"prompt": "p", "recurrence": "@hourly"})
+    for n in range(30):
+        clock.set(f"2026-01-{15 + (9 + n) // 24:02d}T{(9 + n) % 24:02d}:00:01Z")
+        run_once(app, clock, session.id, task.id if n == 0 else f"{task.id}~{n}")
+    with sdb.inbound(app.session_dir(session.id), readonly=True) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM messages_in WHERE series_id = ? AND kind = 'task' "
+            "ORDER BY seq DESC LIMIT 1",
+            [task.id],
+        ).fetchall()
+    assert any("messages_in_series" in str(step) for step in plan)
+    assert app.pause_task(task.id).id == f"{task.id}~30"
+    assert [r.outcome for r in app.runs_for(task.id, limit=100)].count(RunOutcome.OK) == 30
