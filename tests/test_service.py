@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from cronbox_shared import sessiondb as sdb
@@ -146,7 +147,7 @@ async def test_the_writer_runs_one_write_at_a_time_in_submission_order() -> None
     async with anyio.create_task_group() as tg:
         for n in range(6):
             tg.start_soon(submit, n)
-            await anyio.sleep(0)  # keep submission order deterministic
+            await anyio.lowlevel.checkpoint()  # keep submission order deterministic
         gate.set()
     assert peak == 1
     assert order == list(range(6))
