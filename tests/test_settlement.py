@@ -28,7 +28,8 @@ POLICY = Policy(default_timeout=timedelta(minutes=10))
 def row(message_id: str = "t1", **fields: Any) -> InboundMessage:
     values: dict[str, Any] = {
         "id": message_id, "seq": 2, "kind": MessageKind.TASK,
-        "created_at": "2026-01-15T08:00:00.000Z", "status": MessageStatus.PENDING, "process_after": DUE, "scheduled_for": DUE,
+        "created_at": "2026-01-15T08:00:00.000Z", "status": MessageStatus.PENDING,
+        "process_after": DUE, "scheduled_for": DUE,
         "recurrence": None, "timezone": "Europe/Berlin", "series_id": message_id.split("~")[0],
         "tries": 0, "trigger": 1, "content": {"prompt": "p", "script": None},
     }  # fmt: skip
