@@ -31,7 +31,6 @@ import math
 import os
 import random
 import resource
-import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
@@ -251,4 +250,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

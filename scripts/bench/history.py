@@ -78,8 +78,8 @@ def build(home: Path, past: int) -> tuple[Cronbox, ManualClock, Session, str]:
                 db, {**first.model_dump(mode="json", exclude={"seq"}), "id": f"{task.id}~{past}",
                      "process_after": live_at, "scheduled_for": live_at},
             )  # fmt: skip
-        with app.central.transaction() as db:
-            db.conn.executemany(
+        with app.central.transaction() as central:
+            central.conn.executemany(
                 "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, started_at, "
                 "finished_at, outcome, tries) VALUES (?, ?, ?, ?, ?, ?, 'ok', 1)",
                 [
