@@ -28,7 +28,7 @@ from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
 from host.runtimes import get_runtime
 from host.service import Cronbox
-from host.store.central import ChangeWatcher
+from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
 from host.writer import Writer
 
@@ -168,9 +168,7 @@ async def run_host(
                 log.info("cronbox host stopped")
 
 
-async def _watch(
-    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeWatcher
-) -> None:
+async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed) -> None:
     """Wake the sweep when another process commits to the store; publish status."""
     last_status = ""
     while True:

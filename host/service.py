@@ -57,8 +57,9 @@ from host.settlement import (
     series_of,
     settle_acks,
 )
-from host.store.central import ChangeWatcher, SqliteCentral
-from host.store.files import InboxTx, SqliteSessionFiles
+from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, SessionFiles
+from host.store.central import SqliteCentral
+from host.store.files import SqliteSessionFiles
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, TaskView
 
 T = TypeVar("T")
@@ -138,8 +139,8 @@ class Cronbox:
         self.clock: Clock = clock or SystemClock()
         self.default_timezone = zone(default_timezone, "the host timezone").key
         self.limits = limits or Limits()
-        self.central = SqliteCentral(self.home)
-        self.files = SqliteSessionFiles(self.home)
+        self.central: CentralRepository = SqliteCentral(self.home)
+        self.files: SessionFiles = SqliteSessionFiles(self.home)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Cronbox:
@@ -164,7 +165,7 @@ class Cronbox:
         """The directory holding a session's files."""
         return self.files.directory(session_id)
 
-    def watch_changes(self) -> ChangeWatcher:
+    def watch_changes(self) -> ChangeFeed:
         """A watcher that notices commits to ``cronbox.db`` made by other connections."""
         return self.central.watch()
 
@@ -180,7 +181,7 @@ class Cronbox:
     def _commit(
         self,
         session_id: str,
-        work: Callable[[InboxTx, _Work], T],
+        work: Callable[[InboxTransaction, _Work], T],
         receipt: Receipt | None = None,
     ) -> T:
         """Run ``work`` in one inbound transaction, then update the central view.
@@ -294,7 +295,7 @@ class Cronbox:
     def sync_session(self, session_id: str) -> None:
         """Re-derive the whole central view of one session from its inbound.db."""
 
-        def full(tx: InboxTx, done: _Work) -> None:
+        def full(tx: InboxTransaction, done: _Work) -> None:
             done.series = None
 
         self._commit(session_id, full)
@@ -343,7 +344,7 @@ class Cronbox:
             )
         row = self._simple_row(session, MessageKind.CHAT, {"text": text, "sender": sender}, trigger)
 
-        def insert(tx: InboxTx, done: _Work) -> None:
+        def insert(tx: InboxTransaction, done: _Work) -> None:
             tx.insert(row)
             done.audit.append(self._entry(actor, "chat.send", session.id, row.id))
 
@@ -401,7 +402,7 @@ class Cronbox:
             )
         now = fmt(self.now())
 
-        def insert(tx: InboxTx, done: _Work) -> None:
+        def insert(tx: InboxTransaction, done: _Work) -> None:
             done.series = [valid.id]
             if tx.current(valid.id) is not None:
                 return  # the same id again: idempotent
@@ -423,7 +424,7 @@ class Cronbox:
         return found
 
     @staticmethod
-    def _live(tx: InboxTx, ref: str) -> InboundMessage:
+    def _live(tx: InboxTransaction, ref: str) -> InboundMessage:
         current = tx.current(series_of(ref))
         if current is None:
             raise TaskNotFound(ref)
@@ -461,7 +462,7 @@ class Cronbox:
         allowed, to = _TRANSITIONS[action]
         now = self.now()
 
-        def change(tx: InboxTx, done: _Work) -> None:
+        def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
             if live.status not in allowed:
                 raise TaskStateError(
@@ -510,7 +511,7 @@ class Cronbox:
         session, series = self._locate(req.task_id, session_id)
         now = self.now()
 
-        def change(tx: InboxTx, done: _Work) -> None:
+        def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
             changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
             fields: dict[str, Any] = {"updated_at": fmt(now)}
@@ -535,7 +536,7 @@ class Cronbox:
         now = fmt(self.now())
         run_id = f"{series}{OCCURRENCE_SEP}run-{secrets.token_hex(4)}"
 
-        def insert(tx: InboxTx, done: _Work) -> None:
+        def insert(tx: InboxTransaction, done: _Work) -> None:
             current = tx.current(series)
             if current is None:
                 raise TaskNotFound(ref)
@@ -568,9 +569,9 @@ class Cronbox:
     # --- settlement (the host's sweep) -------------------------------------------------
 
     def _apply_plan(
-        self, session_id: str, plan_of: Callable[[InboxTx], SettlementPlan]
+        self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan]
     ) -> SettlementPlan:
-        def apply(tx: InboxTx, done: _Work) -> SettlementPlan:
+        def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
             tx.apply(plan.changes)
             done.series = list(plan.series)
@@ -589,7 +590,7 @@ class Cronbox:
             return SettlementPlan()
         policy = Policy(default_timeout=default_timeout)
 
-        def plan(tx: InboxTx) -> SettlementPlan:
+        def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
             due = {r.id: r for r in tx.due_rows(fmt(now))}
             return settle_acks(due, self.files.acks(session_id, list(due)), now, policy)
@@ -608,7 +609,7 @@ class Cronbox:
             return SettlementPlan()
         policy = Policy(retry_base=retry_base)
 
-        def plan(tx: InboxTx) -> SettlementPlan:
+        def plan(tx: InboxTransaction) -> SettlementPlan:
             rows = tx.rows([c.message_id for c in claims])
             return plan_requeue(rows, claims, reason, self.now(), policy, timed_out)
 
@@ -620,7 +621,7 @@ class Cronbox:
         Returns the rows changed.
         """
 
-        def plan(tx: InboxTx) -> SettlementPlan:
+        def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
             return plan_catch_up(tx.due_rows(fmt(now)), now)
 
@@ -630,7 +631,7 @@ class Cronbox:
         """Delete a session's finished inbox rows older than ``keep`` (run history stays)."""
         before = fmt(self.now() - keep)
 
-        def prune(tx: InboxTx, done: _Work) -> int:
+        def prune(tx: InboxTransaction, done: _Work) -> int:
             return tx.prune_finished(before, PRUNE_BATCH)
 
         return self._commit(session_id, prune)
@@ -667,7 +668,7 @@ class Cronbox:
         )  # fmt: skip
         receipt = Receipt(seq, message_id, status=DeliveryStatus.REJECTED, detail=reason)
 
-        def reject(tx: InboxTx, done: _Work) -> None:
+        def reject(tx: InboxTransaction, done: _Work) -> None:
             tx.insert(note)
             done.audit.append(
                 self._entry(

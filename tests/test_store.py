@@ -15,6 +15,7 @@ from cronbox_shared.errors import InvalidInput, TaskNotFound, TaskStateError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
+from host.store.central import SqliteCentral
 from host.store.records import Session, TaskView
 
 START = "2026-01-15T12:00:00.000Z"  # 07:00 in New York, 21:00 in Tokyo
@@ -529,7 +530,7 @@ def test_due_sessions_are_those_due_by_now_earliest_first(
 def test_reindex_restores_a_corrupted_due_index(store: Cronbox, session: Session) -> None:
     schedule(store, session, "t1", processAfter="2026-01-18T00:00:00Z")
     schedule(store, session, "t2", processAfter="2026-01-19T00:00:00Z")
-    with store.central.transaction() as db:
+    with SqliteCentral(store.home).transaction() as db:
         db.execute(
             "UPDATE sessions SET next_due_at = ? WHERE id = ?",
             ["1999-01-01T00:00:00.000Z", session.id],
@@ -541,7 +542,7 @@ def test_reindex_restores_a_corrupted_due_index(store: Cronbox, session: Session
 
 
 def test_reindex_clears_a_due_index_with_nothing_pending(store: Cronbox, session: Session) -> None:
-    with store.central.transaction() as db:
+    with SqliteCentral(store.home).transaction() as db:
         db.execute(
             "UPDATE sessions SET next_due_at = ? WHERE id = ?",
             ["2026-01-15T00:00:00.000Z", session.id],

@@ -14,9 +14,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cronbox_shared.models import DeliveryStatus, InboundMessage
+from cronbox_shared.sessiondb import DeliveryRow
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+
+
+class ChangeFeed(Protocol):
+    """Tells the host that another process changed the central state."""
+
+    def changed(self) -> bool:
+        """True once for every batch of outside commits since the last call."""
+        ...
+
+    def close(self) -> None:
+        """Release what the feed holds open."""
+        ...
 
 
 class CentralRepository(Protocol):
@@ -32,8 +45,32 @@ class CentralRepository(Protocol):
         """Register a session with its audit entry; raise SessionExists for a taken name."""
         ...
 
+    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
+        """Set the session's ``agent`` and/or ``timezone`` with its audit entry."""
+        ...
+
+    def delete_session(self, session_id: str, audit: AuditEntry) -> None:
+        """Forget the session, its task mirror and its lease; keep its runs and audit."""
+        ...
+
     def session(self, ref: str) -> Session:
         """The session with this id or name (id first); raise SessionNotFound."""
+        ...
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a session has this name."""
+        ...
+
+    def session_count(self) -> int:
+        """How many sessions there are."""
+        ...
+
+    def inbound_versions(self) -> list[tuple[str, int | None]]:
+        """(session id, inbox version its view was derived from) for every session."""
+        ...
+
+    def watch(self) -> ChangeFeed:
+        """A feed of commits made by other processes."""
         ...
 
     def sessions(self) -> list[Session]:
@@ -80,8 +117,20 @@ class CentralRepository(Protocol):
         """Task series with their last run, soonest next run first."""
         ...
 
+    def live_task_count(self) -> int:
+        """Live task series over every session."""
+        ...
+
     def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:
         """Runs of one series, newest first."""
+        ...
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Append one audit entry."""
+        ...
+
+    def audit_entries(self, session_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries (of one session), newest first."""
         ...
 
     def acquire_lease(self, lease: Lease) -> None:
@@ -145,6 +194,17 @@ class InboxTransaction(Protocol):
         """Record an outbound row as taken in; False if it already was."""
         ...
 
+    def record_attempt(
+        self, seq: int, channel: str, status: DeliveryStatus, at: Instant,
+        next_attempt_at: Instant | None, error: str | None,
+    ) -> None:  # fmt: skip
+        """Record one channel's attempt at a reply."""
+        ...
+
+    def prune_finished(self, before: Instant, limit: int) -> int:
+        """Delete finished rows older than ``before``, keeping each series' newest row."""
+        ...
+
     def view(self, series: Sequence[str] | None) -> SessionView:
         """The due index and the current rows of ``series`` (None: all) as committed so far."""
         ...
@@ -179,4 +239,20 @@ class SessionFiles(Protocol):
 
     def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """Raw outbound rows not taken in yet, oldest first."""
+        ...
+
+    def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
+        """Raw outbound rows with these seqs."""
+        ...
+
+    def due_deliveries(self, session_id: str, now: Instant) -> list[DeliveryRow]:
+        """Channel deliveries whose retry is due."""
+        ...
+
+    def all_rows(self, session_id: str) -> list[InboundMessage]:
+        """Every inbox row, oldest first."""
+        ...
+
+    def has_outbox(self, session_id: str) -> bool:
+        """Whether the runner has created its outbox yet."""
         ...

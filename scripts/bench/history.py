@@ -39,6 +39,7 @@ from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime, RunnerHandle
 from host.service import Cronbox
+from host.store.central import SqliteCentral
 from host.store.records import Session
 from host.sweep import LiveRunner, SweepConfig, Sweeper
 
@@ -78,7 +79,7 @@ def build(home: Path, past: int) -> tuple[Cronbox, ManualClock, Session, str]:
                 db, {**first.model_dump(mode="json", exclude={"seq"}), "id": f"{task.id}~{past}",
                      "process_after": live_at, "scheduled_for": live_at},
             )  # fmt: skip
-        with app.central.transaction() as central:
+        with SqliteCentral(home).transaction() as central:
             central.conn.executemany(
                 "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, started_at, "
                 "finished_at, outcome, tries) VALUES (?, ?, ?, ?, ?, ?, 'ok', 1)",
