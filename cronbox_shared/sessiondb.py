@@ -524,31 +524,29 @@ def insert_outbound(
     return seq
 
 
+def _raw_rows(db: Database, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows as plain dicts keyed by column, values as stored (for untrusted content)."""
+    cur = db.execute(sql, list(args))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+_OUT_SELECT = "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out"
+
+
 def outbound_after(db: OutboundDb, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
     """Raw ``messages_out`` rows with seq > ``after_seq``, oldest first.
 
     Returned as plain dicts with the content still a JSON string: the host must
     validate them as untrusted input.
     """
-    cur = db.execute(
-        "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out "
-        "WHERE seq > ? ORDER BY seq LIMIT ?",
-        [after_seq, limit],
-    )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    return _raw_rows(db, f"{_OUT_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", [after_seq, limit])
 
 
 def outbound_by_seqs(db: OutboundDb, seqs: Sequence[int]) -> list[dict[str, Any]]:
     """Raw ``messages_out`` rows with these seqs, oldest first (untrusted)."""
     marks = ", ".join("?" for _ in seqs)
-    cur = db.execute(
-        "SELECT id, seq, kind, created_at, in_reply_to, content FROM messages_out "
-        f"WHERE seq IN ({marks}) ORDER BY seq",
-        list(seqs),
-    )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    return _raw_rows(db, f"{_OUT_SELECT} WHERE seq IN ({marks}) ORDER BY seq", seqs)
 
 
 def set_ack(
@@ -582,13 +580,12 @@ def acks_for(db: OutboundDb, message_ids: Sequence[str]) -> list[dict[str, Any]]
     if not message_ids:
         return []
     marks = ", ".join("?" for _ in message_ids)
-    cur = db.execute(
+    return _raw_rows(
+        db,
         "SELECT message_id, attempt, status, updated_at, error, output_preview, started_at "
         f"FROM processing_ack WHERE message_id IN ({marks})",
-        list(message_ids),
+        message_ids,
     )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def clear_processing_acks(db: OutboundDb) -> int:

@@ -212,6 +212,20 @@ def session_json(session: Session) -> dict[str, Any]:
     return session.model_dump(mode="json")
 
 
+def show_session(verb: str, session: Session, as_json: bool) -> None:
+    """One line after a session command, e.g. ``created session work (id …, agent echo, …)``."""
+    if as_json:
+        print_json(session_json(session))
+        return
+    stdout_console().print(
+        Text(
+            f"{verb} session {session.name} (id {session.id}, agent {session.agent}, "
+            f"timezone {session.timezone})"
+        ),
+        soft_wrap=True,
+    )
+
+
 def schedule_cell(recurrence: str | None) -> str:
     if recurrence is None:
         return "once"
@@ -281,17 +295,7 @@ def session_create(
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
     store = open_store(home)
-    session = store.create_session(name, agent=agent, timezone=timezone)
-    if as_json:
-        print_json(session_json(session))
-        return
-    stdout_console().print(
-        Text(
-            f"created session {session.name} (id {session.id}, agent {session.agent}, "
-            f"timezone {session.timezone})"
-        ),
-        soft_wrap=True,
-    )
+    show_session("created", store.create_session(name, agent=agent, timezone=timezone), as_json)
 
 
 @session_app.command("list")
@@ -329,16 +333,7 @@ def session_update(
 ) -> None:
     """Change a session's agent profile or default timezone (existing tasks keep theirs)."""
     store = open_store(home)
-    updated = store.update_session(session, agent=agent, timezone=timezone)
-    if as_json:
-        print_json(session_json(updated))
-        return
-    stdout_console().print(
-        Text(
-            f"updated session {updated.name} (agent {updated.agent}, timezone {updated.timezone})"
-        ),
-        soft_wrap=True,
-    )
+    show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
 
 
 @session_app.command("delete")
@@ -349,11 +344,7 @@ def session_delete(
 ) -> None:
     """Delete a session with no runner at work; its files move to trash/, its history stays."""
     store = open_store(home)
-    gone = store.delete_session(session)
-    if as_json:
-        print_json(session_json(gone))
-        return
-    stdout_console().print(Text(f"deleted session {gone.name} (id {gone.id})"), soft_wrap=True)
+    show_session("deleted", store.delete_session(session), as_json)
 
 
 @app.command("send")

@@ -16,7 +16,7 @@ transaction; nothing here touches a file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -156,6 +156,46 @@ def finish(
 # --- the plans ------------------------------------------------------------------------
 
 
+@dataclass
+class _Draft:
+    """A plan being put together, one row at a time."""
+
+    updates: list[RowChange] = field(default_factory=list)
+    inserts: list[InboundMessage] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+    series: list[str] = field(default_factory=list)
+
+    def change(self, change: RowChange, row: InboundMessage, run: RunRecord | None) -> None:
+        """Change a row without ending it (a retry, a coalesced slot)."""
+        self.updates.append(change)
+        if run is not None:
+            self.runs.append(run)
+        self.series.append(row.series_id or row.id)
+
+    def end(
+        self, row: InboundMessage, status: MessageStatus, error: str | None, now: datetime,
+        run: RunRecord, **extra: Any,
+    ) -> None:  # fmt: skip
+        """End a row (handing a recurrence on) and record its finished run."""
+        changed, new = finish(row, status, error, now, **extra)
+        self.updates += changed
+        self.inserts += new
+        self.runs.append(run)
+        self.series.append(row.series_id or row.id)
+        assert run.outcome is not None
+        self.finished.append(Finished(message_id=row.id, series_id=row.series_id,
+                                      outcome=run.outcome, error=run.error))  # fmt: skip
+
+    def plan(self) -> SettlementPlan:
+        return SettlementPlan(
+            changes=InboxChanges(updates=tuple(self.updates), inserts=tuple(self.inserts)),
+            runs=tuple(self.runs), claims=tuple(self.claims), finished=tuple(self.finished),
+            series=tuple(self.series),
+        )  # fmt: skip
+
+
 def settle_acks(
     rows: Mapping[str, InboundMessage],
     raw_acks: Sequence[Mapping[str, Any]],
@@ -168,12 +208,7 @@ def settle_acks(
     another try than the row's current one is ignored. Times are clamped between the
     row's due time and now.
     """
-    updates: list[RowChange] = []
-    inserts: list[InboundMessage] = []
-    runs: list[RunRecord] = []
-    claims: list[Claim] = []
-    finished: list[Finished] = []
-    touched: list[str] = []
+    draft = _Draft()
     for raw in raw_acks:
         try:
             ack = Ack.model_validate(dict(raw))
@@ -189,29 +224,18 @@ def settle_acks(
         )  # fmt: skip
         if ack.status is AckStatus.PROCESSING:
             timeout = timedelta(seconds=row.timeout) if row.timeout else policy.default_timeout
-            claims.append(Claim(row.id, started, timeout))
-            runs.append(run)
+            draft.claims.append(Claim(row.id, started, timeout))
+            draft.runs.append(run)
             continue
         status, outcome = _ACK_FATE[ack.status]
         error = _cap(ack.error, MAX_ERROR_CHARS)
         ended = _clamp(ack.updated_at, row, now)
-        changed, new = finish(row, status, error, now)
-        updates += changed
-        inserts += new
-        runs.append(
-            run.model_copy(
-                update={"finished_at": fmt(ended), "outcome": outcome, "error": error,
-                        "output_preview": _cap(ack.output_preview, MAX_PREVIEW_CHARS)}
-            )
+        run = run.model_copy(
+            update={"finished_at": fmt(ended), "outcome": outcome, "error": error,
+                    "output_preview": _cap(ack.output_preview, MAX_PREVIEW_CHARS)}
         )  # fmt: skip
-        touched.append(row.series_id or row.id)
-        finished.append(Finished(message_id=row.id, series_id=row.series_id,
-                                 outcome=outcome, error=error))  # fmt: skip
-    return SettlementPlan(
-        changes=InboxChanges(updates=tuple(updates), inserts=tuple(inserts)),
-        runs=tuple(runs), claims=tuple(claims), finished=tuple(finished),
-        series=tuple(touched),
-    )  # fmt: skip
+        draft.end(row, status, error, now, run)
+    return draft.plan()
 
 
 def plan_requeue(
@@ -228,49 +252,34 @@ def plan_requeue(
     back to ``pending`` with ``tries+1`` after ``retry_base * 2**tries``, or ends
     ``failed`` once it used up ``max_tries``. A recurring series continues either way.
     """
-    updates: list[RowChange] = []
-    inserts: list[InboundMessage] = []
-    runs: list[RunRecord] = []
-    finished: list[Finished] = []
-    touched: list[str] = []
+    draft = _Draft()
     for claim in claims:
         row = rows.get(claim.message_id)
         if row is None or row.status is not MessageStatus.PENDING:
             continue
-        scheduled = row.scheduled_for or row.process_after
+        run = RunRecord(
+            message_id=row.id, series_id=row.series_id, tries=row.tries + 1,
+            scheduled_for=row.scheduled_for or row.process_after,
+        )  # fmt: skip
         if claim.message_id in timed_out:
             error = f"timed out after {int(claim.timeout.total_seconds())} s"
-            tries, outcome = row.tries + 1, RunOutcome.TIMEOUT
-            changed, new = finish(row, MessageStatus.FAILED, error, now, tries=tries)
-        else:
-            plan = plan_retry(row.tries, now, policy.max_tries, policy.retry_base)
-            error, tries, outcome = f"{reason} (try {plan.tries})", plan.tries, RunOutcome.ERROR
-            if plan.status == "pending":
-                assert plan.process_after is not None
-                updates.append(
-                    RowChange(message_id=row.id, at=fmt(now), tries=tries, error=error,
-                              process_after=fmt(plan.process_after))
-                )  # fmt: skip
-                runs.append(
-                    RunRecord(message_id=row.id, series_id=row.series_id,
-                              scheduled_for=scheduled, tries=tries, error=error)
-                )  # fmt: skip
-                touched.append(row.series_id or row.id)
-                continue
-            changed, new = finish(row, MessageStatus.FAILED, error, now, tries=tries)
-        updates += changed
-        inserts += new
-        runs.append(
-            RunRecord(message_id=row.id, series_id=row.series_id, scheduled_for=scheduled,
-                      tries=tries, error=error, finished_at=fmt(now), outcome=outcome)
-        )  # fmt: skip
-        touched.append(row.series_id or row.id)
-        finished.append(Finished(message_id=row.id, series_id=row.series_id,
-                                 outcome=outcome, error=error))  # fmt: skip
-    return SettlementPlan(
-        changes=InboxChanges(updates=tuple(updates), inserts=tuple(inserts)),
-        runs=tuple(runs), finished=tuple(finished), series=tuple(touched),
-    )  # fmt: skip
+            ended = run.model_copy(
+                update={"error": error, "finished_at": fmt(now), "outcome": RunOutcome.TIMEOUT}
+            )
+            draft.end(row, MessageStatus.FAILED, error, now, ended, tries=run.tries)
+            continue
+        retry = plan_retry(row.tries, now, policy.max_tries, policy.retry_base)
+        error = f"{reason} (try {retry.tries})"
+        if retry.process_after is not None:
+            change = RowChange(message_id=row.id, at=fmt(now), tries=retry.tries, error=error,
+                               process_after=fmt(retry.process_after))  # fmt: skip
+            draft.change(change, row, run.model_copy(update={"error": error}))
+            continue
+        ended = run.model_copy(
+            update={"error": error, "finished_at": fmt(now), "outcome": RunOutcome.ERROR}
+        )
+        draft.end(row, MessageStatus.FAILED, error, now, ended, tries=retry.tries)
+    return draft.plan()
 
 
 def plan_catch_up(due: Sequence[InboundMessage], now: datetime) -> SettlementPlan:
@@ -281,11 +290,7 @@ def plan_catch_up(due: Sequence[InboundMessage], now: datetime) -> SettlementPla
     ``missed`` (the row ends ``skipped``) and the series moves on. Rows already tried
     and non-task rows are left alone.
     """
-    updates: list[RowChange] = []
-    inserts: list[InboundMessage] = []
-    runs: list[RunRecord] = []
-    finished: list[Finished] = []
-    touched: list[str] = []
+    draft = _Draft()
     for row in due:
         if row.kind is not MessageKind.TASK or row.tries > 0:
             continue
@@ -297,28 +302,16 @@ def plan_catch_up(due: Sequence[InboundMessage], now: datetime) -> SettlementPla
         if decision.action == "missed":
             late = _seconds_words(now - decision.scheduled_for)
             moved = row.model_copy(update={"scheduled_for": slot, "process_after": slot})
-            changed, new = finish(
-                moved, MessageStatus.SKIPPED, f"missed: {late} late", now,
-                scheduled_for=slot, process_after=slot,
-            )  # fmt: skip
-            updates += changed
-            inserts += new
-            error = f"missed: {late} late, past its grace"
-            runs.append(RunRecord(message_id=row.id, series_id=row.series_id,
-                                  scheduled_for=slot, tries=0, finished_at=fmt(now),
-                                  outcome=RunOutcome.MISSED, error=error))  # fmt: skip
-            finished.append(Finished(message_id=row.id, series_id=row.series_id,
-                                     outcome=RunOutcome.MISSED, error=error))  # fmt: skip
+            run = RunRecord(message_id=row.id, series_id=row.series_id, scheduled_for=slot,
+                            tries=0, finished_at=fmt(now), outcome=RunOutcome.MISSED,
+                            error=f"missed: {late} late, past its grace")  # fmt: skip
+            draft.end(moved, MessageStatus.SKIPPED, f"missed: {late} late", now, run,
+                      scheduled_for=slot, process_after=slot)  # fmt: skip
         elif slot != row.scheduled_for:
-            updates.append(RowChange(message_id=row.id, at=fmt(now), scheduled_for=slot,
-                                     process_after=slot))  # fmt: skip
-        else:
-            continue
-        touched.append(row.series_id or row.id)
-    return SettlementPlan(
-        changes=InboxChanges(updates=tuple(updates), inserts=tuple(inserts)),
-        runs=tuple(runs), finished=tuple(finished), series=tuple(touched),
-    )  # fmt: skip
+            change = RowChange(message_id=row.id, at=fmt(now), scheduled_for=slot,
+                               process_after=slot)  # fmt: skip
+            draft.change(change, row, None)
+    return draft.plan()
 
 
 # --- helpers ---------------------------------------------------------------------------

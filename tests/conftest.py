@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from cronbox_shared.timeutil import ManualClock
+from host.service import Cronbox
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio (the backend the host uses)."""
     return "asyncio"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock the test moves by hand (a Thursday morning, UTC)."""
+    return ManualClock("2026-01-15T08:00:00Z")
+
+
+@pytest.fixture
+def app(tmp_path: Path, clock: ManualClock) -> Cronbox:
+    """The service over a fresh home, on the test's clock."""
+    return Cronbox(tmp_path / "home", clock=clock)

@@ -8,7 +8,6 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -20,16 +19,6 @@ from host.service import Cronbox
 from host.store.records import Session
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock("2026-01-15T08:00:00Z")
-
-
-@pytest.fixture
-def app(tmp_path: Path, clock: ManualClock) -> Cronbox:
-    return Cronbox(tmp_path / "home", clock=clock)
 
 
 @pytest.fixture

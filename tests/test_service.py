@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -19,16 +18,6 @@ from host.runtimes import ProcessRuntime
 from host.service import Cronbox
 from host.sweep import SweepConfig, Sweeper
 from host.writer import Writer
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock("2026-01-15T08:00:00Z")
-
-
-@pytest.fixture
-def app(tmp_path: Path, clock: ManualClock) -> Cronbox:
-    return Cronbox(tmp_path / "home", clock=clock)
 
 
 def run_once(app: Cronbox, clock: ManualClock, session_id: str, message_id: str) -> None:
