@@ -81,3 +81,28 @@ class AlreadyHandled(CronboxError, RuntimeError):
     def __init__(self, seq: int) -> None:
         super().__init__(f"outbound seq {seq} was handled already; nothing was applied again")
         self.seq = seq
+
+
+class RuntimeNotAvailable(CronboxError, RuntimeError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f'{name} runtime is not available yet; set CRONBOX_RUNTIME="process" '
+            "to run agent runners as local processes"
+        )
+        self.name = name
+
+
+class UnknownRuntime(CronboxError, ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f'unknown runtime "{name}"; CRONBOX_RUNTIME must be "process" or "docker"')
+        self.name = name
+
+
+class RunnerStartFailed(CronboxError, RuntimeError):
+    def __init__(self, session_id: str, cause: str) -> None:
+        super().__init__(f"could not start the agent runner of session {session_id}: {cause}")
+        self.session_id = session_id
+
+
+class Rejected(CronboxError, ValueError):
+    """An outbound row the host cannot accept (the agent is told this sentence)."""

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.errors import AlreadyHandled, CronboxError
+from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import MAX_CHAT_BYTES, DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.tasks import ScheduleRequest, UpdateRequest
 from cronbox_shared.timeutil import fmt
@@ -94,10 +94,6 @@ class Handled:
     seq: int
     status: DeliveryStatus
     detail: str | None = None
-
-
-class Rejected(CronboxError, ValueError):
-    """An outbound row that cannot be accepted."""
 
 
 def reply_text(message: OutboundMessage) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from cronbox_shared.errors import CronboxError
+from cronbox_shared.errors import RunnerStartFailed, RuntimeNotAvailable, UnknownRuntime
 
 __all__ = [
     "RunnerHandle",
@@ -108,24 +108,3 @@ class Runtime(Protocol):
         may forget the traces (pid files, exited containers) of runners that are gone.
         """
         ...
-
-
-class RuntimeNotAvailable(CronboxError, RuntimeError):
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f'{name} runtime is not available yet; set CRONBOX_RUNTIME="process" '
-            "to run agent runners as local processes"
-        )
-        self.name = name
-
-
-class UnknownRuntime(CronboxError, ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f'unknown runtime "{name}"; CRONBOX_RUNTIME must be "process" or "docker"')
-        self.name = name
-
-
-class RunnerStartFailed(CronboxError, RuntimeError):
-    def __init__(self, session_id: str, cause: str) -> None:
-        super().__init__(f"could not start the agent runner of session {session_id}: {cause}")
-        self.session_id = session_id
