@@ -32,6 +32,7 @@ from cronbox_shared.models import (
     MessageStatus,
     OutboundMessage,
 )
+from cronbox_shared.timeutil import Instant
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -362,7 +363,7 @@ def count_live_tasks(db: InboundDb) -> int:
     return int(n)
 
 
-def next_due(db: InboundDb) -> str | None:
+def next_due(db: InboundDb) -> Instant | None:
     """Earliest ``process_after`` of pending rows that wake the agent (the due index)."""
     (value,) = db.execute(
         "SELECT min(coalesce(process_after, created_at)) FROM messages_in "
@@ -371,7 +372,7 @@ def next_due(db: InboundDb) -> str | None:
     return str(value) if value is not None else None
 
 
-def due_rows(db: InboundDb, now: str) -> list[InboundMessage]:
+def due_rows(db: InboundDb, now: Instant) -> list[InboundMessage]:
     """Pending rows due at ``now`` (host side: for catch-up planning)."""
     rows = db.execute(
         f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' "
@@ -392,7 +393,7 @@ def rows_by_ids(db: InboundDb, ids: Sequence[str]) -> dict[str, InboundMessage]:
     return {m.id: m for m in map(_row_to_inbound, rows)}
 
 
-def prune_finished(db: InboundDb, before: str, limit: int) -> int:
+def prune_finished(db: InboundDb, before: Instant, limit: int) -> int:
     """Delete up to ``limit`` finished rows last changed before ``before``.
 
     The newest scheduled row of each series stays, so an ended series keeps its place
@@ -420,13 +421,13 @@ class DeliveryRow:
     message_id: str
     status: DeliveryStatus
     attempts: int
-    next_attempt_at: str | None
+    next_attempt_at: Instant | None
     last_error: str | None
 
 
 def accept_outbound(
     db: InboundDb, seq: int, message_id: str, channels: Sequence[str], status: DeliveryStatus,
-    at: str, detail: str | None = None,
+    at: Instant, detail: str | None = None,
 ) -> bool:  # fmt: skip
     """Record an outbound row as taken in: one delivery row per channel, all in ``status``.
 
@@ -444,8 +445,8 @@ def accept_outbound(
 
 
 def record_attempt(
-    db: InboundDb, seq: int, channel: str, status: DeliveryStatus, at: str,
-    next_attempt_at: str | None, error: str | None,
+    db: InboundDb, seq: int, channel: str, status: DeliveryStatus, at: Instant,
+    next_attempt_at: Instant | None, error: str | None,
 ) -> None:  # fmt: skip
     """Record one attempt of a channel at a reply: its new status, error and next try."""
     db.execute(
@@ -455,7 +456,7 @@ def record_attempt(
     )
 
 
-def due_deliveries(db: InboundDb, now: str, limit: int = 200) -> list[DeliveryRow]:
+def due_deliveries(db: InboundDb, now: Instant, limit: int = 200) -> list[DeliveryRow]:
     """Pending channel deliveries whose next attempt is due, oldest first."""
     rows = db.execute(
         "SELECT seq, channel, message_id, status, attempts, next_attempt_at, last_error "
@@ -509,7 +510,7 @@ def insert_outbound(
     message_id: str,
     kind: MessageKind,
     content: dict[str, Any],
-    created_at: str,
+    created_at: Instant,
     in_reply_to: str | None = None,
 ) -> int:
     """Append to ``messages_out`` with the next odd seq; returns the seq."""
@@ -554,7 +555,7 @@ def set_ack(
     message_id: str,
     attempt: int,
     status: AckStatus,
-    at: str,
+    at: Instant,
     error: str | None = None,
     output_preview: str | None = None,
 ) -> None:
@@ -602,7 +603,7 @@ _DUE_UNACKED = (
 )
 
 
-def claimable(db: OutboundDb, inbound_path: Path, now: str, limit: int) -> list[InboundMessage]:
+def claimable(db: OutboundDb, inbound_path: Path, now: Instant, limit: int) -> list[InboundMessage]:
     """Due pending rows of the attached inbound DB that have no ack for their current try.
 
     The ack filter is applied before the limit so claimed rows never hide new work.
@@ -656,7 +657,7 @@ def _attach_inbound(db: OutboundDb, inbound_path: Path) -> None:
         db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
 
 
-def trigger_waiting(db: OutboundDb, inbound_path: Path, now: str) -> bool:
+def trigger_waiting(db: OutboundDb, inbound_path: Path, now: Instant) -> bool:
     """Whether a due, unacked ``trigger=1`` row waits in the attached inbound DB.
 
     The runner asks this when a full batch holds only context rows: the row that

@@ -45,7 +45,7 @@ from cronbox_shared.tasks import (
     validate_schedule,
     validate_update,
 )
-from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc, zone
+from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
 from host.config import Settings
 from host.liveness import Claim
 from host.settlement import (
@@ -97,7 +97,7 @@ class _Work:
     runs: Sequence[RunRecord] = ()
 
 
-def task_row(valid: ValidTask, now: str) -> InboundMessage:
+def task_row(valid: ValidTask, now: Instant) -> InboundMessage:
     """The ``messages_in`` row of a new task: the first occurrence of its own series."""
     first = fmt(valid.first_run)
     return InboundMessage(
@@ -281,7 +281,7 @@ class Cronbox:
         """Every session, oldest first."""
         return self.central.sessions()
 
-    def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, str]]:
+    def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, Instant]]:
         """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
         return self.central.due_sessions(fmt(now), limit)
 
