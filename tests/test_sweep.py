@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
-from host.runtimes import ProcessRuntime
+from host.runtimes import ProcessRuntime, RunnerSpec
 from host.service import Cronbox
-from host.sweep import SweepConfig, Sweeper
+from host.sweep import LiveRunner, SweepConfig, Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -207,3 +209,44 @@ async def test_restart_rederives_only_sessions_changed_behind_the_index(
     await sweeper.recover()
     assert {p.parent.parent.name for p in opened} == {crashed.id}
     assert store.get_session(crashed.id).next_due_at == fmt(clock.now())
+
+
+async def test_an_idle_runner_is_stopped_beside_the_loop_so_passes_go_on(tmp_path: Path) -> None:
+    """Stopping an evicted runner that ignores SIGTERM takes its whole grace; the sweep
+    keeps passing meanwhile, and the waiting session starts once the slot is free."""
+    settings = make_settings(tmp_path / "home", max_containers=1)
+    store = Cronbox.from_settings(settings)
+    idle = store.create_session("idle")
+    waiting = store.create_session("waiting")
+    stubborn = ProcessRuntime(
+        argv=[sys.executable, "-c",
+              "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+    )  # fmt: skip
+    config = fast_sweep(settings, stop_grace=2.0)
+    sweeper = Sweeper(store, stubborn, Delivery(store, []), config, store.clock)
+    spec = RunnerSpec(idle.id, store.session_dir(idle.id).resolve(), store.home.resolve(), {})
+    handle = await stubborn.start(spec)
+    sweeper.live[idle.id] = LiveRunner(handle=handle, session=idle, busy=False)
+    passes = 0
+    real_tick = sweeper.tick
+
+    async def counted() -> None:
+        nonlocal passes
+        passes += 1
+        await real_tick()
+
+    sweeper.tick = counted  # type: ignore[method-assign]
+    store.send_message(waiting.id, "my turn")
+    async with anyio.create_task_group() as tg:
+        await tg.start(sweeper.run)
+        await wait_for(lambda: sweeper.live[idle.id].stopping, 10)
+        stopping_at = passes
+        # The stubborn runner is still alive, and the loop has not waited for it.
+        await wait_for(lambda: passes >= stopping_at + 5, 10)
+        assert await stubborn.is_running(handle)
+        await wait_for(lambda: waiting.id in sweeper.live, 20)
+        assert not await stubborn.is_running(handle)
+        assert idle.id not in sweeper.live
+        sweeper.stop_accepting()
+        for runner in list(sweeper.live.values()):
+            await stubborn.kill(runner.handle)
