@@ -1,10 +1,12 @@
 """The sweep: wake sessions with due work, tend their runners, settle what they did.
 
 Each pass reads, decides with pure functions (:func:`plan_pool`,
-:func:`decide_liveness`, :func:`plan_retry`) and acts. It sleeps until the earliest
-``next_due_at``, the sweep interval, or a change, whichever comes first, and its cost
-follows the sessions with due work or a live runner: idle sessions' files are never
-opened. One session's error is logged with its id and never stops the others.
+:func:`decide_liveness`, and the settlement plans of :mod:`host.settlement` behind the
+service layer) and acts; its writes go through the host's one writer. It sleeps until
+the earliest ``next_due_at``, the sweep interval, or a change, whichever comes first,
+and its cost follows the sessions with due work or a live runner: idle sessions' files
+are never opened. One session's error is logged with its id and never stops the
+others. Stopping an idle runner happens beside the loop, so no session waits for it.
 """
 
 from __future__ import annotations
