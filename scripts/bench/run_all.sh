@@ -20,3 +20,6 @@ echo "== idle sweep (10,000 sessions x 10 future tasks) =="
 echo
 echo "== history: a series with 0, 10,000 and 50,000 past occurrences =="
 "$python" "$here/history.py"
+echo
+echo "== event-loop lag while delivery applies 50 agent actions =="
+"$python" "$here/loop_lag.py"
