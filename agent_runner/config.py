@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.envconf import env_count, env_seconds, env_session_dir, env_timezone
 from cronbox_shared.errors import InvalidInput
 
@@ -25,10 +26,10 @@ class RunnerConfig:
     session_dir: Path
     provider: str = "echo"
     timezone: str = "UTC"
-    idle_timeout: float = 30.0
-    poll_interval: float = 1.0
-    max_batch: int = 10
-    gate_timeout: float = 30.0
+    idle_timeout: float = DEFAULTS.idle_timeout
+    poll_interval: float = DEFAULTS.runner_poll
+    max_batch: int = DEFAULTS.max_batch
+    gate_timeout: float = DEFAULTS.gate_timeout
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerConfig:
@@ -41,8 +42,14 @@ class RunnerConfig:
             session_dir=env_session_dir(env, RunnerConfigError, need_inbound=False),
             provider=env.get("CRONBOX_PROVIDER", "").strip() or "echo",
             timezone=env_timezone(env, RunnerConfigError),
-            idle_timeout=env_seconds(env, "CRONBOX_IDLE_TIMEOUT", 30.0, RunnerConfigError),
-            poll_interval=env_seconds(env, "CRONBOX_POLL_INTERVAL", 1.0, RunnerConfigError),
-            max_batch=env_count(env, "CRONBOX_MAX_BATCH", 10, RunnerConfigError),
-            gate_timeout=env_seconds(env, "CRONBOX_GATE_TIMEOUT", 30.0, RunnerConfigError),
+            idle_timeout=env_seconds(
+                env, "CRONBOX_IDLE_TIMEOUT", DEFAULTS.idle_timeout, RunnerConfigError
+            ),
+            poll_interval=env_seconds(
+                env, "CRONBOX_POLL_INTERVAL", DEFAULTS.runner_poll, RunnerConfigError
+            ),
+            max_batch=env_count(env, "CRONBOX_MAX_BATCH", DEFAULTS.max_batch, RunnerConfigError),
+            gate_timeout=env_seconds(
+                env, "CRONBOX_GATE_TIMEOUT", DEFAULTS.gate_timeout, RunnerConfigError
+            ),
         )

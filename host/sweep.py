@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import MessageStatus, RunOutcome
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
@@ -40,15 +41,15 @@ QUARANTINE_MAX = 300.0
 class SweepConfig:
     """Timing and limits of the sweep; see the configuration table in README.md."""
 
-    sweep_interval: float = 60.0
-    max_containers: int = 5
-    idle_timeout: float = 30.0
-    task_timeout: float = 600.0
+    sweep_interval: float = DEFAULTS.sweep_interval
+    max_containers: int = DEFAULTS.max_containers
+    idle_timeout: float = DEFAULTS.idle_timeout
+    task_timeout: float = DEFAULTS.task_timeout
     live_poll: float = 0.25
     heartbeat_ceiling: float = 30.0
     startup_grace: float = 30.0
     stop_grace: float = 10.0
-    runner_poll: float = 0.2
+    runner_poll: float = DEFAULTS.runner_poll
     retry_base: float = 5.0
 
 

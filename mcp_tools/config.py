@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.envconf import env_count, env_seconds, env_session_dir, env_timezone
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.timeutil import Clock, SystemClock
 
-DEFAULT_MIN_INTERVAL = 60.0
-DEFAULT_MAX_TASKS = 1000
+DEFAULT_MIN_INTERVAL = DEFAULTS.min_interval
+DEFAULT_MAX_TASKS = DEFAULTS.max_tasks_per_session
 
 
 class ToolConfigError(InvalidInput):
@@ -47,7 +48,9 @@ class ToolConfig:
             session_dir=env_session_dir(env, ToolConfigError, need_inbound=True),
             timezone=env_timezone(env, ToolConfigError),
             min_interval=timedelta(
-                seconds=env_seconds(env, "CRONBOX_MIN_INTERVAL", 60.0, ToolConfigError)
+                seconds=env_seconds(
+                    env, "CRONBOX_MIN_INTERVAL", DEFAULT_MIN_INTERVAL, ToolConfigError
+                )
             ),
             max_tasks=env_count(env, "CRONBOX_MAX_TASKS", DEFAULT_MAX_TASKS, ToolConfigError),
         )

@@ -19,6 +19,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
 from cronbox_shared.models import InboundMessage, MessageStatus, preview
 from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
@@ -51,7 +52,8 @@ TIME_RULES = (
     'Relative times work too: "now", "+10m", "+1h30m", "in 2 hours".'
 )
 GATE_RULES = (
-    "Gate script: optional bash run before the agent is woken (30 s timeout, 1 MiB output). "
+    f"Gate script: optional bash run before the agent is woken ({DEFAULTS.gate_timeout:g} s "
+    f"timeout, {DEFAULTS.gate_output_cap // 1024 // 1024} MiB output). "
     'Its last stdout line must be JSON {"wakeAgent": true|false, "data": ...}: false ends '
     "the run without waking the agent (no model cost), true wakes it with data in its "
     "prompt. A timeout, non-zero exit or bad JSON skips the agent and records the error."
