@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 
 import anyio
 
-from agent_runner.config import RunnerConfig, RunnerConfigError
 from agent_runner.gate import GateResult, GateVerdict, run_gate
 from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, Provider, RowOutcome, SessionContext
 from agent_runner.providers import get_provider
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import RunnerConfigError
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, preview
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, fmt, zone
 
 log = logging.getLogger("agent_runner")
@@ -156,7 +157,7 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 class _Runner:
-    def __init__(self, config: RunnerConfig, clock: Clock, provider: Provider) -> None:
+    def __init__(self, config: RunnerSettings, clock: Clock, provider: Provider) -> None:
         self.config = config
         self.clock = clock
         self.provider = provider
@@ -289,7 +290,7 @@ class _Runner:
         )  # fmt: skip
 
 
-async def run_runner(config: RunnerConfig, clock: Clock, stop: anyio.Event | None = None) -> int:
+async def run_runner(config: RunnerSettings, clock: Clock, stop: anyio.Event | None = None) -> int:
     """Run the poll loop until idle for ``config.idle_timeout`` or ``stop`` is set.
 
     A batch in progress when ``stop`` is set is finished first. Returns the exit code

@@ -10,6 +10,7 @@ opened. One session's error is logged with its id and never stops the others.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from anyio.abc import TaskStatus
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import MessageStatus, RunOutcome
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
 from host.liveness import Claim, LivenessAction, decide_liveness, plan_retry
@@ -115,14 +117,25 @@ class Sweeper:
         return await anyio.to_thread.run_sync(fn, *args)
 
     def default_runner_env(self, session: Session) -> dict[str, str]:
-        return {
-            "CRONBOX_PROVIDER": session.agent,
-            "CRONBOX_TIMEZONE": session.timezone,
-            "CRONBOX_IDLE_TIMEOUT": str(self.config.idle_timeout),
-            "CRONBOX_POLL_INTERVAL": str(self.config.runner_poll),
-            "CRONBOX_MIN_INTERVAL": str(self.store.limits.min_interval.total_seconds()),
-            "CRONBOX_MAX_TASKS": str(self.store.limits.max_tasks_per_session),
-        }
+        """The session's runner settings, rendered for its environment.
+
+        What the host knows (the session's agent and zone, the sweep's timings, the
+        store's limits) is set here; the rest (``gate_timeout``, ``max_batch``) an
+        operator may set in the host's own environment, and the default applies
+        otherwise. Raises RunnerConfigError for a bad value there.
+        """
+        settings = RunnerSettings.from_env(
+            os.environ,
+            session_dir=self.store.session_dir(session.id).resolve(),
+            provider=session.agent,
+            timezone=session.timezone,
+            idle_timeout=self.config.idle_timeout,
+            poll_interval=self.config.runner_poll,
+            min_interval=self.store.limits.min_interval.total_seconds(),
+            max_tasks=self.store.limits.max_tasks_per_session,
+            secret_names=(),
+        )
+        return settings.to_env()
 
     # --- start-up --------------------------------------------------------------------
 

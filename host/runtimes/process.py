@@ -30,13 +30,15 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc
 from host.runtimes.base import RunnerHandle, RunnerSpec, RunnerStartFailed
 
 __all__ = ["HOME_LABEL", "PID_FILE", "RUNNER_LOG", "SESSION_DIR_VAR", "ProcessRuntime"]
 
 HOME_LABEL = "CRONBOX_HOST_HOME"
-SESSION_DIR_VAR = "CRONBOX_SESSION_DIR"
+# The runner's own setting doubles as the label that names its session.
+SESSION_DIR_VAR = RunnerSettings.env_name("session_dir")
 PID_FILE = ".runner.pid"
 RUNNER_LOG = "runner.log"
 
