@@ -10,7 +10,8 @@ together with its reply. It beats while it works and exits by itself once idle.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -22,6 +23,7 @@ from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, Provider, RowOutcome, SessionContext
 from agent_runner.providers import get_provider
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.environment import gate_environment
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, preview
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, zone
@@ -83,7 +85,12 @@ def error_text(exc: BaseException) -> str:
 
 class _Runner:
     def __init__(
-        self, config: RunnerSettings, clock: Clock, provider: Provider, mailbox: Mailbox
+        self,
+        config: RunnerSettings,
+        clock: Clock,
+        provider: Provider,
+        mailbox: Mailbox,
+        environ: Mapping[str, str],
     ) -> None:
         self.config = config
         self.clock = clock
@@ -91,6 +98,7 @@ class _Runner:
         self.mailbox = mailbox
         self.session_dir = config.session_dir
         self.workspace = config.session_dir / sdb.WORKSPACE
+        self.gate_env = gate_environment(environ, config.secret_names)
 
     async def run(self, stop: anyio.Event) -> int:
         cleared = await self.mailbox.open()
@@ -172,7 +180,7 @@ class _Runner:
 
         async def gate(row: InboundMessage, script: str) -> None:
             results[row.id] = await run_gate(
-                script, cwd=self.workspace, timeout=self.config.gate_timeout
+                script, cwd=self.workspace, env=self.gate_env, timeout=self.config.gate_timeout
             )
 
         async with anyio.create_task_group() as tg:
@@ -217,14 +225,18 @@ async def run_runner(
     clock: Clock,
     stop: anyio.Event | None = None,
     mailbox: Mailbox | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run the poll loop until idle for ``config.idle_timeout`` or ``stop`` is set.
 
-    ``mailbox`` defaults to the SQLite files of ``config.session_dir``. A batch in
-    progress when ``stop`` is set is finished first. Returns the exit code (0). Raises
-    UnknownProvider or RunnerConfigError before touching any file when the provider
-    name or the session is wrong.
+    ``mailbox`` defaults to the SQLite files of ``config.session_dir``; ``environ`` is
+    the runner's environment (default: this process's), which its gate scripts get
+    without the secrets ``config.secret_names`` names. A batch in progress when
+    ``stop`` is set is finished first. Returns the exit code (0). Raises UnknownProvider
+    or RunnerConfigError before touching any file when the provider name or the
+    session is wrong.
     """
     provider = get_provider(config.provider)
     mailbox = mailbox or SqliteMailbox(config.session_dir)
-    return await _Runner(config, clock, provider, mailbox).run(stop or anyio.Event())
+    env = os.environ if environ is None else environ
+    return await _Runner(config, clock, provider, mailbox, env).run(stop or anyio.Event())
