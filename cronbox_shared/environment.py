@@ -18,6 +18,9 @@ from cronbox_shared.settings import ENV_NAME, RunnerSettings
 BASIC = ("PATH", "HOME", "LANG", "TZ")
 """Variables passed on unchanged so programs find their tools, home, language and zone."""
 BASIC_PREFIX = "LC_"
+# The MCP SDK's stdio client passes these on to its server from the runner's own
+# environment, whatever environment it is given; a secret of such a name would leak.
+PASSED_BY_MCP = ("USER", "LOGNAME", "SHELL", "TERM")
 SECRET_NAMES = RunnerSettings.env_name("secret_names")
 
 
@@ -59,6 +62,8 @@ def runner_environment(
             raise InvalidSecret(name, "is not a valid environment variable name")
         if name in taken or is_basic(name):
             raise InvalidSecret(name, "has the name of a variable the runner needs itself")
+        if name in PASSED_BY_MCP:
+            raise InvalidSecret(name, "would reach the MCP server, which gets no secrets")
     return {
         **basic_environment(host_env),
         **settings_env,

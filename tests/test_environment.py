@@ -79,7 +79,7 @@ def test_a_variable_that_is_no_runner_setting_is_refused() -> None:
 @pytest.mark.parametrize(
     "name",
     ["PATH", "TZ", "LC_CTYPE", "CRONBOX_PROVIDER", "CRONBOX_SECRET_NAMES", "CRONBOX_HOST_HOME",
-     "has space", "A,B", "1ABC", ""],
+     "USER", "SHELL", "has space", "A,B", "1ABC", ""],
 )  # fmt: skip
 def test_a_secret_may_not_shadow_another_variable_or_be_an_odd_name(name: str) -> None:
     with pytest.raises(InvalidSecret, match="rename it in the agent profile"):
