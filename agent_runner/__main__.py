@@ -8,6 +8,7 @@ unknown provider (one line on stderr).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -15,9 +16,9 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskStatus
 
-from agent_runner.config import RunnerConfig
 from agent_runner.runner import run_runner
 from cronbox_shared.errors import CronboxError
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import SystemClock
 
 log = logging.getLogger("agent_runner")
@@ -45,7 +46,7 @@ async def _stop_on_signals(
             stop.set()
 
 
-async def _serve(config: RunnerConfig) -> int:
+async def _serve(config: RunnerSettings) -> int:
     stop = anyio.Event()
     code = EXIT_INTERRUPTED
     async with anyio.create_task_group() as tg:
@@ -71,7 +72,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        config = RunnerConfig.from_env(environ)
+        config = RunnerSettings.from_env(os.environ if environ is None else environ)
     except CronboxError as exc:
         return _refuse(exc)
     return anyio.run(_serve, config)

@@ -28,8 +28,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream
 
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_OUTPUT_CAP = 1024 * 1024
+from cronbox_shared.defaults import DEFAULTS
 
 _STDERR_TAIL_BYTES = 4 * 1024
 _PREVIEW_CHARS = 500
@@ -75,8 +74,8 @@ async def run_gate(
     *,
     cwd: Path,
     env: Mapping[str, str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the gate's own budget, reported in its reason
-    output_cap: int = DEFAULT_OUTPUT_CAP,
+    timeout: float = DEFAULTS.gate_timeout,  # noqa: ASYNC109 - the gate's own budget, reported in its reason
+    output_cap: int = DEFAULTS.gate_output_cap,
 ) -> GateResult:
     """Run ``script`` with bash in ``cwd`` and judge its output.
 

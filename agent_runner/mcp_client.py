@@ -22,10 +22,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from agent_runner.provider import SessionContext
+from cronbox_shared.environment import tool_environment
+from cronbox_shared.settings import RunnerSettings
 
-# Settings of the runner's own environment that the MCP server reads too (the host sets
-# them for the runner): the host's limits, so the tools refuse what the host would.
-PASSED_ON = ("CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS")
 # Bounds one request to the server; a call never legitimately takes this long.
 CALL_TIMEOUT = 60.0
 
@@ -50,17 +49,20 @@ class ToolOutcome:
 def server_parameters(
     context: SessionContext, environ: Mapping[str, str] | None = None
 ) -> StdioServerParameters:
-    """How to start the MCP server for ``context``'s session (same Python as the runner)."""
+    """How to start the MCP server for ``context``'s session (same Python as the runner).
+
+    ``environ`` is the runner's environment (default: this process's). The server gets
+    the runner's settings, rendered for ``context``'s session and zone (so the host's
+    limits reach the tools), and the basic variables; never a secret.
+    """
     env = os.environ if environ is None else environ
-    passed = {name: env[name] for name in PASSED_ON if env.get(name)}
+    settings = RunnerSettings.from_env(
+        env, session_dir=context.session_dir, timezone=context.timezone
+    )
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_tools"],
-        env={
-            **passed,
-            "CRONBOX_SESSION_DIR": str(context.session_dir),
-            "CRONBOX_TIMEZONE": context.timezone,
-        },
+        env=tool_environment(settings, env),
         cwd=context.workspace if context.workspace.is_dir() else context.session_dir,
     )
 

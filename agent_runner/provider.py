@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent_runner.mailbox import SessionState
 from cronbox_shared.models import InboundMessage
 from cronbox_shared.sessiondb import WORKSPACE
 
@@ -22,14 +23,17 @@ from cronbox_shared.sessiondb import WORKSPACE
 class SessionContext:
     """Where and when the agent runs.
 
-    ``session_dir`` holds ``inbound.db``, ``outbound.db`` and ``workspace/``; a provider
-    that bridges the MCP tools starts ``python -m mcp_tools`` with it as
-    ``CRONBOX_SESSION_DIR``. ``local_time`` is the batch's "now" in ``timezone``.
+    ``session_dir`` holds ``workspace/``, the agent's working directory; a provider that
+    bridges the MCP tools starts ``python -m mcp_tools`` for it
+    (:mod:`agent_runner.mcp_client`). ``local_time`` is the batch's "now" in
+    ``timezone``. ``state`` is the runner's own key/value store (None only for a context
+    built outside a runner).
     """
 
     session_dir: Path
     timezone: str
     local_time: datetime
+    state: SessionState | None = field(default=None, compare=False)
 
     @property
     def workspace(self) -> Path:
@@ -125,10 +129,10 @@ class Provider(Protocol):
       an outcome; resources started for a call are released under a shielded scope.
     * Blocking work (HTTP clients without async support, file I/O) runs in a worker
       thread; the runner's heartbeat shares the event loop.
-    * Only ``batch.context.session_dir`` is used for files: a provider that needs to
-      keep state across runs (e.g. a conversation id) stores it in ``outbound.db``'s
-      ``session_state`` (``sessiondb.get_state``/``set_state``), not in memory: the
-      runner exits when idle.
+    * Only ``batch.context.workspace`` is used for files, and a provider that needs to
+      keep state across runs (e.g. a conversation id) stores it in
+      ``batch.context.state`` (``get_state``/``set_state``), not in memory: the runner
+      exits when idle.
     """
 
     async def run(self, batch: Batch) -> ProviderResult:

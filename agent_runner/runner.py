@@ -1,60 +1,37 @@
 """The runner's poll loop: claim due rows, run their gates, hand them to the provider.
 
-The runner meets the host only through the session files: it reads ``inbound.db``
-(read-only, ATTACHed to ``outbound.db``) and writes ``outbound.db`` and
-``.heartbeat``. Each pass claims the oldest due rows it has not acked for their current
-try, acks them ``processing``, runs gate scripts, gives the survivors to the provider as
-one batch and acks each row ``completed``, ``failed`` or ``skipped``, writing replies to
-``messages_out`` in the same transaction. It exits by itself once idle.
-
-sqlite3 and file calls run in worker threads so the heartbeat keeps beating while a
-query waits for the host's lock.
+The runner meets the host only through its :class:`~agent_runner.mailbox.Mailbox`
+(by default the session directory's SQLite files). Each pass claims the oldest due rows
+it has not acked for their current try, runs gate scripts, gives the survivors to the
+provider as one batch and settles each row ``completed``, ``failed`` or ``skipped``
+together with its reply. It beats while it works and exits by itself once idle.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
 
 import anyio
 
-from agent_runner.config import RunnerConfig, RunnerConfigError
 from agent_runner.gate import GateResult, GateVerdict, run_gate
+from agent_runner.mailbox import Mailbox, Settlement, wakes_agent
+from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, Provider, RowOutcome, SessionContext
 from agent_runner.providers import get_provider
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.environment import gate_environment
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, preview
-from cronbox_shared.timeutil import Clock, fmt, zone
+from cronbox_shared.settings import RunnerSettings
+from cronbox_shared.timeutil import Clock, zone
 
 log = logging.getLogger("agent_runner")
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """The final ack of one row, and the chat reply to write with it (if any)."""
-
-    message: InboundMessage
-    status: AckStatus
-    error: str | None = None
-    preview: str | None = None
-    reply: str | None = None
-
 
 # --- pure decisions ----------------------------------------------------------------------
-
-
-def wakes_agent(rows: Sequence[InboundMessage]) -> bool:
-    """A claimed batch is worth waking the agent for when it holds a ``trigger=1`` row."""
-    return any(row.trigger for row in rows)
 
 
 def provider_needed(claimed: Sequence[InboundMessage], survivors: Sequence[InboundMessage]) -> bool:
@@ -103,83 +80,39 @@ def error_text(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# --- effects on the session files (run in worker threads) -------------------------------
-
-
-def _prepare(session_dir: Path) -> int:
-    (session_dir / sdb.WORKSPACE).mkdir(exist_ok=True)
-    with sdb.outbound(session_dir) as db, db.atomic():
-        return sdb.clear_processing_acks(db)
-
-
-def _touch(path: Path) -> None:
-    path.touch()
-
-
-def _claim(session_dir: Path, now: str, limit: int) -> list[InboundMessage]:
-    """Claim (ack ``processing``) the next batch, or nothing when no row wakes the agent."""
-    inbound_path = session_dir / sdb.INBOUND
-    with sdb.outbound(session_dir) as db:
-        rows = sdb.claimable(db, inbound_path, now, limit)
-        if not wakes_agent(rows) and not (
-            len(rows) == limit and sdb.trigger_waiting(db, inbound_path, now)
-        ):
-            return []
-        with db.atomic():
-            for row in rows:
-                sdb.set_ack(db, row.id, row.tries, AckStatus.PROCESSING, now)
-    return rows
-
-
-def _settle(session_dir: Path, at: str, settled: Sequence[Settlement]) -> None:
-    with sdb.outbound(session_dir) as db, db.atomic():
-        for s in settled:
-            if s.reply:
-                sdb.insert_outbound(
-                    db, f"out-{secrets.token_hex(8)}", MessageKind.CHAT, {"text": s.reply}, at,
-                    in_reply_to=s.message.id,
-                )  # fmt: skip
-            sdb.set_ack(db, s.message.id, s.message.tries, s.status, at, s.error, s.preview)
-
-
-def _release(session_dir: Path, rows: Sequence[InboundMessage]) -> None:
-    with sdb.outbound(session_dir) as db, db.atomic():
-        for row in rows:
-            sdb.delete_ack(db, row.id, row.tries)
-
-
 # --- the loop --------------------------------------------------------------------------
 
 
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
-
-
 class _Runner:
-    def __init__(self, config: RunnerConfig, clock: Clock, provider: Provider) -> None:
+    def __init__(
+        self,
+        config: RunnerSettings,
+        clock: Clock,
+        provider: Provider,
+        mailbox: Mailbox,
+        environ: Mapping[str, str],
+    ) -> None:
         self.config = config
         self.clock = clock
         self.provider = provider
+        self.mailbox = mailbox
         self.session_dir = config.session_dir
-        self.heartbeat = config.session_dir / sdb.HEARTBEAT
+        self.workspace = config.session_dir / sdb.WORKSPACE
+        self.gate_env = gate_environment(environ, config.secret_names)
 
     async def run(self, stop: anyio.Event) -> int:
-        if not (self.session_dir / sdb.INBOUND).is_file():
-            raise RunnerConfigError(
-                f"{self.session_dir} has no {sdb.INBOUND}; is it a cronbox session directory?"
-            )
-        cleared = await _in_thread(_prepare, self.session_dir)
-        await _in_thread(_touch, self.heartbeat)
+        cleared = await self.mailbox.open()
+        # The agent's working directory is a local one, whatever holds the mailbox.
+        await anyio.Path(self.workspace).mkdir(exist_ok=True)
+        await self.mailbox.beat()
         log.info(
             "runner started for %s (provider %s, %d stale claim(s) cleared)",
             self.session_dir.name, self.config.provider, cleared,
         )  # fmt: skip
         idle_since = anyio.current_time()
         while not stop.is_set():
-            await _in_thread(_touch, self.heartbeat)
-            rows = await _in_thread(
-                _claim, self.session_dir, fmt(self.clock.now()), self.config.max_batch
-            )
+            await self.mailbox.beat()
+            rows = await self.mailbox.claim(self.clock.now(), self.config.max_batch)
             if rows:
                 async with self._beating():
                     await self._process(rows)
@@ -203,7 +136,7 @@ class _Runner:
         async def beat() -> None:
             while True:
                 await anyio.sleep(self.config.poll_interval)
-                await _in_thread(_touch, self.heartbeat)
+                await self.mailbox.beat()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(beat)
@@ -236,20 +169,18 @@ class _Runner:
             settled += answered
         elif survivors:
             # Context rows alone do not wake the agent: they ride with the next trigger row.
-            await _in_thread(_release, self.session_dir, survivors)
+            await self.mailbox.release(survivors)
         self._log_batch(claimed, settled, anyio.current_time() - started)
 
     async def _settle(self, settled: Sequence[Settlement]) -> None:
-        if settled:
-            await _in_thread(_settle, self.session_dir, fmt(self.clock.now()), settled)
+        await self.mailbox.settle(self.clock.now(), settled)
 
     async def _run_gates(self, rows: Sequence[InboundMessage]) -> dict[str, GateResult]:
         results: dict[str, GateResult] = {}
-        workspace = self.session_dir / sdb.WORKSPACE
 
         async def gate(row: InboundMessage, script: str) -> None:
             results[row.id] = await run_gate(
-                script, cwd=workspace, timeout=self.config.gate_timeout
+                script, cwd=self.workspace, env=self.gate_env, timeout=self.config.gate_timeout
             )
 
         async with anyio.create_task_group() as tg:
@@ -261,7 +192,7 @@ class _Runner:
     async def _call_provider(self, items: list[BatchItem]) -> list[Settlement]:
         tz_name = self.config.timezone
         local = self.clock.now().astimezone(zone(tz_name))
-        context = SessionContext(self.session_dir, tz_name, local)
+        context = SessionContext(self.session_dir, tz_name, local, state=self.mailbox)
         prompt = render_batch(render_context(tz_name, local), [item.text for item in items])
         batch = Batch(tuple(items), context, prompt)
         try:
@@ -289,12 +220,23 @@ class _Runner:
         )  # fmt: skip
 
 
-async def run_runner(config: RunnerConfig, clock: Clock, stop: anyio.Event | None = None) -> int:
+async def run_runner(
+    config: RunnerSettings,
+    clock: Clock,
+    stop: anyio.Event | None = None,
+    mailbox: Mailbox | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Run the poll loop until idle for ``config.idle_timeout`` or ``stop`` is set.
 
-    A batch in progress when ``stop`` is set is finished first. Returns the exit code
-    (0). Raises UnknownProvider or RunnerConfigError before touching any file when the
-    provider name or the session directory is wrong.
+    ``mailbox`` defaults to the SQLite files of ``config.session_dir``; ``environ`` is
+    the runner's environment (default: this process's), which its gate scripts get
+    without the secrets ``config.secret_names`` names. A batch in progress when
+    ``stop`` is set is finished first. Returns the exit code (0). Raises UnknownProvider
+    or RunnerConfigError before touching any file when the provider name or the
+    session is wrong.
     """
     provider = get_provider(config.provider)
-    return await _Runner(config, clock, provider).run(stop or anyio.Event())
+    mailbox = mailbox or SqliteMailbox(config.session_dir)
+    env = os.environ if environ is None else environ
+    return await _Runner(config, clock, provider, mailbox, env).run(stop or anyio.Event())

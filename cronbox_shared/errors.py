@@ -7,6 +7,19 @@ broadly. Each message is built from the offending value and says how to fix it.
 from __future__ import annotations
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """At most ``limit`` characters of an untrusted value, safe to quote in a sentence.
+
+    Never raises: an integer too long to print, a structure too deep to print, or a
+    lone surrogate (which no UTF-8 log or database accepts) becomes something printable.
+    """
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class CronboxError(Exception):
     """Base of every deliberate cronbox error; ``str(err)`` is one user-facing sentence."""
 
@@ -32,6 +45,42 @@ class InvalidTime(InvalidInput):
 
 class InvalidRecurrence(InvalidInput):
     """A cron expression or @every duration is malformed or fires too often."""
+
+
+class InvalidAction(InvalidInput):
+    """A system action a container wrote is unknown or has bad arguments."""
+
+
+class RunnerConfigError(InvalidInput):
+    """A runner setting (a ``CRONBOX_*`` variable the host renders for a runner and its
+    MCP server) is missing or holds a bad value, or the session cannot be reached."""
+
+
+class ToolConfigError(RunnerConfigError):
+    """The MCP server's environment does not name a usable session directory."""
+
+
+class UnknownRunnerSetting(CronboxError, ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} is not a runner setting; a runner's environment holds only what "
+            "RunnerSettings names, so add it there first"
+        )
+        self.name = name
+
+
+class InvalidSecret(InvalidInput):
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f'secret "{name[:80]}" {why}; rename it in the agent profile')
+        self.name = name
+
+
+class UnknownProvider(CronboxError, LookupError):
+    def __init__(self, name: str, known: list[str], variable: str) -> None:
+        super().__init__(
+            f'unknown agent provider "{name}"; set {variable} to one of: ' + ", ".join(known)
+        )
+        self.name = name
 
 
 class SessionNotFound(CronboxError, LookupError):

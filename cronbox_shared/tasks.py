@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cronbox_shared.errors import InvalidInput, InvalidTime
+from cronbox_shared.errors import InvalidInput, InvalidTime, shown
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
 from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
@@ -121,10 +121,14 @@ def _check_text(field: str, value: str | None, limit: int, required: bool) -> No
         )
 
 
-def _one_sentence(exc: ValidationError) -> InvalidInput:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "request"
-    return InvalidInput(f"{where}: {err['msg']}")
+def validation_sentence(
+    exc: ValidationError, error: type[InvalidInput] = InvalidInput, skip: int = 0
+) -> InvalidInput:
+    """The first error of ``exc`` as ``field: problem``, its location without the first
+    ``skip`` parts (a union's tag); a hostile field name is cut short."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(shown(p) for p in err["loc"][skip:]) or "request"
+    return error(f"{where}: {err['msg']}")
 
 
 class ScheduleRequest(BaseModel):
@@ -147,7 +151,7 @@ class ScheduleRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _one_sentence(exc) from None
+            raise validation_sentence(exc) from None
 
 
 class UpdateRequest(BaseModel):
@@ -167,7 +171,7 @@ class UpdateRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _one_sentence(exc) from None
+            raise validation_sentence(exc) from None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
     InvalidInput,
@@ -72,8 +73,8 @@ PRUNE_BATCH = 5000
 class Limits:
     """Validation limits applied to every task request, whoever sends it."""
 
-    min_interval: timedelta = timedelta(seconds=60)
-    max_tasks_per_session: int = 1000
+    min_interval: timedelta = timedelta(seconds=DEFAULTS.min_interval)
+    max_tasks_per_session: int = DEFAULTS.max_tasks_per_session
 
 
 @dataclass(frozen=True)

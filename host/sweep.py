@@ -26,7 +26,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import DeliveryStatus, RunOutcome
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
 from host.liveness import Claim, LivenessAction, decide_liveness
@@ -50,17 +52,17 @@ PRUNE_EVERY = timedelta(hours=1)
 class SweepConfig:
     """Timing and limits of the sweep; see the configuration table in README.md."""
 
-    sweep_interval: float = 60.0
-    max_containers: int = 5
-    idle_timeout: float = 30.0
-    task_timeout: float = 600.0
+    sweep_interval: float = DEFAULTS.sweep_interval
+    max_containers: int = DEFAULTS.max_containers
+    idle_timeout: float = DEFAULTS.idle_timeout
+    task_timeout: float = DEFAULTS.task_timeout
     live_poll: float = 0.25
     heartbeat_ceiling: float = 30.0
     startup_grace: float = 30.0
     stop_grace: float = 10.0
-    runner_poll: float = 0.2
+    runner_poll: float = DEFAULTS.runner_poll
     retry_base: float = 5.0
-    keep_finished: float = 7 * 86400.0
+    keep_finished: float = DEFAULTS.keep_finished
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,25 @@ class Sweeper:
         self._wake.set()
 
     def default_runner_env(self, session: Session) -> dict[str, str]:
-        return {
-            "CRONBOX_PROVIDER": session.agent,
-            "CRONBOX_TIMEZONE": session.timezone,
-            "CRONBOX_IDLE_TIMEOUT": str(self.config.idle_timeout),
-            "CRONBOX_POLL_INTERVAL": str(self.config.runner_poll),
-            "CRONBOX_MIN_INTERVAL": str(self.store.limits.min_interval.total_seconds()),
-            "CRONBOX_MAX_TASKS": str(self.store.limits.max_tasks_per_session),
-        }
+        """The session's runner settings, rendered for its environment.
+
+        What the host knows (the session's agent and zone, the sweep's timings, the
+        store's limits) is set here; the rest (``gate_timeout``, ``max_batch``) an
+        operator may set in the host's own environment, and the default applies
+        otherwise. Raises RunnerConfigError for a bad value there.
+        """
+        settings = RunnerSettings.from_env(
+            os.environ,
+            session_dir=self.store.session_dir(session.id).resolve(),
+            provider=session.agent,
+            timezone=session.timezone,
+            idle_timeout=self.config.idle_timeout,
+            poll_interval=self.config.runner_poll,
+            min_interval=self.store.limits.min_interval.total_seconds(),
+            max_tasks=self.store.limits.max_tasks_per_session,
+            secret_names=(),
+        )
+        return settings.to_env()
 
     async def _beside(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``work`` beside the loop (or at once when no loop runs, as in tests)."""

@@ -1,4 +1,4 @@
-"""The MCP server's settings, read from the environment the agent runner passes on."""
+"""The MCP server's settings: the runner's settings it is started with, plus a clock."""
 
 from __future__ import annotations
 
@@ -8,46 +8,52 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from cronbox_shared.envconf import env_count, env_seconds, env_session_dir, env_timezone
-from cronbox_shared.errors import InvalidInput
+from cronbox_shared.defaults import DEFAULTS
+from cronbox_shared.errors import ToolConfigError
+from cronbox_shared.sessiondb import INBOUND
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock
-
-DEFAULT_MIN_INTERVAL = 60.0
-DEFAULT_MAX_TASKS = 1000
-
-
-class ToolConfigError(InvalidInput):
-    """The server's environment is missing a setting or holds a bad value."""
 
 
 @dataclass(frozen=True)
 class ToolConfig:
-    """What the task tools need: the session's files, its zone and the host's limits.
+    """What the task tools need: the session's files, its zone, the host's limits, a clock.
 
     ``timezone`` is the session's default zone for tasks that name none; the limits
-    mirror the host's (``CRONBOX_MIN_INTERVAL``, ``CRONBOX_MAX_TASKS``) so a request the
-    host would refuse is refused here first, where the agent can still fix it.
+    mirror the host's so a request the host would refuse is refused here first, where
+    the agent can still fix it.
     """
 
     session_dir: Path
     timezone: str = "UTC"
-    min_interval: timedelta = timedelta(seconds=DEFAULT_MIN_INTERVAL)
-    max_tasks: int = DEFAULT_MAX_TASKS
+    min_interval: timedelta = timedelta(seconds=DEFAULTS.min_interval)
+    max_tasks: int = DEFAULTS.max_tasks_per_session
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolConfig:
-        """Read ``CRONBOX_SESSION_DIR`` (required), ``CRONBOX_TIMEZONE``,
-        ``CRONBOX_MIN_INTERVAL`` (seconds) and ``CRONBOX_MAX_TASKS``.
+    def from_settings(cls, settings: RunnerSettings) -> ToolConfig:
+        """The tools' view of the runner's settings.
 
-        Raises ToolConfigError naming the variable and its value.
+        Raises ToolConfigError when the session directory holds no inbound.db: the tools
+        read it, so without it they could only fail later, one call at a time.
+        """
+        if not (settings.session_dir / INBOUND).is_file():
+            raise ToolConfigError(
+                f'{RunnerSettings.env_name("session_dir")} "{settings.session_dir}" holds no '
+                f"{INBOUND}; point it at a cronbox session directory"
+            )
+        return cls(
+            session_dir=settings.session_dir,
+            timezone=settings.timezone,
+            min_interval=timedelta(seconds=settings.min_interval),
+            max_tasks=settings.max_tasks,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ToolConfig:
+        """Parse the runner's settings from ``environ`` (default: this process's).
+
+        Raises RunnerConfigError (or ToolConfigError) naming the variable and its value.
         """
         env = os.environ if environ is None else environ
-        return cls(
-            session_dir=env_session_dir(env, ToolConfigError, need_inbound=True),
-            timezone=env_timezone(env, ToolConfigError),
-            min_interval=timedelta(
-                seconds=env_seconds(env, "CRONBOX_MIN_INTERVAL", 60.0, ToolConfigError)
-            ),
-            max_tasks=env_count(env, "CRONBOX_MAX_TASKS", DEFAULT_MAX_TASKS, ToolConfigError),
-        )
+        return cls.from_settings(RunnerSettings.from_env(env))

@@ -19,14 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
+from cronbox_shared.errors import InvalidAction, TaskStateError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import fmt
-
-SCHEDULE = "schedule_task"
-CANCEL = "cancel_task"
-PAUSE = "pause_task"
-RESUME = "resume_task"
-UPDATE = "update_task"
 
 LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
 # How many unapplied rows are looked at; the host applies them within a second or so.
@@ -47,76 +43,77 @@ class TaskState:
     applied: bool = True
 
 
-def unapplied_actions(session_dir: Path) -> list[dict[str, Any]]:
-    """The contents of this session's ``kind=system`` rows the host has not handled yet."""
-    actions = []
+def unapplied_actions(session_dir: Path) -> list[AgentAction]:
+    """This session's actions the host has not handled yet, oldest first.
+
+    One the host would reject as malformed is left out: it will change nothing.
+    """
+    actions: list[AgentAction] = []
     for raw in sdb.undelivered(session_dir, _UNAPPLIED_LIMIT):
         if raw["kind"] != MessageKind.SYSTEM.value:
             continue
         try:
-            content = json.loads(raw["content"])
-        except ValueError:
+            action = parse_action(json.loads(raw["content"]))
+        except (ValueError, RecursionError, InvalidAction):
             continue
-        if isinstance(content, dict) and isinstance(content.get("taskId"), str):
-            actions.append(content)
+        if not isinstance(action, ScheduleTask) or action.id:
+            actions.append(action)
     return actions
 
 
-def write_action(session_dir: Path, content: dict[str, Any], now: datetime) -> int:
+def write_action(session_dir: Path, action: AgentAction, now: datetime) -> int:
     """Append one request for the host to ``outbound.db``; returns its (odd) seq."""
     with sdb.outbound(session_dir) as db:
         return sdb.insert_outbound(
-            db, f"action-{secrets.token_hex(8)}", MessageKind.SYSTEM, content, fmt(now)
-        )
+            db, f"action-{secrets.token_hex(8)}", MessageKind.SYSTEM, action.to_content(),
+            fmt(now),
+        )  # fmt: skip
 
 
-def scheduled_row(action: dict[str, Any], now: datetime) -> InboundMessage:
+def scheduled_row(action: ScheduleTask, now: datetime) -> InboundMessage:
     """The row a (validated) ``schedule_task`` request will become once applied."""
-    when = action.get("processAfter")
+    task_id = action.id or ""
+    when = action.process_after
     return InboundMessage(
-        id=action["taskId"], seq=0, kind=MessageKind.TASK, created_at=fmt(now),
+        id=task_id, seq=0, kind=MessageKind.TASK, created_at=fmt(now),
         status=MessageStatus.PENDING, process_after=when, scheduled_for=when,
-        recurrence=action.get("recurrence"), timezone=str(action.get("timezone") or "UTC"),
-        series_id=action["taskId"], tries=0, trigger=1,
-        content={"prompt": action.get("prompt"), "script": action.get("script")},
+        recurrence=action.recurrence, timezone=action.timezone or "UTC",
+        series_id=task_id, tries=0, trigger=1,
+        content={"prompt": action.prompt, "script": action.script},
     )  # fmt: skip
 
 
-def project(
-    row: InboundMessage, series_id: str, actions: Sequence[dict[str, Any]]
-) -> InboundMessage:
+def project(row: InboundMessage, series_id: str, actions: Sequence[AgentAction]) -> InboundMessage:
     """``row`` after the unapplied requests aimed at its series, taken in order.
 
     A request the host would refuse (resuming a pending task, say) changes nothing.
     """
     names = {series_id, row.id}
     for action in actions:
-        if action.get("taskId") not in names:
+        if isinstance(action, ScheduleTask) or action.task_id not in names:
             continue
-        kind = action.get("action")
-        status = row.status
-        if kind == CANCEL and status.live:
-            row = row.model_copy(update={"status": MessageStatus.CANCELLED})
-        elif kind == PAUSE and status is MessageStatus.PENDING:
-            row = row.model_copy(update={"status": MessageStatus.PAUSED})
-        elif kind == RESUME and status is MessageStatus.PAUSED:
-            row = row.model_copy(update={"status": MessageStatus.PENDING})
-        elif kind == UPDATE and status.live:
+        try:
+            status = transition(action.action, row.status, series_id)
+        except TaskStateError:
+            continue
+        row = row.model_copy(update={"status": status})
+        if isinstance(action, UpdateTask):
             row = _updated(row, action)
     return row
 
 
-def _updated(row: InboundMessage, action: dict[str, Any]) -> InboundMessage:
+def _updated(row: InboundMessage, action: UpdateTask) -> InboundMessage:
+    given = action.model_fields_set
     content = dict(row.content)
     fields: dict[str, Any] = {}
     for key in ("prompt", "script"):
-        if key in action:
-            content[key] = action[key]
+        if key in given:
+            content[key] = getattr(action, key)
     fields["content"] = content
-    if "recurrence" in action:
-        fields["recurrence"] = action["recurrence"] or None
-    if isinstance(action.get("processAfter"), str):
-        fields.update(process_after=action["processAfter"], scheduled_for=action["processAfter"])
+    if "recurrence" in given:
+        fields["recurrence"] = action.recurrence or None
+    if action.process_after is not None:
+        fields.update(process_after=action.process_after, scheduled_for=action.process_after)
     return row.model_copy(update=fields)
 
 
@@ -129,7 +126,7 @@ def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:
         series = current.series_id or current.id
         return TaskState(series, project(current, series, actions))
     for i, action in enumerate(actions):
-        if action.get("action") == SCHEDULE and action.get("taskId") == ref:
+        if isinstance(action, ScheduleTask) and action.id == ref:
             row = project(scheduled_row(action, now), ref, actions[i + 1 :])
             return TaskState(ref, row, applied=False)
     return None
@@ -146,10 +143,9 @@ def live_tasks(session_dir: Path, now: datetime) -> list[TaskState]:
         if series not in states:
             states[series] = TaskState(series, project(row, series, actions))
     for i, action in enumerate(actions):
-        task_id = action["taskId"]
-        if action.get("action") == SCHEDULE and task_id not in states:
-            row = project(scheduled_row(action, now), task_id, actions[i + 1 :])
-            states[task_id] = TaskState(task_id, row, applied=False)
+        if isinstance(action, ScheduleTask) and action.id and action.id not in states:
+            row = project(scheduled_row(action, now), action.id, actions[i + 1 :])
+            states[action.id] = TaskState(action.id, row, applied=False)
     live = [s for s in states.values() if s.row.status.live]
     return sorted(live, key=lambda s: (s.row.process_after or s.row.created_at, s.series_id))
 
@@ -159,9 +155,10 @@ def live_task_count(session_dir: Path) -> int:
     with sdb.inbound(session_dir, readonly=True) as db:
         count = sdb.count_live_tasks(db)
         fresh = [
-            a["taskId"]
+            a.id
             for a in unapplied_actions(session_dir)
-            if a.get("action") == SCHEDULE
-            and sdb.series_current(db, sdb.series_of_ref(db, a["taskId"])) is None
+            if isinstance(a, ScheduleTask)
+            and a.id
+            and sdb.series_current(db, sdb.series_of_ref(db, a.id)) is None
         ]
     return count + len(set(fresh))

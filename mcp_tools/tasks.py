@@ -19,8 +19,19 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from cronbox_shared.actions import (
+    ActionKind,
+    CancelTask,
+    PauseTask,
+    ResumeTask,
+    ScheduleTask,
+    TaskChange,
+    UpdateTask,
+    transition,
+)
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
-from cronbox_shared.models import InboundMessage, MessageStatus, preview
+from cronbox_shared.models import InboundMessage, preview
 from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
@@ -41,6 +52,7 @@ CRON_HINT = (
     '"@daily" or "@hourly", or "@every 2h" / "@every 1h30m".'
 )
 PROMPT_PREVIEW = 80
+LIST_TASKS = "list_tasks"
 
 # --- what the model reads --------------------------------------------------------------
 
@@ -51,7 +63,8 @@ TIME_RULES = (
     'Relative times work too: "now", "+10m", "+1h30m", "in 2 hours".'
 )
 GATE_RULES = (
-    "Gate script: optional bash run before the agent is woken (30 s timeout, 1 MiB output). "
+    f"Gate script: optional bash run before the agent is woken ({DEFAULTS.gate_timeout:g} s "
+    f"timeout, {DEFAULTS.gate_output_cap // 1024 // 1024} MiB output). "
     'Its last stdout line must be JSON {"wakeAgent": true|false, "data": ...}: false ends '
     "the run without waking the agent (no model cost), true wakes it with data in its "
     "prompt. A timeout, non-zero exit or bad JSON skips the agent and records the error."
@@ -141,12 +154,11 @@ StatusFilter = Annotated[
     Field(description='"pending" or "paused"; leave out for both.'),
 ]
 
-# Which states each action accepts, and the word for "can no longer be ...".
-_STATUS_RULES: dict[str, tuple[frozenset[MessageStatus], str]] = {
-    sv.CANCEL: (frozenset(sv.LIVE), "cancelled"),
-    sv.PAUSE: (frozenset({MessageStatus.PENDING}), "paused"),
-    sv.RESUME: (frozenset({MessageStatus.PAUSED}), "resumed"),
-    sv.UPDATE: (frozenset(sv.LIVE), "updated"),
+StatusChange = Literal[ActionKind.CANCEL, ActionKind.PAUSE, ActionKind.RESUME]
+_STATUS_ACTIONS: dict[ActionKind, type[CancelTask | PauseTask | ResumeTask]] = {
+    ActionKind.CANCEL: CancelTask,
+    ActionKind.PAUSE: PauseTask,
+    ActionKind.RESUME: ResumeTask,
 }
 
 
@@ -190,15 +202,15 @@ class TaskTools:
             )
         # The first run is sent as an absolute instant, so "+10m" means ten minutes from
         # this call, not from whenever the host gets to it.
-        content: dict[str, Any] = {
-            "action": sv.SCHEDULE, "taskId": valid.id, "prompt": valid.prompt,
-            "processAfter": fmt(valid.first_run), "timezone": valid.timezone,
+        fields: dict[str, Any] = {
+            "id": valid.id, "prompt": valid.prompt, "process_after": fmt(valid.first_run),
+            "timezone": valid.timezone,
         }  # fmt: skip
         if valid.recurrence is not None:
-            content["recurrence"] = valid.recurrence.expr
+            fields["recurrence"] = valid.recurrence.expr
         if valid.script:
-            content["script"] = valid.script
-        sv.write_action(self.config.session_dir, content, now)
+            fields["script"] = valid.script
+        sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
         lines = [
             f"Scheduled task {valid.id} (use this id to cancel, pause, resume or update it).",
@@ -230,19 +242,18 @@ class TaskTools:
         head = f"{len(states)} {what} (next run in the task's zone and in UTC):"
         return "\n".join([head, *(_task_line(s) for s in states)])
 
-    def change_status(self, action: str, task_id: str) -> str:
+    def change_status(self, kind: StatusChange, task_id: str) -> str:
         """Cancel, pause or resume a task's live occurrence."""
-        state = self._live(action, task_id)
-        sv.write_action(
-            self.config.session_dir, {"action": action, "taskId": state.series_id}, self.now()
-        )
+        state = self._live(kind, task_id)
+        action = _STATUS_ACTIONS[kind](task_id=state.series_id)
+        sv.write_action(self.config.session_dir, action, self.now())
         row = state.row
         name = state.series_id
-        if action == sv.CANCEL:
+        if kind is ActionKind.CANCEL:
             done = f"Cancelled task {name}: it will not run again"
             if row.recurrence:
                 done += " (the whole recurring series ends)"
-        elif action == sv.PAUSE:
+        elif kind is ActionKind.PAUSE:
             done = f"Paused task {name}: it keeps its schedule but does not run until resume_task"
         else:
             done = f"Resumed task {name}: next run {_next(row, self.now())}"
@@ -261,17 +272,17 @@ class TaskTools:
                 "nothing to change; give at least one of prompt, processAfter, recurrence "
                 "or script (null clears script, recurrence or processAfter)"
             )
-        state = self._live(sv.UPDATE, req.task_id)
+        state = self._live(ActionKind.UPDATE, req.task_id)
         now = self.now()
         with _as_tool_error():
             changes = validate_update(
                 req, state.row, now=now, min_interval=self.config.min_interval
             )
-        content: dict[str, Any] = {"action": sv.UPDATE, "taskId": state.series_id}
+        content: dict[str, Any] = {"taskId": state.series_id}
         content |= {k: v for k, v in args.items() if k != "taskId"}
         if isinstance(args.get("processAfter"), str) and changes.process_after is not None:
             content["processAfter"] = fmt(changes.process_after)
-        sv.write_action(self.config.session_dir, content, now)
+        sv.write_action(self.config.session_dir, UpdateTask.model_validate(content), now)
         tz = zone(state.row.timezone)
         lines = [f"Updated task {state.series_id} ({', '.join(changed)})."]
         if changes.process_after is not None:
@@ -282,25 +293,17 @@ class TaskTools:
         lines.append(APPLY_NOTE)
         return "\n".join(lines)
 
-    def _live(self, action: str, task_id: str) -> sv.TaskState:
+    def _live(self, kind: TaskChange, task_id: str) -> sv.TaskState:
+        """The series ``task_id`` names, if ``kind`` may change it (else a ToolError)."""
         state = sv.find_task(self.config.session_dir, task_id, self.now())
         if state is None:
             raise ToolError(
                 f'no task with id "{task_id[:80]}" in this session; '
                 "call list_tasks to see your tasks and their ids"
             )
-        allowed, verb = _STATUS_RULES[action]
-        status = state.row.status
-        if status in allowed:
-            return state
-        if not status.live:
-            raise ToolError(
-                f'task "{task_id}" has already ended (it is {status.value}), so it cannot be '
-                f"{verb}; schedule a new task instead"
-            )
-        if action == sv.PAUSE:
-            raise ToolError(f'task "{task_id}" is already paused; resume_task continues it')
-        raise ToolError(f'task "{task_id}" is not paused (it is {status.value}); nothing to resume')
+        with _as_tool_error():
+            transition(kind, state.row.status, task_id)
+        return state
 
 
 def register(server: MCPServer[Any], tools: TaskTools) -> None:
@@ -319,13 +322,13 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         return tools.list(status)
 
     def cancel_task(taskId: TaskId) -> str:
-        return tools.change_status(sv.CANCEL, taskId)
+        return tools.change_status(ActionKind.CANCEL, taskId)
 
     def pause_task(taskId: TaskId) -> str:
-        return tools.change_status(sv.PAUSE, taskId)
+        return tools.change_status(ActionKind.PAUSE, taskId)
 
     def resume_task(taskId: TaskId) -> str:
-        return tools.change_status(sv.RESUME, taskId)
+        return tools.change_status(ActionKind.RESUME, taskId)
 
     def update_task(
         ctx: Context[Any, Any],
@@ -349,16 +352,23 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
             idempotent_hint=idempotent, open_world_hint=False,
         )  # fmt: skip
 
-    table: list[tuple[Callable[..., str], str, ToolAnnotations]] = [
-        (schedule_task, SCHEDULE_DESCRIPTION, hints("Schedule a task")),
-        (list_tasks, LIST_DESCRIPTION, hints("List tasks", read_only=True, idempotent=True)),
-        (cancel_task, CANCEL_DESCRIPTION, hints("Cancel a task", destructive=True)),
-        (pause_task, PAUSE_DESCRIPTION, hints("Pause a task")),
-        (resume_task, RESUME_DESCRIPTION, hints("Resume a task")),
-        (update_task, UPDATE_DESCRIPTION, hints("Update a task", destructive=True)),
-    ]
-    for fn, description, hint in table:
-        server.add_tool(fn, description=description, annotations=hint, structured_output=False)
+    # A tool that asks the host for something is named after the action it writes.
+    table: list[tuple[str, Callable[..., str], str, ToolAnnotations]] = [
+        (ActionKind.SCHEDULE, schedule_task, SCHEDULE_DESCRIPTION, hints("Schedule a task")),
+        (LIST_TASKS, list_tasks, LIST_DESCRIPTION,
+         hints("List tasks", read_only=True, idempotent=True)),
+        (ActionKind.CANCEL, cancel_task, CANCEL_DESCRIPTION,
+         hints("Cancel a task", destructive=True)),
+        (ActionKind.PAUSE, pause_task, PAUSE_DESCRIPTION, hints("Pause a task")),
+        (ActionKind.RESUME, resume_task, RESUME_DESCRIPTION, hints("Resume a task")),
+        (ActionKind.UPDATE, update_task, UPDATE_DESCRIPTION,
+         hints("Update a task", destructive=True)),
+    ]  # fmt: skip
+    for name, fn, description, hint in table:
+        server.add_tool(
+            fn, name=str(name), description=description, annotations=hint,
+            structured_output=False,
+        )  # fmt: skip
 
 
 # --- helpers -----------------------------------------------------------------------------

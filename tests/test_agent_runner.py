@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 
-from agent_runner.config import RunnerConfig
 from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, ProviderResult, RowOutcome, SessionContext
 from agent_runner.providers import (
@@ -35,6 +33,7 @@ from agent_runner.runner import provider_needed, run_runner
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, ManualClock, SystemClock
 from host.service import Cronbox
 
@@ -83,14 +82,14 @@ def session_id(store: Cronbox) -> str:
     return store.create_session("demo").id
 
 
-def config_for(store: Cronbox, session_id: str, **overrides: Any) -> RunnerConfig:
-    base = RunnerConfig(
+def config_for(store: Cronbox, session_id: str, **overrides: Any) -> RunnerSettings:
+    base = RunnerSettings(
         session_dir=store.session_dir(session_id), idle_timeout=0.5, poll_interval=0.05
     )
-    return replace(base, **overrides)
+    return base.model_copy(update=overrides)
 
 
-async def run(config: RunnerConfig, clock: Clock | None = None, **kwargs: Any) -> int:
+async def run(config: RunnerSettings, clock: Clock | None = None, **kwargs: Any) -> int:
     with anyio.fail_after(HANG_GUARD):
         return await run_runner(config, clock or SystemClock(), **kwargs)
 
@@ -562,11 +561,11 @@ def test_row_outcome_refuses_a_failure_without_error() -> None:
 
 
 def test_config_reads_the_environment(tmp_path: Path) -> None:
-    config = RunnerConfig.from_env(
+    config = RunnerSettings.from_env(
         {"CRONBOX_SESSION_DIR": str(tmp_path), "CRONBOX_TIMEZONE": "Europe/Berlin",
          "CRONBOX_MAX_BATCH": "3", "CRONBOX_IDLE_TIMEOUT": "2.5"}
     )  # fmt: skip
-    assert config == RunnerConfig(
+    assert config == RunnerSettings(
         session_dir=tmp_path, timezone="Europe/Berlin", max_batch=3, idle_timeout=2.5
     )
 
@@ -585,7 +584,7 @@ def test_config_rejects_bad_values(tmp_path: Path, env: dict[str, str], match: s
     if env and "CRONBOX_SESSION_DIR" not in env:
         env = {"CRONBOX_SESSION_DIR": str(tmp_path), **env}
     with pytest.raises(InvalidInput, match=match):
-        RunnerConfig.from_env(env)
+        RunnerSettings.from_env(env)
 
 
 # --- python -m agent_runner ------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Agent providers by name.
 
-A session's agent profile names its provider (``CRONBOX_PROVIDER``). Built-ins are
+A session's agent profile names its provider (the runner setting ``provider``). Built-ins are
 imported only when asked for, so a provider's dependencies (a model SDK, an MCP
 client) cost nothing to sessions that do not use it.
 """
@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agent_runner.provider import Provider
-from cronbox_shared.errors import CronboxError
+from cronbox_shared.errors import UnknownProvider
+from cronbox_shared.settings import RunnerSettings
+
+__all__ = [
+    "ProviderFactory",
+    "UnknownProvider",
+    "get_provider",
+    "provider_names",
+    "register_provider",
+    "unregister_provider",
+]
 
 ProviderFactory = Callable[[], Provider]
-
-
-class UnknownProvider(CronboxError, LookupError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(
-            f'unknown agent provider "{name}"; set CRONBOX_PROVIDER to one of: ' + ", ".join(known)
-        )
-        self.name = name
 
 
 def _echo() -> Provider:
@@ -53,7 +55,7 @@ def get_provider(name: str) -> Provider:
     """A fresh provider instance for ``name``; raises UnknownProvider for other names."""
     factory = _FACTORIES.get(name)
     if factory is None:
-        raise UnknownProvider(name, provider_names())
+        raise UnknownProvider(name, provider_names(), RunnerSettings.env_name("provider"))
     return factory()
 
 

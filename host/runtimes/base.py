@@ -8,7 +8,7 @@ their backend (``process.py``, later ``docker.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +35,14 @@ class RunnerSpec:
     home: Path
     """``CRONBOX_HOME`` of the host: the label that marks the runner as this host's."""
     env: Mapping[str, str]
-    """``CRONBOX_*`` variables for the agent runner (provider, timezone, idle timeout…)."""
+    """The runner's settings as the host renders them (``RunnerSettings.to_env()``):
+    provider, timezone, idle timeout… Only names ``RunnerSettings`` defines."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """Secrets the session's agent profile grants, by variable name (empty today).
+
+    The runner gets them in its environment and their names as its ``secret_names``, so
+    it keeps them from its gate scripts and its MCP server; no other variable of the
+    host reaches it (see ``cronbox_shared.environment``)."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,11 @@ class Runtime(Protocol):
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
         """Start the session's runner and return as soon as it is running.
 
-        Implementers must ensure the runner sees ``spec.env``, the session dir and the
-        home label, and raise :class:`RunnerStartFailed` when it cannot be started.
+        Implementers must ensure the runner's environment is
+        ``cronbox_shared.environment.runner_environment`` of the host's, ``spec.env`` and
+        ``spec.secrets`` (plus the runtime's labels) and nothing else, that it sees the
+        session dir and the home label, and raise :class:`RunnerStartFailed` when it
+        cannot be started.
         """
         ...
 

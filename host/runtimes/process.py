@@ -5,12 +5,14 @@ The embedded default: no Docker, no isolation. A runner is started in its own se
 scripts, tools) and a Ctrl-C on the host's terminal never reaches it directly; the host
 decides when runners stop.
 
-The "label" that marks a runner as this host's is its environment: every runner gets
-``CRONBOX_HOST_HOME`` and ``CRONBOX_SESSION_DIR``, and ``<session_dir>/.runner.pid``
-records its pid. A restarted host finds its runners through the pid files and trusts a
-pid only when ``/proc/<pid>`` still shows that environment and start time, so a pid the
-kernel has since handed to another program is never signalled. Adoption reads
-``/proc``, so it needs Linux.
+A runner's environment is an allowlist (``cronbox_shared.environment``): its settings,
+``PATH``, ``HOME``, ``LANG``, ``LC_*``, ``TZ``, its secrets and the labels; nothing else
+of the host's environment. The "label" that marks a runner as this host's is part of
+that environment: every runner gets ``CRONBOX_HOST_HOME`` and ``CRONBOX_SESSION_DIR``,
+and ``<session_dir>/.runner.pid`` records its pid. A restarted host finds its runners
+through the pid files and trusts a pid only when ``/proc/<pid>`` still shows that
+environment and start time, so a pid the kernel has since handed to another program is
+never signalled. Adoption reads ``/proc``, so it needs Linux.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from cronbox_shared.environment import runner_environment
+from cronbox_shared.errors import CronboxError
+from cronbox_shared.sessiondb import WORKSPACE
+from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc
 from host.runtimes.base import RunnerHandle, RunnerSpec, RunnerStartFailed
 
 __all__ = ["HOME_LABEL", "PID_FILE", "RUNNER_LOG", "SESSION_DIR_VAR", "ProcessRuntime"]
 
 HOME_LABEL = "CRONBOX_HOST_HOME"
-SESSION_DIR_VAR = "CRONBOX_SESSION_DIR"
+# The runner's own setting doubles as the label that names its session.
+SESSION_DIR_VAR = RunnerSettings.env_name("session_dir")
 PID_FILE = ".runner.pid"
 RUNNER_LOG = "runner.log"
 
@@ -140,13 +147,12 @@ class ProcessRuntime:
     # -- blocking halves, run in worker threads ---------------------------------------
 
     def _start_sync(self, spec: RunnerSpec) -> RunnerHandle:
-        workspace = spec.session_dir / "workspace"
-        env = {
-            **os.environ,
-            **spec.env,
-            SESSION_DIR_VAR: str(spec.session_dir),
-            HOME_LABEL: str(spec.home),
-        }
+        workspace = spec.session_dir / WORKSPACE
+        labels = {SESSION_DIR_VAR: str(spec.session_dir), HOME_LABEL: str(spec.home)}
+        try:
+            env = runner_environment(os.environ, spec.env, spec.secrets, labels)
+        except CronboxError as exc:
+            raise RunnerStartFailed(spec.session_id, str(exc)) from exc
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             with open(spec.session_dir / RUNNER_LOG, "ab") as log:

@@ -1,0 +1,108 @@
+"""The mailbox over a session directory's SQLite files.
+
+The runner reads ``inbox/inbound.db`` read-only (ATTACHed to ``outbound.db``, so a claim
+reads both files in one query), writes ``outbox/outbound.db`` and touches
+``outbox/.heartbeat``, whose mtime the host's liveness check reads. Every file is opened
+for one unit of work and closed again (``journal_mode=DELETE``: the host sees the pages),
+in a worker thread, so the heartbeat keeps beating while a query waits for the host's lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from agent_runner.mailbox import Settlement, wakes_agent
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import RunnerConfigError
+from cronbox_shared.models import AckStatus, InboundMessage, MessageKind
+from cronbox_shared.timeutil import fmt
+
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+class SqliteMailbox:
+    """The session in ``session_dir``: its inbox, outbox and heartbeat files."""
+
+    def __init__(self, session_dir: Path) -> None:
+        self.session_dir = session_dir
+        self._inbound = session_dir / sdb.INBOUND
+        self._heartbeat = session_dir / sdb.HEARTBEAT
+
+    async def open(self) -> int:
+        return await _in_thread(self._open)
+
+    async def beat(self) -> None:
+        await _in_thread(self._heartbeat.touch)
+
+    async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
+        return await _in_thread(self._claim, fmt(now), limit)
+
+    async def settle(self, at: datetime, settled: Sequence[Settlement]) -> None:
+        if settled:
+            await _in_thread(self._settle, fmt(at), settled)
+
+    async def release(self, rows: Sequence[InboundMessage]) -> None:
+        if rows:
+            await _in_thread(self._release, rows)
+
+    async def get_state(self, key: str) -> str | None:
+        return await _in_thread(self._get_state, key)
+
+    async def set_state(self, key: str, value: str) -> None:
+        await _in_thread(self._set_state, key, value)
+
+    # -- blocking halves, run in worker threads ---------------------------------------
+
+    def _open(self) -> int:
+        if not self._inbound.is_file():
+            raise RunnerConfigError(
+                f"{self.session_dir} has no {sdb.INBOUND}; is it a cronbox session directory?"
+            )
+        with sdb.outbound(self.session_dir) as db, db.atomic():
+            return sdb.clear_processing_acks(db)
+
+    def _claim(self, now: str, limit: int) -> list[InboundMessage]:
+        with sdb.outbound(self.session_dir) as db:
+            rows = sdb.claimable(db, self._inbound, now, limit)
+            if not wakes_agent(rows) and not (
+                len(rows) == limit and sdb.trigger_waiting(db, self._inbound, now)
+            ):
+                return []
+            with db.atomic():
+                for row in rows:
+                    sdb.set_ack(db, row.id, row.tries, AckStatus.PROCESSING, now)
+        return rows
+
+    def _settle(self, at: str, settled: Sequence[Settlement]) -> None:
+        with sdb.outbound(self.session_dir) as db, db.atomic():
+            for s in settled:
+                if s.reply:
+                    sdb.insert_outbound(
+                        db, f"out-{secrets.token_hex(8)}", MessageKind.CHAT, {"text": s.reply},
+                        at, in_reply_to=s.message.id,
+                    )  # fmt: skip
+                sdb.set_ack(db, s.message.id, s.message.tries, s.status, at, s.error, s.preview)
+
+    def _release(self, rows: Sequence[InboundMessage]) -> None:
+        with sdb.outbound(self.session_dir) as db, db.atomic():
+            for row in rows:
+                sdb.delete_ack(db, row.id, row.tries)
+
+    def _get_state(self, key: str) -> str | None:
+        with sdb.outbound(self.session_dir) as db:
+            return sdb.get_state(db, key)
+
+    def _set_state(self, key: str, value: str) -> None:
+        with sdb.outbound(self.session_dir) as db, db.atomic():
+            sdb.set_state(db, key, value)

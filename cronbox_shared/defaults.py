@@ -1,0 +1,39 @@
+"""Every default cronbox ships with, in one table.
+
+The host's settings, the sweep, the runner's settings, the MCP server and the gate
+scripts all read their defaults here, so a default is changed in one place. Seconds
+are floats, counts are ints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Defaults:
+    sweep_interval: float = 60.0
+    """Seconds between safety-net sweeps (due work wakes the host sooner)."""
+    max_containers: int = 5
+    """Runners allowed at once (the pool)."""
+    idle_timeout: float = 30.0
+    """Seconds a runner with nothing to do keeps its slot before it exits."""
+    min_interval: float = 60.0
+    """Shortest allowed recurrence period, seconds."""
+    max_tasks_per_session: int = 1000
+    """Live tasks a session may hold."""
+    task_timeout: float = 600.0
+    """Seconds a run may take unless its task sets its own timeout."""
+    keep_finished: float = 7 * 86400.0
+    """Seconds finished rows and runs are kept before they may be cleaned up."""
+    runner_poll: float = 0.2
+    """Seconds between a runner's polls of its inbox (and heartbeats while it works)."""
+    max_batch: int = 10
+    """Rows handed to the agent at once, oldest first."""
+    gate_timeout: float = 30.0
+    """Seconds a gate script may run."""
+    gate_output_cap: int = 1024 * 1024
+    """Bytes a gate script may print to stdout (1 MiB)."""
+
+
+DEFAULTS = Defaults()
