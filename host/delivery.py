@@ -26,9 +26,17 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.actions import (
+    AgentAction,
+    CancelTask,
+    PauseTask,
+    ResumeTask,
+    ScheduleTask,
+    UpdateTask,
+    parse_action,
+)
 from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import MAX_CHAT_BYTES, DeliveryStatus, MessageKind, OutboundMessage
-from cronbox_shared.tasks import ScheduleRequest, UpdateRequest
 from cronbox_shared.timeutil import fmt
 from host.service import Cronbox, Receipt
 from host.store.records import Session
@@ -40,8 +48,6 @@ log = logging.getLogger("cronbox.delivery")
 MAX_REASON_CHARS = 500
 # Recorded for a reply when no channel is configured, so it is still taken in once.
 NO_CHANNEL = "none"
-
-ACTIONS = ("schedule_task", "cancel_task", "pause_task", "resume_task", "update_task")
 
 
 class Channel(Protocol):
@@ -110,35 +116,32 @@ def reply_text(message: OutboundMessage) -> str:
     return text
 
 
-def apply_action(app: Cronbox, session: Session, content: dict[str, Any], receipt: Receipt) -> str:
-    """Apply one agent action to the inbox, re-validating it completely.
+def apply_action(app: Cronbox, session: Session, action: AgentAction, receipt: Receipt) -> str:
+    """Apply one validated agent action to the inbox through the service layer.
 
-    The receipt is recorded in the same inbox transaction as the change. Returns a
-    short description of what was done; raises a CronboxError subclass when the
-    action is unknown or its arguments are bad.
+    The service re-checks everything a request may hold (times, recurrence, sizes,
+    limits, the task's state); the receipt is recorded in the same inbox transaction as
+    the change. Returns a short description of what was done; raises a CronboxError
+    subclass when the action cannot be applied.
     """
-    action = content.get("action")
-    if action not in ACTIONS:
-        raise Rejected(f'unknown action "{str(action)[:40]}"; expected one of {", ".join(ACTIONS)}')
-    args = {k: v for k, v in content.items() if k != "action"}
     actor = f"agent:{session.id}"
-    if action == "schedule_task":
-        view = app.schedule_task(
-            session.id, ScheduleRequest.parse(args), actor=actor, receipt=receipt
-        )
-        return f"scheduled {view.series_id} for {view.next_run}"
-    if action == "update_task":
-        view = app.update_task(
-            UpdateRequest.parse(args), actor=actor, session_id=session.id, receipt=receipt
-        )
-        return f"updated {view.series_id}"
-    task_id = args.get("taskId")
-    if not isinstance(task_id, str) or set(args) != {"taskId"}:
-        raise Rejected(f"{action} takes exactly one argument, taskId, a string")
-    verb = {"cancel_task": app.cancel_task, "pause_task": app.pause_task,
-            "resume_task": app.resume_task}[action]  # fmt: skip
-    view = verb(task_id, actor=actor, session_id=session.id, receipt=receipt)
-    return f"{action.removesuffix('_task')} {view.series_id}: now {view.status.value}"
+    match action:
+        case ScheduleTask():
+            view = app.schedule_task(session.id, action, actor=actor, receipt=receipt)
+            return f"scheduled {view.series_id} for {view.next_run}"
+        case UpdateTask():
+            view = app.update_task(action, actor=actor, session_id=session.id, receipt=receipt)
+            return f"updated {view.series_id}"
+        case CancelTask():
+            view = app.cancel_task(action.task_id, actor=actor, session_id=session.id,
+                                   receipt=receipt)  # fmt: skip
+        case PauseTask():
+            view = app.pause_task(action.task_id, actor=actor, session_id=session.id,
+                                  receipt=receipt)  # fmt: skip
+        case ResumeTask():
+            view = app.resume_task(action.task_id, actor=actor, session_id=session.id,
+                                   receipt=receipt)  # fmt: skip
+    return f"{action.action.value.removesuffix('_task')} {view.series_id}: now {view.status.value}"
 
 
 class Delivery:
@@ -264,7 +267,8 @@ class Delivery:
     async def _action(self, session: Session, seq: int, message: OutboundMessage) -> Handled | None:
         receipt = Receipt(seq, message.id)
         try:
-            done = await self.writer(apply_action, self.app, session, message.content, receipt)
+            action = parse_action(message.content)
+            done = await self.writer(apply_action, self.app, session, action, receipt)
         except AlreadyHandled:
             return None
         except (CronboxError, ValidationError) as exc:

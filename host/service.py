@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cronbox_shared.actions import ActionKind, TaskChange, transition
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
@@ -115,14 +116,6 @@ def describe_recurrence(expr: str | None) -> str:
     from cronbox_shared.recurrence import stored_recurrence
 
     return stored_recurrence(expr).describe() if expr else "once"
-
-
-# Which states each status action accepts (the shared rule), and what it leads to.
-_TRANSITIONS: dict[str, tuple[frozenset[MessageStatus], MessageStatus]] = {
-    "cancel": (frozenset({MessageStatus.PENDING, MessageStatus.PAUSED}), MessageStatus.CANCELLED),
-    "pause": (frozenset({MessageStatus.PENDING}), MessageStatus.PAUSED),
-    "resume": (frozenset({MessageStatus.PAUSED}), MessageStatus.PENDING),
-}
 
 
 class Cronbox:
@@ -456,21 +449,16 @@ class Cronbox:
         return self.central.live_task_count()
 
     def _change_status(
-        self, ref: str, action: str, actor: str, session_id: str | None,
+        self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
         receipt: Receipt | None,
     ) -> TaskView:  # fmt: skip
         session, series = self._locate(ref, session_id)
-        allowed, to = _TRANSITIONS[action]
+        action = kind.value.removesuffix("_task")
         now = self.now()
 
         def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
-            if live.status not in allowed:
-                raise TaskStateError(
-                    f'task "{ref}" is {live.status.value}, so it cannot be {action}d'
-                    if action != "cancel"
-                    else f'task "{ref}" is {live.status.value} and cannot be cancelled'
-                )
+            to = transition(kind, live.status, ref)
             fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
             resumed = resume_at(live, now) if to is MessageStatus.PENDING else None
             if resumed is not None and live.recurrence:
@@ -487,21 +475,21 @@ class Cronbox:
         receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
         """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``."""
-        return self._change_status(ref, "cancel", actor, session_id, receipt)
+        return self._change_status(ref, ActionKind.CANCEL, actor, session_id, receipt)
 
     def pause_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
         receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
         """Pause a pending task; it keeps its place but never fires until resumed."""
-        return self._change_status(ref, "pause", actor, session_id, receipt)
+        return self._change_status(ref, ActionKind.PAUSE, actor, session_id, receipt)
 
     def resume_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
         receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
         """Resume a paused task; a recurring one continues from its next slot."""
-        return self._change_status(ref, "resume", actor, session_id, receipt)
+        return self._change_status(ref, ActionKind.RESUME, actor, session_id, receipt)
 
     def update_task(
         self, request: UpdateRequest | dict[str, Any], *, actor: str = "cli",

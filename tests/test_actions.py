@@ -24,7 +24,6 @@ from cronbox_shared.actions import (
 from cronbox_shared.errors import InvalidAction, InvalidInput, TaskStateError
 from cronbox_shared.models import MessageStatus
 from cronbox_shared.tasks import ScheduleRequest, UpdateRequest
-from host.delivery import ACTIONS
 
 UNKNOWN = "; expected one of schedule_task, cancel_task, pause_task, resume_task, update_task"
 
@@ -34,7 +33,6 @@ def test_action_names_are_defined_once_in_the_documented_order() -> None:
         "schedule_task", "cancel_task", "pause_task", "resume_task", "update_task",
     )  # fmt: skip
     assert tuple(ActionKind) == ACTION_NAMES
-    assert ACTIONS == ACTION_NAMES  # the host's list, until delivery uses ACTION_NAMES
 
 
 @pytest.mark.parametrize(

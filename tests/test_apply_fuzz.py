@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.actions import ACTION_NAMES as ACTIONS
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
-from host.delivery import ACTIONS, Delivery, Handled
+from host.delivery import Delivery, Handled
 from host.service import Cronbox
 from host.store.records import Session
 

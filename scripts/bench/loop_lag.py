@@ -25,6 +25,7 @@ import anyio
 from _common import percentile, table
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.actions import parse_action
 from cronbox_shared.models import MessageKind
 from cronbox_shared.timeutil import fmt
 from host.delivery import Delivery, apply_action
@@ -75,7 +76,7 @@ def on_the_loop(app: Cronbox, session: Session) -> Callable[[], Awaitable[None]]
     async def work() -> None:
         for raw in app.undelivered(session.id):
             content = json.loads(raw["content"])
-            apply_action(app, session, content, Receipt(raw["seq"], raw["id"]))
+            apply_action(app, session, parse_action(content), Receipt(raw["seq"], raw["id"]))
 
     return work
 
