@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio
 
@@ -24,11 +24,12 @@ from cronbox_shared.errors import RunnerConfigError
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind
 from cronbox_shared.timeutil import fmt
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 class SqliteMailbox:
