@@ -169,6 +169,25 @@ def test_session_with_taken_name_is_refused(cli: Cli, session: str) -> None:
     assert "already exists" in result.stderr
 
 
+def test_session_update_changes_agent_and_timezone(cli: Cli, session: str) -> None:
+    updated = as_json(cli("session", "update", session, "--agent", "scripted",
+                          "--timezone", "Asia/Tokyo", "--json"))  # fmt: skip
+    assert (updated["agent"], updated["timezone"]) == ("scripted", "Asia/Tokyo")
+    assert "updated session work" in ok(cli("session", "update", session, "--agent", "echo")).stdout
+    refused = cli("session", "update", session)
+    assert refused.exit_code == 2
+    assert "nothing to change" in refused.stderr
+
+
+def test_session_delete_forgets_the_session(cli: Cli, session: str, home: Path) -> None:
+    gone = as_json(cli("session", "delete", session, "--json"))
+    assert not (home / "sessions" / gone["id"]).exists()
+    assert as_json(cli("session", "list", "--json")) == []
+    again = cli("session", "delete", session)
+    assert again.exit_code == 2
+    assert "no session named" in again.stderr
+
+
 def test_send_queues_a_message_that_makes_the_session_due(cli: Cli, session: str) -> None:
     sent = as_json(cli("send", session, "hello there", "--json"))
     assert sent["kind"] == "chat"
