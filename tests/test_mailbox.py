@@ -32,8 +32,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: ManualClock) -> Cronbox:
-    return Cronbox(tmp_path / "home", clock=clock)
+def store(app: Cronbox) -> Cronbox:
+    """The conftest's service, on this module's clock."""
+    return app
 
 
 @pytest.fixture
