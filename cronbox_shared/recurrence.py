@@ -58,7 +58,6 @@ SKIPPED_FIRES_CAP = 1_000
 # hour), and tzdata's offset changes are always more than four days apart, so one look
 # this far ahead finds the fall-back that matters and no other change beside it.
 _WINDOW = timedelta(days=2)
-_MINUTE = timedelta(minutes=1)
 _NO_SHIFT = timedelta(0)
 # Takes "strictly after" to "at or after" for whole-minute wall times.
 _TICK = timedelta(microseconds=1)
@@ -425,8 +424,9 @@ def _next_wall(grid: _Grid, after: datetime) -> datetime:
     Jumps field by field, month, day, hour, minute; when a field has no value left, the
     next larger field moves on one and the smaller ones start again from their lowest.
     """
-    start = after.replace(second=0, microsecond=0) + _MINUTE
-    year, month, day, hour, minute = start.year, start.month, start.day, start.hour, start.minute
+    # The minute after ``after``'s; a minute of 60 carries over like any field that ran out.
+    year, month, day, hour = after.year, after.month, after.day, after.hour
+    minute = after.minute + 1
     months, hours, minutes = grid.months, grid.hours, grid.minutes
     while True:
         i = bisect_left(months, month)
