@@ -17,3 +17,6 @@ echo "== the same at a rate 2 cores can start runners (one task every 500 ms) ==
 echo
 echo "== idle sweep (10,000 sessions x 10 future tasks) =="
 "$python" "$here/idle_sweep.py"
+echo
+echo "== next fire: cronbox beside cronsim, croniter and the old evaluation =="
+"$python" "$here/next_fire.py"
