@@ -1231,3 +1231,45 @@ def test_half_hour_and_quarter_hour_dst_shifts_follow_the_debian_rules(
     expr: str, tz: str, after: str, expected: list[str]
 ) -> None:
     assert fires_as_before(expr, tz, after, len(expected)) == expected
+
+
+# The only answers the rewrite changed: fall-backs of more than three hours, beyond the
+# old evaluation's window, whose second passes it lost. Expected instants were checked
+# against a scan of every UTC second (a fire wherever the wall clock shows a matching
+# whole minute), not against the old evaluation.
+@pytest.mark.parametrize(
+    ("expr", "tz", "after", "expected"),
+    [
+        # Vostok, 1994-02-01 00:00 +07 -> 1994-01-31 17:00 -00 (17:00Z): seven hours
+        # repeat. The old evaluation began at 20:00Z, losing 18:00's second pass.
+        (
+            "0 */2 * * *",
+            "Antarctica/Vostok",
+            "1994-01-31T15:01:00Z",
+            [
+                "1994-01-31T18:00:00.000Z",
+                "1994-01-31T20:00:00.000Z",
+                "1994-01-31T22:00:00.000Z",
+                "1994-02-01T00:00:00.000Z",
+            ],
+        ),
+        # Apia, 1892-07-05 00:00 +12:33:04 -> 1892-07-04 00:00 -11:26:56 (11:26:56Z): a
+        # whole day repeats. The old evaluation lost its second pass and began at
+        # 1892-07-05T05:26:56Z.
+        (
+            "0 */6 * * *",
+            "Pacific/Apia",
+            "1892-07-04T08:02:48Z",
+            [
+                "1892-07-04T11:26:56.000Z",
+                "1892-07-04T17:26:56.000Z",
+                "1892-07-04T23:26:56.000Z",
+                "1892-07-05T05:26:56.000Z",
+            ],
+        ),
+    ],
+)
+def test_a_fall_back_of_many_hours_fires_every_second_pass_of_a_real_time_job(
+    expr: str, tz: str, after: str, expected: list[str]
+) -> None:
+    assert fires(expr, tz, after, len(expected)) == expected
