@@ -6,7 +6,9 @@ function of its inputs.
 
 Cron is evaluated the way Debian's cron(8) does it, in the task's zone:
 
-* croniter only ever sees naive local wall-clock times; cronbox maps them to UTC itself.
+* Matching wall-clock times are found from the expanded fields, jumping month, day,
+  hour, minute, and each is mapped to UTC; zone transitions are looked for only where
+  one is close. croniter only double-checks an expression when it is parsed.
 * *Fixed-time* jobs (minute and hour fields both not starting with ``*``) fire once a
   day as the wall clock says: a wall time inside a spring-forward gap fires once, at the
   transition instant; a wall time inside a repeated fall-back hour fires once, on its
@@ -21,8 +23,9 @@ Cron is evaluated the way Debian's cron(8) does it, in the task's zone:
 
 from __future__ import annotations
 
-import heapq
+import calendar
 import re
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +38,7 @@ from cron_descriptor import ExpressionDescriptor, Options
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from cronbox_shared.errors import InvalidRecurrence
-from cronbox_shared.timeutil import exists_locally, is_ambiguous, local_to_utc
+from cronbox_shared.timeutil import find_transition, is_ambiguous, local_to_utc
 
 SHORTHANDS: Mapping[str, str] = {
     "@yearly": "0 0 1 1 *",
@@ -50,10 +53,14 @@ SHORTHANDS: Mapping[str, str] = {
 #: plan_due stops counting coalesced grid times here; ``skipped_fires`` never exceeds it.
 SKIPPED_FIRES_CAP = 1_000
 
-# How far wall-clock iteration looks behind and ahead of a candidate. A fold=1 instant
-# comes from a wall time up to one DST shift (at most 2 hours anywhere) earlier than
-# the wall times around it, so a 3-hour window always sees the true next fire.
-_WINDOW = timedelta(hours=3)
+# How far ahead evaluation looks for a fall-back. A second-pass fire can only come next
+# when a fall-back is less than its shift ahead; shifts are at most a day (most are an
+# hour), and tzdata's offset changes are always more than four days apart, so one look
+# this far ahead finds the fall-back that matters and no other change beside it.
+_WINDOW = timedelta(days=2)
+_NO_SHIFT = timedelta(0)
+# Takes "strictly after" to "at or after" for whole-minute wall times.
+_TICK = timedelta(microseconds=1)
 # Naive reference for validity and minimum-gap checks (a leap year, starting a Monday).
 _REFERENCE = datetime(2024, 1, 1)
 # How many years of firing days the minimum-gap check looks at.
@@ -274,33 +281,94 @@ def _fires(rec: Recurrence, tz: ZoneInfo, after: datetime) -> Iterator[datetime]
             yield fire
     cron = rec.cron
     assert cron is not None
-    # Wall times map to instants almost in order; a fold=1 instant can come from a wall
-    # time up to an hour or two behind. Hold candidates in a heap and release the
-    # earliest only once the wall clock is a full window past it.
-    walls = _walk(cron, _wall(after, tz) - _WINDOW)
-    pending: list[datetime] = []
-    last = after
+    grid = _grid(cron)
     while True:
-        wall: datetime = walls.get_next(datetime)
-        for instant in _instants(wall, tz, rec.fixed_time):
-            if instant > last:
-                heapq.heappush(pending, instant)
-        while pending and wall - _WINDOW > _wall(pending[0], tz):
-            fire = heapq.heappop(pending)
-            if fire > last:  # several gap wall times can share one transition instant
-                last = fire
-                yield fire
+        after = _next_cron_fire(grid, rec.fixed_time, tz, after)
+        yield after
 
 
-def _instants(wall: datetime, tz: ZoneInfo, fixed_time: bool) -> list[datetime]:
-    """The UTC instants at which a matching naive wall time fires."""
-    if not exists_locally(wall, tz):
-        # Spring-forward gap: a fixed-time job runs at the transition, others skip it.
-        return [local_to_utc(wall, tz)] if fixed_time else []
-    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
-    if fixed_time or not is_ambiguous(wall, tz):
-        return [first]
-    return [first, wall.replace(tzinfo=tz, fold=1).astimezone(UTC)]
+def _next_cron_fire(grid: _Grid, fixed_time: bool, tz: ZoneInfo, after: datetime) -> datetime:
+    """The first fire of a cron job strictly after the UTC instant ``after``.
+
+    Every matching wall time has a first pass: its fold=0 instant or, for a fixed-time
+    job in a spring-forward gap, the transition. First passes rise with the wall time
+    and none of a wall time up to ``after``'s own is later than ``after``, so the next
+    one comes from the first matching wall times after ``after``'s. Only near a
+    fall-back does more need checking: the rest of a repeated span ``after`` is in has
+    had its first passes, and a real-time job fires again in the second pass.
+    """
+    local = after.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    if local.fold:
+        # ``after`` is in the second pass of a repeated span of wall times.
+        if fixed_time:
+            wall = _repeat_end(tz, after, local) - _TICK
+        else:
+            following = _next_wall(grid, wall)
+            if is_ambiguous(following, tz):
+                return following.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    fire = _first_pass_after(grid, fixed_time, tz, after, wall)
+    if not fixed_time and not local.fold:
+        second = _second_pass_ahead(grid, tz, after, local)
+        if second is not None and second < fire:
+            return second
+    return fire
+
+
+def _first_pass_after(
+    grid: _Grid, fixed_time: bool, tz: ZoneInfo, after: datetime, wall: datetime
+) -> datetime:
+    """The first first-pass fire after ``after`` among matching wall times after ``wall``."""
+    while True:
+        wall = _next_wall(grid, wall)
+        fire = wall.replace(tzinfo=tz).astimezone(UTC)
+        if _wall(fire, tz) != wall:
+            # A spring-forward gap skips this wall time: a fixed-time job runs at the
+            # transition, a real-time one resumes at the first wall time after the gap.
+            transition = local_to_utc(wall, tz)
+            if not fixed_time:
+                wall = _wall(transition, tz) - _TICK
+                continue
+            fire = transition
+        if fire > after:
+            return fire
+        # Not reached with the transitions tzdata has (see _WINDOW); should a zone
+        # break those assumptions, try the next wall time rather than answer one that
+        # is not after ``after``.
+
+
+def _second_pass_ahead(
+    grid: _Grid, tz: ZoneInfo, after: datetime, local: datetime
+) -> datetime | None:
+    """The first second-pass (fold=1) fire of a fall-back just after ``after``, if any.
+
+    ``local`` is ``after`` in ``tz``, in no repeated span. A second pass can come before
+    the next first pass only from wall times whose first pass is not after ``after``,
+    so only a fall-back at most its own shift ahead matters.
+    """
+    shift = _offset(local) - _offset((after + _WINDOW).astimezone(tz))
+    if shift <= _NO_SHIFT:
+        return None
+    near = after + shift
+    if _offset(near.astimezone(tz)) == _offset(local):
+        return None
+    # Whole seconds at both ends, so the search lands on the transition exactly.
+    transition = find_transition(after.replace(microsecond=0), near.replace(microsecond=0), tz)
+    # The repeated wall times start at the transition, read in the later offset.
+    following = _next_wall(grid, _wall(transition, tz) - _TICK)
+    if not is_ambiguous(following, tz):
+        return None
+    return following.replace(tzinfo=tz, fold=1).astimezone(UTC)
+
+
+def _repeat_end(tz: ZoneInfo, after: datetime, local: datetime) -> datetime:
+    """The first wall time after the repeated span whose second pass ``after`` is in."""
+    shift = _offset(local.replace(fold=0)) - _offset(local)
+    # The span's second pass began at the transition, less than one shift ago.
+    transition = find_transition(
+        (after - shift).replace(microsecond=0), after.replace(microsecond=0), tz
+    )
+    return _wall(transition, tz) + shift
 
 
 def _count_fires_between(rec: Recurrence, tz: ZoneInfo, start: datetime, end: datetime) -> int:
@@ -315,22 +383,98 @@ def _count_fires_between(rec: Recurrence, tz: ZoneInfo, start: datetime, end: da
     return count
 
 
-def _walk(cron: str, start: datetime) -> Any:
-    """A croniter over naive wall times after ``start``, reading fields cronbox's way."""
-    return croniter(_for_croniter(cron), start, day_or=_day_or(cron))
+@dataclass(frozen=True)
+class _Grid:
+    """The values each field of a cron expression selects, ready for jumping to matches."""
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    months: tuple[int, ...]
+    days: frozenset[int]
+    weekdays: frozenset[int]
+    """Sunday is 0."""
+    day_or: bool
+    """The Vixie rule: a day fires when it matches either day field (else both)."""
+    every_day: bool
+    """Every day of every selected month matches, whatever its date or weekday."""
 
 
 @lru_cache(maxsize=1024)
-def _for_croniter(cron: str) -> str:
-    """``cron`` with every restricted field spelled as a plain list of numbers.
-
-    croniter misreads some legal fields (``7-7`` as day of week selects every day), so
-    it only ever sees lists; the day-of-month/day-of-week rule is passed separately.
-    """
-    return " ".join(
-        part if part == "*" else ",".join(str(v) for v in sorted(_expand_field(cron, part, f)))
-        for part, f in zip(cron.split(" "), _FIELDS, strict=True)
+def _grid(cron: str) -> _Grid:
+    """The field values of a validated 5-field cron expression."""
+    minutes, hours, days, months, weekdays = (
+        _expand_field(cron, part, f) for part, f in zip(cron.split(" "), _FIELDS, strict=True)
     )
+    all_days, all_weekdays = len(days) == 31, len(weekdays) == 7
+    day_or = _day_or(cron)
+    return _Grid(
+        minutes=tuple(sorted(minutes)),
+        hours=tuple(sorted(hours)),
+        months=tuple(sorted(months)),
+        days=days,
+        weekdays=weekdays,
+        day_or=day_or,
+        every_day=(all_days or all_weekdays) if day_or else (all_days and all_weekdays),
+    )
+
+
+def _next_wall(grid: _Grid, after: datetime) -> datetime:
+    """The first naive wall time strictly after ``after`` that ``grid`` selects.
+
+    Jumps field by field, month, day, hour, minute; when a field has no value left, the
+    next larger field moves on one and the smaller ones start again from their lowest.
+    """
+    # The minute after ``after``'s; a minute of 60 carries over like any field that ran out.
+    year, month, day, hour = after.year, after.month, after.day, after.hour
+    minute = after.minute + 1
+    months, hours, minutes = grid.months, grid.hours, grid.minutes
+    while True:
+        i = bisect_left(months, month)
+        if i == len(months):
+            year, month, day, hour, minute = year + 1, months[0], 1, 0, 0
+        elif months[i] != month:
+            month, day, hour, minute = months[i], 1, 0, 0
+        found = _first_day(grid, year, month, day)
+        if not found:
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+            day, hour, minute = 1, 0, 0
+            continue
+        if found != day:
+            day, hour, minute = found, 0, 0
+        i = bisect_left(hours, hour)
+        if i == len(hours):
+            day, hour, minute = day + 1, 0, 0
+            continue
+        if hours[i] != hour:
+            hour, minute = hours[i], 0
+        i = bisect_left(minutes, minute)
+        if i == len(minutes):
+            hour, minute = hour + 1, 0
+            continue
+        return datetime(year, month, day, hour, minutes[i])
+
+
+def _first_day(grid: _Grid, year: int, month: int, day: int) -> int:
+    """The first day from ``day`` on in the month that ``grid`` selects; 0 when none is."""
+    first_weekday, length = _month_shape(year, month)
+    if grid.every_day:
+        return day if day <= length else 0
+    days, weekdays = grid.days, grid.weekdays
+    for d in range(day, length + 1):
+        weekday = (first_weekday + d - 1) % 7
+        if grid.day_or:
+            if d in days or weekday in weekdays:
+                return d
+        elif d in days and weekday in weekdays:
+            return d
+    return 0
+
+
+@lru_cache(maxsize=4096)
+def _month_shape(year: int, month: int) -> tuple[int, int]:
+    """The weekday of the month's first day (Sunday 0) and the month's length."""
+    weekday, length = calendar.monthrange(year, month)
+    return (weekday + 1) % 7, length
 
 
 def _day_or(cron: str) -> bool:
@@ -341,6 +485,12 @@ def _day_or(cron: str) -> bool:
 
 def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
     return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _offset(local: datetime) -> timedelta:
+    offset = local.utcoffset()
+    assert offset is not None  # a ZoneInfo always knows its offset
+    return offset
 
 
 def _utc(when: datetime) -> datetime:
@@ -434,6 +584,24 @@ def _value(text: str, part: str, token: str, field: _Field) -> int:
     if field.names:
         raise _error(text, f'{field.label} "{token}" {field.name_hint}')
     raise _error(text, f'{field.label} "{token}" is not a number; use {field.low}-{field.high}')
+
+
+def _walk(cron: str, start: datetime) -> Any:
+    """A croniter over naive wall times after ``start``, reading fields cronbox's way."""
+    return croniter(_for_croniter(cron), start, day_or=_day_or(cron))
+
+
+@lru_cache(maxsize=1024)
+def _for_croniter(cron: str) -> str:
+    """``cron`` with every restricted field spelled as a plain list of numbers.
+
+    croniter misreads some legal fields (``7-7`` as day of week selects every day), so
+    it only ever sees lists; the day-of-month/day-of-week rule is passed separately.
+    """
+    return " ".join(
+        part if part == "*" else ",".join(str(v) for v in sorted(_expand_field(cron, part, f)))
+        for part, f in zip(cron.split(" "), _FIELDS, strict=True)
+    )
 
 
 def _confirm_with_croniter(text: str, cron: str) -> None:

@@ -176,11 +176,15 @@ def local_to_utc(naive: datetime, tz: ZoneInfo) -> datetime:
     gap_end_utc = (naive - after).replace(tzinfo=UTC)
     # The transition lies between the two readings; search to the minute then second.
     lo, hi = min(gap_start_utc, gap_end_utc), max(gap_start_utc, gap_end_utc)
-    return _find_transition(lo, hi, tz)
+    return find_transition(lo, hi, tz)
 
 
-def _find_transition(lo: datetime, hi: datetime, tz: ZoneInfo) -> datetime:
-    """First UTC instant in (lo, hi] whose offset differs from lo's."""
+def find_transition(lo: datetime, hi: datetime, tz: ZoneInfo) -> datetime:
+    """The first UTC instant in ``(lo, hi]`` whose offset in ``tz`` differs from ``lo``'s.
+
+    Expects one offset change in the span; found to the second, and exactly when ``lo``
+    and ``hi`` are whole seconds (zone transitions always are).
+    """
     base = lo.astimezone(tz).utcoffset()
     while hi - lo > timedelta(seconds=1):
         mid = lo + (hi - lo) / 2

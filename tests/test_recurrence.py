@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from cronbox_shared.recurrence import (
     plan_due,
 )
 from cronbox_shared.timeutil import fmt, parse_utc
+from tests.recurrence_oracle import reference_fire_times, reference_fires, zone_transitions
 
 UTC_ZONE = ZoneInfo("UTC")
 ZONES = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Asia/Kolkata"]
@@ -898,3 +900,376 @@ def test_plan_due_caps_the_count_of_skipped_fires() -> None:
     )
     assert decision.scheduled_for == parse_utc("2026-01-01T00:00:00Z")
     assert decision.skipped_fires == SKIPPED_FIRES_CAP
+
+
+# --- the field-jumping evaluation against the old one ----------------------------------
+
+# The old evaluation (croniter over wall times, a heap and a 3-hour window) is kept as
+# an oracle in tests/recurrence_oracle.py; the new one must give exactly its answers.
+ORACLE_ZONES = [
+    "America/New_York",
+    "Europe/Berlin",
+    "Europe/London",
+    "Europe/Dublin",  # negative DST in tzdata: winter is the "summer" offset
+    "Australia/Sydney",
+    "Australia/Lord_Howe",  # 30-minute shift
+    "Pacific/Chatham",  # +12:45/+13:45, changing at 02:45 standard time
+    "Asia/Kolkata",
+    "America/Santiago",  # changes at midnight
+    "America/St_Johns",  # -03:30/-02:30
+    "America/Havana",  # changes at midnight or 01:00
+    "Antarctica/Troll",  # a 2-hour shift
+    "Africa/Casablanca",  # four changes a year around Ramadan
+    "Pacific/Apia",  # skipped the whole of 2011-12-30
+    "UTC",
+]
+SAMPLE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+SAMPLE_TO = datetime(2038, 1, 1, tzinfo=UTC)
+
+
+@functools.cache
+def offset_changes(zone: str) -> list[datetime]:
+    return zone_transitions(ZoneInfo(zone), SAMPLE_FROM, SAMPLE_TO)
+
+
+@st.composite
+def cron_fields(draw: st.DrawFn, low: int, high: int, names: tuple[str, ...] = ()) -> str:
+    """One field: a list of *, values, ranges (some a single value) and steps, some named."""
+
+    def spell(value: int) -> str:
+        if value - low < len(names) and draw(st.booleans()):
+            name = names[value - low]
+            return draw(st.sampled_from([name, name.upper(), name.title()]))
+        return str(value)
+
+    items = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["*", "*", "value", "range", "single", "*/", "range/"]))
+        step = f"/{draw(st.integers(1, high - low + 2))}"
+        a, b = sorted(draw(st.lists(st.integers(low, high), min_size=2, max_size=2)))
+        if kind == "*":
+            items.append("*")
+        elif kind == "value":
+            items.append(spell(a))
+        elif kind == "range":
+            items.append(f"{spell(a)}-{spell(b)}")
+        elif kind == "single":  # such as 12-12/6, which selects 12 alone
+            items.append(f"{spell(a)}-{spell(a)}{step}")
+        elif kind == "*/":
+            items.append(f"*{step}")
+        else:
+            items.append(f"{spell(a)}-{spell(b)}{step}")
+    return ",".join(items)
+
+
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+random_expressions = st.one_of(
+    st.tuples(
+        cron_fields(0, 59),
+        cron_fields(0, 23),
+        cron_fields(1, 31),
+        cron_fields(1, 12, MONTH_NAMES),
+        cron_fields(0, 7, DAY_NAMES),
+    ).map(" ".join),
+    st.sampled_from(["@hourly", "@daily", "@weekly", "@monthly", "@yearly", "* * * * *"]),
+)
+
+
+@st.composite
+def zones_and_instants(draw: st.DrawFn) -> tuple[str, datetime]:
+    """A zone and an instant, three times in four within a day of an offset change."""
+    zone = draw(st.sampled_from(ORACLE_ZONES))
+    changes = offset_changes(zone)
+    if changes and draw(st.integers(0, 3)) > 0:
+        change = draw(st.sampled_from(changes))
+        seconds = draw(st.one_of(st.integers(-86400, 86400), st.integers(-3 * 3600, 3 * 3600)))
+        micros = draw(st.sampled_from([0, 0, 1, 500_000, 999_999]))
+        return zone, change + timedelta(seconds=seconds, microseconds=micros)
+    instant = draw(st.datetimes(SAMPLE_FROM.replace(tzinfo=None), SAMPLE_TO.replace(tzinfo=None)))
+    return zone, instant.replace(tzinfo=UTC)
+
+
+def parsed_or_skipped(expr: str) -> Recurrence:
+    try:
+        return parse_recurrence(expr)
+    except InvalidRecurrence:  # e.g. the 31st of months that have no 31st
+        assume(False)
+        raise
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_expressions, zones_and_instants())
+def test_fire_times_are_the_old_evaluations_fire_times(
+    expr: str, zone_and_instant: tuple[str, datetime]
+) -> None:
+    rec = parsed_or_skipped(expr)
+    zone, after = zone_and_instant
+    tz = ZoneInfo(zone)
+    got = fire_times(rec, tz, after, 10)
+    assert got == reference_fire_times(rec, tz, after, 10)
+    assert next_fire(rec, tz, after) == got[0]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_expressions, zones_and_instants(), st.integers(0, 86400))
+def test_catch_up_agrees_with_the_old_evaluation(
+    expr: str, zone_and_instant: tuple[str, datetime], late_seconds: int
+) -> None:
+    rec = parsed_or_skipped(expr)
+    zone, after = zone_and_instant
+    tz = ZoneInfo(zone)
+    old = reference_fires(rec, tz, after)
+    start = next(old)
+    now = start + timedelta(seconds=late_seconds)
+    passed = list(itertools.takewhile(lambda t: t <= now, old))
+    assert latest_fire_at_or_before(rec, tz, start, now) == (passed[-1] if passed else start)
+    decision = plan_due(rec, tz, start, now, None)
+    assert decision.skipped_fires == min(len(passed), SKIPPED_FIRES_CAP)
+
+
+def fires_as_before(expr: str, tz: str, after: str, n: int) -> list[str]:
+    """``fires``, once the old evaluation is seen to give the same."""
+    got = fires(expr, tz, after, n)
+    old = reference_fire_times(parse_recurrence(expr), ZoneInfo(tz), parse_utc(after), n)
+    assert got == [fmt(t) for t in old]
+    return got
+
+
+# cronsim 2.8 reads a stepped range of one value, "12-12/6", as "12/6" (12-23/6).
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        # cronsim: 01-01 12:00, 01-01 18:00, 01-02 12:00.
+        (
+            "0 12-12/6 * * *",
+            ["2026-01-01T12:00:00.000Z", "2026-01-02T12:00:00.000Z", "2026-01-03T12:00:00.000Z"],
+        ),
+        # cronsim: 09:30 and 09:45 every day.
+        (
+            "30-30/15 9 * * *",
+            ["2026-01-01T09:30:00.000Z", "2026-01-02T09:30:00.000Z", "2026-01-03T09:30:00.000Z"],
+        ),
+        # cronsim: the 5th, 15th and 25th.
+        (
+            "0 0 5-5/10 * *",
+            ["2026-01-05T00:00:00.000Z", "2026-02-05T00:00:00.000Z", "2026-03-05T00:00:00.000Z"],
+        ),
+        # cronsim: June, September and December.
+        (
+            "0 0 1 JUN-JUN/3 *",
+            ["2026-06-01T00:00:00.000Z", "2027-06-01T00:00:00.000Z", "2028-06-01T00:00:00.000Z"],
+        ),
+        # cronsim: Monday, Wednesday, Friday and Sunday (Fri 01-02, Sun 01-04, Mon 01-05).
+        (
+            "0 9 * * MON-MON/2",
+            ["2026-01-05T09:00:00.000Z", "2026-01-12T09:00:00.000Z", "2026-01-19T09:00:00.000Z"],
+        ),
+    ],
+)
+def test_a_stepped_range_of_one_value_selects_that_value_alone(
+    expr: str, expected: list[str]
+) -> None:
+    assert fires_as_before(expr, "UTC", "2026-01-01T00:00:00Z", 3) == expected
+
+
+# Australia/Lord_Howe, 30-minute shifts: 2026-04-05 02:00 +11:00 -> 01:30 +10:30
+# (2026-04-04T15:00Z, 01:30-01:59 repeat); 2026-10-04 02:00 +10:30 -> 02:30 +11:00
+# (2026-10-03T15:30Z, 02:00-02:29 skipped).
+# Pacific/Chatham, changing at 02:45 standard time: 2026-04-05 03:45 +13:45 -> 02:45
+# +12:45 (2026-04-04T14:00Z, 02:45-03:44 repeat); 2026-09-27 02:45 +12:45 -> 03:45
+# +13:45 (2026-09-26T14:00Z, 02:45-03:44 skipped).
+# America/Santiago, changing at midnight: 2026-09-06 00:00 -04:00 -> 01:00 -03:00
+# (2026-09-06T04:00Z, midnight skipped).
+@pytest.mark.parametrize(
+    ("expr", "tz", "after", "expected"),
+    [
+        # Fixed time in the gap: once, at the transition (cronsim agrees).
+        (
+            "15 2 * * *",
+            "Australia/Lord_Howe",
+            "2026-10-03T12:00:00Z",
+            ["2026-10-03T15:30:00.000Z", "2026-10-04T15:15:00.000Z"],
+        ),
+        (
+            "0 3 * * *",
+            "Pacific/Chatham",
+            "2026-09-26T12:00:00Z",
+            ["2026-09-26T14:00:00.000Z", "2026-09-27T13:15:00.000Z"],
+        ),
+        (
+            "0 0 * * *",
+            "America/Santiago",
+            "2026-09-05T12:00:00Z",
+            ["2026-09-06T04:00:00.000Z", "2026-09-07T03:00:00.000Z"],
+        ),
+        # Fixed time in the repeated span: once, on the first pass (cronsim agrees).
+        (
+            "45 1 * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T12:00:00Z",
+            ["2026-04-04T14:45:00.000Z", "2026-04-05T15:15:00.000Z"],
+        ),
+        (
+            "0 3 * * *",
+            "Pacific/Chatham",
+            "2026-04-04T12:00:00Z",
+            ["2026-04-04T13:15:00.000Z", "2026-04-05T14:15:00.000Z"],
+        ),
+        # From inside the second pass, a fixed time already run today waits for
+        # tomorrow. cronsim answers today's first pass, before the start instant:
+        # 2026-04-04T14:45Z and 2026-04-04T13:35Z.
+        (
+            "45 1 * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T15:05:00Z",
+            ["2026-04-05T15:15:00.000Z"],
+        ),
+        (
+            "20 3 * * *",
+            "Pacific/Chatham",
+            "2026-04-04T14:24:00Z",
+            ["2026-04-05T14:35:00.000Z"],
+        ),
+        # Real time: every 15 minutes straight through both passes (cronsim agrees).
+        (
+            "*/15 * * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T14:00:00Z",
+            [
+                "2026-04-04T14:15:00.000Z",
+                "2026-04-04T14:30:00.000Z",
+                "2026-04-04T14:45:00.000Z",
+                "2026-04-04T15:00:00.000Z",
+                "2026-04-04T15:15:00.000Z",
+                "2026-04-04T15:30:00.000Z",
+                "2026-04-04T15:45:00.000Z",
+            ],
+        ),
+        (
+            "*/15 * * * *",
+            "Pacific/Chatham",
+            "2026-04-04T13:00:00Z",
+            [
+                "2026-04-04T13:15:00.000Z",
+                "2026-04-04T13:30:00.000Z",
+                "2026-04-04T13:45:00.000Z",
+                "2026-04-04T14:00:00.000Z",
+                "2026-04-04T14:15:00.000Z",
+                "2026-04-04T14:30:00.000Z",
+                "2026-04-04T14:45:00.000Z",
+                "2026-04-04T15:00:00.000Z",
+            ],
+        ),
+        # Real time across a gap: the skipped wall times do not fire (cronsim agrees).
+        (
+            "*/15 * * * *",
+            "Australia/Lord_Howe",
+            "2026-10-03T15:00:00Z",
+            ["2026-10-03T15:15:00.000Z", "2026-10-03T15:30:00.000Z", "2026-10-03T15:45:00.000Z"],
+        ),
+        (
+            "*/15 * * * *",
+            "Pacific/Chatham",
+            "2026-09-26T13:30:00Z",
+            ["2026-09-26T13:45:00.000Z", "2026-09-26T14:00:00.000Z", "2026-09-26T14:15:00.000Z"],
+        ),
+        # A real-time wall time whose first pass is behind the start fires again in
+        # the second pass, although the fall-back is still most of a shift away
+        # (cronsim agrees).
+        (
+            "*/60 1 * * *",
+            "America/New_York",
+            "2026-11-01T05:10:00Z",
+            ["2026-11-01T06:00:00.000Z", "2026-11-02T06:00:00.000Z"],
+        ),
+        (
+            "*/35 1 * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T14:40:00Z",
+            ["2026-04-04T15:05:00.000Z", "2026-04-05T14:30:00.000Z"],
+        ),
+        # cronsim drops the second pass of 01:30: 14:30, 16:00, 17:00.
+        (
+            "30 * * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T13:45:00Z",
+            ["2026-04-04T14:30:00.000Z", "2026-04-04T15:00:00.000Z", "2026-04-04T16:00:00.000Z"],
+        ),
+        # cronsim drops 02:30, which exists (only 02:00-02:29 are skipped): 15:00,
+        # 16:30, 17:30.
+        (
+            "30 * * * *",
+            "Australia/Lord_Howe",
+            "2026-10-03T14:45:00Z",
+            ["2026-10-03T15:00:00.000Z", "2026-10-03T15:30:00.000Z", "2026-10-03T16:30:00.000Z"],
+        ),
+        # 02:00 comes once, at +10:30, after the fall-back; cronsim drops it: 17:30, ...
+        (
+            "0 */2 * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T13:30:00Z",
+            ["2026-04-04T15:30:00.000Z", "2026-04-04T17:30:00.000Z", "2026-04-04T19:30:00.000Z"],
+        ),
+        # 02:45's second pass; cronsim goes straight to tomorrow's 02:00.
+        (
+            "*/15 2 * * *",
+            "Pacific/Chatham",
+            "2026-04-04T13:00:00Z",
+            ["2026-04-04T14:00:00.000Z", "2026-04-05T13:15:00.000Z"],
+        ),
+        # cronsim does not return at all here (it loops in advance_hour).
+        (
+            "50 */3 * * *",
+            "Pacific/Chatham",
+            "2026-04-04T14:10:00Z",
+            ["2026-04-04T15:05:00.000Z", "2026-04-04T18:05:00.000Z"],
+        ),
+    ],
+)
+def test_half_hour_and_quarter_hour_dst_shifts_follow_the_debian_rules(
+    expr: str, tz: str, after: str, expected: list[str]
+) -> None:
+    assert fires_as_before(expr, tz, after, len(expected)) == expected
+
+
+# The only answers the rewrite changed: fall-backs of more than three hours, beyond the
+# old evaluation's window, whose second passes it lost. Expected instants were checked
+# against a scan of every UTC second (a fire wherever the wall clock shows a matching
+# whole minute), not against the old evaluation.
+@pytest.mark.parametrize(
+    ("expr", "tz", "after", "expected"),
+    [
+        # Vostok, 1994-02-01 00:00 +07 -> 1994-01-31 17:00 -00 (17:00Z): seven hours
+        # repeat. The old evaluation began at 20:00Z, losing 18:00's second pass.
+        (
+            "0 */2 * * *",
+            "Antarctica/Vostok",
+            "1994-01-31T15:01:00Z",
+            [
+                "1994-01-31T18:00:00.000Z",
+                "1994-01-31T20:00:00.000Z",
+                "1994-01-31T22:00:00.000Z",
+                "1994-02-01T00:00:00.000Z",
+            ],
+        ),
+        # Apia, 1892-07-05 00:00 +12:33:04 -> 1892-07-04 00:00 -11:26:56 (11:26:56Z): a
+        # whole day repeats. The old evaluation lost its second pass and began at
+        # 1892-07-05T05:26:56Z.
+        (
+            "0 */6 * * *",
+            "Pacific/Apia",
+            "1892-07-04T08:02:48Z",
+            [
+                "1892-07-04T11:26:56.000Z",
+                "1892-07-04T17:26:56.000Z",
+                "1892-07-04T23:26:56.000Z",
+                "1892-07-05T05:26:56.000Z",
+            ],
+        ),
+    ],
+)
+def test_a_fall_back_of_many_hours_fires_every_second_pass_of_a_real_time_job(
+    expr: str, tz: str, after: str, expected: list[str]
+) -> None:
+    assert fires(expr, tz, after, len(expected)) == expected

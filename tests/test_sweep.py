@@ -218,35 +218,41 @@ async def test_an_idle_runner_is_stopped_beside_the_loop_so_passes_go_on(tmp_pat
     store = Cronbox.from_settings(settings)
     idle = store.create_session("idle")
     waiting = store.create_session("waiting")
+    ready = tmp_path / "ignoring-sigterm"
     stubborn = ProcessRuntime(
         argv=[sys.executable, "-c",
-              "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+              "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"]
     )  # fmt: skip
     config = fast_sweep(settings, stop_grace=2.0)
     sweeper = Sweeper(store, stubborn, Delivery(store, []), config, store.clock)
     spec = RunnerSpec(idle.id, store.session_dir(idle.id).resolve(), store.home.resolve(), {})
     handle = await stubborn.start(spec)
-    sweeper.live[idle.id] = LiveRunner(handle=handle, session=idle, busy=False)
-    passes = 0
-    real_tick = sweeper.tick
+    try:
+        await wait_for(ready.exists, 20)
+        runner = LiveRunner(handle=handle, session=idle, busy=False)
+        sweeper.live[idle.id] = runner
+        passes = 0
+        real_tick = sweeper.tick
 
-    async def counted() -> None:
-        nonlocal passes
-        passes += 1
-        await real_tick()
+        async def counted() -> None:
+            nonlocal passes
+            passes += 1
+            await real_tick()
 
-    sweeper.tick = counted  # type: ignore[method-assign]
-    store.send_message(waiting.id, "my turn")
-    async with anyio.create_task_group() as tg:
-        await tg.start(sweeper.run)
-        await wait_for(lambda: sweeper.live[idle.id].stopping, 10)
-        stopping_at = passes
-        # The stubborn runner is still alive, and the loop has not waited for it.
-        await wait_for(lambda: passes >= stopping_at + 5, 10)
-        assert await stubborn.is_running(handle)
-        await wait_for(lambda: waiting.id in sweeper.live, 20)
-        assert not await stubborn.is_running(handle)
-        assert idle.id not in sweeper.live
-        sweeper.stop_accepting()
-        for runner in list(sweeper.live.values()):
-            await stubborn.kill(runner.handle)
+        sweeper.tick = counted  # type: ignore[method-assign]
+        store.send_message(waiting.id, "my turn")
+        async with anyio.create_task_group() as tg:
+            await tg.start(sweeper.run)
+            await wait_for(lambda: runner.stopping, 10)
+            stopping_at = passes
+            # The stubborn runner is still alive, and the loop has not waited for it.
+            await wait_for(lambda: passes >= stopping_at + 5, 10)
+            assert await stubborn.is_running(handle)
+            await wait_for(lambda: waiting.id in sweeper.live, 20)
+            assert not await stubborn.is_running(handle)
+            assert idle.id not in sweeper.live
+            sweeper.stop_accepting()
+    finally:
+        for other in [handle, *(r.handle for r in sweeper.live.values())]:
+            await stubborn.kill(other)

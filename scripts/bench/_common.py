@@ -26,7 +26,11 @@ def ratio(baseline: float, measured: float) -> str:
     """How many times smaller ``measured`` is than ``baseline``, as ``"12.3x"``."""
     if measured <= 0:
         return "inf" if baseline > 0 else "n/a"
-    return f"{baseline / measured:,.1f}x"
+    times = baseline / measured
+    if times >= 1:
+        return f"{times:,.1f}x"
+    # Slower than the baseline: one decimal would round most of these to 0.0.
+    return f"{times:.2f}x" if times >= 0.1 else f"{times:.2g}x"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

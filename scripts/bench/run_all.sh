@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Run every cronbox benchmark with its defaults (about 8 minutes on 2 cores).
-# Usage: scripts/bench/run_all.sh [python]   (default: /work/venv/bin/python, else python3)
+# Usage: scripts/bench/run_all.sh [python]   (default: ./.venv/bin/python, else python3)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${1:-}"
 if [[ -z "$python" ]]; then
-    if [[ -x /work/venv/bin/python ]]; then python=/work/venv/bin/python; else python=python3; fi
+    if [[ -x "$here/../../.venv/bin/python" ]]; then python="$here/../../.venv/bin/python"; else python=python3; fi
 fi
 cd "$here/../.."
 
@@ -23,3 +23,6 @@ echo "== history: a series with 0, 10,000 and 50,000 past occurrences =="
 echo
 echo "== event-loop lag while delivery applies 50 agent actions =="
 "$python" "$here/loop_lag.py"
+echo
+echo "== next fire: cronbox beside cronsim, croniter and the old evaluation =="
+"$python" "$here/next_fire.py"
