@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -131,10 +131,22 @@ def validation_sentence(
     return error(f"{where}: {err['msg']}")
 
 
-class ScheduleRequest(BaseModel):
-    """A request to schedule a task, as it arrives from the CLI, HTTP, MCP or a container."""
+class _Request(BaseModel):
+    """A task request from outside: strict, frozen, no unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        """Validate raw input, turning type errors into one InvalidInput sentence."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_sentence(exc) from None
+
+
+class ScheduleRequest(_Request):
+    """A request to schedule a task, as it arrives from the CLI, HTTP, MCP or a container."""
 
     id: str | None = Field(default=None, alias="taskId")
     prompt: str
@@ -145,33 +157,15 @@ class ScheduleRequest(BaseModel):
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=86400)
 
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> ScheduleRequest:
-        """Validate raw input, turning type errors into one InvalidInput sentence."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise validation_sentence(exc) from None
 
-
-class UpdateRequest(BaseModel):
+class UpdateRequest(_Request):
     """A change to a task; a field left out stays, an explicit null clears it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
 
     task_id: str = Field(alias="taskId")
     prompt: str | None = None
     process_after: str | None = Field(default=None, alias="processAfter")
     recurrence: str | None = None
     script: str | None = None
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> UpdateRequest:
-        """Validate raw input, turning type errors into one InvalidInput sentence."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise validation_sentence(exc) from None
 
 
 @dataclass(frozen=True)
