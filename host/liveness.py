@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+
+from cronbox_shared.models import MessageStatus
 
 __all__ = [
     "Claim",
@@ -100,7 +101,7 @@ def decide_liveness(
 class RetryPlan:
     """What becomes of a row left ``processing`` by a runner that crashed or was killed."""
 
-    status: Literal["pending", "failed"]
+    status: MessageStatus
     tries: int
     process_after: datetime | None
 
@@ -122,8 +123,10 @@ def plan_retry(
     """
     new_tries = tries + 1
     if new_tries >= max_tries:
-        return RetryPlan(status="failed", tries=new_tries, process_after=None)
-    return RetryPlan(status="pending", tries=new_tries, process_after=now + base * 2**tries)
+        return RetryPlan(status=MessageStatus.FAILED, tries=new_tries, process_after=None)
+    return RetryPlan(
+        status=MessageStatus.PENDING, tries=new_tries, process_after=now + base * 2**tries
+    )
 
 
 def _duration(span: timedelta) -> str:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cronbox_shared.models import MessageStatus
 from host.liveness import (
     Claim,
     LivenessAction,
@@ -137,15 +138,18 @@ def test_decide_liveness(
     assert verdict == expected
 
 
+PENDING, FAILED = MessageStatus.PENDING, MessageStatus.FAILED
+
+
 @pytest.mark.parametrize(
     ("tries", "expected"),
     [
-        pytest.param(0, RetryPlan("pending", 1, NOW + timedelta(seconds=5)), id="first_5s"),
-        pytest.param(1, RetryPlan("pending", 2, NOW + timedelta(seconds=10)), id="second_10s"),
-        pytest.param(2, RetryPlan("pending", 3, NOW + timedelta(seconds=20)), id="third_20s"),
-        pytest.param(3, RetryPlan("pending", 4, NOW + timedelta(seconds=40)), id="fourth_40s"),
-        pytest.param(4, RetryPlan("failed", 5, None), id="fifth_failure_is_final"),
-        pytest.param(7, RetryPlan("failed", 8, None), id="past_the_limit_stays_failed"),
+        pytest.param(0, RetryPlan(PENDING, 1, NOW + timedelta(seconds=5)), id="first_5s"),
+        pytest.param(1, RetryPlan(PENDING, 2, NOW + timedelta(seconds=10)), id="second_10s"),
+        pytest.param(2, RetryPlan(PENDING, 3, NOW + timedelta(seconds=20)), id="third_20s"),
+        pytest.param(3, RetryPlan(PENDING, 4, NOW + timedelta(seconds=40)), id="fourth_40s"),
+        pytest.param(4, RetryPlan(FAILED, 5, None), id="fifth_failure_is_final"),
+        pytest.param(7, RetryPlan(FAILED, 8, None), id="past_the_limit_stays_failed"),
     ],
 )
 def test_plan_retry_backs_off_then_fails(tries: int, expected: RetryPlan) -> None:
@@ -156,17 +160,17 @@ def test_a_row_that_keeps_crashing_is_retried_after_5_10_20_40_s_then_failed() -
     waits: list[float] = []
     tries = 0
     plan = plan_retry(tries, NOW)
-    while plan.status == "pending":
+    while plan.status is MessageStatus.PENDING:
         assert plan.process_after is not None
         waits.append((plan.process_after - NOW).total_seconds())
         tries = plan.tries
         plan = plan_retry(tries, NOW)
     assert waits == [5, 10, 20, 40]
-    assert plan == RetryPlan("failed", 5, None)
+    assert plan == RetryPlan(FAILED, 5, None)
 
 
 def test_plan_retry_honours_a_custom_limit_and_base() -> None:
-    assert plan_retry(0, NOW, max_tries=1) == RetryPlan("failed", 1, None)
+    assert plan_retry(0, NOW, max_tries=1) == RetryPlan(FAILED, 1, None)
     assert plan_retry(2, NOW, max_tries=10, base=timedelta(seconds=1)) == RetryPlan(
-        "pending", 3, NOW + timedelta(seconds=4)
+        PENDING, 3, NOW + timedelta(seconds=4)
     )
