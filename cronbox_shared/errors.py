@@ -155,3 +155,11 @@ class RunnerStartFailed(CronboxError, RuntimeError):
 
 class Rejected(CronboxError, ValueError):
     """An outbound row the host cannot accept (the agent is told this sentence)."""
+
+
+class UnknownAgent(InvalidInput):
+    """A session names an agent profile no runner can serve."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(f'unknown agent profile "{shown(name)}"; use one of: {", ".join(known)}')
+        self.name = name

@@ -706,6 +706,11 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     nxt = report["next_wake"]
     tz = zone(load_settings().timezone())
     console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
+    for problem in report["problems"]:
+        console.print(
+            Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),
+            soft_wrap=True,
+        )
     if report["live"]:
         table = Table("session", "runner", "started", "busy")
         for runner in report["live"]:

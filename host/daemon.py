@@ -113,6 +113,10 @@ def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
         ],
         "waiting": sorted(sweeper.waiting),
         "started_total": sweeper.started_total,
+        "problems": [
+            {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
+            for sid, p in sorted(sweeper.problems.items())
+        ],
     }
     tmp = store.home / (STATUS + ".tmp")
     tmp.write_text(json.dumps(status, indent=2))
@@ -174,7 +178,10 @@ async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: 
     while True:
         if await anyio.to_thread.run_sync(watcher.changed):
             sweeper.wake()
-        snapshot = repr((sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total))
+        snapshot = repr(
+            (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
+             sorted(sweeper.problems.items()))
+        )  # fmt: skip
         if snapshot != last_status:
             await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
             last_status = snapshot
@@ -212,6 +219,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         },
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),
+        "problems": (published or {}).get("problems", []),
         "sessions": store.central.session_count(),
         "due_now": len(store.due_sessions(now)),
         "live_tasks": store.live_task_count(),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cronbox_shared.actions import ActionKind, TaskChange, transition
+from cronbox_shared.agents import check_agent
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
@@ -217,6 +218,7 @@ class Cronbox:
     ) -> Session:
         """Register a session and create its directory and inbox."""
         name = _session_name(name)
+        agent = check_agent(agent)
         tz = zone(timezone, "--timezone").key if timezone else self.default_timezone
         if self.central.name_taken(name):
             raise SessionExists(name)
@@ -237,9 +239,7 @@ class Cronbox:
         session = self.get_session(ref)
         fields: dict[str, str] = {}
         if agent is not None:
-            if not agent.strip():
-                raise InvalidInput("the agent profile name is empty; give a profile name")
-            fields["agent"] = agent.strip()
+            fields["agent"] = check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
         if not fields:
@@ -371,6 +371,10 @@ class Cronbox:
             row = tx.get(message_id)
         assert row is not None
         return row
+
+    def due_ids(self, session_id: str) -> tuple[str, ...]:
+        """Ids of the session's due rows that wake the agent (what a runner is woken for)."""
+        return self.files.due_ids(session_id, fmt(self.now()))
 
     def inbound_rows(self, session_id: str) -> list[InboundMessage]:
         """Every row of a session's inbox, oldest first (for status views and tests)."""

@@ -26,7 +26,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.agents import check_agent
 from cronbox_shared.defaults import DEFAULTS
+from cronbox_shared.errors import UnknownAgent
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
@@ -88,6 +90,19 @@ class LiveRunner:
     idle_since: datetime | None = None
     claims: list[Claim] = field(default_factory=list)
     stopping: bool = False
+    woken_for: tuple[str, ...] = ()
+    """The due rows that woke it (what its failure to start counts against)."""
+    worked: bool = False
+    """Whether it has claimed or finished anything."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a session's work is not getting done, for the log and ``cronbox status``."""
+
+    session: str
+    reason: str
+    at: datetime
 
 
 class Sweeper:
@@ -125,6 +140,7 @@ class Sweeper:
         self.starts: deque[StartRecord] = deque(maxlen=10_000)
         self.quarantine: dict[str, tuple[datetime, int]] = {}
         self._pruned: dict[str, datetime] = {}
+        self.problems: dict[str, Problem] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -182,6 +198,13 @@ class Sweeper:
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
             await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
+        for session in known.values():
+            try:
+                check_agent(session.agent)
+            except UnknownAgent as exc:
+                reason = f"{exc}; fix it with `cronbox session update {session.name} --agent ...`"
+                log.warning("session %s: %s", session.name, reason)
+                self.problems[session.id] = Problem(session.name, reason, self.clock.now())
         for lease in await read(self.store.leases):
             runner = self.live.get(lease.session_id)
             if runner is None or runner.handle.ref != lease.runner_ref:
@@ -290,8 +313,9 @@ class Sweeper:
             env=self.runner_env(session),
         )
         due_at = parse_utc(session.next_due_at)
+        woken_for = await read(self.store.due_ids, session.id)
         handle = await self.runtime.start(spec)
-        self.live[session.id] = LiveRunner(handle=handle, session=session)
+        self.live[session.id] = LiveRunner(handle=handle, session=session, woken_for=woken_for)
         self.waiting.pop(session.id, None)
         self.started_total += 1
         self.peak_live = max(self.peak_live, len(self.live))
@@ -303,7 +327,7 @@ class Sweeper:
         """Settle acks and replies of one live runner, enforce liveness, notice its exit."""
         runner = self.live[session_id]
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        runner.claims = await self._settle(runner.session, default_timeout)
+        runner.claims = await self._settle(runner, default_timeout)
         await self._deliver(runner.session)
         now = self.clock.now()
         if not await self.runtime.is_running(runner.handle):
@@ -343,8 +367,10 @@ class Sweeper:
         """
         session_id = runner.session.id
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        claims = await self._settle(runner.session, default_timeout)
+        claims = await self._settle(runner, default_timeout)
         await self._deliver(runner.session)
+        if not runner.worked and not claims and runner.woken_for and self.accepting:
+            claims, reason = await self._failed_start(runner, reason)
         plan = await self.writer(
             self.store.requeue, session_id, claims, reason, timed_out=timed_out,
             retry_base=timedelta(seconds=self.config.retry_base),
@@ -361,6 +387,23 @@ class Sweeper:
         await self._prune(runner.session)
         self.wake()
 
+    async def _failed_start(self, runner: LiveRunner, why: str) -> tuple[list[Claim], str]:
+        """A runner that failed before taking any work: each row it was woken for counts
+        a failed try (the 5-try rule), so a broken session cannot make the host restart
+        its runner forever. ``why`` is how the sweep saw it go."""
+        code = await self.runtime.exit_code(runner.handle)
+        killed = why.startswith("runner killed")
+        if not killed and (code is None or code == 0):
+            return [], "runner finished"
+        words = await self.runtime.last_words(runner.handle)
+        reason = why if killed else f"runner exited with status {code} before taking any work"
+        if words:
+            reason += f": {words}"
+        self.problems[runner.session.id] = Problem(runner.session.name, reason, self.clock.now())
+        now = self.clock.now()
+        timeout = timedelta(seconds=self.config.task_timeout)
+        return [Claim(message_id, now, timeout) for message_id in runner.woken_for], reason
+
     async def _prune(self, session: Session) -> None:
         """Drop old finished inbox rows of a session that just worked (at most hourly)."""
         now = self.clock.now()
@@ -373,9 +416,12 @@ class Sweeper:
         if removed:
             log.info("session %s: pruned %d finished inbox rows", session.name, removed)
 
-    async def _settle(self, session: Session, default_timeout: timedelta) -> list[Claim]:
-        plan = await self.writer(self.store.settle_acks, session.id, default_timeout)
-        self._log_finished(session, plan.finished)
+    async def _settle(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
+        plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
+        self._log_finished(runner.session, plan.finished)
+        if plan.claims or plan.finished:
+            runner.worked = True
+            self.problems.pop(runner.session.id, None)
         return list(plan.claims)
 
     @staticmethod

@@ -145,11 +145,11 @@ def test_the_cli_offers_the_commands_of_the_spec() -> None:
 
 
 def test_session_create_then_list_shows_name_agent_and_timezone(cli: Cli) -> None:
-    created = ok(cli("session", "create", "work", "--agent", "claude"))
+    created = ok(cli("session", "create", "work", "--agent", "scripted"))
     assert "created session work" in created.stdout
     listed = ok(cli("session", "list")).stdout
     assert "work" in listed
-    assert "claude" in listed
+    assert "scripted" in listed
     assert HOST_TZ in listed
 
 
@@ -619,3 +619,16 @@ def test_status_without_a_running_host_shows_due_counts_and_next_wake(
     text = ok(cli("status")).stdout
     assert "host: not running" in text
     assert "due now: 1" in text
+
+
+def test_an_unknown_agent_profile_is_refused_and_nothing_is_written(cli: Cli, home: Path) -> None:
+    refused = cli("session", "create", "ghost", "--agent", "nosuchagent")
+    assert refused.exit_code == 2
+    assert 'unknown agent profile "nosuchagent"; use one of: echo, fail, scripted' in (
+        refused.stderr
+    )
+    assert as_json(cli("session", "list", "--json")) == []
+    ok(cli("session", "create", "real"))
+    again = cli("session", "update", "real", "--agent", "nosuchagent")
+    assert again.exit_code == 2
+    assert as_json(cli("session", "list", "--json"))[0]["agent"] == "echo"

@@ -25,7 +25,7 @@ from host.runtimes import (
     UnknownRuntime,
     get_runtime,
 )
-from host.runtimes.process import PID_FILE, RUNNER_LOG
+from host.runtimes.process import PID_FILE, RUNNER_LOG, RUNNER_LOG_CAP
 
 # Generous bound so a stuck runner fails the test instead of the whole run; never a
 # statement about how long anything should take.
@@ -309,6 +309,33 @@ async def test_runner_log_is_appended_across_runs(runners: Runners) -> None:
 
     log = (runners.session_dir("s1") / RUNNER_LOG).read_text()
     assert log.count("to stdout") == 2
+
+
+@pytest.mark.anyio
+async def test_a_full_runner_log_is_rotated_when_the_next_runner_starts(runners: Runners) -> None:
+    log = runners.session_dir("s1") / RUNNER_LOG
+    log.write_bytes(b"old line\n" * (RUNNER_LOG_CAP // 9 + 1))
+    runtime = ProcessRuntime(REPORTS_ENV)
+    handle = await runners.start(runtime)
+    await until_exited(runtime, handle)
+    assert (log.parent / f"{RUNNER_LOG}.1").stat().st_size >= RUNNER_LOG_CAP
+    assert log.stat().st_size < 10_000
+    assert "to stdout" in log.read_text()
+
+
+@pytest.mark.anyio
+async def test_last_words_are_the_last_line_the_runner_printed(runners: Runners) -> None:
+    runtime = ProcessRuntime(
+        [
+            sys.executable,
+            "-c",
+            "import sys; print('working', flush=True); sys.exit('agent_runner: broke')",
+        ]
+    )
+    handle = await runners.start(runtime)
+    await until_exited(runtime, handle)
+    assert await runtime.exit_code(handle) == 1
+    assert await runtime.last_words(handle) == "agent_runner: broke"
 
 
 @pytest.mark.anyio

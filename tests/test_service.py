@@ -10,7 +10,8 @@ import anyio.lowlevel
 import pytest
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.errors import InvalidTimezone, SessionNotFound, TaskStateError
+from cronbox_shared.agents import BUILTIN_AGENTS, check_agent
+from cronbox_shared.errors import InvalidTimezone, SessionNotFound, TaskStateError, UnknownAgent
 from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
@@ -161,3 +162,12 @@ def test_history_does_not_change_what_a_series_action_reads(
     assert any("messages_in_series" in str(step) for step in plan)
     assert app.pause_task(task.id).id == f"{task.id}~30"
     assert [r.outcome for r in app.runs_for(task.id, limit=100)].count(RunOutcome.OK) == 30
+
+
+def test_every_agent_profile_the_host_accepts_is_a_provider_the_runner_serves() -> None:
+    from agent_runner.providers import get_provider
+
+    for name in BUILTIN_AGENTS:
+        assert get_provider(name) is not None
+    with pytest.raises(UnknownAgent):
+        check_agent("nosuchagent")

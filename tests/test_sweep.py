@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime, RunnerSpec
 from host.service import Cronbox
+from host.store.central import SqliteCentral
 from host.sweep import LiveRunner, SweepConfig, Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host, wait_for
 
@@ -256,3 +258,35 @@ async def test_an_idle_runner_is_stopped_beside_the_loop_so_passes_go_on(tmp_pat
     finally:
         for other in [handle, *(r.handle for r in sweeper.live.values())]:
             await stubborn.kill(other)
+
+
+async def test_a_runner_that_fails_before_any_work_counts_tries_and_ends_the_rows_failed(
+    tmp_path: Path,
+) -> None:
+    """No crash loop: a session whose runner cannot start (an agent profile that no longer
+    exists) uses up the 5 tries of the rows it was woken for, then they end failed with
+    the runner's own error, in history and in the host's problems."""
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    ghost = store.create_session("ghost")
+    with SqliteCentral(store.home).transaction() as db:  # a profile that was removed since
+        db.execute("UPDATE sessions SET agent = 'nosuchagent' WHERE id = ?", [ghost.id])
+    chat = store.send_message(ghost.id, "hello")
+    task = store.schedule_task(ghost.id, {"prompt": "p", "processAfter": "now"})
+    async with running_host(settings) as sweeper:
+        assert "nosuchagent" in sweeper.problems[ghost.id].reason  # reported at start
+        await wait_for(lambda: store.get_session(ghost.id).next_due_at is None, 60)
+        rows = {r.id: r for r in store.inbound_rows(ghost.id)}
+        assert rows[chat.id].status is MessageStatus.FAILED
+        assert rows[task.id].status is MessageStatus.FAILED
+        assert rows[task.id].tries == 5
+        assert sweeper.started_total == 5
+        (run,) = store.runs_for(task.id)
+        assert run.outcome is RunOutcome.ERROR
+        assert "before taking any work" in (run.error or "")
+        assert 'unknown agent provider "nosuchagent"' in (run.error or "")
+        assert 'unknown agent provider "nosuchagent"' in sweeper.problems[ghost.id].reason
+    # What `cronbox status` shows comes from the status the host published.
+    (problem,) = json.loads((store.home / "host.json").read_text())["problems"]
+    assert problem["session"] == "ghost"
+    assert "before taking any work" in problem["reason"]

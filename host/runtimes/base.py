@@ -96,6 +96,14 @@ class Runtime(Protocol):
         """
         ...
 
+    async def last_words(self, handle: RunnerHandle) -> str | None:
+        """The last non-empty line the runner printed (its error, when it failed).
+
+        Implementers must return ``None`` when the runtime keeps no output of the runner,
+        and read at most a bounded tail of whatever it keeps.
+        """
+        ...
+
     async def stop(self, handle: RunnerHandle, grace: float) -> None:
         """Ask the runner to stop (SIGTERM), force it (SIGKILL) after ``grace`` seconds.
 

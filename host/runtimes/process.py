@@ -46,6 +46,10 @@ HOME_LABEL = "CRONBOX_HOST_HOME"
 SESSION_DIR_VAR = RunnerSettings.env_name("session_dir")
 PID_FILE = ".runner.pid"
 RUNNER_LOG = "runner.log"
+# A runner's log is rotated (one old file kept) when a runner starts and it is this big.
+RUNNER_LOG_CAP = 1024 * 1024
+# How much of the log's end is read for a runner's last words.
+_TAIL_BYTES = 4096
 
 # How often a stop or kill looks whether the runner is gone. The death of a process that
 # is not our child (an adopted runner) has no event to wait on, so these waits poll.
@@ -122,6 +126,12 @@ class ProcessRuntime:
             return None
         return child.popen.returncode
 
+    async def last_words(self, handle: RunnerHandle) -> str | None:
+        child = self._child(handle)
+        if child is None:
+            return None
+        return await anyio.to_thread.run_sync(_last_line, child.session_dir / RUNNER_LOG)
+
     async def stop(self, handle: RunnerHandle, grace: float) -> None:
         if not await self.is_running(handle):
             return
@@ -155,6 +165,7 @@ class ProcessRuntime:
             raise RunnerStartFailed(spec.session_id, str(exc)) from exc
         try:
             workspace.mkdir(parents=True, exist_ok=True)
+            _rotate(spec.session_dir / RUNNER_LOG, RUNNER_LOG_CAP)
             with open(spec.session_dir / RUNNER_LOG, "ab") as log:
                 log.write(f"--- runner started at {fmt(self._clock.now())} ---\n".encode())
                 log.flush()
@@ -303,7 +314,29 @@ class ProcessRuntime:
             step = min(step * 2, _MAX_POLL)
 
 
-# -- /proc and pid files ---------------------------------------------------------------
+# -- logs, /proc and pid files ---------------------------------------------------------
+
+
+def _rotate(path: Path, cap: int) -> None:
+    """Move a log of ``cap`` bytes or more aside (``<name>.1``, replacing an older one)."""
+    try:
+        if path.stat().st_size >= cap:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
+def _last_line(path: Path) -> str | None:
+    """The last non-empty line of a log, read from its last few KiB only."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            tail = f.read()
+    except OSError:
+        return None
+    lines = [line.strip() for line in tail.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("--- runner started")]
+    return lines[-1][:500] if lines else None
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -256,3 +256,7 @@ class SessionFiles(Protocol):
     def has_outbox(self, session_id: str) -> bool:
         """Whether the runner has created its outbox yet."""
         ...
+
+    def due_ids(self, session_id: str, now: Instant) -> tuple[str, ...]:
+        """Ids of due pending rows that wake the agent, oldest first."""
+        ...

@@ -162,6 +162,11 @@ class SqliteSessionFiles:
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
             return sdb.all_rows(db)
 
+    def due_ids(self, session_id: str, now: Instant) -> tuple[str, ...]:
+        """Ids of due pending rows that wake the agent (trigger=1), oldest first."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return tuple(r.id for r in sdb.due_rows(db, now) if r.trigger)
+
     def has_outbox(self, session_id: str) -> bool:
         """Whether the runner has created its outbound.db yet."""
         return (self.directory(session_id) / sdb.OUTBOUND).exists()
