@@ -344,6 +344,16 @@ def live_tasks(db: InboundDb, statuses: Sequence[MessageStatus]) -> list[Inbound
     return [_row_to_inbound(r) for r in rows]
 
 
+def pending_manual_runs(db: InboundDb, series_id: str) -> list[str]:
+    """Ids of a series' manual runs (``task run``) that have not started yet."""
+    rows = db.execute(
+        "SELECT id FROM messages_in WHERE series_id = ? AND status = 'pending' "
+        "AND json_extract(content, '$.manual') IS NOT NULL",
+        [series_id],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def all_tasks(db: InboundDb) -> list[InboundMessage]:
     """The newest scheduled row of every task series, live or finished (full re-derive)."""
     rows = db.execute(

@@ -1,1 +1,1 @@
-"""The cronbox host: store, sweep, pool, runtimes, delivery, CLI and HTTP."""
+"""The cronbox host: store, service, settlement, sweep, pool, runtimes, delivery, CLI."""

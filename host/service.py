@@ -228,7 +228,7 @@ class Cronbox:
             created_at=fmt(self.now()), last_active_at=None, next_due_at=None,
         )  # fmt: skip
         entry = self._entry(actor, "session.create", session_id, name, {"agent": agent, "tz": tz})
-        self.central.insert_session(session, entry)
+        self.central.insert_session(session, entry, self.files.version(session_id))
         return self.get_session(session_id)
 
     def update_session(
@@ -468,6 +468,10 @@ class Cronbox:
             if resumed is not None and live.recurrence:
                 fields.update(process_after=fmt(resumed), scheduled_for=fmt(resumed))
             tx.update(live.id, **fields)
+            if to is MessageStatus.CANCELLED:
+                # A manual run asked for before the cancel would otherwise still fire.
+                for run_id in tx.pending_manual_runs(series):
+                    tx.update(run_id, status=to.value, updated_at=fmt(now))
             done.series = [series]
             done.audit.append(self._entry(actor, f"task.{action}", session, series))
 

@@ -141,6 +141,7 @@ class Sweeper:
         self.quarantine: dict[str, tuple[datetime, int]] = {}
         self._pruned: dict[str, datetime] = {}
         self.problems: dict[str, Problem] = {}
+        self._names: dict[str, str] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Sweeper:
     async def recover(self) -> None:
         """Re-derive state from the files and adopt or reap runners a previous host left."""
         known = {s.id: s for s in await read(self.store.list_sessions)}
+        self._names.update((s.id, s.name) for s in known.values())
         stale = await read(self.store.stale_sessions)
         for session_id in stale:
             try:
@@ -257,7 +259,9 @@ class Sweeper:
             try:
                 await self._tend(session_id)
             except Exception:
-                log.exception("session %s: tending its runner failed", session_id)
+                log.exception(
+                    "session %s: tending its runner failed", self.live[session_id].session.name
+                )
         if not self.accepting:
             return
         now = self.clock.now()
@@ -278,7 +282,8 @@ class Sweeper:
             runner = self.live[session_id]
             if not runner.stopping:
                 runner.stopping = True
-                log.info("session %s: idle runner yields its slot", runner.session.name)
+                why = "yields its slot to a waiting session" if self.waiting else "stops, idle"
+                log.info("session %s: idle runner %s", runner.session.name, why)
                 await self._beside(partial(self._stop, runner))
         for session_id in plan.start:
             try:
@@ -289,10 +294,15 @@ class Sweeper:
                 pause = min(QUARANTINE_MAX, QUARANTINE_BASE * 2**failures)
                 self.quarantine[session_id] = (now + timedelta(seconds=pause), failures + 1)
                 log.exception(
-                    "session %s: could not start its runner; next try in %d s", session_id, pause
-                )
+                    "session %s: could not start its runner; next try in %d s",
+                    self._name(session_id), pause,
+                )  # fmt: skip
             else:
                 self.quarantine.pop(session_id, None)
+
+    def _name(self, session_id: str) -> str:
+        """A session's name for the log, when the sweep knows it (else its id)."""
+        return self._names.get(session_id, session_id)
 
     async def _stop(self, runner: LiveRunner) -> None:
         """Stop an evicted runner; the next pass settles what it left."""
@@ -304,6 +314,7 @@ class Sweeper:
     async def _start(self, session_id: str) -> None:
         await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
+        self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
         spec = RunnerSpec(
@@ -379,9 +390,12 @@ class Sweeper:
         del self.live[session_id]
         await self.writer(self.store.release_lease, session_id, runner.handle.ref)
         if claims:
+            ended = len(plan.finished)
+            retried = len(plan.runs) - ended
             log.warning(
-                "session %s: %s; %d rows requeued", runner.session.name, reason, len(claims)
-            )
+                "session %s: %s; %d rows to retry, %d ended",
+                runner.session.name, reason, retried, ended,
+            )  # fmt: skip
         else:
             log.info("session %s: runner finished", runner.session.name)
         await self._prune(runner.session)

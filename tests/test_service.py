@@ -171,3 +171,18 @@ def test_every_agent_profile_the_host_accepts_is_a_provider_the_runner_serves() 
         assert get_provider(name) is not None
     with pytest.raises(UnknownAgent):
         check_agent("nosuchagent")
+
+
+def test_cancelling_a_series_also_cancels_its_manual_runs_not_yet_started(app: Cronbox) -> None:
+    session = app.create_session("manual")
+    task = app.schedule_task(session.id, {"prompt": "p", "recurrence": "@daily"})
+    run = app.run_now(task.id)
+    app.cancel_task(task.id)
+    statuses = {r.id: r.status for r in app.inbound_rows(session.id)}
+    assert statuses == {task.id: MessageStatus.CANCELLED, run.id: MessageStatus.CANCELLED}
+    assert app.get_session(session.id).next_due_at is None
+
+
+def test_a_new_session_is_not_stale_so_a_restart_re_derives_nothing(app: Cronbox) -> None:
+    app.create_session("fresh")
+    assert app.stale_sessions() == []

@@ -41,8 +41,9 @@ class CentralRepository(Protocol):
     costs a sweep nothing.
     """
 
-    def insert_session(self, session: Session, audit: AuditEntry) -> None:
-        """Register a session with its audit entry; raise SessionExists for a taken name."""
+    def insert_session(self, session: Session, audit: AuditEntry, version: int | None) -> None:
+        """Register a session (its inbox at ``version``) with its audit entry; raise
+        SessionExists for a taken name."""
         ...
 
     def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
@@ -169,6 +170,10 @@ class InboxTransaction(Protocol):
 
     def current(self, ref: str) -> InboundMessage | None:
         """The newest scheduled row of the series ``ref`` names: its live occurrence if any."""
+        ...
+
+    def pending_manual_runs(self, series_id: str) -> list[str]:
+        """Ids of the series' manual runs (``task run``) that have not started."""
         ...
 
     def due_rows(self, now: Instant) -> list[InboundMessage]:

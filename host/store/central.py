@@ -212,15 +212,15 @@ class SqliteCentral:
 
     # --- sessions ---------------------------------------------------------------------
 
-    def insert_session(self, session: Session, audit: AuditEntry) -> None:
-        """Register a session; raises SessionExists when its name is taken."""
+    def insert_session(self, session: Session, audit: AuditEntry, version: int | None) -> None:
+        """Register a session whose inbox is at ``version``; SessionExists for a taken name."""
         with self._open() as db, db.atomic():
             try:
                 db.execute(
-                    "INSERT INTO sessions (id, name, agent, timezone, container, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO sessions (id, name, agent, timezone, container, created_at, "
+                    "inbound_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [session.id, session.name, session.agent, session.timezone,
-                     json.dumps(session.container), session.created_at],
+                     json.dumps(session.container), session.created_at, version],
                 )  # fmt: skip
             except sqlite3.IntegrityError:
                 raise SessionExists(session.name) from None

@@ -52,6 +52,10 @@ class InboxTx:
         """The live (or, for an ended series, newest) occurrence of the series ``ref`` names."""
         return sdb.series_current(self.db, sdb.series_of_ref(self.db, ref))
 
+    def pending_manual_runs(self, series_id: str) -> list[str]:
+        """Ids of the series' manual runs that have not started."""
+        return sdb.pending_manual_runs(self.db, series_id)
+
     def due_rows(self, now: Instant) -> list[InboundMessage]:
         """Pending rows due at ``now``."""
         return sdb.due_rows(self.db, now)
