@@ -163,3 +163,9 @@ class UnknownAgent(InvalidInput):
     def __init__(self, name: str, known: tuple[str, ...]) -> None:
         super().__init__(f'unknown agent profile "{shown(name)}"; use one of: {", ".join(known)}')
         self.name = name
+
+
+class RunNotFound(CronboxError, LookupError):
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no run with id {run_id}; `cronbox task history ID` shows a task's runs")
+        self.run_id = run_id

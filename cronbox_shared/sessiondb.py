@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from cronbox_shared.errors import Rejected
 from cronbox_shared.models import (
+    MAX_CHAT_BYTES,
     Ack,
     AckStatus,
     DeliveryStatus,
@@ -554,6 +556,20 @@ def outbound_after(db: OutboundDb, after_seq: int, limit: int = 500) -> list[dic
     return _raw_rows(db, f"{_OUT_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", [after_seq, limit])
 
 
+def recent_outbound(db: OutboundDb, kind: MessageKind, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` raw ``messages_out`` rows of one kind, oldest first (untrusted)."""
+    rows = _raw_rows(db, f"{_OUT_SELECT} WHERE kind = ? ORDER BY seq DESC LIMIT ?",
+                     [kind.value, limit])  # fmt: skip
+    return rows[::-1]
+
+
+def replies_to(db: OutboundDb, message_id: str) -> list[dict[str, Any]]:
+    """Raw chat rows the runner wrote in reply to one inbound row, oldest first."""
+    return _raw_rows(
+        db, f"{_OUT_SELECT} WHERE kind = 'chat' AND in_reply_to = ? ORDER BY seq", [message_id]
+    )
+
+
 def outbound_by_seqs(db: OutboundDb, seqs: Sequence[int]) -> list[dict[str, Any]]:
     """Raw ``messages_out`` rows with these seqs, oldest first (untrusted)."""
     marks = ", ".join("?" for _ in seqs)
@@ -661,6 +677,20 @@ def outbound_from_row(row: dict[str, Any]) -> OutboundMessage:
     return OutboundMessage.model_validate(data)
 
 
+def chat_text(message: OutboundMessage) -> str:
+    """The text of a chat reply, or Rejected with the reason (the row is untrusted)."""
+    text = message.content.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise Rejected("a chat reply needs a non-empty string in content.text")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise Rejected("a chat reply is not valid Unicode text") from None
+    if size > MAX_CHAT_BYTES:
+        raise Rejected(f"a chat reply is over {MAX_CHAT_BYTES // 1024} KiB")
+    return text
+
+
 def _attach_inbound(db: OutboundDb, inbound_path: Path) -> None:
     attached = {r[1] for r in db.execute("PRAGMA database_list")}
     if "inb" not in attached:
@@ -679,6 +709,17 @@ def trigger_waiting(db: OutboundDb, inbound_path: Path, now: Instant) -> bool:
         [now],
     ).fetchone()
     return row is not None
+
+
+def recent_rows(db: InboundDb, now: Instant, limit: int) -> list[InboundMessage]:
+    """The newest ``limit`` rows that have come due (future tasks are not shown), oldest first."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE "
+        "coalesce(process_after, created_at) <= ? OR status NOT IN ('pending', 'paused') "
+        "ORDER BY seq DESC LIMIT ?",
+        [now, limit],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in reversed(rows)]
 
 
 def all_rows(db: InboundDb) -> list[InboundMessage]:

@@ -36,7 +36,7 @@ from cronbox_shared.actions import (
     parse_action,
 )
 from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
-from cronbox_shared.models import MAX_CHAT_BYTES, DeliveryStatus, MessageKind, OutboundMessage
+from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt
 from host.service import Cronbox, Receipt
 from host.store.records import Session
@@ -100,20 +100,6 @@ class Handled:
     seq: int
     status: DeliveryStatus
     detail: str | None = None
-
-
-def reply_text(message: OutboundMessage) -> str:
-    """The text of a chat reply, or Rejected with the reason."""
-    text = message.content.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise Rejected("a chat reply needs a non-empty string in content.text")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise Rejected("a chat reply is not valid Unicode text") from None
-    if size > MAX_CHAT_BYTES:
-        raise Rejected(f"a chat reply is over {MAX_CHAT_BYTES // 1024} KiB")
-    return text
 
 
 def apply_action(app: Cronbox, session: Session, action: AgentAction, receipt: Receipt) -> str:
@@ -224,7 +210,7 @@ class Delivery:
 
     async def _reply(self, session: Session, seq: int, message: OutboundMessage) -> Handled | None:
         try:
-            text = reply_text(message)
+            text = sdb.chat_text(message)
         except Rejected as exc:
             return await self._reject(session, seq, message.id, str(exc))
         names = tuple(c.name for c in self.channels)
@@ -243,7 +229,7 @@ class Delivery:
     ) -> bool:  # fmt: skip
         """Send a reply on one channel and record the attempt; whether it was delivered."""
         try:
-            await channel.send(session, message, text or reply_text(message))
+            await channel.send(session, message, text or sdb.chat_text(message))
         except Exception as exc:  # a channel's failure is recorded, never our crash
             attempt = attempts + 1
             nxt = self.retry.after(attempt, self.app.now())

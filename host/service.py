@@ -22,12 +22,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
+from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import ActionKind, TaskChange, transition
 from cronbox_shared.agents import check_agent
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
+    CronboxError,
     InvalidInput,
+    RunNotFound,
     SessionExists,
     TaskNotFound,
     TaskStateError,
@@ -63,7 +68,7 @@ from host.settlement import (
 from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, SessionFiles
 from host.store.central import SqliteCentral
 from host.store.files import SqliteSessionFiles
-from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, TaskView
+from host.store.records import AuditEntry, Lease, LogEntry, Run, RunRecord, Session, TaskView
 
 T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
@@ -563,6 +568,38 @@ class Cronbox:
         session, series = self._locate(ref, None)
         return self.central.runs(session, series, limit)
 
+    # --- the conversation --------------------------------------------------------------
+
+    def conversation(self, session_ref: str, limit: int = 50) -> list[LogEntry]:
+        """A session's messages in and replies out, in time order (the newest ``limit``).
+
+        Messages in are the rows that have come due: chat, task occurrences (with the
+        outcome of their run) and system notes. Replies are the runner's chat rows;
+        they are untrusted, so one that is not a valid reply is left out.
+        """
+        session = self.get_session(session_ref)
+        rows, raw_replies = self.files.recent(session.id, fmt(self.now()), limit)
+        runs = self.central.runs_of(session.id, [r.id for r in rows if r.kind is MessageKind.TASK])
+        entries = [_entry_in(row, runs.get(row.id)) for row in rows]
+        entries += [e for e in map(_entry_out, raw_replies) if e is not None]
+        entries.sort(key=lambda e: (e.at, e.direction == "out"))
+        return entries[-limit:]
+
+    def replies(self, session_id: str, message_id: str) -> list[str]:
+        """The texts the runner wrote in reply to one inbound row (valid ones only)."""
+        return [e.text for e in map(_entry_out, self.files.replies_to(session_id, message_id)) if e]
+
+    def message(self, session_id: str, message_id: str) -> InboundMessage:
+        """One inbound row of a session."""
+        return self._row(session_id, message_id)
+
+    def run(self, run_id: int) -> Run:
+        """One run by the id ``task history`` shows; RunNotFound otherwise."""
+        run = self.central.run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
     # --- settlement (the host's sweep) -------------------------------------------------
 
     def _apply_plan(
@@ -696,6 +733,27 @@ class Cronbox:
     def leases(self) -> list[Lease]:
         """Every recorded lease."""
         return self.central.leases()
+
+
+def _entry_in(row: InboundMessage, run: Run | None) -> LogEntry:
+    return LogEntry(
+        at=row.process_after or row.created_at, direction="in", kind=row.kind, id=row.id,
+        text=row.prompt, sender=str(row.content.get("sender") or "") or None, status=row.status,
+        outcome=run.outcome if run else None, error=(run.error if run else None) or row.error,
+    )  # fmt: skip
+
+
+def _entry_out(raw: dict[str, Any]) -> LogEntry | None:
+    try:
+        message = sdb.outbound_from_row(raw)
+        text = sdb.chat_text(message)
+        at = fmt(parse_utc(message.created_at))
+    except (ValueError, ValidationError, CronboxError):
+        return None
+    return LogEntry(
+        at=at, direction="out", kind=message.kind, id=message.id, text=text,
+        in_reply_to=message.in_reply_to,
+    )  # fmt: skip
 
 
 def _session_name(name: str) -> str:

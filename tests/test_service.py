@@ -11,8 +11,14 @@ import pytest
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import BUILTIN_AGENTS, check_agent
-from cronbox_shared.errors import InvalidTimezone, SessionNotFound, TaskStateError, UnknownAgent
-from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
+from cronbox_shared.errors import (
+    InvalidTimezone,
+    RunNotFound,
+    SessionNotFound,
+    TaskStateError,
+    UnknownAgent,
+)
+from cronbox_shared.models import AckStatus, MessageKind, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
@@ -186,3 +192,37 @@ def test_cancelling_a_series_also_cancels_its_manual_runs_not_yet_started(app: C
 def test_a_new_session_is_not_stale_so_a_restart_re_derives_nothing(app: Cronbox) -> None:
     app.create_session("fresh")
     assert app.stale_sessions() == []
+
+
+def test_the_conversation_shows_messages_in_and_replies_out_in_time_order(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    session = app.create_session("talk")
+    chat = app.send_message(session.id, "hello")
+    app.schedule_task(session.id, {"prompt": "much later", "processAfter": "+1d"})
+    clock.advance(2)
+    task = app.schedule_task(session.id, {"prompt": "check the build", "processAfter": "now"})
+    directory = app.session_dir(session.id)
+    with sdb.outbound(directory) as db, db.atomic():
+        sdb.set_ack(db, chat.id, 0, AckStatus.COMPLETED, fmt(clock.now()), None, "hi")
+        sdb.insert_outbound(db, "out-1", MessageKind.CHAT, {"text": "hi there"},
+                            fmt(clock.now()), in_reply_to=chat.id)  # fmt: skip
+        sdb.insert_outbound(db, "out-bad", MessageKind.CHAT, {"text": ""}, fmt(clock.now()))
+        sdb.set_ack(db, task.id, 0, AckStatus.FAILED, fmt(clock.now()), "build is red", None)
+    app.settle_acks(session.id, timedelta(minutes=10))
+
+    entries = app.conversation("talk")
+    assert [(e.direction, e.kind, e.text) for e in entries] == [
+        ("in", MessageKind.CHAT, "hello"),
+        ("in", MessageKind.TASK, "check the build"),
+        ("out", MessageKind.CHAT, "hi there"),
+    ]
+    assert entries[0].status is MessageStatus.COMPLETED
+    assert (entries[1].outcome, entries[1].error) == (RunOutcome.ERROR, "build is red")
+    assert entries[2].in_reply_to == chat.id
+    assert app.replies(session.id, chat.id) == ["hi there"]
+    assert len(app.conversation("talk", limit=1)) == 1
+    (run,) = app.runs_for(task.id)
+    assert app.run(run.id).error == "build is red"
+    with pytest.raises(RunNotFound):
+        app.run(run.id + 100)

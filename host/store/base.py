@@ -126,6 +126,14 @@ class CentralRepository(Protocol):
         """Runs of one series, newest first."""
         ...
 
+    def runs_of(self, session_id: str, message_ids: Sequence[str]) -> dict[str, Run]:
+        """The run of each of these occurrences that has one."""
+        ...
+
+    def run(self, run_id: int) -> Run | None:
+        """One run by its id."""
+        ...
+
     def record_audit(self, entry: AuditEntry) -> None:
         """Append one audit entry."""
         ...
@@ -264,4 +272,14 @@ class SessionFiles(Protocol):
 
     def due_ids(self, session_id: str, now: Instant) -> tuple[str, ...]:
         """Ids of due pending rows that wake the agent, oldest first."""
+        ...
+
+    def recent(
+        self, session_id: str, now: Instant, limit: int
+    ) -> tuple[list[InboundMessage], list[dict[str, Any]]]:
+        """The newest inbox rows that came due, and the newest raw chat replies."""
+        ...
+
+    def replies_to(self, session_id: str, message_id: str) -> list[dict[str, Any]]:
+        """Raw chat replies to one inbound row."""
         ...

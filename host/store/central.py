@@ -430,6 +430,28 @@ class SqliteCentral:
             ).fetchall()
         return [Run.model_validate(dict(zip(_RUN_COLS, r, strict=True))) for r in rows]
 
+    def runs_of(self, session_id: str, message_ids: Sequence[str]) -> dict[str, Run]:
+        """The run of each of these occurrences that has one."""
+        if not message_ids:
+            return {}
+        marks = ", ".join("?" for _ in message_ids)
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE session_id = ? "
+                f"AND message_id IN ({marks})",
+                [session_id, *message_ids],
+            ).fetchall()
+        runs = [Run.model_validate(dict(zip(_RUN_COLS, r, strict=True))) for r in rows]
+        return {run.message_id: run for run in runs}
+
+    def run(self, run_id: int) -> Run | None:
+        """One run by its id."""
+        with self._open() as db:
+            row = db.execute(
+                f"SELECT {', '.join(_RUN_COLS)} FROM runs WHERE id = ?", [run_id]
+            ).fetchone()
+        return Run.model_validate(dict(zip(_RUN_COLS, row, strict=True))) if row else None
+
     # --- audit ---------------------------------------------------------------------
 
     @staticmethod

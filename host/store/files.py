@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import DeliveryStatus, InboundMessage
+from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
 from host.store.central import SESSIONS
@@ -170,6 +170,26 @@ class SqliteSessionFiles:
         """Ids of due pending rows that wake the agent (trigger=1), oldest first."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
             return tuple(r.id for r in sdb.due_rows(db, now) if r.trigger)
+
+    def recent(
+        self, session_id: str, now: Instant, limit: int
+    ) -> tuple[list[InboundMessage], list[dict[str, Any]]]:
+        """The newest rows that came due and the newest raw chat replies (untrusted)."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            rows = sdb.recent_rows(db, now, limit)
+        if not self.has_outbox(session_id):
+            return rows, []
+        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+            if not sdb.outbound_ready(out):
+                return rows, []
+            return rows, sdb.recent_outbound(out, MessageKind.CHAT, limit)
+
+    def replies_to(self, session_id: str, message_id: str) -> list[dict[str, Any]]:
+        """Raw chat replies the runner wrote to one inbound row (untrusted)."""
+        if not self.has_outbox(session_id):
+            return []
+        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+            return sdb.replies_to(out, message_id) if sdb.outbound_ready(out) else []
 
     def has_outbox(self, session_id: str) -> bool:
         """Whether the runner has created its outbound.db yet."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutcome
+from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, Record, RunOutcome
 from cronbox_shared.timeutil import Instant
 
 
@@ -82,6 +82,23 @@ class AuditEntry(Record):
     session_id: str | None
     target: str | None
     detail: dict[str, Any] | None = None
+
+
+class LogEntry(Record):
+    """One line of a session's conversation: a message in, or a reply out."""
+
+    at: Instant
+    direction: Literal["in", "out"]
+    kind: MessageKind
+    id: str
+    text: str
+    sender: str | None = None
+    status: MessageStatus | None = None
+    """For a message in: what became of it."""
+    outcome: RunOutcome | None = None
+    """For a task occurrence: the outcome of its run."""
+    error: str | None = None
+    in_reply_to: str | None = None
 
 
 class Lease(Record):
