@@ -397,7 +397,13 @@ def _given_arguments(ctx: Context[Any, Any]) -> set[str] | None:
 
 
 def _when(instant: datetime, tz: ZoneInfo) -> str:
+    """An instant in the task's zone and as the exact UTC instant, the zone named once.
+
+    In a UTC zone the local time is the UTC time: only the weekday is added to it.
+    """
     local = instant.astimezone(tz)
+    if local.tzname() == "UTC":
+        return f"{local:%a %Y-%m-%d %H:%M:%S} = {fmt(instant)} UTC"
     return f"{local:%a %Y-%m-%d %H:%M:%S %Z} ({tz.key}) = {fmt(instant)} UTC"
 
 

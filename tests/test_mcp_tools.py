@@ -455,3 +455,22 @@ async def test_a_bad_update_is_a_tool_error_and_writes_nothing(
     assert error
     assert says in text
     assert written(config) == []
+
+
+# --- how times and argument errors read ---------------------------------------------------
+
+
+async def test_a_time_in_utc_names_the_zone_once(config: ToolConfig) -> None:
+    args = {"prompt": "p", "processAfter": "2026-03-02T21:00:00", "timezone": "UTC"}
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", args)
+        _, listed = await call(client, "list_tasks", {})
+    assert not error, text
+    assert "First run: Mon 2026-03-02 21:00:00 = 2026-03-02T21:00:00.000Z UTC." in text
+    assert "(UTC)" not in text
+    [line] = listed.splitlines()[1:]
+    assert line.count("UTC") == 1
+    # Another zone still shows its local time, its name, and the UTC instant.
+    async with connected(config) as client:
+        _, berlin = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+1h"})
+    assert "Mon 2026-03-02 10:00:00 CET (Europe/Berlin) = 2026-03-02T09:00:00.000Z UTC" in berlin
