@@ -457,6 +457,43 @@ async def test_a_bad_update_is_a_tool_error_and_writes_nothing(
     assert written(config) == []
 
 
+async def test_a_change_of_recurrence_moves_the_next_run_before_the_host_applies_it(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task_id = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 18 * * *"}).id
+    noon = "12:00:00 CET (Europe/Berlin) = 2026-03-02T11:00:00.000Z UTC"
+    async with connected(config) as client:
+        assert not (await call(client, "pause_task", {"taskId": task_id}))[0]
+        error, text = await call(
+            client, "update_task", {"taskId": task_id, "recurrence": "0 12 * * *"}
+        )
+        assert not error, text
+        _, listed = await call(client, "list_tasks", {})
+        error, resumed = await call(client, "resume_task", {"taskId": task_id})
+    assert not error, resumed
+    [line] = listed.splitlines()[1:]
+    assert f"next: Mon 2026-03-02 {noon}" in line and '"0 12 * * *"' in line
+    assert "18:00" not in line
+    assert noon in resumed
+    await apply(store, session)
+    assert store.get_task(task_id).next_run == "2026-03-02T11:00:00.000Z"
+
+
+async def test_an_update_to_one_time_and_back_is_projected_as_the_host_applies_it(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task_id = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 18 * * *"}).id
+    async with connected(config) as client:
+        await call(client, "update_task", {"taskId": task_id, "processAfter": "+2h"})
+        _, moved = await call(client, "list_tasks", {})
+        await call(client, "update_task", {"taskId": task_id, "processAfter": None})
+        _, back = await call(client, "list_tasks", {})
+    assert "= 2026-03-02T10:00:00.000Z UTC" in moved
+    assert "= 2026-03-02T17:00:00.000Z UTC" in back
+    await apply(store, session)
+    assert store.get_task(task_id).next_run == "2026-03-02T17:00:00.000Z"
+
+
 # --- how times and argument errors read ---------------------------------------------------
 
 
