@@ -511,3 +511,55 @@ async def test_a_time_in_utc_names_the_zone_once(config: ToolConfig) -> None:
     async with connected(config) as client:
         _, berlin = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+1h"})
     assert "Mon 2026-03-02 10:00:00 CET (Europe/Berlin) = 2026-03-02T09:00:00.000Z UTC" in berlin
+
+
+BAD_TYPES: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "schedule_task": [
+        ({"prompt": 123, "processAfter": "+1h"}, "prompt must be text, not a number"),
+        ({"prompt": "p", "processAfter": 5}, "processAfter must be text, not a number"),
+        ({"prompt": "p", "recurrence": ["@daily"]}, "recurrence must be text, not a list"),
+        ({"prompt": "p", "processAfter": "+1h", "script": {}}, "script must be text, not an obj"),
+        ({"prompt": "p", "processAfter": "+1h", "timezone": True}, "timezone must be text, not"),
+        ({"processAfter": "+1h"}, "prompt is required"),
+        ({"prompt": None, "processAfter": "+1h"}, "prompt must be text, not null"),
+    ],
+    "list_tasks": [
+        ({"status": "bogus"}, 'status "bogus" is not one of the choices; use "pending" or '),
+        ({"status": 1}, 'status must be "pending" or "paused", not a number'),
+        ({"status": ["pending"]}, 'status must be "pending" or "paused", not a list'),
+    ],
+    "cancel_task": [
+        ({"taskId": 123}, "taskId must be text, not a number"),
+        ({}, "taskId is required"),
+        ({"taskId": None}, "taskId must be text, not null"),
+    ],
+    "pause_task": [
+        ({"taskId": 1.5}, "taskId must be text, not a number"),
+        ({}, "taskId is required"),
+    ],
+    "resume_task": [
+        ({"taskId": ["task-1"]}, "taskId must be text, not a list"),
+        ({}, "taskId is required"),
+    ],
+    "update_task": [
+        ({"taskId": "task-1", "prompt": 123}, "prompt must be text, not a number"),
+        ({"taskId": "task-1", "recurrence": 5}, "recurrence must be text, not a number"),
+        ({"taskId": "task-1", "processAfter": False}, "processAfter must be text, not false"),
+        ({"prompt": "p"}, "taskId is required"),
+    ],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(BAD_TYPES))
+async def test_an_argument_of_the_wrong_type_is_a_sentence_without_a_pydantic_report(
+    config: ToolConfig, tool: str
+) -> None:
+    async with connected(config) as client:
+        for arguments, says in BAD_TYPES[tool]:
+            error, text = await call(client, tool, arguments)
+            assert error, (arguments, text)
+            assert text.startswith(f"Error executing tool {tool}: ")
+            assert says in text, (arguments, text)
+            assert "pydantic" not in text and "http" not in text and "validation error" not in text
+            assert "\n" not in text
+    assert written(config) == []
