@@ -23,7 +23,7 @@ from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_
 from cronbox_shared.errors import CronboxError, InvalidAction
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.tasks import validate_update
-from cronbox_shared.timeutil import fmt
+from cronbox_shared.timeutil import fmt, zone
 
 LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
 # How many unapplied rows are looked at; the host applies them within a second or so.
@@ -154,6 +154,24 @@ def live_tasks(session_dir: Path, now: datetime) -> list[TaskState]:
             states[action.id] = TaskState(action.id, row, applied=False)
     live = [s for s in states.values() if s.row.status.live]
     return sorted(live, key=lambda s: (s.row.process_after or s.row.created_at, s.series_id))
+
+
+def session_zone(session_dir: Path) -> str | None:
+    """The session's zone as the host last wrote it to the inbox, or None if it never did.
+
+    The host writes every chat and system row in the session's zone (a task row is in
+    the task's own, which may differ), so the newest of them tells the current zone.
+    """
+    with sdb.inbound(session_dir, readonly=True) as db:
+        rows = sdb.all_rows(db)
+    for row in reversed(rows):
+        if row.kind is MessageKind.TASK:
+            continue
+        try:
+            return zone(row.timezone).key
+        except CronboxError:
+            return None
+    return None
 
 
 def live_task_count(session_dir: Path) -> int:

@@ -563,3 +563,34 @@ async def test_an_argument_of_the_wrong_type_is_a_sentence_without_a_pydantic_re
             assert "pydantic" not in text and "http" not in text and "validation error" not in text
             assert "\n" not in text
     assert written(config) == []
+
+
+# --- the session's zone ---------------------------------------------------------------------
+
+
+def test_the_zone_is_left_to_the_inbox_only_when_the_runner_was_not_told_one(
+    config: ToolConfig,
+) -> None:
+    directory = str(config.session_dir)
+    told = ToolConfig.from_env({"CRONBOX_SESSION_DIR": directory, "CRONBOX_TIMEZONE": "UTC"})
+    untold = ToolConfig.from_env({"CRONBOX_SESSION_DIR": directory, "CRONBOX_TIMEZONE": " "})
+    assert (told.timezone, untold.timezone) == ("UTC", None)
+
+
+async def test_the_inbox_tells_the_sessions_zone_by_its_newest_chat_row_not_a_tasks_zone(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    untold = replace(config, timezone=None)
+    store.send_message(session.id, "hello")
+    store.schedule_task(
+        session.id, {"prompt": "p", "processAfter": "+1h", "timezone": "America/New_York"}
+    )
+    async with connected(untold) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
+    assert not error, text
+    assert "(Europe/Berlin)" in text and "unknown" not in text
+    store.update_session(session.id, timezone="Asia/Tokyo")
+    store.send_message(session.id, "and now from Tokyo")
+    async with connected(untold) as client:
+        _, tokyo = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
+    assert "(Asia/Tokyo)" in tokyo
