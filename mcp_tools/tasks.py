@@ -410,7 +410,8 @@ def _given_arguments(ctx: Context[Any, Any]) -> set[str] | None:
 def _when(instant: datetime, tz: ZoneInfo) -> str:
     """An instant in the task's zone and as the exact UTC instant, the zone named once.
 
-    In a UTC zone the local time is the UTC time: only the weekday is added to it.
+    In a UTC zone the readable time and the instant are the same time, so "UTC" is
+    written once, after the instant (the e2e tests read the instant from "= ... UTC").
     """
     local = instant.astimezone(tz)
     if local.tzname() == "UTC":
