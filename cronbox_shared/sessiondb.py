@@ -137,6 +137,12 @@ def m002_deliveries(db: Database) -> None:
     db.execute("CREATE INDEX messages_in_finished ON messages_in (status, updated_at)")
 
 
+@inbound_migrations()
+def m003_session_info(db: Database) -> None:
+    """What the host tells a session's runner and MCP server about the session itself."""
+    db.execute("CREATE TABLE session_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
     """messages_out, processing_ack and session_state."""
@@ -720,6 +726,27 @@ def recent_rows(db: InboundDb, now: Instant, limit: int) -> list[InboundMessage]
         [now, limit],
     ).fetchall()
     return [_row_to_inbound(r) for r in reversed(rows)]
+
+
+def set_session_info(db: InboundDb, key: str, value: str) -> None:
+    """Record one fact about the session (host only), e.g. its ``timezone``."""
+    db.execute(
+        "INSERT INTO session_info (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
+
+
+def session_zone(db: InboundDb) -> str | None:
+    """The session's zone as the host last recorded it, else the zone of its newest chat
+    or system row (the host writes those in the session's zone); None if neither."""
+    row = db.execute("SELECT value FROM session_info WHERE key = 'timezone'").fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT timezone FROM messages_in WHERE kind IN ('chat', 'system') "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return str(row[0]) if row else None
 
 
 def all_rows(db: InboundDb) -> list[InboundMessage]:

@@ -227,7 +227,7 @@ class Cronbox:
         tz = zone(timezone, "--timezone").key if timezone else self.default_timezone
         if self.central.name_taken(name):
             raise SessionExists(name)
-        session_id = self.files.create()
+        session_id = self.files.create(tz)
         session = Session(
             id=session_id, name=name, agent=agent, timezone=tz, container={},
             created_at=fmt(self.now()), last_active_at=None, next_due_at=None,
@@ -250,6 +250,8 @@ class Cronbox:
         if not fields:
             raise InvalidInput("nothing to change; give --agent or --timezone")
         entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
+        if "timezone" in fields:
+            self.files.set_zone(session.id, fields["timezone"])
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 

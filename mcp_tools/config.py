@@ -19,13 +19,14 @@ from cronbox_shared.timeutil import Clock, SystemClock
 class ToolConfig:
     """What the task tools need: the session's files, its zone, the host's limits, a clock.
 
-    ``timezone`` is the session's default zone for tasks that name none; the limits
-    mirror the host's so a request the host would refuse is refused here first, where
-    the agent can still fix it.
+    ``timezone`` is the session's default zone for tasks that name none; None (no
+    ``CRONBOX_TIMEZONE``) reads it from the session's inbox instead. The limits mirror
+    the host's so a request the host would refuse is refused here first, where the agent
+    can still fix it.
     """
 
     session_dir: Path
-    timezone: str = "UTC"
+    timezone: str | None = None
     min_interval: timedelta = timedelta(seconds=DEFAULTS.min_interval)
     max_tasks: int = DEFAULTS.max_tasks_per_session
     clock: Clock = field(default_factory=SystemClock)
@@ -42,9 +43,11 @@ class ToolConfig:
                 f'{RunnerSettings.env_name("session_dir")} "{settings.session_dir}" holds no '
                 f"{INBOUND}; point it at a cronbox session directory"
             )
+        # A zone the runner was not told is left to the session's inbox, never taken as UTC.
+        told = "timezone" in settings.model_fields_set
         return cls(
             session_dir=settings.session_dir,
-            timezone=settings.timezone,
+            timezone=settings.timezone if told else None,
             min_interval=timedelta(seconds=settings.min_interval),
             max_tasks=settings.max_tasks,
         )

@@ -14,15 +14,16 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
-from cronbox_shared.errors import InvalidAction, TaskStateError
+from cronbox_shared.errors import CronboxError, InvalidAction
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
-from cronbox_shared.timeutil import fmt
+from cronbox_shared.tasks import validate_update
+from cronbox_shared.timeutil import fmt, zone
 
 LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
 # How many unapplied rows are looked at; the host applies them within a second or so.
@@ -83,10 +84,13 @@ def scheduled_row(action: ScheduleTask, now: datetime) -> InboundMessage:
     )  # fmt: skip
 
 
-def project(row: InboundMessage, series_id: str, actions: Sequence[AgentAction]) -> InboundMessage:
+def project(
+    row: InboundMessage, series_id: str, actions: Sequence[AgentAction], now: datetime
+) -> InboundMessage:
     """``row`` after the unapplied requests aimed at its series, taken in order.
 
     A request the host would refuse (resuming a pending task, say) changes nothing.
+    ``now`` stands for the moment the host applies them, a second or so from now.
     """
     names = {series_id, row.id}
     for action in actions:
@@ -94,26 +98,28 @@ def project(row: InboundMessage, series_id: str, actions: Sequence[AgentAction])
             continue
         try:
             status = transition(action.action, row.status, series_id)
-        except TaskStateError:
+            if isinstance(action, UpdateTask):
+                row = _updated(row, action, now)
+        except CronboxError:
             continue
         row = row.model_copy(update={"status": status})
-        if isinstance(action, UpdateTask):
-            row = _updated(row, action)
     return row
 
 
-def _updated(row: InboundMessage, action: UpdateTask) -> InboundMessage:
-    given = action.model_fields_set
-    content = dict(row.content)
+def _updated(row: InboundMessage, action: UpdateTask, now: datetime) -> InboundMessage:
+    """``row`` as the host's store leaves it after ``action`` (its rule, ``validate_update``).
+
+    The limits were checked when the request was made, so none is applied again here.
+    """
+    changes = validate_update(action, row, now=now, min_interval=timedelta(0))
     fields: dict[str, Any] = {}
-    for key in ("prompt", "script"):
-        if key in given:
-            content[key] = getattr(action, key)
-    fields["content"] = content
-    if "recurrence" in given:
-        fields["recurrence"] = action.recurrence or None
-    if action.process_after is not None:
-        fields.update(process_after=action.process_after, scheduled_for=action.process_after)
+    if changes.content is not None:
+        fields["content"] = changes.content
+    if changes.recurrence_changed:
+        fields["recurrence"] = changes.recurrence
+    if changes.process_after is not None:
+        when = fmt(changes.process_after)
+        fields.update(process_after=when, scheduled_for=when)
     return row.model_copy(update=fields)
 
 
@@ -124,10 +130,10 @@ def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:
     actions = unapplied_actions(session_dir)
     if current is not None:
         series = current.series_id or current.id
-        return TaskState(series, project(current, series, actions))
+        return TaskState(series, project(current, series, actions, now))
     for i, action in enumerate(actions):
         if isinstance(action, ScheduleTask) and action.id == ref:
-            row = project(scheduled_row(action, now), ref, actions[i + 1 :])
+            row = project(scheduled_row(action, now), ref, actions[i + 1 :], now)
             return TaskState(ref, row, applied=False)
     return None
 
@@ -141,13 +147,25 @@ def live_tasks(session_dir: Path, now: datetime) -> list[TaskState]:
     for row in rows:
         series = row.series_id or row.id
         if series not in states:
-            states[series] = TaskState(series, project(row, series, actions))
+            states[series] = TaskState(series, project(row, series, actions, now))
     for i, action in enumerate(actions):
         if isinstance(action, ScheduleTask) and action.id and action.id not in states:
-            row = project(scheduled_row(action, now), action.id, actions[i + 1 :])
+            row = project(scheduled_row(action, now), action.id, actions[i + 1 :], now)
             states[action.id] = TaskState(action.id, row, applied=False)
     live = [s for s in states.values() if s.row.status.live]
     return sorted(live, key=lambda s: (s.row.process_after or s.row.created_at, s.series_id))
+
+
+def session_zone(session_dir: Path) -> str | None:
+    """The session's zone as the host recorded it in the inbox, or None if it never did."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        name = sdb.session_zone(db)
+    if name is None:
+        return None
+    try:
+        return zone(name).key
+    except CronboxError:
+        return None
 
 
 def live_task_count(session_dir: Path) -> int:

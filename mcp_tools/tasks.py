@@ -51,6 +51,10 @@ CRON_HINT = (
     'such as "0 9 * * MON-FRI" (weekdays at 9:00) or "*/30 * * * *", a shorthand such as '
     '"@daily" or "@hourly", or "@every 2h" / "@every 1h30m".'
 )
+ZONE_UNKNOWN = (
+    "Times were read in UTC; the session's zone is unknown. If you meant another zone, "
+    'cancel this task and schedule it again with timezone (such as "Europe/Berlin").'
+)
 PROMPT_PREVIEW = 80
 LIST_TASKS = "list_tasks"
 
@@ -174,6 +178,10 @@ class TaskTools:
     def now(self) -> datetime:
         return self.config.clock.now()
 
+    def session_zone(self) -> str | None:
+        """The session's zone: as configured, else as its inbox tells; None if unknown."""
+        return self.config.timezone or sv.session_zone(self.config.session_dir)
+
     def schedule(
         self,
         prompt: str,
@@ -188,10 +196,11 @@ class TaskTools:
                  "timezone": timezone}  # fmt: skip
         args = {"taskId": new_task_id(), "prompt": prompt}
         args |= {k: v for k, v in given.items() if v is not None}
+        session_tz = self.session_zone()
         with _as_tool_error():
             valid = validate_schedule(
                 ScheduleRequest.parse(args),
-                default_tz=self.config.timezone,
+                default_tz=session_tz or "UTC",
                 now=now,
                 min_interval=self.config.min_interval,
             )
@@ -217,6 +226,8 @@ class TaskTools:
             f"First run: {_when(valid.first_run, tz)}.",
             f"Repeats: {_repeats(valid.recurrence)}." if valid.recurrence else "Runs once.",
         ]
+        if timezone is None and session_tz is None:
+            lines.append(ZONE_UNKNOWN)
         if valid.script:
             lines.append("Gate script: yes; the agent is woken only when it says wakeAgent=true.")
         elif valid.recurrence is not None and _more_than_twice_a_day(valid.recurrence, tz, now):
@@ -397,7 +408,14 @@ def _given_arguments(ctx: Context[Any, Any]) -> set[str] | None:
 
 
 def _when(instant: datetime, tz: ZoneInfo) -> str:
+    """An instant in the task's zone and as the exact UTC instant, the zone named once.
+
+    In a UTC zone the readable time and the instant are the same time, so "UTC" is
+    written once, after the instant (the e2e tests read the instant from "= ... UTC").
+    """
     local = instant.astimezone(tz)
+    if local.tzname() == "UTC":
+        return f"{local:%a %Y-%m-%d %H:%M:%S} = {fmt(instant)} UTC"
     return f"{local:%a %Y-%m-%d %H:%M:%S %Z} ({tz.key}) = {fmt(instant)} UTC"
 
 

@@ -195,3 +195,55 @@ def test_without_a_session_dir_the_server_exits_with_one_line(tmp_path: Path) ->
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "holds no inbox/inbound.db" in done.stderr
+
+
+NAIVE_BERLIN = {"prompt": "p", "processAfter": "2026-01-15T21:00:00", "recurrence": "@daily"}
+
+
+async def test_without_a_configured_zone_a_naive_time_is_read_in_the_sessions_zone(
+    store: Cronbox, session: Session
+) -> None:
+    store.send_message(session.id, "hello")  # a row the host writes in the session's zone
+    # Without the host's zone record (a home from before it), the chat row tells the zone.
+    with sdb.inbound(store.session_dir(session.id)) as db, db.atomic():
+        db.execute("DELETE FROM session_info")
+    env = {"CRONBOX_SESSION_DIR": str(store.session_dir(session.id))}
+    async with stdio(env) as client:
+        error, text = await call(client, "schedule_task", NAIVE_BERLIN)
+    assert not error, text
+    assert "21:00:00 CET (Europe/Berlin) = 2026-01-15T20:00:00.000Z UTC" in text
+    assert "unknown" not in text
+    [row] = written(store, session)
+    content = json.loads(row["content"])
+    assert (content["processAfter"], content["timezone"]) == (
+        "2026-01-15T20:00:00.000Z",
+        "Europe/Berlin",
+    )
+
+
+async def test_a_session_whose_zone_the_inbox_does_not_tell_reads_utc_and_says_so(
+    store: Cronbox, session: Session
+) -> None:
+    # An inbox with neither the host's zone record nor a chat or system row.
+    with sdb.inbound(store.session_dir(session.id)) as db, db.atomic():
+        db.execute("DELETE FROM session_info")
+    env = {"CRONBOX_SESSION_DIR": str(store.session_dir(session.id))}
+    async with stdio(env) as client:
+        error, text = await call(client, "schedule_task", NAIVE_BERLIN)
+        error_named, named = await call(
+            client, "schedule_task", {**NAIVE_BERLIN, "timezone": "Europe/Berlin"}
+        )
+    assert not error, text
+    assert "= 2026-01-15T21:00:00.000Z UTC" in text
+    assert "read in UTC; the session's zone is unknown" in text
+    assert not error_named and "unknown" not in named
+
+
+async def test_the_zone_the_host_recorded_is_read_without_any_message(
+    store: Cronbox, session: Session
+) -> None:
+    env = {"CRONBOX_SESSION_DIR": str(store.session_dir(session.id))}
+    async with stdio(env) as client:
+        error, text = await call(client, "schedule_task", NAIVE_BERLIN)
+    assert not error, text
+    assert "21:00:00 CET (Europe/Berlin) = 2026-01-15T20:00:00.000Z UTC" in text

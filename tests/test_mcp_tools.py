@@ -455,3 +455,142 @@ async def test_a_bad_update_is_a_tool_error_and_writes_nothing(
     assert error
     assert says in text
     assert written(config) == []
+
+
+async def test_a_change_of_recurrence_moves_the_next_run_before_the_host_applies_it(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task_id = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 18 * * *"}).id
+    noon = "12:00:00 CET (Europe/Berlin) = 2026-03-02T11:00:00.000Z UTC"
+    async with connected(config) as client:
+        assert not (await call(client, "pause_task", {"taskId": task_id}))[0]
+        error, text = await call(
+            client, "update_task", {"taskId": task_id, "recurrence": "0 12 * * *"}
+        )
+        assert not error, text
+        _, listed = await call(client, "list_tasks", {})
+        error, resumed = await call(client, "resume_task", {"taskId": task_id})
+    assert not error, resumed
+    [line] = listed.splitlines()[1:]
+    assert f"next: Mon 2026-03-02 {noon}" in line and '"0 12 * * *"' in line
+    assert "18:00" not in line
+    assert noon in resumed
+    await apply(store, session)
+    assert store.get_task(task_id).next_run == "2026-03-02T11:00:00.000Z"
+
+
+async def test_an_update_to_one_time_and_back_is_projected_as_the_host_applies_it(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task_id = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 18 * * *"}).id
+    async with connected(config) as client:
+        await call(client, "update_task", {"taskId": task_id, "processAfter": "+2h"})
+        _, moved = await call(client, "list_tasks", {})
+        await call(client, "update_task", {"taskId": task_id, "processAfter": None})
+        _, back = await call(client, "list_tasks", {})
+    assert "= 2026-03-02T10:00:00.000Z UTC" in moved
+    assert "= 2026-03-02T17:00:00.000Z UTC" in back
+    await apply(store, session)
+    assert store.get_task(task_id).next_run == "2026-03-02T17:00:00.000Z"
+
+
+# --- how times and argument errors read ---------------------------------------------------
+
+
+async def test_a_time_in_utc_names_the_zone_once(config: ToolConfig) -> None:
+    args = {"prompt": "p", "processAfter": "2026-03-02T21:00:00", "timezone": "UTC"}
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", args)
+        _, listed = await call(client, "list_tasks", {})
+    assert not error, text
+    assert "First run: Mon 2026-03-02 21:00:00 = 2026-03-02T21:00:00.000Z UTC." in text
+    assert "(UTC)" not in text
+    [line] = listed.splitlines()[1:]
+    assert line.count("UTC") == 1
+    # Another zone still shows its local time, its name, and the UTC instant.
+    async with connected(config) as client:
+        _, berlin = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+1h"})
+    assert "Mon 2026-03-02 10:00:00 CET (Europe/Berlin) = 2026-03-02T09:00:00.000Z UTC" in berlin
+
+
+BAD_TYPES: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "schedule_task": [
+        ({"prompt": 123, "processAfter": "+1h"}, "prompt must be text, not a number"),
+        ({"prompt": "p", "processAfter": 5}, "processAfter must be text, not a number"),
+        ({"prompt": "p", "recurrence": ["@daily"]}, "recurrence must be text, not a list"),
+        ({"prompt": "p", "processAfter": "+1h", "script": {}}, "script must be text, not an obj"),
+        ({"prompt": "p", "processAfter": "+1h", "timezone": True}, "timezone must be text, not"),
+        ({"processAfter": "+1h"}, "prompt is required"),
+        ({"prompt": None, "processAfter": "+1h"}, "prompt must be text, not null"),
+    ],
+    "list_tasks": [
+        ({"status": "bogus"}, 'status "bogus" is not one of the choices; use "pending" or '),
+        ({"status": 1}, 'status must be "pending" or "paused", not a number'),
+        ({"status": ["pending"]}, 'status must be "pending" or "paused", not a list'),
+    ],
+    "cancel_task": [
+        ({"taskId": 123}, "taskId must be text, not a number"),
+        ({}, "taskId is required"),
+        ({"taskId": None}, "taskId must be text, not null"),
+    ],
+    "pause_task": [
+        ({"taskId": 1.5}, "taskId must be text, not a number"),
+        ({}, "taskId is required"),
+    ],
+    "resume_task": [
+        ({"taskId": ["task-1"]}, "taskId must be text, not a list"),
+        ({}, "taskId is required"),
+    ],
+    "update_task": [
+        ({"taskId": "task-1", "prompt": 123}, "prompt must be text, not a number"),
+        ({"taskId": "task-1", "recurrence": 5}, "recurrence must be text, not a number"),
+        ({"taskId": "task-1", "processAfter": False}, "processAfter must be text, not false"),
+        ({"prompt": "p"}, "taskId is required"),
+    ],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(BAD_TYPES))
+async def test_an_argument_of_the_wrong_type_is_a_sentence_without_a_pydantic_report(
+    config: ToolConfig, tool: str
+) -> None:
+    async with connected(config) as client:
+        for arguments, says in BAD_TYPES[tool]:
+            error, text = await call(client, tool, arguments)
+            assert error, (arguments, text)
+            assert text.startswith(f"Error executing tool {tool}: ")
+            assert says in text, (arguments, text)
+            assert "pydantic" not in text and "http" not in text and "validation error" not in text
+            assert "\n" not in text
+    assert written(config) == []
+
+
+# --- the session's zone ---------------------------------------------------------------------
+
+
+def test_the_zone_is_left_to_the_inbox_only_when_the_runner_was_not_told_one(
+    config: ToolConfig,
+) -> None:
+    directory = str(config.session_dir)
+    told = ToolConfig.from_env({"CRONBOX_SESSION_DIR": directory, "CRONBOX_TIMEZONE": "UTC"})
+    untold = ToolConfig.from_env({"CRONBOX_SESSION_DIR": directory, "CRONBOX_TIMEZONE": " "})
+    assert (told.timezone, untold.timezone) == ("UTC", None)
+
+
+async def test_the_inbox_tells_the_sessions_zone_by_its_newest_chat_row_not_a_tasks_zone(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    untold = replace(config, timezone=None)
+    store.send_message(session.id, "hello")
+    store.schedule_task(
+        session.id, {"prompt": "p", "processAfter": "+1h", "timezone": "America/New_York"}
+    )
+    async with connected(untold) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
+    assert not error, text
+    assert "(Europe/Berlin)" in text and "unknown" not in text
+    store.update_session(session.id, timezone="Asia/Tokyo")
+    store.send_message(session.id, "and now from Tokyo")
+    async with connected(untold) as client:
+        _, tokyo = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
+    assert "(Asia/Tokyo)" in tokyo

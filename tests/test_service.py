@@ -226,3 +226,12 @@ def test_the_conversation_shows_messages_in_and_replies_out_in_time_order(
     assert app.run(run.id).error == "build is red"
     with pytest.raises(RunNotFound):
         app.run(run.id + 100)
+
+
+def test_the_session_zone_is_recorded_in_its_inbox_for_the_mcp_server(app: Cronbox) -> None:
+    session = app.create_session("zoned", timezone="Europe/Berlin")
+    with sdb.inbound(app.session_dir(session.id), readonly=True) as db:
+        assert sdb.session_zone(db) == "Europe/Berlin"
+    app.update_session("zoned", timezone="Asia/Tokyo")
+    with sdb.inbound(app.session_dir(session.id), readonly=True) as db:
+        assert sdb.session_zone(db) == "Asia/Tokyo"

@@ -214,6 +214,10 @@ class InboxTransaction(Protocol):
         """Record one channel's attempt at a reply."""
         ...
 
+    def set_info(self, key: str, value: str) -> None:
+        """Record one fact about the session (its zone) for its runner and MCP server."""
+        ...
+
     def prune_finished(self, before: Instant, limit: int) -> int:
         """Delete finished rows older than ``before``, keeping each series' newest row."""
         ...
@@ -234,8 +238,12 @@ class SessionFiles(Protocol):
         """Where the session's files live (the runtime mounts it)."""
         ...
 
-    def create(self) -> str:
-        """Make a new session's inbox, outbox and workspace; return its new id."""
+    def create(self, timezone: str) -> str:
+        """Make a new session's inbox (recording its zone), outbox and workspace; its id."""
+        ...
+
+    def set_zone(self, session_id: str, timezone: str) -> None:
+        """Record the session's zone in its inbox, for its runner and MCP server."""
         ...
 
     def transaction(self, session_id: str) -> AbstractContextManager[InboxTransaction]:

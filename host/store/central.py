@@ -142,6 +142,18 @@ def m005_inbound_schema(db: Database) -> None:
                 pass
 
 
+@central_migrations()
+def m006_session_zone(db: Database) -> None:
+    """Record each session's zone in its inbox, where its MCP server reads it."""
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    home = Path(path).parent
+    for session_id, timezone in db.execute("SELECT id, timezone FROM sessions").fetchall():
+        session_dir = home / SESSIONS / session_id
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir) as inbox, inbox.atomic():
+                sdb.set_session_info(inbox, "timezone", timezone)
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
                  "last_active_at", "next_due_at")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",

@@ -94,6 +94,10 @@ class InboxTx:
         """Record one channel's attempt at a reply."""
         sdb.record_attempt(self.db, seq, channel, status, at, next_attempt_at, error)
 
+    def set_info(self, key: str, value: str) -> None:
+        """Record one fact about the session for its runner and MCP server."""
+        sdb.set_session_info(self.db, key, value)
+
     def prune_finished(self, before: Instant, limit: int) -> int:
         """Delete finished rows last changed before ``before`` (newest of each series stays)."""
         return sdb.prune_finished(self.db, before, limit)
@@ -135,15 +139,20 @@ class SqliteSessionFiles:
         """The directory holding a session's files."""
         return self.root / session_id
 
-    def create(self) -> str:
+    def create(self, timezone: str) -> str:
         """Make a new session directory with its inbox, outbox and workspace; its id."""
         session_id = "s-" + secrets.token_hex(6)
         directory = self.directory(session_id)
         for sub in (sdb.WORKSPACE, sdb.OUTBOX):
             (directory / sub).mkdir(parents=True, exist_ok=True)
-        with sdb.inbound(directory):
-            pass
+        with sdb.inbound(directory) as db, db.atomic():
+            sdb.set_session_info(db, "timezone", timezone)
         return session_id
+
+    def set_zone(self, session_id: str, timezone: str) -> None:
+        """Record the session's zone in its inbox, for its runner and MCP server."""
+        with self.transaction(session_id) as tx:
+            tx.set_info("timezone", timezone)
 
     @contextmanager
     def transaction(self, session_id: str) -> Iterator[InboxTx]:
