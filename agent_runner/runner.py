@@ -1,10 +1,14 @@
-"""The runner's poll loop: claim due rows, run their gates, hand them to the provider.
+"""The runner's poll loop: claim due rows, hand them to the provider, run gates beside it.
 
 The runner meets the host only through its :class:`~agent_runner.mailbox.Mailbox`
 (by default the session directory's SQLite files). Each pass claims the oldest due rows
-it has not acked for their current try, runs gate scripts, gives the survivors to the
-provider as one batch and settles each row ``completed``, ``failed`` or ``skipped``
-together with its reply. It beats while it works and exits by itself once idle.
+it has not acked for their current try. Chat, system and ungated task rows go to the
+provider at once; a gated task's script runs as a job of its own beside the loop, so no
+gate delays other rows or the next claim. When a gate finishes, its row is settled
+``skipped`` or ``failed`` there and then, or, woken, goes to the provider with whatever
+else is ready. The provider takes one batch at a time, and each row is settled
+``completed`` or ``failed`` together with its reply. The runner beats while it works and
+exits by itself once idle with no gate running.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
+from anyio.abc import TaskGroup
 
 from agent_runner.gate import GateResult, GateVerdict, run_gate
 from agent_runner.mailbox import Mailbox, Settlement, wakes_agent
@@ -37,13 +42,24 @@ log = logging.getLogger("agent_runner")
 def provider_needed(claimed: Sequence[InboundMessage], survivors: Sequence[InboundMessage]) -> bool:
     """Whether the rows left after the gates go to the provider.
 
-    They do when one of them wakes the agent. A batch claimed with no ``trigger=1`` row
-    at all was full of context rows with a trigger row waiting behind it: those go too,
-    or the trigger row would never fit in a batch.
+    They do when one of them wakes the agent. A batch just claimed with no ``trigger=1``
+    row at all was full of context rows with a trigger row waiting behind it: those go
+    too, or the trigger row would never fit in a batch. Context rows held from an earlier
+    pass (their trigger row is still in its gate) do not go when nothing new was claimed.
     """
     if wakes_agent(survivors):
         return True
-    return bool(survivors) and not wakes_agent(claimed)
+    return bool(claimed) and bool(survivors) and not wakes_agent(claimed)
+
+
+def claim_limit(ready: Sequence[InboundMessage], max_batch: int) -> int:
+    """How many rows to claim while ``ready`` rows already wait for the provider.
+
+    Ready rows with a trigger row go in the next batch, so claim only what fills it.
+    Context rows held for a gate's row do not count: a claim cut short by them could
+    come back full of fresh context rows and wake the agent for context alone.
+    """
+    return max_batch - len(ready) if wakes_agent(ready) else max_batch
 
 
 def gate_error(reason: str | None) -> str:
@@ -99,6 +115,15 @@ class _Runner:
         self.session_dir = config.session_dir
         self.workspace = config.session_dir / sdb.WORKSPACE
         self.gate_env = gate_environment(environ, config.secret_names)
+        # Claimed rows waiting for the provider: ungated rows, rows their gate woke, and
+        # context rows held while a gate may still wake the agent.
+        self._ready: list[BatchItem] = []
+        self._gates = 0  # gate jobs started and not finished (their rows are claimed)
+        # As many scripts at once as one batch could start, however many rows are due.
+        self._gate_slots = anyio.CapacityLimiter(config.max_batch)
+        self._wakeup = anyio.Event()
+        # Gate jobs settle rows while the loop claims and settles: one write at a time.
+        self._writing = anyio.Lock()
 
     async def run(self, stop: anyio.Event) -> int:
         cleared = await self.mailbox.open()
@@ -109,29 +134,101 @@ class _Runner:
             "runner started for %s (provider %s, %d stale claim(s) cleared)",
             self.session_dir.name, self.config.provider, cleared,
         )  # fmt: skip
+        async with anyio.create_task_group() as jobs:
+            jobs.start_soon(self._wake_on, stop)
+            code = await self._loop(stop, jobs)
+            jobs.cancel_scope.cancel()  # only the stop watcher is left: no gate runs
+        return code
+
+    async def _wake_on(self, stop: anyio.Event) -> None:
+        await stop.wait()
+        self._wakeup.set()
+
+    async def _loop(self, stop: anyio.Event, jobs: TaskGroup) -> int:
         idle_since = anyio.current_time()
-        while not stop.is_set():
+        while True:
+            # Set by a gate that finishes, or by stop, at any point of this pass.
+            self._wakeup = anyio.Event()
             await self.mailbox.beat()
-            rows = await self.mailbox.claim(self.clock.now(), self.config.max_batch)
-            if rows:
-                async with self._beating():
-                    await self._process(rows)
+            claimed: list[InboundMessage] = []
+            limit = claim_limit([item.message for item in self._ready], self.config.max_batch)
+            if not stop.is_set() and limit > 0:
+                async with self._writing:
+                    claimed = await self.mailbox.claim(self.clock.now(), limit)
+                self._take(claimed, jobs)
+            if await self._hand_over(claimed) or claimed:
                 idle_since = anyio.current_time()
                 continue  # more work may be waiting: poll again at once
-            idle_for = anyio.current_time() - idle_since
-            if idle_for >= self.config.idle_timeout:
-                log.info("runner idle for %.1f s, exiting", idle_for)
+            if self._gates:
+                idle_since = anyio.current_time()
+                wait = self.config.poll_interval
+            elif stop.is_set():
+                log.info("runner stopped")
                 return 0
-            with anyio.move_on_after(
-                min(self.config.poll_interval, self.config.idle_timeout - idle_for)
-            ):
-                await stop.wait()
-        log.info("runner stopped")
-        return 0
+            else:
+                idle_for = anyio.current_time() - idle_since
+                if idle_for >= self.config.idle_timeout:
+                    log.info("runner idle for %.1f s, exiting", idle_for)
+                    return 0
+                wait = min(self.config.poll_interval, self.config.idle_timeout - idle_for)
+            with anyio.move_on_after(wait):
+                await self._wakeup.wait()
+
+    def _take(self, claimed: Sequence[InboundMessage], jobs: TaskGroup) -> None:
+        """Start the gate of each gated row; every other row is ready for the provider."""
+        for row in claimed:
+            if row.kind is MessageKind.TASK and row.script:
+                self._gates += 1
+                jobs.start_soon(self._gate, row, row.script)
+            else:
+                self._ready.append(BatchItem(row, render_row(row)))
+
+    async def _hand_over(self, claimed: Sequence[InboundMessage]) -> bool:
+        """Give the ready rows to the provider if they need it; True when it was called."""
+        rows = [item.message for item in self._ready]
+        if provider_needed(claimed, rows):
+            limit = self.config.max_batch
+            items, self._ready = self._ready[:limit], self._ready[limit:]
+            started = anyio.current_time()
+            async with self._beating():
+                answered = await self._call_provider(items)
+            await self._settle(answered)
+            self._log_batch(answered, anyio.current_time() - started)
+            return True
+        if rows and not self._gates:
+            # Context rows alone do not wake the agent: they ride with the next trigger row.
+            self._ready = []
+            async with self._writing:
+                await self.mailbox.release(rows)
+            log.info("%d context row(s) held back for the next trigger row", len(rows))
+        return False
+
+    async def _gate(self, row: InboundMessage, script: str) -> None:
+        """Run one row's gate beside the loop; settle the row, or make it ready."""
+        try:
+            async with self._gate_slots:
+                result = await run_gate(
+                    script, cwd=self.workspace, env=self.gate_env,
+                    timeout=self.config.gate_timeout,
+                )  # fmt: skip
+            settlement = settle_gate(row, result)
+            if settlement is None:
+                text = render_row(row, gated=True, gate_data=result.data)
+                self._ready.append(BatchItem(row, text, gated=True, gate_data=result.data))
+            else:
+                # Recorded at once, not after whatever agent turn is under way.
+                await self._settle([settlement])
+                log.info(
+                    "gate of %s: %s%s", row.id, settlement.status.value,
+                    f": {settlement.error}" if settlement.error else "",
+                )  # fmt: skip
+        finally:
+            self._gates -= 1
+            self._wakeup.set()
 
     @asynccontextmanager
     async def _beating(self) -> AsyncIterator[None]:
-        """Keep touching the heartbeat while gates and the provider work."""
+        """Keep touching the heartbeat while the provider works."""
 
         async def beat() -> None:
             while True:
@@ -145,49 +242,9 @@ class _Runner:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _process(self, claimed: list[InboundMessage]) -> None:
-        started = anyio.current_time()
-        gates = await self._run_gates(claimed)
-        settled: list[Settlement] = []
-        items: list[BatchItem] = []
-        for row in claimed:
-            result = gates.get(row.id)
-            if result is None:
-                items.append(BatchItem(row, render_row(row)))
-            elif (settlement := settle_gate(row, result)) is not None:
-                settled.append(settlement)
-            else:
-                text = render_row(row, gated=True, gate_data=result.data)
-                items.append(BatchItem(row, text, gated=True, gate_data=result.data))
-
-        # Record the gates' decisions now, not only after the agent's turn.
-        await self._settle(settled)
-        survivors = [item.message for item in items]
-        if provider_needed(claimed, survivors):
-            answered = await self._call_provider(items)
-            await self._settle(answered)
-            settled += answered
-        elif survivors:
-            # Context rows alone do not wake the agent: they ride with the next trigger row.
-            await self.mailbox.release(survivors)
-        self._log_batch(claimed, settled, anyio.current_time() - started)
-
     async def _settle(self, settled: Sequence[Settlement]) -> None:
-        await self.mailbox.settle(self.clock.now(), settled)
-
-    async def _run_gates(self, rows: Sequence[InboundMessage]) -> dict[str, GateResult]:
-        results: dict[str, GateResult] = {}
-
-        async def gate(row: InboundMessage, script: str) -> None:
-            results[row.id] = await run_gate(
-                script, cwd=self.workspace, env=self.gate_env, timeout=self.config.gate_timeout
-            )
-
-        async with anyio.create_task_group() as tg:
-            for row in rows:
-                if row.kind is MessageKind.TASK and row.script:
-                    tg.start_soon(gate, row, row.script)
-        return results
+        async with self._writing:
+            await self.mailbox.settle(self.clock.now(), settled)
 
     async def _call_provider(self, items: list[BatchItem]) -> list[Settlement]:
         tz_name = self.config.timezone
@@ -202,21 +259,13 @@ class _Runner:
             return [Settlement(item.message, AckStatus.FAILED, error=error) for item in items]
         return [settle_outcome(item.message, result.outcome_for(item.message.id)) for item in items]
 
-    def _log_batch(
-        self, claimed: Sequence[InboundMessage], settled: Sequence[Settlement], took: float
-    ) -> None:
-        counts = {
-            status: 0 for status in (AckStatus.COMPLETED, AckStatus.SKIPPED, AckStatus.FAILED)
-        }
-        for s in settled:
-            counts[s.status] += 1
-        released = len(claimed) - len(settled)
+    def _log_batch(self, settled: Sequence[Settlement], took: float) -> None:
+        completed = sum(s.status is AckStatus.COMPLETED for s in settled)
         errors = [s.error for s in settled if s.error]
         log.info(
-            "batch of %d row(s): %d completed, %d skipped, %d failed%s in %.2f s%s",
-            len(claimed), counts[AckStatus.COMPLETED], counts[AckStatus.SKIPPED],
-            counts[AckStatus.FAILED], f", {released} context row(s) held back" if released else "",
-            took, f"; first error: {errors[0]}" if errors else "",
+            "batch of %d row(s): %d completed, %d failed in %.2f s%s",
+            len(settled), completed, len(settled) - completed, took,
+            f"; first error: {errors[0]}" if errors else "",
         )  # fmt: skip
 
 
@@ -231,10 +280,11 @@ async def run_runner(
 
     ``mailbox`` defaults to the SQLite files of ``config.session_dir``; ``environ`` is
     the runner's environment (default: this process's), which its gate scripts get
-    without the secrets ``config.secret_names`` names. A batch in progress when
-    ``stop`` is set is finished first. Returns the exit code (0). Raises UnknownProvider
-    or RunnerConfigError before touching any file when the provider name or the
-    session is wrong.
+    without the secrets ``config.secret_names`` names. Work in progress when ``stop`` is
+    set is finished first: the provider's turn, every running gate script, and the turn
+    of each row a gate wakes; nothing new is claimed. Returns the exit code (0). Raises
+    UnknownProvider or RunnerConfigError before touching any file when the provider name
+    or the session is wrong.
     """
     provider = get_provider(config.provider)
     mailbox = mailbox or SqliteMailbox(config.session_dir)

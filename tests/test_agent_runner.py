@@ -6,11 +6,13 @@ in-process (or as ``python -m agent_runner``) against those files alone.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from agent_runner.providers import (
 )
 from agent_runner.providers.echo import EchoProvider
 from agent_runner.providers.failing import FAIL_MESSAGE
-from agent_runner.runner import provider_needed, run_runner
+from agent_runner.runner import claim_limit, provider_needed, run_runner
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
@@ -478,6 +480,171 @@ async def test_unknown_provider_is_refused_before_touching_files(
     assert not (store.session_dir(session_id) / sdb.OUTBOUND).exists()
 
 
+# --- gates run beside the loop --------------------------------------------------------
+
+SLOW_WAKE = "sleep 20; echo '{\"wakeAgent\": true}'"
+
+
+def status_of(store: Cronbox, session_id: str, message_id: str) -> str | None:
+    """The row's latest ack status; None before it has one (or the runner made its outbox)."""
+    session_dir = store.session_dir(session_id)
+    if not (session_dir / sdb.OUTBOUND).exists():
+        return None
+    with sdb.outbound(session_dir, readonly=True) as db:
+        if not sdb.outbound_ready(db):
+            return None
+        found = sdb.acks_for(db, [message_id])
+    return str(found[-1]["status"]) if found else None
+
+
+async def wait_until(check: Callable[[], bool]) -> None:
+    """Poll the session's files (they have no change event) until ``check`` holds."""
+    with anyio.fail_after(HANG_GUARD):
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def runner_in_background(
+    config: RunnerSettings, stop: anyio.Event | None = None
+) -> AsyncIterator[None]:
+    """Run the runner beside the test body; cancel it (and its gates) at the end."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(run_runner, config, SystemClock(), stop))
+        yield
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_chat_sent_while_a_gate_sleeps_is_answered_before_the_gate_ends(
+    store: Cronbox, session_id: str
+) -> None:
+    gated = task(store, session_id, "slow check", script=SLOW_WAKE)
+
+    async with runner_in_background(config_for(store, session_id)):
+        await wait_until(lambda: status_of(store, session_id, gated) == "processing")
+        chat = store.send_message(session_id, "are you there?").id
+        await wait_until(lambda: status_of(store, session_id, chat) == "completed")
+
+        assert status_of(store, session_id, gated) == "processing"
+        assert replies(store, session_id) == {chat: "echo: are you there?"}
+
+
+@pytest.mark.anyio
+async def test_ungated_rows_claimed_with_a_slow_gate_do_not_wait_for_it(
+    store: Cronbox, session_id: str
+) -> None:
+    gated = task(store, session_id, "slow check", script=SLOW_WAKE)
+    plain = task(store, session_id, "no gate here")
+    chat = store.send_message(session_id, "sent just after").id
+
+    async with runner_in_background(config_for(store, session_id)):
+        await wait_until(lambda: status_of(store, session_id, plain) == "completed")
+        await wait_until(lambda: status_of(store, session_id, chat) == "completed")
+
+        assert status_of(store, session_id, gated) == "processing"
+
+
+@pytest.mark.anyio
+async def test_two_slow_gates_run_at_the_same_time(store: Cronbox, session_id: str) -> None:
+    workspace = store.session_dir(session_id) / sdb.WORKSPACE
+    first, second = (
+        task(store, session_id, f"gate {n}", script=f"touch started-{n}; {SLOW_WAKE}")
+        for n in (1, 2)
+    )
+
+    async with runner_in_background(config_for(store, session_id)):
+        await wait_until(
+            lambda: (workspace / "started-1").exists() and (workspace / "started-2").exists()
+        )
+
+        found = acks(store, session_id, first, second)
+        assert {found[first]["status"], found[second]["status"]} == {"processing"}
+
+
+@pytest.mark.anyio
+async def test_a_gate_that_wakes_later_hands_its_row_over_with_its_data(
+    store: Cronbox, session_id: str, recorder: RecordingProvider
+) -> None:
+    workspace = store.session_dir(session_id) / sdb.WORKSPACE
+    script = f"while [ ! -f go ]; do sleep 0.05; done; {WAKE_WITH_DATA}"
+    gated = task(store, session_id, "dress advice", script=script)
+    stop = anyio.Event()
+
+    async with runner_in_background(config_for(store, session_id, provider="recording"), stop):
+        await wait_until(lambda: status_of(store, session_id, gated) == "processing")
+        chat = store.send_message(session_id, "meanwhile").id
+        await wait_until(lambda: status_of(store, session_id, chat) == "completed")
+        assert status_of(store, session_id, gated) == "processing"
+
+        (workspace / "go").touch()
+        await wait_until(lambda: status_of(store, session_id, gated) == "completed")
+        stop.set()
+
+    assert recorder.seen_ids == [[chat], [gated]]
+    (item,) = recorder.batches[1].items
+    assert item.gated
+    assert item.gate_data == {"city": "Oslo", "temp": -3}
+    assert replies(store, session_id)[gated] == (
+        'echo: dress advice [data: {"city": "Oslo", "temp": -3}]'
+    )
+
+
+@pytest.mark.anyio
+async def test_a_gate_that_times_out_beside_a_chat_fails_with_its_reason(
+    store: Cronbox, session_id: str, recorder: RecordingProvider
+) -> None:
+    gated = task(store, session_id, "slow gate", script="sleep 30")
+    chat = store.send_message(session_id, "answer me anyway").id
+
+    await run(config_for(store, session_id, provider="recording", gate_timeout=0.5))
+
+    assert recorder.seen_ids == [[chat]]
+    found = acks(store, session_id, gated, chat)
+    assert found[chat]["status"] == "completed"
+    assert found[gated]["status"] == "failed"
+    assert found[gated]["error"] == "gate script timed out after 0.5 s"
+
+
+@pytest.mark.anyio
+async def test_context_row_waits_for_its_gated_trigger_row_and_rides_along(
+    store: Cronbox, session_id: str, recorder: RecordingProvider
+) -> None:
+    store.post_system_note(session_id, "fyi")
+    gated = task(store, session_id, "dress advice", script=f"sleep 0.3; {WAKE_WITH_DATA}")
+    note = next(r.id for r in pending(store, session_id) if r.kind is MessageKind.SYSTEM)
+
+    await run(config_for(store, session_id, provider="recording"))
+
+    assert recorder.seen_ids == [[note, gated]]
+    found = acks(store, session_id, note, gated)
+    assert {found[note]["status"], found[gated]["status"]} == {"completed"}
+
+
+@pytest.mark.anyio
+async def test_stop_lets_a_running_gate_finish_and_its_row_be_answered(
+    store: Cronbox, session_id: str, recorder: RecordingProvider
+) -> None:
+    workspace = store.session_dir(session_id) / sdb.WORKSPACE
+    script = f"while [ ! -f go ]; do sleep 0.05; done; {WAKE_WITH_DATA}"
+    gated = task(store, session_id, "dress advice", script=script)
+    stop = anyio.Event()
+    codes: list[int] = []
+
+    async def runner() -> None:
+        codes.append(await run(config_for(store, session_id, provider="recording"), stop=stop))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner)
+        await wait_until(lambda: status_of(store, session_id, gated) == "processing")
+        stop.set()
+        (workspace / "go").touch()
+
+    assert codes == [0]
+    assert recorder.seen_ids == [[gated]]
+    assert status_of(store, session_id, gated) == "completed"
+
+
 # --- pure parts ------------------------------------------------------------------------
 
 
@@ -536,12 +703,26 @@ NOTE = message(MessageKind.SYSTEM, {"text": "y"}, trigger=0)
         ([NOTE, CHAT], [NOTE], False),  # the trigger row was skipped by its gate
         ([CHAT], [], False),
         ([NOTE, NOTE], [NOTE, NOTE], True),  # a full batch of context ahead of a trigger
+        ([], [NOTE], False),  # held while its trigger row's gate runs, nothing new claimed
+        ([], [NOTE, CHAT], True),  # a gate woke its row: the held context rides along
     ],
 )
 def test_provider_needed(
     claimed: list[InboundMessage], survivors: list[InboundMessage], expected: bool
 ) -> None:
     assert provider_needed(claimed, survivors) is expected
+
+
+@pytest.mark.parametrize(
+    ("ready", "expected"),
+    [
+        ([], 10),
+        ([CHAT, CHAT], 8),  # ready rows go in the next batch: claim what fills it
+        ([NOTE, NOTE], 10),  # held context rows must not make fresh context look full
+    ],
+)
+def test_claim_limit(ready: list[InboundMessage], expected: int) -> None:
+    assert claim_limit(ready, 10) == expected
 
 
 @pytest.mark.anyio
