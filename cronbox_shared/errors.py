@@ -83,6 +83,17 @@ class UnknownProvider(CronboxError, LookupError):
         self.name = name
 
 
+class HomeNotFound(CronboxError, LookupError):
+    """A command that only reads (or needs an existing session) found no ``cronbox.db``."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(
+            f"no cronbox home at {home}; create a session with cronbox session create, "
+            "or check --home"
+        )
+        self.home = home
+
+
 class SessionNotFound(CronboxError, LookupError):
     def __init__(self, ref: str) -> None:
         super().__init__(f'no session named or with id "{ref}"; `cronbox session list` shows them')
@@ -101,6 +112,16 @@ class TaskNotFound(CronboxError, LookupError):
             f'no task with id or series id "{ref}"; `cronbox task list --all` shows them'
         )
         self.ref = ref
+
+
+class TaskIdTaken(CronboxError, ValueError):
+    """A task id given with a schedule request belongs to a task that has ended."""
+
+    def __init__(self, task_id: str, state: str | None) -> None:
+        what = f"a task that is {state}" if state else "an earlier task"
+        super().__init__(f'task id "{task_id}" is already used by {what}; choose another id')
+        self.task_id = task_id
+        self.state = state
 
 
 class TaskStateError(CronboxError, ValueError):

@@ -134,12 +134,17 @@ def load_settings() -> Settings:
         raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
 
 
-def open_store(home: Path | None) -> Cronbox:
-    """The service over ``home`` (default from the settings), with the configured limits."""
+def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
+    """The service over ``home`` (default from the settings), with the configured limits.
+
+    Only commands that make a home pass ``create``; every other one needs an existing
+    home and fails with HomeNotFound instead of leaving an empty one behind (a typo in
+    --home would otherwise look like a home without sessions).
+    """
     settings = load_settings()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
-    return Cronbox.from_settings(settings)
+    return Cronbox.from_settings(settings, create=create)
 
 
 def read_script(path: Path) -> str:
@@ -294,7 +299,7 @@ def session_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
-    store = open_store(home)
+    store = open_store(home, create=True)
     show_session("created", store.create_session(name, agent=agent, timezone=timezone), as_json)
 
 

@@ -253,6 +253,42 @@ def test_scheduling_the_same_id_twice_creates_one_task(cli: Cli, session: str) -
     assert len(tasks(cli)) == 1
 
 
+@pytest.mark.parametrize("end", ["cancel", "finish"])
+def test_scheduling_the_id_of_an_ended_task_is_refused_and_writes_nothing(
+    cli: Cli, session: str, home: Path, end: str
+) -> None:
+    if end == "cancel":
+        schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "oneshot")
+        ok(cli("task", "cancel", "oneshot"))
+        state = "cancelled"
+    else:
+        schedule(cli, "--prompt", "once", "--at", "now", "--id", "oneshot")
+        store = Cronbox(home)
+        sid = store.get_session(session).id
+        with sdb.outbound(store.session_dir(sid)) as out:
+            sdb.set_ack(out, "oneshot", 0, AckStatus.COMPLETED, fmt(store.now()), None, "done")
+        store.settle_acks(sid, timedelta(minutes=10))
+        state = "completed"
+    before = tasks(cli, "--all")
+    done = run_module(
+        "task", "schedule", session, "--prompt", "x", "--at", "+1m", "--id", "oneshot", home=home
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f'error: task id "oneshot" is already used by a task that is {state}; choose another id'
+    ]
+    assert tasks(cli, "--all") == before
+
+
+def test_scheduling_a_live_id_again_with_other_content_returns_the_live_task(
+    cli: Cli, session: str
+) -> None:
+    first = schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "dup")
+    again = schedule(cli, "--prompt", "different", "--cron", "@daily", "--id", "dup")
+    assert again == first
+
+
 def test_script_file_is_attached_to_the_task(cli: Cli, session: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate.sh"
     gate.write_text("echo '{\"wakeAgent\": true}'\n", encoding="utf-8")
@@ -560,17 +596,57 @@ def run_module(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_module_entry_point_lists_tasks_as_json(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
     done = run_module("task", "list", "--json", home=home)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
 
 
 def test_module_entry_point_reports_a_mistake_without_traceback(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
     done = run_module("task", "schedule", "nosuch", "--prompt", "p", "--at", "+1h", home=home)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         'error: no session named or with id "nosuch"; `cronbox session list` shows them'
     ]
+
+
+# --- commands that need an existing home ------------------------------------------------
+
+READING_COMMANDS = [
+    ["status"], ["session", "list"], ["task", "list"], ["task", "history", "t1"],
+    ["task", "cancel", "t1"], ["task", "pause", "t1"], ["task", "resume", "t1"],
+    ["task", "run", "t1"], ["task", "update", "t1", "--prompt", "p"],
+    ["session", "update", "work", "--agent", "a"], ["session", "delete", "work"],
+    ["send", "work", "hi"], ["task", "schedule", "work", "--prompt", "p", "--at", "+1h"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", READING_COMMANDS, ids=" ".join)
+def test_a_command_on_a_missing_home_says_so_and_creates_nothing(
+    cli: Cli, home: Path, args: list[str]
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: no cronbox home at {home}; create a session with cronbox session create, "
+        "or check --home"
+    ]
+    assert not home.exists()
+
+
+def test_status_on_a_mistyped_home_creates_nothing(home: Path) -> None:
+    typo = home.parent / "typo"
+    done = run_module("status", home=typo)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: no cronbox home at {typo}; create a session with cronbox session create, "
+        "or check --home"
+    )
+    assert not typo.exists()
+    assert run_module("session", "create", "work", home=typo).returncode == 0
+    assert (typo / "cronbox.db").is_file()
+    assert run_module("status", home=typo).returncode == 0
 
 
 # --- task run and status ---------------------------------------------------------------
