@@ -6,6 +6,8 @@ broadly. Each message is built from the offending value and says how to fix it.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 def shown(value: object, limit: int = 40) -> str:
     """At most ``limit`` characters of an untrusted value, safe to quote in a sentence.
@@ -41,6 +43,19 @@ class InvalidTimezone(InvalidInput):
 
 class InvalidTime(InvalidInput):
     """An instant could not be parsed or is not acceptable."""
+
+
+class TimeInPast(InvalidTime):
+    """A one-time instant before now. It carries the value as given, the instant it was
+    read as and the zone it was read in, so that each user-facing layer can word it in
+    its own terms (``processAfter`` for an agent, ``--at`` on the command line)."""
+
+    def __init__(self, sentence: str, *, given: str, when: datetime, now: datetime, tz: str):
+        super().__init__(sentence)
+        self.given = given
+        self.when = when
+        self.now = now
+        self.tz = tz
 
 
 class InvalidRecurrence(InvalidInput):

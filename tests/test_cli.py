@@ -559,6 +559,144 @@ def test_user_mistake_is_one_sentence_on_stderr_and_writes_nothing(
     assert tasks(cli, "--all") == []
 
 
+FLAG_MISTAKES = [
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--timeout", "-5"],
+        "error: --timeout -5 is too short; give 1 to 86400 seconds (up to 1 day)",
+        id="negative timeout",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--misfire-grace", "-1"],
+        "error: --misfire-grace -1 is negative; give 0 to 31622400 seconds (up to 366 days)",
+        id="negative grace",
+    ),
+    pytest.param(
+        [
+            "task",
+            "schedule",
+            "work",
+            "--prompt",
+            "p",
+            "--at",
+            "+1h",
+            "--misfire-grace",
+            "99999999999999999999",
+        ],
+        "error: --misfire-grace 99999999999999999999 is too long; "
+        "give at most 31622400 seconds (366 days)",
+        id="huge grace",
+    ),
+    pytest.param(
+        ["cron", "@daily", "-n", "0"],
+        "error: -n 0 is out of range; give a count of fire times from 1 to 1000",
+        id="zero count",
+    ),
+    pytest.param(
+        ["cron", "@daily", "--count=5000"],
+        "error: --count 5000 is out of range; give a count of fire times from 1 to 1000",
+        id="huge count typed long",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--script", "."],
+        'error: --script "." is a directory; give the path of a bash script file',
+        id="script is a directory",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--bogus"],
+        "error: no such option: --bogus; see `cronbox task schedule --help`",
+        id="unknown option",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--at", "+1h"],
+        "error: --prompt is missing; see `cronbox task schedule --help`",
+        id="missing option",
+    ),
+    pytest.param(
+        ["task", "schedule"],
+        "error: the SESSION argument is missing; see `cronbox task schedule --help`",
+        id="missing argument",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--timeout", "soon"],
+        'error: --timeout "soon" is not valid: input should be a valid integer',
+        id="not a number",
+    ),
+    pytest.param(
+        ["tsk", "list"], "error: no such command 'tsk'; did you mean 'task'?", id="typo command"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), FLAG_MISTAKES)
+def test_flag_mistake_is_one_error_line_naming_the_flag_as_typed(
+    cli: Cli, session: str, args: list[str], line: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(line)
+    assert result.stdout == ""
+    assert tasks(cli, "--all") == []
+
+
+def test_a_past_at_names_the_flag_the_value_and_both_local_times(cli: Cli, session: str) -> None:
+    result = cli("task", "schedule", session, "--prompt", "p", "--at", "2001-01-01")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        'error: --at "2001-01-01" is in the past: it means 2001-01-01 00:00 EST, and now is '
+    )
+    assert line.endswith("; give a future time, or add --cron for a repeating task")
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    result = cli("task", "update", "t1", "--at", "2001-07-01T12:00")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        'error: --at "2001-07-01T12:00" is in the past: it means 2001-07-01 12:00 EDT'
+    )
+    assert tasks(cli)[0]["next_run"] == "2031-01-15T14:00:00.000Z"
+
+
+def test_help_still_works_beside_the_one_line_usage_errors(cli: Cli) -> None:
+    assert "Usage" in ok(cli("task", "schedule", "--help")).stdout
+    bare = CliRunner().invoke(app, ["task"])
+    assert "Schedule, inspect and change the tasks" in bare.output
+
+
+# How Python hands undecodable argv bytes to the program (surrogateescape).
+NOT_UTF8 = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")
+UNDECODABLE = [
+    pytest.param(["send", "work", NOT_UTF8], "the TEXT argument", id="send text"),
+    pytest.param(["session", "create", NOT_UTF8], "the NAME argument", id="session name"),
+    pytest.param(["task", "schedule", "work", "--prompt", NOT_UTF8, "--at", "+1h"], "--prompt",
+                 id="prompt"),
+    pytest.param(["task", "schedule", "work", "--prompt", "p", "--at", NOT_UTF8], "--at", id="at"),
+    pytest.param(["task", "schedule", "work", "--prompt", "p", "--cron", NOT_UTF8], "--cron",
+                 id="cron"),
+    pytest.param(["task", "schedule", NOT_UTF8, "--prompt", "p", "--at", "+1h"],
+                 "the SESSION argument", id="session ref"),
+    pytest.param(["task", "cancel", NOT_UTF8], "the TASK argument", id="task ref"),
+    pytest.param(["session", "update", "work", "--timezone", NOT_UTF8], "--timezone",
+                 id="timezone"),
+    pytest.param(["cron", NOT_UTF8], "the EXPR argument", id="cron expr"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "label"), UNDECODABLE)
+def test_text_that_is_not_utf8_is_refused_by_name_and_writes_nothing(
+    cli: Cli, session: str, home: Path, args: list[str], label: str
+) -> None:
+    before = as_json(cli("session", "list", "--json"))
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f'error: {label} "caf\\xe9 \\xff" is not valid UTF-8 text; give it in UTF-8 '
+        "(is the terminal or script using another encoding?)"
+    ]
+    assert as_json(cli("session", "list", "--json")) == before
+    assert tasks(cli, "--all") == []
+
+
 def test_invalid_host_timezone_names_the_value_and_its_source(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -609,6 +747,49 @@ def test_module_entry_point_reports_a_mistake_without_traceback(home: Path) -> N
     assert done.stderr.strip().splitlines() == [
         'error: no session named or with id "nosuch"; `cronbox session list` shows them'
     ]
+
+
+def test_module_entry_point_refuses_undecodable_bytes_without_traceback(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
+    for args in (
+        [b"send", b"work", b"caf\xe9 \xff"],
+        [b"session", b"create", b"n\xff"],
+        [b"task", b"schedule", b"work", b"--prompt", b"caf\xe9", b"--at", b"+1h"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "host.cli", *args, "--home", str(home)],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        err = done.stderr.decode()
+        assert done.returncode == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: ")
+        assert "is not valid UTF-8 text" in err
+    sessions = json.loads(run_module("session", "list", "--json", home=home).stdout)
+    assert [s["name"] for s in sessions] == ["work"]
+    assert json.loads(run_module("task", "list", "--all", "--json", home=home).stdout) == []
+    inbox = Cronbox(home).inbound_rows(sessions[0]["id"])
+    assert inbox == []
+
+
+def test_module_entry_point_words_flag_mistakes_in_one_line(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
+    base = ("task", "schedule", "work", "--prompt", "p")
+    grace = run_module(*base, "--at", "+1m", "--misfire-grace", "99999999999999999999", home=home)
+    assert (grace.returncode, grace.stderr.strip()) == (
+        2,
+        "error: --misfire-grace 99999999999999999999 is too long; "
+        "give at most 31622400 seconds (366 days)",
+    )
+    past = run_module(*base, "--at", "2001-01-01", home=home)
+    assert past.returncode == 2
+    assert past.stderr.startswith('error: --at "2001-01-01" is in the past')
+    unknown = run_module(*base, "--at", "+1m", "--bogus", home=home)
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        2,
+        "error: no such option: --bogus; see `cronbox task schedule --help`",
+    )
+    assert json.loads(run_module("task", "list", "--all", "--json", home=home).stdout) == []
 
 
 # --- commands that need an existing home ------------------------------------------------
