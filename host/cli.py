@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -35,7 +36,7 @@ from typer._click.exceptions import (
     NoArgsIsHelpError,
     UsageError,
 )
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from cronbox_shared.errors import CronboxError, InvalidInput, InvalidTime, TimeInPast, shown
 from cronbox_shared.models import InboundMessage, preview
@@ -64,7 +65,23 @@ NOTHING = "—"
 ARGV = "cronbox.argv"
 
 
-class CronboxGroup(TyperGroup):
+class _PlainFlags:
+    """Help without a ``<bool>`` type beside flags (``--json``, ``--all``, ``--help``):
+    a flag takes no value, so a type there reads as if it wanted one."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""
+        return params
+
+
+class CommandGroup(_PlainFlags, TyperGroup):
+    """A group of commands below the root (``session``, ``task``)."""
+
+
+class CronboxGroup(_PlainFlags, TyperGroup):
     """The root command group: the CLI's error boundary.
 
     A ``CronboxError`` raised anywhere below, and click's own usage errors (unknown or
@@ -100,7 +117,7 @@ class CronboxGroup(TyperGroup):
             fail(f"cannot use{where}: {exc.strerror or exc}", EXIT_ENVIRONMENT_ERROR)
 
 
-class CronboxCommand(TyperCommand):
+class CronboxCommand(_PlainFlags, TyperCommand):
     """Every leaf command: refuses undecodable text before the command runs.
 
     Python hands argv bytes that are not UTF-8 over as lone surrogates
@@ -246,13 +263,38 @@ app = CronboxTyper(
     add_completion=False,
 )
 session_app = CronboxTyper(
+    cls=CommandGroup,
     help="Create and list sessions (one agent conversation each).",
     no_args_is_help=True,
 )
 task_app = CronboxTyper(
+    cls=CommandGroup,
     help="Schedule, inspect and change the tasks of sessions.",
     no_args_is_help=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cronbox {package_version('cronbox')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def cronbox_root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print cronbox's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """cronbox: a scheduler runtime that lets AI agents act on time."""
+
+
 app.add_typer(session_app, name="session")
 app.add_typer(task_app, name="task")
 
@@ -373,10 +415,21 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
     return f"{local_time(when, tz)} ({relative(when, now)})"
 
 
+# Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
+# winter) keeps its "+00:00": it is a local time that happens to equal UTC.
+UTC_ZONES = frozenset(
+    {"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"}
+)
+
+
 def iso_local(when: datetime, tz: ZoneInfo) -> str:
-    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``."""
+    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``.
+
+    In UTC itself the instant ends in ``Z``, as every other UTC instant cronbox prints.
+    """
     local = when.astimezone(tz)
-    return local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
+    text = local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
+    return text.removesuffix("+00:00") + "Z" if tz.key in UTC_ZONES else text
 
 
 def task_json(view: TaskView) -> dict[str, Any]:

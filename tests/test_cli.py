@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -489,6 +490,39 @@ def test_cron_preview_in_another_zone(cli: Cli) -> None:
             "--after", "2026-03-07T00:00:00Z", "--json")
     )  # fmt: skip
     assert fires == ["2026-03-07T09:00:00+05:30"]
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [("UTC", "2026-03-07T09:00:00Z"), ("Etc/UTC", "2026-03-07T09:00:00Z"),
+     ("Europe/London", "2026-03-07T09:00:00+00:00")],
+)  # fmt: skip
+def test_cron_preview_prints_utc_instants_with_z_and_zone_offsets_otherwise(
+    cli: Cli, tz: str, expected: str
+) -> None:
+    fires = as_json(
+        cli("cron", "0 9 * * *", "-n", "1", "--timezone", tz,
+            "--after", "2026-03-07T00:00:00Z", "--json")
+    )  # fmt: skip
+    assert fires == [expected]
+    assert datetime.fromisoformat(fires[0]) == datetime(2026, 3, 7, 9, tzinfo=UTC)
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "host.cli", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cronbox {importlib.metadata.version('cronbox')}"
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "cronbox")
+def test_help_shows_no_type_beside_a_flag(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert "--help" in result.stdout
 
 
 def test_cron_preview_defaults_to_the_next_times_after_now(cli: Cli) -> None:
