@@ -45,6 +45,20 @@ class InvalidTime(InvalidInput):
     """An instant could not be parsed or is not acceptable."""
 
 
+class NotATime(InvalidTime):
+    """A time that cannot be read; ``field`` names it as the sender knows it."""
+
+    def __init__(self, field: str, given: str, tz: str) -> None:
+        super().__init__(
+            f'{field} "{given}" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
+            f"(read in {tz}), add Z or an offset such as +01:00 for an absolute "
+            'instant, or say "+10m" or "in 2 hours"'
+        )
+        self.field = field
+        self.given = given
+        self.tz = tz
+
+
 class TimeInPast(InvalidTime):
     """A one-time instant before now. It carries the value as given, the instant it was
     read as and the zone it was read in, so that each user-facing layer can word it in

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cronbox_shared.errors import InvalidInput, InvalidTime, TimeInPast, shown
+from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
 from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
@@ -94,11 +94,7 @@ def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "processAfte
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InvalidTime(
-            f'{field} "{text}" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
-            f"(read in {tz.key}), add Z or an offset such as +01:00 for an absolute "
-            'instant, or say "+10m" or "in 2 hours"'
-        ) from None
+        raise NotATime(field, text, tz.key) from None
     if parsed.tzinfo is None:
         return local_to_utc(parsed, tz)
     return parsed.astimezone(now.tzinfo)

@@ -7,8 +7,11 @@ exit code 2; nothing else here catches broadly.
 
 Extending: commands of the host daemon (``run``, ``status``, ``task run``) register on
 ``app`` and ``task_app`` like the ones below, take ``home: HomeOption`` and
-``as_json: JsonOption``, get their store from :func:`open_store` and print with
-:func:`stdout_console` / :func:`print_json`.
+``as_json: JsonOption``, get their store from :func:`open_store` (which needs an
+existing home unless the command makes one) and print with :func:`stdout_console` /
+:func:`print_json`. Click's usage errors, flag ranges and undecodable argument bytes are
+turned into the same one-line ``error: …`` by :class:`CronboxGroup` and
+:class:`CronboxCommand`, naming the flag as the user typed it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib.metadata import version as package_version
@@ -38,7 +42,14 @@ from typer._click.exceptions import (
 )
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from cronbox_shared.errors import CronboxError, InvalidInput, InvalidTime, TimeInPast, shown
+from cronbox_shared.errors import (
+    CronboxError,
+    InvalidInput,
+    InvalidTime,
+    NotATime,
+    TimeInPast,
+    shown,
+)
 from cronbox_shared.models import InboundMessage, preview
 from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import (
@@ -379,13 +390,22 @@ def read_script(path: Path) -> str:
         raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
 
 
-def at_in_past(exc: TimeInPast, fix: str) -> InvalidTime:
-    """The ``--at`` of a one-time task is in the past, worded in the CLI's terms."""
-    tz = zone(exc.tz)
-    return InvalidTime(
-        f'--at "{shown(exc.given)}" is in the past: it means {local_time(exc.when, tz)}, '
-        f"and now is {local_time(exc.now, tz)}; {fix}"
-    )
+@contextmanager
+def at_flag_terms(fix: str) -> Iterator[None]:
+    """Reword the validation's errors about ``processAfter`` in terms of ``--at``.
+
+    ``fix`` ends the sentence for a one-time ``--at`` in the past.
+    """
+    try:
+        yield
+    except TimeInPast as exc:
+        tz = zone(exc.tz)
+        raise InvalidTime(
+            f'--at "{shown(exc.given)}" is in the past: it means {local_time(exc.when, tz)}, '
+            f"and now is {local_time(exc.now, tz)}; {fix}"
+        ) from None
+    except NotATime as exc:
+        raise NotATime("--at", exc.given, exc.tz) from None
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -690,10 +710,8 @@ def task_schedule(
         }
     )
     store = open_store(home)
-    try:
+    with at_flag_terms("give a future time, or add --cron for a repeating task"):
         view = store.schedule_task(session, request)
-    except TimeInPast as exc:
-        raise at_in_past(exc, "give a future time, or add --cron for a repeating task") from None
     show_task("scheduled", view, store, as_json)
 
 
@@ -783,10 +801,8 @@ def task_update(
         )
     request = UpdateRequest.parse(changes)
     store = open_store(home)
-    try:
+    with at_flag_terms("give a future time"):
         view = store.update_task(request)
-    except TimeInPast as exc:
-        raise at_in_past(exc, "give a future time") from None
     show_task("updated", view, store, as_json)
 
 

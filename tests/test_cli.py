@@ -691,6 +691,19 @@ def test_a_past_at_names_the_flag_the_value_and_both_local_times(cli: Cli, sessi
     assert tasks(cli)[0]["next_run"] == "2031-01-15T14:00:00.000Z"
 
 
+def test_an_unreadable_at_names_the_flag(cli: Cli, session: str) -> None:
+    result = cli("task", "schedule", session, "--prompt", "p", "--at", "soonish")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f'error: --at "soonish" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
+        f"(read in {HOST_TZ})"
+    )
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    result = cli("task", "update", "t1", "--at", "soonish")
+    assert result.exit_code == 2
+    assert result.stderr.startswith('error: --at "soonish" is not a time')
+
+
 def test_help_still_works_beside_the_one_line_usage_errors(cli: Cli) -> None:
     assert "Usage" in ok(cli("task", "schedule", "--help")).stdout
     bare = CliRunner().invoke(app, ["task"])
