@@ -6,6 +6,8 @@ broadly. Each message is built from the offending value and says how to fix it.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 def shown(value: object, limit: int = 40) -> str:
     """At most ``limit`` characters of an untrusted value, safe to quote in a sentence.
@@ -41,6 +43,33 @@ class InvalidTimezone(InvalidInput):
 
 class InvalidTime(InvalidInput):
     """An instant could not be parsed or is not acceptable."""
+
+
+class NotATime(InvalidTime):
+    """A time that cannot be read; ``field`` names it as the sender knows it."""
+
+    def __init__(self, field: str, given: str, tz: str) -> None:
+        super().__init__(
+            f'{field} "{given}" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
+            f"(read in {tz}), add Z or an offset such as +01:00 for an absolute "
+            'instant, or say "+10m" or "in 2 hours"'
+        )
+        self.field = field
+        self.given = given
+        self.tz = tz
+
+
+class TimeInPast(InvalidTime):
+    """A one-time instant before now. It carries the value as given, the instant it was
+    read as and the zone it was read in, so that each user-facing layer can word it in
+    its own terms (``processAfter`` for an agent, ``--at`` on the command line)."""
+
+    def __init__(self, sentence: str, *, given: str, when: datetime, now: datetime, tz: str):
+        super().__init__(sentence)
+        self.given = given
+        self.when = when
+        self.now = now
+        self.tz = tz
 
 
 class InvalidRecurrence(InvalidInput):
@@ -83,6 +112,17 @@ class UnknownProvider(CronboxError, LookupError):
         self.name = name
 
 
+class HomeNotFound(CronboxError, LookupError):
+    """A command that only reads (or needs an existing session) found no ``cronbox.db``."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(
+            f"no cronbox home at {home}; create a session with cronbox session create, "
+            "or check --home"
+        )
+        self.home = home
+
+
 class SessionNotFound(CronboxError, LookupError):
     def __init__(self, ref: str) -> None:
         super().__init__(f'no session named or with id "{ref}"; `cronbox session list` shows them')
@@ -101,6 +141,16 @@ class TaskNotFound(CronboxError, LookupError):
             f'no task with id or series id "{ref}"; `cronbox task list --all` shows them'
         )
         self.ref = ref
+
+
+class TaskIdTaken(CronboxError, ValueError):
+    """A task id given with a schedule request belongs to a task that has ended."""
+
+    def __init__(self, task_id: str, state: str | None) -> None:
+        what = f"a task that is {state}" if state else "an earlier task"
+        super().__init__(f'task id "{task_id}" is already used by {what}; choose another id')
+        self.task_id = task_id
+        self.state = state
 
 
 class TaskStateError(CronboxError, ValueError):

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cronbox_shared.errors import InvalidInput, InvalidTime, shown
+from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
 from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
@@ -25,6 +25,7 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # the agent and the host differ a little, and "now" typed by a person is a moment old.
 PAST_SLACK = timedelta(seconds=60)
 MAX_GRACE = 366 * 86400
+MAX_TIMEOUT = 86400
 # Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
 MAX_AHEAD = timedelta(days=366 * 100)
 
@@ -93,11 +94,7 @@ def parse_when(text: str, tz: ZoneInfo, now: datetime, field: str = "processAfte
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InvalidTime(
-            f'{field} "{text}" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
-            f"(read in {tz.key}), add Z or an offset such as +01:00 for an absolute "
-            'instant, or say "+10m" or "in 2 hours"'
-        ) from None
+        raise NotATime(field, text, tz.key) from None
     if parsed.tzinfo is None:
         return local_to_utc(parsed, tz)
     return parsed.astimezone(now.tzinfo)
@@ -155,7 +152,7 @@ class ScheduleRequest(_Request):
     script: str | None = None
     timezone: str | None = None
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
-    timeout: int | None = Field(default=None, ge=1, le=86400)
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
 
 
 class UpdateRequest(_Request):
@@ -206,10 +203,11 @@ def validate_schedule(
     if req.process_after is not None:
         first = parse_when(req.process_after, tz, now)
         if rec is None and first < now - PAST_SLACK:
-            raise InvalidTime(
+            raise TimeInPast(
                 f"processAfter {fmt(first)} is in the past (now is {fmt(now)}); "
-                "give a future time, or add a recurrence for a repeating task"
-            )
+                "give a future time, or add a recurrence for a repeating task",
+                given=req.process_after, when=first, now=now, tz=tz.key,
+            )  # fmt: skip
         first = max(first, now) if rec is None else first
     elif rec is not None:
         first = next_fire(rec, tz, now)
@@ -268,10 +266,11 @@ def validate_update(
     if "process_after" in given and req.process_after is not None:
         process_after = parse_when(req.process_after, tz, now)
         if rec is None and process_after < now - PAST_SLACK:
-            raise InvalidTime(
+            raise TimeInPast(
                 f"processAfter {fmt(process_after)} is in the past (now is {fmt(now)}); "
-                "give a future time"
-            )
+                "give a future time",
+                given=req.process_after, when=process_after, now=now, tz=tz.key,
+            )  # fmt: skip
         process_after = max(process_after, now) if rec is None else process_after
     elif "process_after" in given or ("recurrence" in given and rec is not None):
         if rec is None:

@@ -7,8 +7,11 @@ exit code 2; nothing else here catches broadly.
 
 Extending: commands of the host daemon (``run``, ``status``, ``task run``) register on
 ``app`` and ``task_app`` like the ones below, take ``home: HomeOption`` and
-``as_json: JsonOption``, get their store from :func:`open_store` and print with
-:func:`stdout_console` / :func:`print_json`.
+``as_json: JsonOption``, get their store from :func:`open_store` (which needs an
+existing home unless the command makes one) and print with :func:`stdout_console` /
+:func:`print_json`. Click's usage errors, flag ranges and undecodable argument bytes are
+turned into the same one-line ``error: …`` by :class:`CronboxGroup` and
+:class:`CronboxCommand`, naming the flag as the user typed it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -29,12 +34,31 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer._click.exceptions import (
+    BadParameter,
+    MissingParameter,
+    NoArgsIsHelpError,
+    UsageError,
+)
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from cronbox_shared.errors import CronboxError, InvalidInput
+from cronbox_shared.errors import (
+    CronboxError,
+    InvalidInput,
+    InvalidTime,
+    NotATime,
+    TimeInPast,
+    shown,
+)
 from cronbox_shared.models import InboundMessage, preview
 from cronbox_shared.recurrence import fire_times, parse_recurrence
-from cronbox_shared.tasks import ScheduleRequest, UpdateRequest, parse_when
+from cronbox_shared.tasks import (
+    MAX_GRACE,
+    MAX_TIMEOUT,
+    ScheduleRequest,
+    UpdateRequest,
+    parse_when,
+)
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import Settings
 from host.service import Cronbox, describe_recurrence
@@ -48,35 +72,240 @@ EXIT_ENVIRONMENT_ERROR = 1
 NOTHING = "—"
 
 
-class CronboxGroup(TyperGroup):
-    """The root command group; its ``invoke`` is the CLI's error boundary."""
+# The command line as given, kept so that a message can name a flag as it was typed.
+ARGV = "cronbox.argv"
 
-    # ``ctx`` is typer's vendored click Context, which typer does not export by name.
+
+class _PlainFlags:
+    """Help without a ``<bool>`` type beside flags (``--json``, ``--all``, ``--help``):
+    a flag takes no value, so a type there reads as if it wanted one."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""
+        return params
+
+
+class CommandGroup(_PlainFlags, TyperGroup):
+    """A group of commands below the root (``session``, ``task``)."""
+
+
+class CronboxGroup(_PlainFlags, TyperGroup):
+    """The root command group: the CLI's error boundary.
+
+    A ``CronboxError`` raised anywhere below, and click's own usage errors (unknown or
+    missing options, values of the wrong type), come out as one ``error: …`` line on
+    stderr with exit code 2 instead of a traceback or a boxed usage message.
+    """
+
+    # ``ctx`` is typer's vendored click Context.
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        argv = tuple(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # typer prints the help for a bare `cronbox`
+            fail(usage_sentence(exc), EXIT_USER_ERROR)
+        ctx.meta[ARGV] = argv
+        return ctx
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except CronboxError as exc:
             fail(str(exc), EXIT_USER_ERROR)
+        except UsageError as exc:
+            if isinstance(exc, NoArgsIsHelpError):
+                raise  # `cronbox task` alone prints the help of `task`
+            fail(usage_sentence(exc), EXIT_USER_ERROR)
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             fail(f"cannot use{where}: {exc.strerror or exc}", EXIT_ENVIRONMENT_ERROR)
 
 
-app = typer.Typer(
+class CronboxCommand(_PlainFlags, TyperCommand):
+    """Every leaf command: refuses undecodable text before the command runs.
+
+    Python hands argv bytes that are not UTF-8 over as lone surrogates
+    (surrogateescape); no database, log or JSON output accepts those, so every string
+    and path argument is checked here, in one place, and nothing is written.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        for param in self.get_params(ctx):
+            value = ctx.params.get(param.name or "")
+            for item in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(item, str | Path) and not _is_utf8(str(item)):
+                    raise InvalidInput(
+                        f'{param_label(ctx, param)} "{_as_bytes(str(item))}" is not valid '
+                        "UTF-8 text; give it in UTF-8 (is the terminal or script using "
+                        "another encoding?)"
+                    )
+        return super().invoke(ctx)
+
+
+class CronboxTyper(typer.Typer):
+    """A typer app whose commands are CronboxCommands unless told otherwise."""
+
+    def command(  # type: ignore[override]
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return super().command(name, cls=cls or CronboxCommand, **kwargs)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_bytes(text: str) -> str:
+    """Undecodable argv text shown as the bytes it came from: ``caf\\xe9``."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return shown(raw)
+
+
+def typed_flag(ctx: Any, param: Any) -> str:
+    """The spelling of an option the user typed (``-n`` or ``--count``), else its longest."""
+    opts: list[str] = list(param.opts)
+    argv: tuple[str, ...] = ctx.meta.get(ARGV, ())
+    for arg in reversed(argv):
+        for opt in opts:
+            short = not opt.startswith("--")
+            if arg == opt or arg.startswith(opt + "=") or (short and arg.startswith(opt)):
+                return opt
+    return max(opts, key=len)
+
+
+def param_label(ctx: Any, param: Any) -> str:
+    """How a message names a parameter: ``--prompt``, or ``the TEXT argument``."""
+    if getattr(param, "param_type_name", "") == "option":
+        return typed_flag(ctx, param)
+    return f"the {(param.name or 'value').upper()} argument"
+
+
+def typed_value(ctx: Any, param: Any) -> str | None:
+    """The text the user gave an option (the argument after its flag), if it is found."""
+    argv: tuple[str, ...] = ctx.meta.get(ARGV, ())
+    flag = typed_flag(ctx, param)
+    for i in range(len(argv) - 1, -1, -1):
+        if argv[i].startswith(flag + "="):
+            return argv[i].removeprefix(flag + "=")
+        if argv[i] == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def usage_sentence(exc: UsageError) -> str:
+    """click's usage error as one sentence that points at the command's --help."""
+    ctx = exc.ctx
+    if isinstance(exc, MissingParameter) and exc.param is not None and ctx is not None:
+        text = f"{param_label(ctx, exc.param)} is missing"
+    elif isinstance(exc, BadParameter) and exc.param is not None and ctx is not None:
+        label = param_label(ctx, exc.param)
+        given = typed_value(ctx, exc.param) if label.startswith("-") else None
+        shown_value = f' "{shown(given)}"' if given is not None else ""
+        why = exc.message[:1].lower() + exc.message[1:]
+        text = f"{label}{shown_value} is not valid: {why}"
+    else:
+        text = exc.format_message()
+    parts = [p.strip() for p in " ".join(text.split()).rstrip(".").split(". ")]
+    text = "; ".join(p[:1].lower() + p[1:] for p in parts if p)
+    if text.endswith("?"):
+        return text  # click's "did you mean …?" already says how to fix it
+    where = ctx.command_path if ctx is not None else "cronbox"
+    return f"{text}; see `{where} --help`"
+
+
+def _span(seconds: int) -> str:
+    """``366 days``, ``1 day``, ``2 hours``: a limit in the largest whole unit."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    raise AssertionError("unreachable: every whole number of seconds is whole seconds")
+
+
+def seconds_option(
+    low: int, high: int, small: str
+) -> Callable[[typer.Context, typer.CallbackParam, int | None], int | None]:
+    """A callback refusing a number of seconds outside ``low``-``high``, naming the flag."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is None or low <= value <= high:
+            return value
+        flag = typed_flag(ctx, param)
+        if value > high:
+            raise InvalidInput(
+                f"{flag} {value} is too long; give at most {high} seconds ({_span(high)})"
+            )
+        raise InvalidInput(
+            f"{flag} {value} is {small}; give {low} to {high} seconds (up to {_span(high)})"
+        )
+
+    return check
+
+
+MAX_PREVIEW = 1000
+
+
+def count_option(ctx: typer.Context, param: typer.CallbackParam, value: int) -> int:
+    """``cron -n``: how many fire times, 1 to MAX_PREVIEW."""
+    if 1 <= value <= MAX_PREVIEW:
+        return value
+    flag = typed_flag(ctx, param)
+    raise InvalidInput(
+        f"{flag} {value} is out of range; give a count of fire times from 1 to {MAX_PREVIEW}"
+    )
+
+
+app = CronboxTyper(
     cls=CronboxGroup,
     name="cronbox",
     help="cronbox: a scheduler runtime that lets AI agents act on time.",
     no_args_is_help=True,
     add_completion=False,
 )
-session_app = typer.Typer(
+session_app = CronboxTyper(
+    cls=CommandGroup,
     help="Create and list sessions (one agent conversation each).",
     no_args_is_help=True,
 )
-task_app = typer.Typer(
+task_app = CronboxTyper(
+    cls=CommandGroup,
     help="Schedule, inspect and change the tasks of sessions.",
     no_args_is_help=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cronbox {package_version('cronbox')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def cronbox_root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print cronbox's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """cronbox: a scheduler runtime that lets AI agents act on time."""
+
+
 app.add_typer(session_app, name="session")
 app.add_typer(task_app, name="task")
 
@@ -134,16 +363,23 @@ def load_settings() -> Settings:
         raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
 
 
-def open_store(home: Path | None) -> Cronbox:
-    """The service over ``home`` (default from the settings), with the configured limits."""
+def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
+    """The service over ``home`` (default from the settings), with the configured limits.
+
+    Only commands that make a home pass ``create``; every other one needs an existing
+    home and fails with HomeNotFound instead of leaving an empty one behind (a typo in
+    --home would otherwise look like a home without sessions).
+    """
     settings = load_settings()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
-    return Cronbox.from_settings(settings)
+    return Cronbox.from_settings(settings, create=create)
 
 
 def read_script(path: Path) -> str:
     """The text of a gate script file; an unreadable file is a user mistake."""
+    if path.is_dir():
+        raise InvalidInput(f'--script "{path}" is a directory; give the path of a bash script file')
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -152,6 +388,24 @@ def read_script(path: Path) -> str:
         ) from None
     except UnicodeDecodeError:
         raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
+
+
+@contextmanager
+def at_flag_terms(fix: str) -> Iterator[None]:
+    """Reword the validation's errors about ``processAfter`` in terms of ``--at``.
+
+    ``fix`` ends the sentence for a one-time ``--at`` in the past.
+    """
+    try:
+        yield
+    except TimeInPast as exc:
+        tz = zone(exc.tz)
+        raise InvalidTime(
+            f'--at "{shown(exc.given)}" is in the past: it means {local_time(exc.when, tz)}, '
+            f"and now is {local_time(exc.now, tz)}; {fix}"
+        ) from None
+    except NotATime as exc:
+        raise NotATime("--at", exc.given, exc.tz) from None
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -181,10 +435,21 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
     return f"{local_time(when, tz)} ({relative(when, now)})"
 
 
+# Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
+# winter) keeps its "+00:00": it is a local time that happens to equal UTC.
+UTC_ZONES = frozenset(
+    {"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"}
+)
+
+
 def iso_local(when: datetime, tz: ZoneInfo) -> str:
-    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``."""
+    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``.
+
+    In UTC itself the instant ends in ``Z``, as every other UTC instant cronbox prints.
+    """
     local = when.astimezone(tz)
-    return local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
+    text = local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
+    return text.removesuffix("+00:00") + "Z" if tz.key in UTC_ZONES else text
 
 
 def task_json(view: TaskView) -> dict[str, Any]:
@@ -294,7 +559,7 @@ def session_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
-    store = open_store(home)
+    store = open_store(home, create=True)
     show_session("created", store.create_session(name, agent=agent, timezone=timezone), as_json)
 
 
@@ -389,7 +654,6 @@ ScriptOption = Annotated[
     typer.Option(
         "--script",
         help="Bash gate script file; its last stdout line decides whether the agent wakes.",
-        dir_okay=False,
     ),
 ]
 
@@ -417,13 +681,17 @@ def task_schedule(
         int | None,
         typer.Option(
             "--misfire-grace",
-            min=0,
+            callback=seconds_option(0, MAX_GRACE, "negative"),
             help="Seconds a late run may still start; later ones are recorded as missed.",
         ),
     ] = None,
     timeout: Annotated[
         int | None,
-        typer.Option("--timeout", min=1, max=86400, help="Seconds one run may take."),
+        typer.Option(
+            "--timeout",
+            callback=seconds_option(1, MAX_TIMEOUT, "too short"),
+            help="Seconds one run may take.",
+        ),
     ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -442,7 +710,8 @@ def task_schedule(
         }
     )
     store = open_store(home)
-    view = store.schedule_task(session, request)
+    with at_flag_terms("give a future time, or add --cron for a repeating task"):
+        view = store.schedule_task(session, request)
     show_task("scheduled", view, store, as_json)
 
 
@@ -532,7 +801,9 @@ def task_update(
         )
     request = UpdateRequest.parse(changes)
     store = open_store(home)
-    show_task("updated", store.update_task(request), store, as_json)
+    with at_flag_terms("give a future time"):
+        view = store.update_task(request)
+    show_task("updated", view, store, as_json)
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -584,7 +855,8 @@ def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = F
 def cron_preview(
     expr: Annotated[str, typer.Argument(help='Cron expression, shorthand or "@every 30m".')],
     count: Annotated[
-        int, typer.Option("-n", "--count", min=1, max=1000, help="How many fire times to show.")
+        int,
+        typer.Option("-n", "--count", callback=count_option, help="How many fire times to show."),
     ] = 5,
     timezone: Annotated[
         str | None, typer.Option("--timezone", help="Zone to evaluate in. " + TIMEZONE_HELP)
@@ -630,8 +902,8 @@ def cron_preview(
 
 
 def main() -> None:
-    """Entry point of the ``cronbox`` console script."""
-    app()
+    """Entry point of the ``cronbox`` console script (and of ``python -m host.cli``)."""
+    app(prog_name="cronbox")
 
 
 # --- the host ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from cronbox_shared.errors import (
     InvalidInput,
     RunNotFound,
     SessionExists,
+    TaskIdTaken,
     TaskNotFound,
     TaskStateError,
     TooManyTasks,
@@ -134,20 +135,25 @@ class Cronbox:
         clock: Clock | None = None,
         default_timezone: str = "UTC",
         limits: Limits | None = None,
+        create: bool = True,
     ) -> None:
+        """The service over ``home``; without ``create`` a missing home raises HomeNotFound."""
         self.home = Path(home)
         self.clock: Clock = clock or SystemClock()
         self.default_timezone = zone(default_timezone, "the host timezone").key
         self.limits = limits or Limits()
-        self.central: CentralRepository = SqliteCentral(self.home)
+        self.central: CentralRepository = SqliteCentral(self.home, create=create)
         self.files: SessionFiles = SqliteSessionFiles(self.home)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Cronbox:
+    def from_settings(
+        cls, settings: Settings, *, clock: Clock | None = None, create: bool = True
+    ) -> Cronbox:
         """The service under ``settings.home`` with the configured zone and limits."""
         return cls(
             settings.home,
             clock=clock,
+            create=create,
             default_timezone=settings.timezone(),
             limits=Limits(
                 min_interval=timedelta(seconds=settings.min_interval),
@@ -393,7 +399,11 @@ class Cronbox:
         self, session_ref: str, request: ScheduleRequest | dict[str, Any], *,
         actor: str = "cli", receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
-        """Validate and schedule a task; scheduling an existing id returns that task."""
+        """Validate and schedule a task.
+
+        Scheduling the id of a live task again returns that task (an agent may retry);
+        the id of a task that has ended raises TaskIdTaken and writes nothing.
+        """
         session = self.get_session(session_ref)
         req = request if isinstance(request, ScheduleRequest) else ScheduleRequest.parse(request)
         valid = validate_schedule(
@@ -409,8 +419,13 @@ class Cronbox:
 
         def insert(tx: InboxTransaction, done: _Work) -> None:
             done.series = [valid.id]
-            if tx.current(valid.id) is not None:
-                return  # the same id again: idempotent
+            current = tx.current(valid.id)
+            if current is not None and current.status.live:
+                return  # the same id again while it is live: idempotent (agent retries)
+            if current is not None:
+                raise TaskIdTaken(valid.id, current.status.value)
+            if owner is not None:
+                raise TaskIdTaken(valid.id, None)  # ended, and its rows pruned since
             if tx.live_task_count() >= self.limits.max_tasks_per_session:
                 raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
             tx.insert(task_row(valid, now))

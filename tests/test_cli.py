@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -253,6 +254,42 @@ def test_scheduling_the_same_id_twice_creates_one_task(cli: Cli, session: str) -
     assert len(tasks(cli)) == 1
 
 
+@pytest.mark.parametrize("end", ["cancel", "finish"])
+def test_scheduling_the_id_of_an_ended_task_is_refused_and_writes_nothing(
+    cli: Cli, session: str, home: Path, end: str
+) -> None:
+    if end == "cancel":
+        schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "oneshot")
+        ok(cli("task", "cancel", "oneshot"))
+        state = "cancelled"
+    else:
+        schedule(cli, "--prompt", "once", "--at", "now", "--id", "oneshot")
+        store = Cronbox(home)
+        sid = store.get_session(session).id
+        with sdb.outbound(store.session_dir(sid)) as out:
+            sdb.set_ack(out, "oneshot", 0, AckStatus.COMPLETED, fmt(store.now()), None, "done")
+        store.settle_acks(sid, timedelta(minutes=10))
+        state = "completed"
+    before = tasks(cli, "--all")
+    done = run_module(
+        "task", "schedule", session, "--prompt", "x", "--at", "+1m", "--id", "oneshot", home=home
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f'error: task id "oneshot" is already used by a task that is {state}; choose another id'
+    ]
+    assert tasks(cli, "--all") == before
+
+
+def test_scheduling_a_live_id_again_with_other_content_returns_the_live_task(
+    cli: Cli, session: str
+) -> None:
+    first = schedule(cli, "--prompt", "once", "--at", FUTURE_WINTER, "--id", "dup")
+    again = schedule(cli, "--prompt", "different", "--cron", "@daily", "--id", "dup")
+    assert again == first
+
+
 def test_script_file_is_attached_to_the_task(cli: Cli, session: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate.sh"
     gate.write_text("echo '{\"wakeAgent\": true}'\n", encoding="utf-8")
@@ -455,6 +492,39 @@ def test_cron_preview_in_another_zone(cli: Cli) -> None:
     assert fires == ["2026-03-07T09:00:00+05:30"]
 
 
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [("UTC", "2026-03-07T09:00:00Z"), ("Etc/UTC", "2026-03-07T09:00:00Z"),
+     ("Europe/London", "2026-03-07T09:00:00+00:00")],
+)  # fmt: skip
+def test_cron_preview_prints_utc_instants_with_z_and_zone_offsets_otherwise(
+    cli: Cli, tz: str, expected: str
+) -> None:
+    fires = as_json(
+        cli("cron", "0 9 * * *", "-n", "1", "--timezone", tz,
+            "--after", "2026-03-07T00:00:00Z", "--json")
+    )  # fmt: skip
+    assert fires == [expected]
+    assert datetime.fromisoformat(fires[0]) == datetime(2026, 3, 7, 9, tzinfo=UTC)
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "host.cli", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cronbox {importlib.metadata.version('cronbox')}"
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "cronbox")
+def test_help_shows_no_type_beside_a_flag(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert "--help" in result.stdout
+
+
 def test_cron_preview_defaults_to_the_next_times_after_now(cli: Cli) -> None:
     now = datetime.now(UTC)
     fires = [datetime.fromisoformat(f) for f in as_json(cli("cron", "* * * * *", "--json"))]
@@ -523,6 +593,157 @@ def test_user_mistake_is_one_sentence_on_stderr_and_writes_nothing(
     assert tasks(cli, "--all") == []
 
 
+FLAG_MISTAKES = [
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--timeout", "-5"],
+        "error: --timeout -5 is too short; give 1 to 86400 seconds (up to 1 day)",
+        id="negative timeout",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--misfire-grace", "-1"],
+        "error: --misfire-grace -1 is negative; give 0 to 31622400 seconds (up to 366 days)",
+        id="negative grace",
+    ),
+    pytest.param(
+        [
+            "task",
+            "schedule",
+            "work",
+            "--prompt",
+            "p",
+            "--at",
+            "+1h",
+            "--misfire-grace",
+            "99999999999999999999",
+        ],
+        "error: --misfire-grace 99999999999999999999 is too long; "
+        "give at most 31622400 seconds (366 days)",
+        id="huge grace",
+    ),
+    pytest.param(
+        ["cron", "@daily", "-n", "0"],
+        "error: -n 0 is out of range; give a count of fire times from 1 to 1000",
+        id="zero count",
+    ),
+    pytest.param(
+        ["cron", "@daily", "--count=5000"],
+        "error: --count 5000 is out of range; give a count of fire times from 1 to 1000",
+        id="huge count typed long",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--script", "."],
+        'error: --script "." is a directory; give the path of a bash script file',
+        id="script is a directory",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--bogus"],
+        "error: no such option: --bogus; see `cronbox task schedule --help`",
+        id="unknown option",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--at", "+1h"],
+        "error: --prompt is missing; see `cronbox task schedule --help`",
+        id="missing option",
+    ),
+    pytest.param(
+        ["task", "schedule"],
+        "error: the SESSION argument is missing; see `cronbox task schedule --help`",
+        id="missing argument",
+    ),
+    pytest.param(
+        ["task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--timeout", "soon"],
+        'error: --timeout "soon" is not valid: input should be a valid integer',
+        id="not a number",
+    ),
+    pytest.param(
+        ["tsk", "list"], "error: no such command 'tsk'; did you mean 'task'?", id="typo command"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), FLAG_MISTAKES)
+def test_flag_mistake_is_one_error_line_naming_the_flag_as_typed(
+    cli: Cli, session: str, args: list[str], line: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(line)
+    assert result.stdout == ""
+    assert tasks(cli, "--all") == []
+
+
+def test_a_past_at_names_the_flag_the_value_and_both_local_times(cli: Cli, session: str) -> None:
+    result = cli("task", "schedule", session, "--prompt", "p", "--at", "2001-01-01")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        'error: --at "2001-01-01" is in the past: it means 2001-01-01 00:00 EST, and now is '
+    )
+    assert line.endswith("; give a future time, or add --cron for a repeating task")
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    result = cli("task", "update", "t1", "--at", "2001-07-01T12:00")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        'error: --at "2001-07-01T12:00" is in the past: it means 2001-07-01 12:00 EDT'
+    )
+    assert tasks(cli)[0]["next_run"] == "2031-01-15T14:00:00.000Z"
+
+
+def test_an_unreadable_at_names_the_flag(cli: Cli, session: str) -> None:
+    result = cli("task", "schedule", session, "--prompt", "p", "--at", "soonish")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f'error: --at "soonish" is not a time; use ISO-8601 such as 2026-01-15T21:00:00 '
+        f"(read in {HOST_TZ})"
+    )
+    schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
+    result = cli("task", "update", "t1", "--at", "soonish")
+    assert result.exit_code == 2
+    assert result.stderr.startswith('error: --at "soonish" is not a time')
+
+
+def test_help_still_works_beside_the_one_line_usage_errors(cli: Cli) -> None:
+    assert "Usage" in ok(cli("task", "schedule", "--help")).stdout
+    bare = CliRunner().invoke(app, ["task"])
+    assert "Schedule, inspect and change the tasks" in bare.output
+
+
+# How Python hands undecodable argv bytes to the program (surrogateescape).
+NOT_UTF8 = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")
+UNDECODABLE = [
+    pytest.param(["send", "work", NOT_UTF8], "the TEXT argument", id="send text"),
+    pytest.param(["session", "create", NOT_UTF8], "the NAME argument", id="session name"),
+    pytest.param(["task", "schedule", "work", "--prompt", NOT_UTF8, "--at", "+1h"], "--prompt",
+                 id="prompt"),
+    pytest.param(["task", "schedule", "work", "--prompt", "p", "--at", NOT_UTF8], "--at", id="at"),
+    pytest.param(["task", "schedule", "work", "--prompt", "p", "--cron", NOT_UTF8], "--cron",
+                 id="cron"),
+    pytest.param(["task", "schedule", NOT_UTF8, "--prompt", "p", "--at", "+1h"],
+                 "the SESSION argument", id="session ref"),
+    pytest.param(["task", "cancel", NOT_UTF8], "the TASK argument", id="task ref"),
+    pytest.param(["session", "update", "work", "--timezone", NOT_UTF8], "--timezone",
+                 id="timezone"),
+    pytest.param(["cron", NOT_UTF8], "the EXPR argument", id="cron expr"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "label"), UNDECODABLE)
+def test_text_that_is_not_utf8_is_refused_by_name_and_writes_nothing(
+    cli: Cli, session: str, home: Path, args: list[str], label: str
+) -> None:
+    before = as_json(cli("session", "list", "--json"))
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f'error: {label} "caf\\xe9 \\xff" is not valid UTF-8 text; give it in UTF-8 '
+        "(is the terminal or script using another encoding?)"
+    ]
+    assert as_json(cli("session", "list", "--json")) == before
+    assert tasks(cli, "--all") == []
+
+
 def test_invalid_host_timezone_names_the_value_and_its_source(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -560,17 +781,100 @@ def run_module(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_module_entry_point_lists_tasks_as_json(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
     done = run_module("task", "list", "--json", home=home)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
 
 
 def test_module_entry_point_reports_a_mistake_without_traceback(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
     done = run_module("task", "schedule", "nosuch", "--prompt", "p", "--at", "+1h", home=home)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         'error: no session named or with id "nosuch"; `cronbox session list` shows them'
     ]
+
+
+def test_module_entry_point_refuses_undecodable_bytes_without_traceback(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
+    for args in (
+        [b"send", b"work", b"caf\xe9 \xff"],
+        [b"session", b"create", b"n\xff"],
+        [b"task", b"schedule", b"work", b"--prompt", b"caf\xe9", b"--at", b"+1h"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "host.cli", *args, "--home", str(home)],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        err = done.stderr.decode()
+        assert done.returncode == 2, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: ")
+        assert "is not valid UTF-8 text" in err
+    sessions = json.loads(run_module("session", "list", "--json", home=home).stdout)
+    assert [s["name"] for s in sessions] == ["work"]
+    assert json.loads(run_module("task", "list", "--all", "--json", home=home).stdout) == []
+    inbox = Cronbox(home).inbound_rows(sessions[0]["id"])
+    assert inbox == []
+
+
+def test_module_entry_point_words_flag_mistakes_in_one_line(home: Path) -> None:
+    assert run_module("session", "create", "work", home=home).returncode == 0
+    base = ("task", "schedule", "work", "--prompt", "p")
+    grace = run_module(*base, "--at", "+1m", "--misfire-grace", "99999999999999999999", home=home)
+    assert (grace.returncode, grace.stderr.strip()) == (
+        2,
+        "error: --misfire-grace 99999999999999999999 is too long; "
+        "give at most 31622400 seconds (366 days)",
+    )
+    past = run_module(*base, "--at", "2001-01-01", home=home)
+    assert past.returncode == 2
+    assert past.stderr.startswith('error: --at "2001-01-01" is in the past')
+    unknown = run_module(*base, "--at", "+1m", "--bogus", home=home)
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        2,
+        "error: no such option: --bogus; see `cronbox task schedule --help`",
+    )
+    assert json.loads(run_module("task", "list", "--all", "--json", home=home).stdout) == []
+
+
+# --- commands that need an existing home ------------------------------------------------
+
+READING_COMMANDS = [
+    ["status"], ["session", "list"], ["task", "list"], ["task", "history", "t1"],
+    ["task", "cancel", "t1"], ["task", "pause", "t1"], ["task", "resume", "t1"],
+    ["task", "run", "t1"], ["task", "update", "t1", "--prompt", "p"],
+    ["session", "update", "work", "--agent", "a"], ["session", "delete", "work"],
+    ["send", "work", "hi"], ["task", "schedule", "work", "--prompt", "p", "--at", "+1h"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", READING_COMMANDS, ids=" ".join)
+def test_a_command_on_a_missing_home_says_so_and_creates_nothing(
+    cli: Cli, home: Path, args: list[str]
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: no cronbox home at {home}; create a session with cronbox session create, "
+        "or check --home"
+    ]
+    assert not home.exists()
+
+
+def test_status_on_a_mistyped_home_creates_nothing(home: Path) -> None:
+    typo = home.parent / "typo"
+    done = run_module("status", home=typo)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: no cronbox home at {typo}; create a session with cronbox session create, "
+        "or check --home"
+    )
+    assert not typo.exists()
+    assert run_module("session", "create", "work", home=typo).returncode == 0
+    assert (typo / "cronbox.db").is_file()
+    assert run_module("status", home=typo).returncode == 0
 
 
 # --- task run and status ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.errors import SessionExists, SessionNotFound
+from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
 from cronbox_shared.models import preview
 from cronbox_shared.timeutil import Instant
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
@@ -196,9 +196,17 @@ class ChangeWatcher:
 class SqliteCentral:
     """The central repository over ``$CRONBOX_HOME/cronbox.db`` (WAL mode)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, create: bool = True) -> None:
+        """Open ``home``'s cronbox.db and bring it to the current schema.
+
+        With ``create`` a missing home is made; without it a missing cronbox.db raises
+        HomeNotFound and nothing is created (commands that only read use this).
+        """
         self.path = Path(home) / CENTRAL
-        (Path(home) / SESSIONS).mkdir(parents=True, exist_ok=True)
+        if create:
+            (Path(home) / SESSIONS).mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise HomeNotFound(str(home))
         with self._open() as db:
             central_migrations.apply(db)
 
