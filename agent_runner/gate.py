@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ByteReceiveStream
 
 from cronbox_shared.defaults import DEFAULTS
@@ -89,16 +90,20 @@ async def run_gate(
     has been killed.
     """
     capture = _Capture(stdout=bytearray(), stderr_tail=bytearray())
-    process = await anyio.open_process(
-        ["bash", "-c", script],
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # Shielded: a cancellation landing while the process is being created would leave it
+    # running with nobody to kill it or close its pipes. It is honoured right after.
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     try:
+        await anyio.lowlevel.checkpoint()
         assert process.stdout is not None
         assert process.stderr is not None
         with anyio.move_on_after(timeout) as deadline:
@@ -124,6 +129,9 @@ async def run_gate(
                 _kill_group(process.pid)
             # Closes our pipe ends (so nothing keeps reading) and reaps the process.
             await process.aclose()
+            # A pipe finishes closing on the loop's next turn: give it that turn, so a
+            # runner that exits right after its last gate leaves no pipe open behind it.
+            await anyio.lowlevel.checkpoint()
 
     preview = _decode(bytes(capture.stdout))[-_PREVIEW_CHARS:]
     if capture.overflowed:

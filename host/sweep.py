@@ -48,6 +48,19 @@ QUARANTINE_MAX = 300.0
 # Beyond the runners' own stop grace, how long shutdown waits for their settlement.
 DRAIN_MARGIN = 10.0
 PRUNE_EVERY = timedelta(hours=1)
+# How long after its runner exits a session's outbox is still watched: an MCP request
+# the agent made just before its runner went idle is applied within a pass, not at the
+# session's next wake.
+OUTBOX_WATCH = timedelta(minutes=5)
+
+
+@dataclass
+class Watched:
+    """A session whose runner is gone, watched for late requests in its outbox."""
+
+    session: Session
+    until: datetime
+    counter: int | None
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class Sweeper:
         self._pruned: dict[str, datetime] = {}
         self.problems: dict[str, Problem] = {}
         self._names: dict[str, str] = {}
+        self.watched: dict[str, Watched] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -243,7 +257,7 @@ class Sweeper:
     def _next_delay(self) -> float:
         now = self.clock.now()
         delay = self.config.sweep_interval
-        if self.live or self.waiting:
+        if self.live or self.waiting or self.watched:
             delay = min(delay, self.config.live_poll)
         nxt = self.store.next_wake()
         if nxt is not None:
@@ -264,6 +278,7 @@ class Sweeper:
                 )
         if not self.accepting:
             return
+        await self._watch_outboxes()
         now = self.clock.now()
         due = await read(self.store.due_sessions, now)
         self.waiting = {
@@ -299,6 +314,26 @@ class Sweeper:
                 )  # fmt: skip
             else:
                 self.quarantine.pop(session_id, None)
+
+    async def _watch_outboxes(self) -> None:
+        """Deliver what arrived in the outbox of a session whose runner recently exited.
+
+        The outbox's change counter tells without opening it; the cost follows the
+        sessions that worked in the last few minutes, not all sessions.
+        """
+        now = self.clock.now()
+        for session_id, watched in list(self.watched.items()):
+            if session_id in self.live or now > watched.until:
+                del self.watched[session_id]
+                continue
+            counter = await read(_outbox_counter, self.store.session_dir(session_id))
+            if counter == watched.counter:
+                continue
+            watched.counter = counter
+            try:
+                await self._deliver(watched.session)
+            except Exception:
+                log.exception("session %s: delivering late requests failed", watched.session.name)
 
     def _name(self, session_id: str) -> str:
         """A session's name for the log, when the sweep knows it (else its id)."""
@@ -388,6 +423,8 @@ class Sweeper:
         )  # fmt: skip
         self._log_finished(runner.session, plan.finished)
         del self.live[session_id]
+        counter = await read(_outbox_counter, self.store.session_dir(session_id))
+        self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH, counter)
         await self.writer(self.store.release_lease, session_id, runner.handle.ref)
         if claims:
             ended = len(plan.finished)
@@ -484,6 +521,10 @@ class Sweeper:
                 "shutdown drain gave up after %.0f s with %d runners unsettled",
                 limit, len(self.live),
             )  # fmt: skip
+
+
+def _outbox_counter(session_dir: Path) -> int | None:
+    return sdb.change_counter(session_dir / sdb.OUTBOUND)
 
 
 def _mtime(path: Path) -> datetime | None:

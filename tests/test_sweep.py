@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import AckStatus, MessageStatus, RunOutcome
+from cronbox_shared.models import AckStatus, MessageKind, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime, RunnerSpec
@@ -290,3 +290,23 @@ async def test_a_runner_that_fails_before_any_work_counts_tries_and_ends_the_row
     (problem,) = json.loads((store.home / "host.json").read_text())["problems"]
     assert problem["session"] == "ghost"
     assert "before taking any work" in problem["reason"]
+
+
+async def test_a_request_written_after_the_runner_exited_is_applied_without_a_wake(
+    tmp_path: Path,
+) -> None:
+    """The agent's last tool call may land just as its runner goes idle and exits: the
+    host applies it within a pass or two, without waiting for the session's next wake."""
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("late")
+    store.send_message(session.id, "hello")
+    async with running_host(settings) as sweeper:
+        await wait_for(lambda: sweeper.started_total == 1 and not sweeper.live)
+        assert session.id in sweeper.watched
+        action = {"action": "schedule_task", "taskId": "late-one", "prompt": "p",
+                  "processAfter": fmt(store.now() + timedelta(hours=1))}  # fmt: skip
+        with sdb.outbound(store.session_dir(session.id)) as db:
+            sdb.insert_outbound(db, "late-action", MessageKind.SYSTEM, action, fmt(store.now()))
+        await wait_for(lambda: [t.series_id for t in store.list_tasks()] == ["late-one"], 20)
+        assert sweeper.started_total == 1  # no runner was woken for it
