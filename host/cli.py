@@ -776,7 +776,8 @@ def render_entry(entry: LogEntry, tz: ZoneInfo) -> Text:
             who = str(entry.sender)
     line = Text(f"{when} ", style="dim")
     line.append(f"{arrow} {who:<5} ", style=style)
-    line.append(entry.text)
+    # Later lines of a long message start under its first, clear of the time column.
+    line.append(entry.text.rstrip().replace("\n", "\n" + " " * len(line.plain)))
     state = entry_state(entry)
     if state is not None:
         failed = state in ("failed", "timeout", "missed")
@@ -810,7 +811,11 @@ def log(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a session's conversation: messages in and replies out, in time order."""
+    """Show a session's conversation: messages in and replies out, in time order.
+
+    Chat you sent, the agent's replies, task runs with their outcome and system notes, at
+    times in the session's zone. With --follow, --json prints one entry per line.
+    """
     store = open_store(home)
     target = store.get_session(session)
     tz = zone(target.timezone)

@@ -132,6 +132,13 @@ def test_log_shows_a_task_occurrence_with_its_outcome_in_the_status_vocabulary(
     assert (entry["kind"], entry["outcome"]) == ("task", "error")
 
 
+def test_log_indents_the_later_lines_of_a_long_message(cli: Cli, session: str) -> None:
+    ok(cli("send", "work", "line one\nline two"))
+    first, second = ok(cli("log", "work")).stdout.splitlines()
+    assert "→ you" in first and second.endswith("line two  [pending]")
+    assert first.index("line one") == second.index("line two")
+
+
 def test_log_of_a_quiet_session_says_so(cli: Cli, session: str) -> None:
     assert "has no messages yet" in ok(cli("log", "work")).stdout
     assert as_json(cli("log", "work", "--json")) == []
