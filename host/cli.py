@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,8 @@ import humanize
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
+from rich.measure import Measurement
+from rich.table import Column, Table
 from rich.text import Text
 from typer._click.exceptions import (
     BadParameter,
@@ -50,7 +52,13 @@ from cronbox_shared.errors import (
     TimeInPast,
     shown,
 )
-from cronbox_shared.models import InboundMessage, preview
+from cronbox_shared.models import (
+    InboundMessage,
+    MessageKind,
+    MessageStatus,
+    RunOutcome,
+    preview,
+)
 from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import (
     MAX_GRACE,
@@ -62,7 +70,7 @@ from cronbox_shared.tasks import (
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import Settings
 from host.service import Cronbox, describe_recurrence
-from host.store.records import Run, Session, TaskView
+from host.store.records import LogEntry, Run, Session, TaskView
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -501,28 +509,81 @@ def last_run_cell(view: TaskView) -> str:
     if view.last_run_at is None:
         return NOTHING
     when = local_time(parse_utc(view.last_run_at), zone(view.timezone))
-    return f"{when} {view.last_outcome.value if view.last_outcome else 'running'}"
+    return f"{when} {outcome_word(view.last_outcome)}"
 
 
-def render_tasks(views: Sequence[TaskView], now: datetime) -> Table:
-    table = Table("task", "session", "status", "schedule", "next run", "last run", "prompt")
-    for view in views:
-        tz = zone(view.timezone)
-        table.add_row(
-            *(
-                Text(cell, no_wrap=True)
-                for cell in (
-                    view.series_id,
-                    view.session,
-                    view.status.value,
-                    schedule_cell(view.recurrence),
-                    when_cell(view.next_run, tz, now),
-                    last_run_cell(view),
-                )
-            ),
-            Text(preview(view.prompt, 40) or "", overflow="ellipsis"),
-        )
+def outcome_word(outcome: RunOutcome | None) -> str:
+    """A run's outcome in the words of task statuses: an ``error`` run shows as ``failed``.
+
+    Only the rendering says ``failed``; JSON keeps the stored value.
+    """
+    if outcome is None:
+        return "running"
+    return "failed" if outcome is RunOutcome.ERROR else outcome.value
+
+
+def one_line(text: str | None, limit: int) -> str:
+    """A preview cell: whitespace (newlines too) collapsed to single spaces, then cut."""
+    return preview(" ".join((text or "").split()), limit) or ""
+
+
+def fit_columns(
+    console: Console,
+    build: Callable[[frozenset[str]], Table],
+    optional: Sequence[str],
+) -> Table:
+    """The table from ``build`` with the fewest ``optional`` columns dropped so it fits.
+
+    Columns that must stay whole (ids) do not wrap; the others wrap as far as rich
+    allows, and when even that is too wide the optional columns go, in the given order.
+    """
+    # Measured without the console's limit, which Measurement.get would clamp it to.
+    unbounded = console.options.update(max_width=10**6)
+    dropped: frozenset[str] = frozenset()
+    table = build(dropped)
+    for name in optional:
+        if Measurement.get(console, unbounded, table).minimum <= console.width:
+            break
+        dropped |= {name}
+        table = build(dropped)
     return table
+
+
+def id_column(header: str, width: int) -> Column:
+    """A column of ids: never truncated and never wrapped, the width of its widest id."""
+    return Column(header, no_wrap=True, overflow="fold", min_width=width)
+
+
+def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> Table:
+    id_width = max(len(v.series_id) for v in views)
+    name_width = max(len(v.session) for v in views)
+
+    def build(dropped: frozenset[str]) -> Table:
+        columns = [
+            id_column("task", id_width),
+            Column("session", overflow="fold", min_width=min(name_width, 12)),
+            Column("status", no_wrap=True),
+            Column("schedule"),
+            Column("next run", min_width=10),
+            Column("last run", min_width=10),
+            Column("prompt", min_width=8, overflow="ellipsis"),
+        ]
+        table = Table(*(c for c in columns if c.header not in dropped))
+        for view in views:
+            tz = zone(view.timezone)
+            cells = {
+                "task": view.series_id,
+                "session": view.session,
+                "status": view.status.value,
+                "schedule": schedule_cell(view.recurrence),
+                "next run": when_cell(view.next_run, tz, now),
+                "last run": last_run_cell(view),
+                "prompt": one_line(view.prompt, 40),
+            }
+            table.add_row(*(Text(v) for k, v in cells.items() if k not in dropped))
+        return table
+
+    return fit_columns(console, build, ("prompt", "last run", "schedule", "next run"))
 
 
 def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
@@ -612,23 +673,183 @@ def session_delete(
     show_session("deleted", store.delete_session(session), as_json)
 
 
+MAX_WAIT = 86400
+POLL_SECONDS = 0.5
+
+
 @app.command("send")
 def send(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
     text: Annotated[str, typer.Argument(help="The chat message for the session's agent.")],
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait for the agent's answer and print it (needs a host)."),
+    ] = False,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--timeout",
+            callback=seconds_option(1, MAX_WAIT, "too short"),
+            help="With --wait: seconds to wait for the answer (default 60).",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Send a chat message to a session's agent (it is due at once)."""
+    if timeout is not None and not wait:
+        raise InvalidInput("--timeout only applies with --wait; add --wait or drop --timeout")
     store = open_store(home)
     target = store.get_session(session)
     message: InboundMessage = store.send_message(target.id, text)
-    if as_json:
-        print_json({**message.model_dump(mode="json"), "session": target.name})
+    if not wait:
+        if as_json:
+            print_json({**message.model_dump(mode="json"), "session": target.name})
+            return
+        stdout_console().print(
+            Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
+        )
         return
-    stdout_console().print(
-        Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
+    limit = 60 if timeout is None else timeout
+    answered = await_answer(store, target.id, message.id, limit)
+    if answered is None:
+        fail(
+            f"no answer within {limit} s; is the host running? start it with cronbox run",
+            EXIT_ENVIRONMENT_ERROR,
+        )
+    replies = store.replies(target.id, message.id)
+    if as_json:
+        print_json({**answered.model_dump(mode="json"), "session": target.name, "replies": replies})
+    if answered.status is MessageStatus.FAILED:
+        fail(f"the agent could not answer: {answered.error}", EXIT_ENVIRONMENT_ERROR)
+    if not as_json:
+        console = stdout_console()
+        for reply in replies:
+            console.print(Text(reply), soft_wrap=True)
+
+
+def await_answer(
+    store: Cronbox, session_id: str, message_id: str, limit: float
+) -> InboundMessage | None:
+    """The inbound row once it is finished (completed or failed), or None after ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        row = store.message(session_id, message_id)
+        if not row.status.live:
+            return row
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(POLL_SECONDS, left))
+
+
+# --- the conversation -------------------------------------------------------------------
+
+WHO = {MessageKind.CHAT: "you", MessageKind.TASK: "task", MessageKind.SYSTEM: "note"}
+
+
+def entry_state(entry: LogEntry) -> str | None:
+    """What became of a message in, in words: a task's outcome, an unanswered chat's status.
+
+    A completed chat or note says nothing: the reply below it is the news.
+    """
+    if entry.direction == "out":
+        return None
+    if entry.kind is MessageKind.TASK and entry.outcome is not None:
+        return outcome_word(entry.outcome)
+    if entry.status is None or (
+        entry.kind is not MessageKind.TASK and entry.status is MessageStatus.COMPLETED
+    ):
+        return None
+    return entry.status.value
+
+
+def render_entry(entry: LogEntry, tz: ZoneInfo) -> Text:
+    """``2026-01-15 09:00 EST → you    hello  [pending]`` (← agent for a reply)."""
+    when = local_time(parse_utc(entry.at), tz)
+    if entry.direction == "out":
+        arrow, who, style = "←", "agent", "green"
+    else:
+        arrow, who, style = "→", WHO[entry.kind], "cyan"
+        if entry.kind is MessageKind.CHAT and entry.sender not in (None, "user"):
+            who = str(entry.sender)
+    line = Text(f"{when} ", style="dim")
+    line.append(f"{arrow} {who:<5} ", style=style)
+    # Later lines of a long message start under its first, clear of the time column.
+    line.append(entry.text.rstrip().replace("\n", "\n" + " " * len(line.plain)))
+    state = entry_state(entry)
+    if state is not None:
+        failed = state in ("failed", "timeout", "missed")
+        line.append(f"  [{state}]", style="red" if failed else "yellow")
+        if entry.error and failed:
+            line.append(f" {entry.error}", style="red")
+    return line
+
+
+def log_count(ctx: typer.Context, param: typer.CallbackParam, value: int) -> int:
+    """``log -n``: how many entries, 1 to MAX_PREVIEW."""
+    if 1 <= value <= MAX_PREVIEW:
+        return value
+    flag = typed_flag(ctx, param)
+    raise InvalidInput(
+        f"{flag} {value} is out of range; give a count of entries from 1 to {MAX_PREVIEW}"
     )
+
+
+@app.command("log")
+def log(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    count: Annotated[
+        int,
+        typer.Option("-n", "--count", callback=log_count, help="How many of the newest entries."),
+    ] = 20,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing new entries until Ctrl-C."),
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a session's conversation: messages in and replies out, in time order.
+
+    Chat you sent, the agent's replies, task runs with their outcome and system notes, at
+    times in the session's zone. With --follow, --json prints one entry per line.
+    """
+    store = open_store(home)
+    target = store.get_session(session)
+    tz = zone(target.timezone)
+    console = stdout_console()
+    seen: dict[tuple[str, str], str | None] = {}
+
+    def show(entries: Sequence[LogEntry]) -> None:
+        for entry in entries:
+            key, state = (entry.direction, entry.id), entry_state(entry)
+            if key in seen and (state is None or seen[key] == state):
+                continue
+            seen[key] = state
+            if as_json:
+                # One record a line while following, so a reader can parse as they come.
+                typer.echo(json.dumps(entry.model_dump(mode="json"), ensure_ascii=False))
+            else:
+                console.print(render_entry(entry, tz), soft_wrap=True)
+
+    entries = store.conversation(target.id, count)
+    if as_json and not follow:
+        print_json([e.model_dump(mode="json") for e in entries])
+        return
+    if not entries and not follow and not as_json:
+        console.print(Text(f"session {target.name} has no messages yet"))
+        return
+    show(entries)
+    if not follow:
+        return
+    try:
+        while True:
+            time.sleep(POLL_SECONDS)
+            show(store.conversation(target.id, MAX_PREVIEW))
+    except KeyboardInterrupt:
+        return
 
 
 # --- tasks ------------------------------------------------------------------------------
@@ -738,7 +959,7 @@ def task_list(
         hint = "" if include_all else "; --all shows finished ones too"
         console.print(f"no live tasks{hint}", markup=False)
         return
-    console.print(render_tasks(views, store.now()))
+    console.print(render_tasks(views, store.now(), console))
 
 
 @task_app.command("cancel")
@@ -819,9 +1040,57 @@ def _duration(run: Run) -> timedelta | None:
     return parse_utc(run.finished_at) - parse_utc(run.started_at)
 
 
+def _lateness(run: Run) -> timedelta | None:
+    """How long after its scheduled time a run started (``None`` for a run off schedule)."""
+    if run.scheduled_for is None or run.started_at is None:
+        return None
+    return parse_utc(run.started_at) - parse_utc(run.scheduled_for)
+
+
+def span_cell(delta: timedelta | None) -> str:
+    """``2.3 seconds``, ``1 minute and 4 seconds``; a dash when there is nothing to show."""
+    if delta is None:
+        return NOTHING
+    words = humanize.precisedelta(abs(delta), format="%0.1f")
+    return f"{words} early" if delta < timedelta(0) else words
+
+
+def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Console) -> Table:
+    id_width = max(len(str(r.id)) for r in runs)
+
+    def build(dropped: frozenset[str]) -> Table:
+        columns = [
+            id_column("run", max(id_width, 3)),
+            Column("scheduled for", min_width=10),
+            Column("started", min_width=10),
+            Column("late", min_width=7),
+            Column("duration", min_width=7),
+            Column("outcome", no_wrap=True),
+            Column("preview", min_width=8, overflow="ellipsis"),
+        ]
+        table = Table(*(c for c in columns if c.header not in dropped))
+        for run in runs:
+            cells = {
+                "run": str(run.id),
+                "scheduled for": when_cell(run.scheduled_for, tz, now),
+                "started": when_cell(run.started_at, tz, now),
+                "late": span_cell(_lateness(run)),
+                "duration": span_cell(_duration(run)),
+                "outcome": outcome_word(run.outcome),
+                "preview": one_line(run.error or run.output_preview, 80),
+            }
+            table.add_row(*(Text(v) for k, v in cells.items() if k not in dropped))
+        return table
+
+    return fit_columns(console, build, ("preview", "scheduled for", "duration", "started"))
+
+
 @task_app.command("history")
 def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show a task's past runs: started, duration, outcome and output preview."""
+    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome.
+
+    `cronbox task output RUN` prints the whole output of one of them.
+    """
     store = open_store(home)
     view = store.get_task(task)
     runs = store.runs_for(view.series_id)
@@ -832,20 +1101,32 @@ def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = F
     if not runs:
         console.print(Text(f"task {view.series_id} has not run yet"))
         return
-    tz, now = zone(view.timezone), store.now()
-    table = Table("started", "duration", "outcome", "preview")
-    for run in runs:
-        took = _duration(run)
-        table.add_row(
-            Text(when_cell(run.started_at, tz, now), no_wrap=True),
-            Text(
-                humanize.precisedelta(took, format="%0.0f") if took is not None else NOTHING,
-                no_wrap=True,
-            ),
-            Text(run.outcome.value if run.outcome else "running", no_wrap=True),
-            Text(preview(run.error or run.output_preview, 80) or "", overflow="ellipsis"),
+    console.print(render_history(runs, zone(view.timezone), store.now(), console))
+
+
+@task_app.command("output")
+def task_output(
+    run_id: Annotated[int, typer.Argument(help="Run id, as `cronbox task history` shows it.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a run's full output: the agent's replies to it, or its error."""
+    store = open_store(home)
+    found = store.run(run_id)
+    replies = store.replies(found.session_id, found.message_id)
+    if as_json:
+        print_json({**run_json(found), "replies": replies})
+        return
+    console = stdout_console()
+    for text in replies:
+        console.print(Text(text), soft_wrap=True)
+    if found.error:
+        console.print(
+            Text(f"run {found.id} {outcome_word(found.outcome)}: {found.error}"), soft_wrap=True
         )
-    console.print(table)
+    elif not replies:
+        said = found.output_preview
+        console.print(Text(said if said else f"run {found.id} wrote no output"), soft_wrap=True)
 
 
 # --- cron preview -----------------------------------------------------------------------

@@ -847,6 +847,7 @@ READING_COMMANDS = [
     ["task", "run", "t1"], ["task", "update", "t1", "--prompt", "p"],
     ["session", "update", "work", "--agent", "a"], ["session", "delete", "work"],
     ["send", "work", "hi"], ["task", "schedule", "work", "--prompt", "p", "--at", "+1h"],
+    ["log", "work"], ["task", "output", "1"], ["send", "work", "hi", "--wait", "--timeout", "1"],
 ]  # fmt: skip
 
 
