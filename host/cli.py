@@ -55,8 +55,8 @@ from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import (
     MAX_GRACE,
     MAX_TIMEOUT,
+    OperatorUpdateRequest,
     ScheduleRequest,
-    UpdateRequest,
     parse_when,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
@@ -390,6 +390,36 @@ def read_script(path: Path) -> str:
         raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
 
 
+def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool) -> str | None:
+    """The prompt from ``--prompt`` or ``--prompt-file`` (``-`` reads stdin); one at most."""
+    if prompt is not None and prompt_file is not None:
+        raise InvalidInput("--prompt and --prompt-file contradict each other; give one of them")
+    if prompt_file is None:
+        if prompt is None and required:
+            raise InvalidInput(
+                "--prompt is missing; see `cronbox task schedule --help` "
+                "(give --prompt TEXT or --prompt-file FILE)"
+            )
+        return prompt
+    if str(prompt_file) == "-":
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError:
+            raise InvalidInput("the prompt on stdin is not UTF-8 text; give it in UTF-8") from None
+    if prompt_file.is_dir():
+        raise InvalidInput(f'--prompt-file "{prompt_file}" is a directory; give a text file')
+    try:
+        return prompt_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(
+            f'cannot read prompt file "{prompt_file}": {exc.strerror or exc}; give a readable file'
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f'prompt file "{prompt_file}" is not UTF-8 text; give a text file'
+        ) from None
+
+
 @contextmanager
 def at_flag_terms(fix: str) -> Iterator[None]:
     """Reword the validation's errors about ``processAfter`` in terms of ``--at``.
@@ -656,14 +686,38 @@ ScriptOption = Annotated[
         help="Bash gate script file; its last stdout line decides whether the agent wakes.",
     ),
 ]
+PromptFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompt-file",
+        help='Read the prompt from this UTF-8 file ("-" reads stdin) instead of --prompt.',
+    ),
+]
+MisfireGraceOption = Annotated[
+    int | None,
+    typer.Option(
+        "--misfire-grace",
+        callback=seconds_option(0, MAX_GRACE, "negative"),
+        help="Seconds a late run may still start; later ones are recorded as missed.",
+    ),
+]
+TimeoutOption = Annotated[
+    int | None,
+    typer.Option(
+        "--timeout",
+        callback=seconds_option(1, MAX_TIMEOUT, "too short"),
+        help="Seconds one run may take.",
+    ),
+]
 
 
 @task_app.command("schedule")
 def task_schedule(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
     prompt: Annotated[
-        str, typer.Option("--prompt", help="What the agent should do when the task runs.")
-    ],
+        str | None, typer.Option("--prompt", help="What the agent should do when the task runs.")
+    ] = None,
+    prompt_file: PromptFileOption = None,
     at: AtOption = None,
     cron: CronOption = None,
     script: ScriptOption = None,
@@ -677,22 +731,8 @@ def task_schedule(
         str | None,
         typer.Option("--id", help="Task id to use; scheduling the same id twice is a no-op."),
     ] = None,
-    misfire_grace: Annotated[
-        int | None,
-        typer.Option(
-            "--misfire-grace",
-            callback=seconds_option(0, MAX_GRACE, "negative"),
-            help="Seconds a late run may still start; later ones are recorded as missed.",
-        ),
-    ] = None,
-    timeout: Annotated[
-        int | None,
-        typer.Option(
-            "--timeout",
-            callback=seconds_option(1, MAX_TIMEOUT, "too short"),
-            help="Seconds one run may take.",
-        ),
-    ] = None,
+    misfire_grace: MisfireGraceOption = None,
+    timeout: TimeoutOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -700,7 +740,7 @@ def task_schedule(
     request = ScheduleRequest.parse(
         {
             "taskId": task_id,
-            "prompt": prompt,
+            "prompt": read_prompt(prompt, prompt_file, required=True),
             "processAfter": at,
             "recurrence": cron,
             "script": read_script(script) if script is not None else None,
@@ -768,6 +808,7 @@ def task_update(
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="New instructions for the agent.")
     ] = None,
+    prompt_file: PromptFileOption = None,
     at: AtOption = None,
     cron: CronOption = None,
     script: ScriptOption = None,
@@ -777,15 +818,26 @@ def task_update(
     clear_cron: Annotated[
         bool, typer.Option("--clear-cron", help="Make the task one-time (drop its recurrence).")
     ] = False,
+    misfire_grace: MisfireGraceOption = None,
+    timeout: TimeoutOption = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="New zone of the task: a recurring task's next run is recomputed in it "
+            "(a one-time run keeps its instant); a naive --at is read in it.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a task; a new --at or --cron reschedules its next run."""
+    """Change a task; a new --at, --cron or --timezone reschedules its next run."""
     if cron is not None and clear_cron:
         raise InvalidInput("--cron and --clear-cron contradict each other; give one of them")
     if script is not None and clear_script:
         raise InvalidInput("--script and --clear-script contradict each other; give one of them")
     changes: dict[str, Any] = {"taskId": task}
+    prompt = read_prompt(prompt, prompt_file, required=False)
     if prompt is not None:
         changes["prompt"] = prompt
     if at is not None:
@@ -794,12 +846,14 @@ def task_update(
         changes["recurrence"] = cron
     if script is not None or clear_script:
         changes["script"] = read_script(script) if script is not None else None
+    settings = {"misfireGrace": misfire_grace, "timeout": timeout, "timezone": timezone}
+    changes |= {key: value for key, value in settings.items() if value is not None}
     if len(changes) == 1:
         raise InvalidInput(
-            "nothing to update; give --prompt, --at, --cron, --script, --clear-cron "
-            "or --clear-script"
+            "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
+            "--clear-cron, --clear-script, --timeout, --misfire-grace or --timezone"
         )
-    request = UpdateRequest.parse(changes)
+    request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
     with at_flag_terms("give a future time"):
         view = store.update_task(request)
