@@ -631,15 +631,54 @@ def session_update(
     show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
 
 
+def interactive() -> bool:
+    """Whether a person can answer a question on stdin (it is a terminal)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def stop_process_runner(store: Cronbox, session: Session) -> str | None:
+    """Stop the session's runner of the process runtime, found by its pid file, and
+    release its lease; the pid stopped, or None when it has none running.
+
+    The CLI cannot reach a host's runner objects; a host that is running notices the
+    runner gone. Runners of the docker runtime are not seen here.
+    """
+    import anyio
+
+    from host.runtimes.process import ProcessRuntime
+    from host.sweep import SweepConfig
+
+    runtime = ProcessRuntime()
+    mine = [h for h in anyio.run(runtime.list_own, store.home) if h.session_id == session.id]
+    for handle in mine:
+        anyio.run(runtime.stop, handle, SweepConfig.stop_grace)
+        store.release_lease(session.id, handle.ref)
+    return mine[0].ref if mine else None
+
+
 @session_app.command("delete")
 def session_delete(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete without asking for confirmation.")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete a session with no runner at work; its files move to trash/, its history stays."""
+    """Delete a session, stopping its runner first; its files move to trash/, its history
+    stays. Asks for confirmation unless --yes."""
     store = open_store(home)
-    show_session("deleted", store.delete_session(session), as_json)
+    found = store.get_session(session)
+    if not yes:
+        if not interactive():
+            raise InvalidInput(
+                f"deleting session {found.name} needs confirmation and stdin is not a "
+                "terminal; add --yes to delete it"
+            )
+        if not typer.confirm(f"Delete session {found.name} ({found.id})?", default=False):
+            fail(f"session {found.name} was not deleted", EXIT_USER_ERROR)
+    stopped = stop_process_runner(store, found)
+    show_session("deleted", store.delete_session(found.id, stopped_runner=stopped), as_json)
 
 
 @app.command("send")

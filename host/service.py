@@ -263,10 +263,13 @@ class Cronbox:
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 
-    def delete_session(self, ref: str, *, actor: str = "cli") -> Session:
+    def delete_session(
+        self, ref: str, *, actor: str = "cli", stopped_runner: str | None = None
+    ) -> Session:
         """Forget a session that has no live runner; its directory moves to ``trash/``.
 
-        Its run history and audit trail stay in cronbox.db.
+        Its run history and audit trail stay in cronbox.db; ``stopped_runner`` (the
+        runner the caller stopped first, if any) is recorded in the audit entry.
         """
         session = self.get_session(ref)
         if any(lease.session_id == session.id for lease in self.central.leases()):
@@ -278,8 +281,12 @@ class Cronbox:
         trash.mkdir(exist_ok=True)
         self.session_dir(session.id).rename(trash / f"{session.id}-{secrets.token_hex(3)}")
         self.central.delete_session(
-            session.id, self._entry(actor, "session.delete", session.id, session.name)
-        )
+            session.id,
+            self._entry(
+                actor, "session.delete", session.id, session.name,
+                {"stopped_runner": stopped_runner} if stopped_runner else None,
+            ),
+        )  # fmt: skip
         return session
 
     def get_session(self, ref: str) -> Session:

@@ -1,5 +1,5 @@
-"""Issue 8: running ended work again, prompts from files and operator-only task settings,
-through the ``cronbox`` CLI."""
+"""Issue 8: running ended work again, prompts from files, operator-only task settings and
+deleting a session whose runner is at work, through the ``cronbox`` CLI."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -21,10 +22,15 @@ from cronbox_shared.models import AckStatus
 from cronbox_shared.recurrence import next_fire, stored_recurrence
 from cronbox_shared.tasks import UpdateRequest
 from cronbox_shared.timeutil import fmt, parse_utc, zone
+from host import cli as cli_module
 from host.cli import app
+from host.runtimes.base import RunnerSpec
+from host.runtimes.process import PID_FILE, ProcessRuntime
 from host.service import Cronbox
 
 Cli = Callable[..., Result]
+HANG_GUARD = 30
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
 @pytest.fixture
@@ -303,3 +309,80 @@ def test_agents_cannot_send_the_operator_only_settings() -> None:
             UpdateRequest.parse({"taskId": "t", field: value})
         with pytest.raises(InvalidAction, match=field):
             parse_action({"action": "update_task", "taskId": "t", field: value})
+
+
+# --- session delete ---------------------------------------------------------------------
+
+
+def session_names(cli: Cli) -> list[str]:
+    return [s["name"] for s in as_json(cli("session", "list", "--json"))]
+
+
+def test_session_delete_without_yes_and_without_a_terminal_deletes_nothing(
+    cli: Cli, session: str
+) -> None:
+    line = refused(cli("session", "delete", "work"))
+    assert line == (
+        "error: deleting session work needs confirmation and stdin is not a terminal; "
+        "add --yes to delete it"
+    )
+    assert session_names(cli) == ["work"]
+
+
+def test_session_delete_asks_for_confirmation_on_a_terminal(
+    cli: Cli, session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "interactive", lambda: True)
+    declined = cli("session", "delete", "work", input="n\n")
+    assert declined.exit_code == 2
+    assert "session work was not deleted" in declined.stderr
+    assert session_names(cli) == ["work"]
+    ok(cli("session", "delete", "work", input="y\n"))
+    assert session_names(cli) == []
+
+
+def test_session_delete_in_a_subprocess_without_a_terminal_asks_for_yes(
+    session: str, home: Path
+) -> None:
+    done = run_module("session", "delete", "work", home=home)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: deleting session work needs confirmation and stdin is not a terminal; "
+        "add --yes to delete it"
+    ]
+    assert Cronbox(home).get_session("work").name == "work"
+
+
+@pytest.mark.anyio
+async def test_session_delete_stops_the_sessions_live_runner_then_deletes_it(
+    session: str, home: Path
+) -> None:
+    store = Cronbox(home)
+    target = store.get_session("work")
+    other = store.create_session("other")
+    runtime = ProcessRuntime(SLEEPER)
+    handles = []
+    with anyio.fail_after(HANG_GUARD):
+        for s in (target, other):
+            spec = RunnerSpec(s.id, store.session_dir(s.id), home, {})
+            handle = await runtime.start(spec)
+            store.acquire_lease(s.id, "host-a", handle.ref)
+            handles.append(handle)
+    try:
+        done = await anyio.to_thread.run_sync(
+            lambda: run_module("session", "delete", "work", "--yes", "--json", home=home)
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["id"] == target.id
+        mine, theirs = handles
+        assert not await runtime.is_running(mine)
+        assert await runtime.is_running(theirs), "another session's runner is left alone"
+        assert [lease.session_id for lease in store.leases()] == [other.id]
+        assert not store.session_dir(target.id).exists()
+        assert (store.session_dir(other.id) / PID_FILE).exists()
+        entry = store.audit_entries(target.id)[0]
+        assert (entry.action, entry.detail) == ("session.delete", {"stopped_runner": mine.ref})
+    finally:
+        with anyio.fail_after(HANG_GUARD):
+            for handle in handles:
+                await runtime.kill(handle)
