@@ -1090,7 +1090,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 @task_app.command("run")
 def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Run a task now, once, outside its schedule (the series is not disturbed)."""
+    """Run a task now, once, outside its schedule (the series is not disturbed); a failed
+    or completed one-time task runs again (a cancelled one does not)."""
     store = open_store(home)
     row = store.run_now(task)
     if as_json:
