@@ -492,6 +492,18 @@ class Cronbox:
         now = self.now()
 
         def change(tx: InboxTransaction, done: _Work) -> None:
+            current = tx.current(series)
+            if kind is ActionKind.CANCEL and current is not None and not current.status.live:
+                # An ended one-time task run again (``task run``) can still be called off.
+                reruns = tx.pending_manual_runs(series)
+                if reruns:
+                    for run_id in reruns:
+                        tx.update(run_id, status=MessageStatus.CANCELLED.value, updated_at=fmt(now))
+                    done.series = [series]
+                    done.audit.append(
+                        self._entry(actor, "task.cancel", session, series, {"reruns": len(reruns)})
+                    )
+                    return
             live = self._live(tx, series)
             to = transition(kind, live.status, ref)
             fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
@@ -513,7 +525,10 @@ class Cronbox:
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
         receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
-        """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``."""
+        """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``.
+
+        For an ended task this cancels the runs ``task run`` queued that have not started.
+        """
         return self._change_status(ref, ActionKind.CANCEL, actor, session_id, receipt)
 
     def pause_task(

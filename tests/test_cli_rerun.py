@@ -136,6 +136,20 @@ def test_task_run_of_a_completed_one_time_task_runs_it_again(
     )
 
 
+def test_cancel_calls_off_a_rerun_of_an_ended_task_that_has_not_started(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--at", "now", "--id", "once"))
+    finish(home, "once", AckStatus.FAILED)
+    queued = as_json(cli("task", "run", "once", "--json"))
+    view = as_json(cli("task", "cancel", "once", "--json"))
+    assert view["status"] == "failed", "the task itself stays as it ended"
+    assert live_row(home, "once").id == queued["id"]
+    assert live_row(home, "once").status.value == "cancelled"
+    line = refused(cli("task", "cancel", "once"))
+    assert "has no live occurrence" in line
+
+
 def test_task_run_of_a_cancelled_task_is_refused_in_one_sentence(
     cli: Cli, session: str, home: Path
 ) -> None:
