@@ -165,6 +165,24 @@ class UpdateRequest(_Request):
     script: str | None = None
 
 
+class OperatorUpdateRequest(UpdateRequest):
+    """An update from the operator (the CLI): an UpdateRequest that may also change the
+    run timeout, the misfire grace and the timezone.
+
+    Agents send plain UpdateRequests (``update_task`` subclasses that, not this), so these
+    fields stay out of what a container may ask for; an explicit null restores the
+    default (timeout, grace). A new timezone keeps the stored instants: a recurring task's
+    next run is recomputed from its recurrence in the new zone, a one-time run stays put.
+    """
+
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
+    timezone: str | None = None
+
+
+_SETTINGS = ("timeout", "misfire_grace", "timezone")
+
+
 @dataclass(frozen=True)
 class ValidTask:
     """A schedule request that passed every check, with its first run computed."""
@@ -236,6 +254,8 @@ class TaskChanges:
     recurrence: str | None
     recurrence_changed: bool
     process_after: datetime | None
+    settings: dict[str, Any]
+    """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)."""
 
 
 def validate_update(
@@ -243,9 +263,19 @@ def validate_update(
 ) -> TaskChanges:
     """Check an update against the live occurrence and work out its new schedule.
 
-    Changing ``recurrence`` or ``processAfter`` recomputes when the live occurrence runs.
+    Changing ``recurrence`` or ``processAfter`` recomputes when the live occurrence runs,
+    and so does a new timezone for a recurring task (its recurrence is evaluated in the
+    new zone from now on; a naive ``processAfter`` given with it is read in that zone).
     """
     given = req.model_fields_set
+    settings: dict[str, Any] = {}
+    if isinstance(req, OperatorUpdateRequest):
+        settings = {name: getattr(req, name) for name in _SETTINGS if name in given}
+    if settings.get("timezone", "") is None:
+        raise InvalidInput("timezone cannot be cleared; give an IANA zone such as Europe/Berlin")
+    if "timezone" in settings:
+        settings["timezone"] = zone(settings["timezone"]).key
+    rezoned = settings.get("timezone", current.timezone) != current.timezone
     content = dict(current.content)
     if "prompt" in given:
         if req.prompt is None:
@@ -255,7 +285,7 @@ def validate_update(
     if "script" in given:
         _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
         content["script"] = req.script or None
-    tz = zone(current.timezone, "the task's timezone")
+    tz = zone(settings.get("timezone", current.timezone), "the task's timezone")
     recurrence = current.recurrence
     rec: Recurrence | None = None
     if "recurrence" in given:
@@ -272,7 +302,7 @@ def validate_update(
                 given=req.process_after, when=process_after, now=now, tz=tz.key,
             )  # fmt: skip
         process_after = max(process_after, now) if rec is None else process_after
-    elif "process_after" in given or ("recurrence" in given and rec is not None):
+    elif "process_after" in given or (("recurrence" in given or rezoned) and rec is not None):
         if rec is None:
             raise InvalidInput(
                 "a task needs processAfter or recurrence; this update would leave neither"
@@ -283,6 +313,7 @@ def validate_update(
         recurrence=recurrence,
         recurrence_changed="recurrence" in given,
         process_after=process_after,
+        settings=settings,
     )
 
 

@@ -63,8 +63,8 @@ from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import (
     MAX_GRACE,
     MAX_TIMEOUT,
+    OperatorUpdateRequest,
     ScheduleRequest,
-    UpdateRequest,
     parse_when,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
@@ -398,6 +398,36 @@ def read_script(path: Path) -> str:
         raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
 
 
+def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool) -> str | None:
+    """The prompt from ``--prompt`` or ``--prompt-file`` (``-`` reads stdin); one at most."""
+    if prompt is not None and prompt_file is not None:
+        raise InvalidInput("--prompt and --prompt-file contradict each other; give one of them")
+    if prompt_file is None:
+        if prompt is None and required:
+            raise InvalidInput(
+                "--prompt is missing; see `cronbox task schedule --help` "
+                "(give --prompt TEXT or --prompt-file FILE)"
+            )
+        return prompt
+    if str(prompt_file) == "-":
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError:
+            raise InvalidInput("the prompt on stdin is not UTF-8 text; give it in UTF-8") from None
+    if prompt_file.is_dir():
+        raise InvalidInput(f'--prompt-file "{prompt_file}" is a directory; give a text file')
+    try:
+        return prompt_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(
+            f'cannot read prompt file "{prompt_file}": {exc.strerror or exc}; give a readable file'
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f'prompt file "{prompt_file}" is not UTF-8 text; give a text file'
+        ) from None
+
+
 @contextmanager
 def at_flag_terms(fix: str) -> Iterator[None]:
     """Reword the validation's errors about ``processAfter`` in terms of ``--at``.
@@ -662,15 +692,54 @@ def session_update(
     show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
 
 
+def interactive() -> bool:
+    """Whether a person can answer a question on stdin (it is a terminal)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def stop_process_runner(store: Cronbox, session: Session) -> str | None:
+    """Stop the session's runner of the process runtime, found by its pid file, and
+    release its lease; the pid stopped, or None when it has none running.
+
+    The CLI cannot reach a host's runner objects; a host that is running notices the
+    runner gone. Runners of the docker runtime are not seen here.
+    """
+    import anyio
+
+    from host.runtimes.process import ProcessRuntime
+    from host.sweep import SweepConfig
+
+    runtime = ProcessRuntime()
+    mine = [h for h in anyio.run(runtime.list_own, store.home) if h.session_id == session.id]
+    for handle in mine:
+        anyio.run(runtime.stop, handle, SweepConfig.stop_grace)
+        store.release_lease(session.id, handle.ref)
+    return mine[0].ref if mine else None
+
+
 @session_app.command("delete")
 def session_delete(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete without asking for confirmation.")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete a session with no runner at work; its files move to trash/, its history stays."""
+    """Delete a session, stopping its runner first; its files move to trash/, its history
+    stays. Asks for confirmation unless --yes."""
     store = open_store(home)
-    show_session("deleted", store.delete_session(session), as_json)
+    found = store.get_session(session)
+    if not yes:
+        if not interactive():
+            raise InvalidInput(
+                f"deleting session {found.name} needs confirmation and stdin is not a "
+                "terminal; add --yes to delete it"
+            )
+        if not typer.confirm(f"Delete session {found.name} ({found.id})?", default=False):
+            fail(f"session {found.name} was not deleted", EXIT_USER_ERROR)
+    stopped = stop_process_runner(store, found)
+    show_session("deleted", store.delete_session(found.id, stopped_runner=stopped), as_json)
 
 
 MAX_WAIT = 86400
@@ -877,14 +946,38 @@ ScriptOption = Annotated[
         help="Bash gate script file; its last stdout line decides whether the agent wakes.",
     ),
 ]
+PromptFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompt-file",
+        help='Read the prompt from this UTF-8 file ("-" reads stdin) instead of --prompt.',
+    ),
+]
+MisfireGraceOption = Annotated[
+    int | None,
+    typer.Option(
+        "--misfire-grace",
+        callback=seconds_option(0, MAX_GRACE, "negative"),
+        help="Seconds a late run may still start; later ones are recorded as missed.",
+    ),
+]
+TimeoutOption = Annotated[
+    int | None,
+    typer.Option(
+        "--timeout",
+        callback=seconds_option(1, MAX_TIMEOUT, "too short"),
+        help="Seconds one run may take.",
+    ),
+]
 
 
 @task_app.command("schedule")
 def task_schedule(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
     prompt: Annotated[
-        str, typer.Option("--prompt", help="What the agent should do when the task runs.")
-    ],
+        str | None, typer.Option("--prompt", help="What the agent should do when the task runs.")
+    ] = None,
+    prompt_file: PromptFileOption = None,
     at: AtOption = None,
     cron: CronOption = None,
     script: ScriptOption = None,
@@ -898,22 +991,8 @@ def task_schedule(
         str | None,
         typer.Option("--id", help="Task id to use; scheduling the same id twice is a no-op."),
     ] = None,
-    misfire_grace: Annotated[
-        int | None,
-        typer.Option(
-            "--misfire-grace",
-            callback=seconds_option(0, MAX_GRACE, "negative"),
-            help="Seconds a late run may still start; later ones are recorded as missed.",
-        ),
-    ] = None,
-    timeout: Annotated[
-        int | None,
-        typer.Option(
-            "--timeout",
-            callback=seconds_option(1, MAX_TIMEOUT, "too short"),
-            help="Seconds one run may take.",
-        ),
-    ] = None,
+    misfire_grace: MisfireGraceOption = None,
+    timeout: TimeoutOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -921,7 +1000,7 @@ def task_schedule(
     request = ScheduleRequest.parse(
         {
             "taskId": task_id,
-            "prompt": prompt,
+            "prompt": read_prompt(prompt, prompt_file, required=True),
             "processAfter": at,
             "recurrence": cron,
             "script": read_script(script) if script is not None else None,
@@ -989,6 +1068,7 @@ def task_update(
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="New instructions for the agent.")
     ] = None,
+    prompt_file: PromptFileOption = None,
     at: AtOption = None,
     cron: CronOption = None,
     script: ScriptOption = None,
@@ -998,15 +1078,26 @@ def task_update(
     clear_cron: Annotated[
         bool, typer.Option("--clear-cron", help="Make the task one-time (drop its recurrence).")
     ] = False,
+    misfire_grace: MisfireGraceOption = None,
+    timeout: TimeoutOption = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="New zone of the task: a recurring task's next run is recomputed in it "
+            "(a one-time run keeps its instant); a naive --at is read in it.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a task; a new --at or --cron reschedules its next run."""
+    """Change a task; a new --at, --cron or --timezone reschedules its next run."""
     if cron is not None and clear_cron:
         raise InvalidInput("--cron and --clear-cron contradict each other; give one of them")
     if script is not None and clear_script:
         raise InvalidInput("--script and --clear-script contradict each other; give one of them")
     changes: dict[str, Any] = {"taskId": task}
+    prompt = read_prompt(prompt, prompt_file, required=False)
     if prompt is not None:
         changes["prompt"] = prompt
     if at is not None:
@@ -1015,12 +1106,14 @@ def task_update(
         changes["recurrence"] = cron
     if script is not None or clear_script:
         changes["script"] = read_script(script) if script is not None else None
+    settings = {"misfireGrace": misfire_grace, "timeout": timeout, "timezone": timezone}
+    changes |= {key: value for key, value in settings.items() if value is not None}
     if len(changes) == 1:
         raise InvalidInput(
-            "nothing to update; give --prompt, --at, --cron, --script, --clear-cron "
-            "or --clear-script"
+            "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
+            "--clear-cron, --clear-script, --timeout, --misfire-grace or --timezone"
         )
-    request = UpdateRequest.parse(changes)
+    request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
     with at_flag_terms("give a future time"):
         view = store.update_task(request)
@@ -1278,7 +1371,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 @task_app.command("run")
 def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Run a task now, once, outside its schedule (the series is not disturbed)."""
+    """Run a task now, once, outside its schedule (the series is not disturbed); a failed
+    or completed one-time task runs again (a cancelled one does not)."""
     store = open_store(home)
     row = store.run_now(task)
     if as_json:

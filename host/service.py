@@ -75,6 +75,8 @@ T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
 # How many finished rows one pruning pass deletes at most (a pass never stalls a session).
 PRUNE_BATCH = 5000
+# An ended one-time task in one of these states may be run again (``task run``).
+_RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -261,10 +263,13 @@ class Cronbox:
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 
-    def delete_session(self, ref: str, *, actor: str = "cli") -> Session:
+    def delete_session(
+        self, ref: str, *, actor: str = "cli", stopped_runner: str | None = None
+    ) -> Session:
         """Forget a session that has no live runner; its directory moves to ``trash/``.
 
-        Its run history and audit trail stay in cronbox.db.
+        Its run history and audit trail stay in cronbox.db; ``stopped_runner`` (the
+        runner the caller stopped first, if any) is recorded in the audit entry.
         """
         session = self.get_session(ref)
         if any(lease.session_id == session.id for lease in self.central.leases()):
@@ -276,8 +281,12 @@ class Cronbox:
         trash.mkdir(exist_ok=True)
         self.session_dir(session.id).rename(trash / f"{session.id}-{secrets.token_hex(3)}")
         self.central.delete_session(
-            session.id, self._entry(actor, "session.delete", session.id, session.name)
-        )
+            session.id,
+            self._entry(
+                actor, "session.delete", session.id, session.name,
+                {"stopped_runner": stopped_runner} if stopped_runner else None,
+            ),
+        )  # fmt: skip
         return session
 
     def get_session(self, ref: str) -> Session:
@@ -483,6 +492,18 @@ class Cronbox:
         now = self.now()
 
         def change(tx: InboxTransaction, done: _Work) -> None:
+            current = tx.current(series)
+            if kind is ActionKind.CANCEL and current is not None and not current.status.live:
+                # An ended one-time task run again (``task run``) can still be called off.
+                reruns = tx.pending_manual_runs(series)
+                if reruns:
+                    for run_id in reruns:
+                        tx.update(run_id, status=MessageStatus.CANCELLED.value, updated_at=fmt(now))
+                    done.series = [series]
+                    done.audit.append(
+                        self._entry(actor, "task.cancel", session, series, {"reruns": len(reruns)})
+                    )
+                    return
             live = self._live(tx, series)
             to = transition(kind, live.status, ref)
             fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
@@ -504,7 +525,10 @@ class Cronbox:
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
         receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
-        """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``."""
+        """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``.
+
+        For an ended task this cancels the runs ``task run`` queued that have not started.
+        """
         return self._change_status(ref, ActionKind.CANCEL, actor, session_id, receipt)
 
     def pause_task(
@@ -525,7 +549,10 @@ class Cronbox:
         self, request: UpdateRequest | dict[str, Any], *, actor: str = "cli",
         session_id: str | None = None, receipt: Receipt | None = None,
     ) -> TaskView:  # fmt: skip
-        """Change a task's prompt, script, time or recurrence; reschedules the live occurrence."""
+        """Change a task's prompt, script, time or recurrence; reschedules the live occurrence.
+
+        An OperatorUpdateRequest may also change its timeout, misfire grace and timezone.
+        """
         req = request if isinstance(request, UpdateRequest) else UpdateRequest.parse(request)
         session, series = self._locate(req.task_id, session_id)
         now = self.now()
@@ -541,8 +568,10 @@ class Cronbox:
             if changes.process_after is not None:
                 when = fmt(changes.process_after)
                 fields.update(process_after=when, scheduled_for=when)
+            fields.update(changes.settings)
             tx.update(live.id, **fields)
-            detail = {k: v for k, v in fields.items() if k in ("recurrence", "process_after")}
+            audited = ("recurrence", "process_after", *changes.settings)
+            detail = {k: v for k, v in fields.items() if k in audited}
             done.series = [series]
             done.audit.append(self._entry(actor, "task.update", session, series, detail))
 
@@ -550,7 +579,12 @@ class Cronbox:
         return self.get_task(series)
 
     def run_now(self, ref: str, *, actor: str = "cli") -> InboundMessage:
-        """Fire a task once now, outside its schedule; the series is left as it is."""
+        """Fire a task once now, outside its schedule; the series is left as it is.
+
+        A live task gets an extra manual run. A one-time task that ended completed or
+        failed runs again as a new manual occurrence (its history keeps both runs); a
+        cancelled task, or a recurring series that ended, is refused.
+        """
         session, series = self._locate(ref, None)
         now = fmt(self.now())
         run_id = f"{series}{OCCURRENCE_SEP}run-{secrets.token_hex(4)}"
@@ -559,7 +593,13 @@ class Cronbox:
             current = tx.current(series)
             if current is None:
                 raise TaskNotFound(ref)
-            if not current.status.live:
+            if current.status is MessageStatus.CANCELLED:
+                raise TaskStateError(
+                    f'task "{ref}" was cancelled, so it is not run again; '
+                    "schedule a new task instead"
+                )
+            rerun = current.recurrence is None and current.status in _RERUNNABLE
+            if not current.status.live and not rerun:
                 raise TaskStateError(
                     f'task "{ref}" has no live occurrence (last one is '
                     f"{current.status.value}); schedule a new task instead"
@@ -575,7 +615,8 @@ class Cronbox:
                     }
                 )
             )  # fmt: skip
-            done.audit.append(self._entry(actor, "task.run", session, series))
+            detail = None if current.status.live else {"rerun_of": current.status.value}
+            done.audit.append(self._entry(actor, "task.run", session, series, detail))
 
         self._commit(session, insert)
         return self._row(session, run_id)

@@ -181,7 +181,7 @@ def test_session_update_changes_agent_and_timezone(cli: Cli, session: str) -> No
 
 
 def test_session_delete_forgets_the_session(cli: Cli, session: str, home: Path) -> None:
-    gone = as_json(cli("session", "delete", session, "--json"))
+    gone = as_json(cli("session", "delete", session, "--yes", "--json"))
     assert not (home / "sessions" / gone["id"]).exists()
     assert as_json(cli("session", "list", "--json")) == []
     again = cli("session", "delete", session)
