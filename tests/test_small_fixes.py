@@ -1,0 +1,43 @@
+"""Small fixes from issue 8: one duration grammar, .env comments, unknown settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cronbox_shared.recurrence import parse_recurrence
+from cronbox_shared.tasks import parse_duration, parse_when
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+SHARED_DURATIONS = [
+    ("1w", timedelta(weeks=1)),
+    ("2w", timedelta(weeks=2)),
+    ("1h30m", timedelta(hours=1, minutes=30)),
+    ("30m1h", timedelta(hours=1, minutes=30)),
+    ("1d12h", timedelta(days=1, hours=12)),
+    ("1W 2D", timedelta(days=9)),
+    ("90s", timedelta(seconds=90)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SHARED_DURATIONS)
+def test_every_accepts_the_same_durations_as_at(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    assert parse_when(f"+{text}", ZoneInfo("UTC"), NOW) == NOW + expected
+    assert parse_recurrence(f"@every {text}").every == expected
+
+
+@pytest.mark.parametrize("text", ["5x", "1.5h", "h", "10", "1h-30m", "١m"])
+def test_every_and_at_reject_the_same_non_durations(text: str) -> None:
+    assert parse_duration(text) is None
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_recurrence(f"@every {text}")
+
+
+def test_every_with_a_huge_number_is_too_long_not_a_crash() -> None:
+    with pytest.raises(ValueError, match="too long an interval"):
+        parse_recurrence("@every " + "9" * 5000 + "w")
+    assert parse_duration("9" * 5000 + "s") is None
