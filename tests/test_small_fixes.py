@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from cronbox_shared.errors import InvalidTimezone
 from cronbox_shared.recurrence import parse_recurrence
 from cronbox_shared.tasks import parse_duration, parse_when
+from cronbox_shared.timeutil import resolve_host_timezone
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -41,3 +44,26 @@ def test_every_with_a_huge_number_is_too_long_not_a_crash() -> None:
     with pytest.raises(ValueError, match="too long an interval"):
         parse_recurrence("@every " + "9" * 5000 + "w")
     assert parse_duration("9" * 5000 + "s") is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "TZ=Asia/Tokyo # comment",
+        "TZ=Asia/Tokyo\t# comment",
+        'TZ="Asia/Tokyo" # comment',
+        "export TZ='Asia/Tokyo'  # the office",
+        "TZ=Asia/Tokyo",
+    ],
+)
+def test_dotenv_tz_ignores_an_inline_comment(tmp_path: Path, line: str) -> None:
+    (tmp_path / ".env").write_text(f"# zone\n{line}\n", encoding="utf-8")
+    tz, source = resolve_host_timezone(environ={}, cwd=tmp_path)
+    assert tz.key == "Asia/Tokyo"
+    assert source.endswith(".env")
+
+
+def test_dotenv_tz_keeps_a_hash_inside_quotes(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text('TZ="Asia/Tokyo #x"\n', encoding="utf-8")
+    with pytest.raises(InvalidTimezone, match="Asia/Tokyo #x"):
+        resolve_host_timezone(environ={}, cwd=tmp_path)
