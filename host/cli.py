@@ -423,8 +423,15 @@ def relative(when: datetime, now: datetime) -> str:
     delta = when - now
     if abs(delta) < timedelta(seconds=1):
         return "now"
-    words = humanize.naturaldelta(abs(delta))
+    words = humanize.naturaldelta(_rounded(abs(delta)))
     return f"in {words}" if delta > timedelta(0) else f"{words} ago"
+
+
+def _rounded(span: timedelta) -> timedelta:
+    """``span`` to the nearest unit it is shown in: humanize rounds hours and minutes but
+    truncates days, so a week ahead, a moment old, would read "6 days"."""
+    unit = timedelta(days=1) if span >= timedelta(days=1) else timedelta(seconds=1)
+    return round(span / unit) * unit
 
 
 def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
