@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +61,12 @@ from cronbox_shared.tasks import (
     parse_when,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.config import Settings
+from host.config import (
+    Settings,
+    configured_names,
+    known_setting_names,
+    unknown_setting_warnings,
+)
 from host.service import Cronbox, describe_recurrence
 from host.store.records import Run, Session, TaskView
 
@@ -354,13 +360,29 @@ def print_json(value: Any) -> None:
 
 
 def load_settings() -> Settings:
-    """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence."""
+    """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence.
+
+    An unknown ``CRONBOX_*`` name in the environment or ``.env`` (a typo pydantic-settings
+    would silently ignore) is warned about on stderr, once per process.
+    """
+    _warn_unknown_settings()
     try:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "CRONBOX_" + "_".join(str(p) for p in err["loc"]).upper()
         raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_settings() -> None:
+    names = configured_names(os.environ)
+    for warning in unknown_setting_warnings(names, known_setting_names()):
+        if warning not in _warned:
+            _warned.add(warning)
+            typer.echo(warning, err=True)
 
 
 def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
