@@ -398,6 +398,18 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
     return Cronbox.from_settings(settings, create=create)
 
 
+NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
+
+
+def note_if_no_host(home: Path) -> None:
+    """After queueing work: say on stderr when no host holds ``home``'s lock, since
+    nothing will run until one starts (a note, not an error)."""
+    from host.daemon import host_alive
+
+    if not host_alive(home):
+        typer.echo(NO_HOST_NOTE, err=True)
+
+
 def read_script(path: Path) -> str:
     """The text of a gate script file; an unreadable file is a user mistake."""
     if path.is_dir():
@@ -654,10 +666,11 @@ def send(
     message: InboundMessage = store.send_message(target.id, text)
     if as_json:
         print_json({**message.model_dump(mode="json"), "session": target.name})
-        return
-    stdout_console().print(
-        Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
-    )
+    else:
+        stdout_console().print(
+            Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
+        )
+    note_if_no_host(store.home)
 
 
 # --- tasks ------------------------------------------------------------------------------
@@ -742,6 +755,7 @@ def task_schedule(
     with at_flag_terms("give a future time, or add --cron for a repeating task"):
         view = store.schedule_task(session, request)
     show_task("scheduled", view, store, as_json)
+    note_if_no_host(store.home)
 
 
 @task_app.command("list")
