@@ -16,7 +16,7 @@ _PART = re.compile(r"(\d+)([smhdw])", re.ASCII)
 # More digits than this cannot be a deliberate duration; counting them as this many
 # seconds keeps every limit check honest without converting a huge string to int.
 _MAX_DIGITS = 30
-_TOO_LONG = 10**_MAX_DIGITS
+_TOO_LONG: int = 10**_MAX_DIGITS
 
 
 def duration_seconds(text: str) -> int | None:
