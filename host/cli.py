@@ -67,6 +67,7 @@ from host.config import (
     known_setting_names,
     unknown_setting_warnings,
 )
+from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.store.records import Run, Session, TaskView
 
@@ -359,13 +360,14 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def load_settings() -> Settings:
+def load_settings(warn: Callable[[str], None] | None = None) -> Settings:
     """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence.
 
     An unknown ``CRONBOX_*`` name in the environment or ``.env`` (a typo pydantic-settings
-    would silently ignore) is warned about on stderr, once per process.
+    would silently ignore) is warned about once per process, with ``warn`` (the host's
+    log) or as a ``warning:`` line on stderr.
     """
-    _warn_unknown_settings()
+    _warn_unknown_settings(warn)
     try:
         return Settings()
     except ValidationError as exc:
@@ -377,12 +379,15 @@ def load_settings() -> Settings:
 _warned: set[str] = set()
 
 
-def _warn_unknown_settings() -> None:
+def _warn_unknown_settings(warn: Callable[[str], None] | None) -> None:
     names = configured_names(os.environ)
     for warning in unknown_setting_warnings(names, known_setting_names()):
         if warning not in _warned:
             _warned.add(warning)
-            typer.echo(warning, err=True)
+            if warn is None:
+                typer.echo(f"warning: {warning}", err=True)
+            else:
+                warn(warning)
 
 
 def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
@@ -952,10 +957,15 @@ def main() -> None:
 # --- the host ---------------------------------------------------------------------------
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
+    handler: logging.Handler
+    if log_format is LogFormat.JSON:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -973,6 +983,14 @@ def run(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text: lines for a person; json: one JSON object per line on stderr, "
+            "with session, task and outcome fields, for a supervisor such as journald.",
+        ),
+    ] = LogFormat.TEXT,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -982,10 +1000,10 @@ def run(
     from host.daemon import run_host
 
     del as_json  # the host logs; it prints no result
-    settings = load_settings()
+    _setup_logging(verbose, log_format)
+    settings = load_settings(warn=logging.getLogger("cronbox.config").warning)
     if home is not None:
         settings = settings.model_copy(update={"home": home})
-    _setup_logging(verbose)
     anyio.run(partial(run_host, settings, demo=demo))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from collections.abc import Iterable, Mapping
@@ -64,15 +65,14 @@ def unknown_setting_warnings(names: Iterable[str], known: Iterable[str]) -> list
             continue
         close = difflib.get_close_matches(name, known_names, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        warnings.append(f"warning: {name} is not a cronbox setting{hint}")
+        warnings.append(f"{name} is not a cronbox setting{hint}")
     return warnings
 
 
 def configured_names(environ: Mapping[str, str], dotenv: Path = Path(".env")) -> set[str]:
     """The variable names set in ``environ`` and in the ``.env`` file Settings reads."""
     names = set(environ)
-    try:
+    # Settings reports an unreadable .env itself.
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         names.update(dotenv_values(dotenv) if dotenv.is_file() else {})
-    except (OSError, UnicodeDecodeError):
-        pass  # Settings reports an unreadable .env itself
     return names

@@ -148,7 +148,7 @@ def test_known_host_and_runner_variables_are_not_warned_about(
 
 def test_an_unlike_name_gets_no_suggestion() -> None:
     assert unknown_setting_warnings(["CRONBOX_ZZZZZZZZ", "PATH"], known_setting_names()) == [
-        "warning: CRONBOX_ZZZZZZZZ is not a cronbox setting"
+        "CRONBOX_ZZZZZZZZ is not a cronbox setting"
     ]
 
 
