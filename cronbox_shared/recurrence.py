@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 from cron_descriptor import ExpressionDescriptor, Options
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from cronbox_shared.durations import UNIT_HINT, duration_seconds
 from cronbox_shared.errors import InvalidRecurrence
 from cronbox_shared.timeutil import find_transition, is_ambiguous, local_to_utc
 
@@ -69,7 +70,6 @@ _GAP_CHECK_YEARS = 4
 _FIELD_SUMMARY = "minute hour day-of-month month day-of-week"
 _SYNTAX_HINT = "use a number, a range such as 1-5, a step such as */15, or a list such as 1,15"
 _SHORTHAND_LIST = "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly"
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 _NUMBER = re.compile(r"\d+", re.ASCII)
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -509,17 +509,11 @@ def _error(text: str, detail: str) -> InvalidRecurrence:
 def _parse_duration(text: str, rest: str) -> timedelta:
     if not rest:
         _fail(text, 'needs a duration after @every, such as "@every 30m"')
-    compact = rest.replace(" ", "").lower()
-    match = _DURATION.fullmatch(compact)
-    if not compact or match is None:
-        _fail(
-            text,
-            f'"{rest}" is not a duration; write whole numbers with units d, h, m and s '
-            "in that order, such as 90s, 30m, 2h, 1d or 1h30m",
-        )
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    seconds = duration_seconds(rest)
+    if seconds is None:
+        _fail(text, f'"{rest}" is not a duration; {UNIT_HINT}')
     try:
-        every = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        every = timedelta(seconds=seconds)
     except OverflowError:
         _fail(text, f'"{rest}" is too long an interval; use at most a few years')
     if every <= timedelta(0):

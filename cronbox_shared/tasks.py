@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cronbox_shared.durations import UNITS, duration_seconds
 from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
 from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
@@ -29,15 +30,12 @@ MAX_TIMEOUT = 86400
 # Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
 MAX_AHEAD = timedelta(days=366 * 100)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _WORDS = {
     "second": "s", "seconds": "s", "sec": "s", "secs": "s",
     "minute": "m", "minutes": "m", "min": "m", "mins": "m",
     "hour": "h", "hours": "h", "hr": "h", "hrs": "h",
     "day": "d", "days": "d", "week": "w", "weeks": "w",
 }  # fmt: skip
-_COMPACT = re.compile(r"^(?:(\d+)([smhdw]))+$")
-_COMPACT_PART = re.compile(r"(\d+)([smhdw])")
 _IN_PHRASE = re.compile(r"^in\s+(\d+)\s*([a-z]+)$")
 
 
@@ -46,16 +44,10 @@ def new_task_id() -> str:
     return "task-" + secrets.token_hex(6)
 
 
-def _compact_seconds(text: str) -> int | None:
-    compact = text.strip().lower().replace(" ", "")
-    if not compact or not _COMPACT.match(compact):
-        return None
-    return sum(int(n) * _UNITS[u] for n, u in _COMPACT_PART.findall(compact))
-
-
 def parse_duration(text: str) -> timedelta | None:
-    """Parse ``30m``, ``1h30m``, ``90s``, ``2d``; None when ``text`` is not such a duration."""
-    seconds = _compact_seconds(text)
+    """Parse ``30m``, ``1h30m``, ``90s``, ``2d``, ``1w``; None when ``text`` is not such a
+    duration (the grammar of ``cronbox_shared.durations``, also used by ``@every``)."""
+    seconds = duration_seconds(text)
     if seconds is None or seconds > MAX_AHEAD.total_seconds():
         return None
     return timedelta(seconds=seconds)
@@ -64,12 +56,12 @@ def parse_duration(text: str) -> timedelta | None:
 def _relative_seconds(lowered: str) -> int | None:
     """Seconds ahead for ``+10m``, ``in 2 hours`` or ``in 2h``; None for anything else."""
     if lowered.startswith("+"):
-        return _compact_seconds(lowered[1:])
+        return duration_seconds(lowered[1:])
     match = _IN_PHRASE.match(lowered)
     if match and match.group(2) in _WORDS:
-        return int(match.group(1)) * _UNITS[_WORDS[match.group(2)]]
+        return int(match.group(1)) * UNITS[_WORDS[match.group(2)]]
     if lowered.startswith("in "):
-        return _compact_seconds(lowered[3:])
+        return duration_seconds(lowered[3:])
     return None
 
 

@@ -108,8 +108,18 @@ def _dotenv_tz(path: Path) -> str | None:
         if line.startswith("export "):
             line = line[len("export ") :].strip()
         if line.startswith("TZ="):
-            return line[3:].strip().strip("'\"")
+            return _dotenv_value(line[3:])
     return None
+
+
+def _dotenv_value(raw: str) -> str:
+    """A ``.env`` value: quoted text as is, or unquoted text up to an inline `` #`` comment."""
+    value = raw.strip()
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = value.find(quote, 1)
+        return value[1:end] if end > 0 else value[1:]
+    return re.split(r"\s#", value, maxsplit=1)[0].strip().strip("'\"")
 
 
 def _system_zone_name(etc: Path) -> str | None:

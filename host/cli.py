@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,7 +69,13 @@ from cronbox_shared.tasks import (
     parse_when,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.config import Settings
+from host.config import (
+    Settings,
+    configured_names,
+    known_setting_names,
+    unknown_setting_warnings,
+)
+from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.store.records import LogEntry, Run, Session, TaskView
 
@@ -361,14 +368,34 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def load_settings() -> Settings:
-    """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence."""
+def load_settings(warn: Callable[[str], None] | None = None) -> Settings:
+    """The host settings; a bad ``CRONBOX_*`` value becomes one InvalidInput sentence.
+
+    An unknown ``CRONBOX_*`` name in the environment or ``.env`` (a typo pydantic-settings
+    would silently ignore) is warned about once per process, with ``warn`` (the host's
+    log) or as a ``warning:`` line on stderr.
+    """
+    _warn_unknown_settings(warn)
     try:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "CRONBOX_" + "_".join(str(p) for p in err["loc"]).upper()
         raise InvalidInput(f"{name} is not valid: {err['msg']}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_settings(warn: Callable[[str], None] | None) -> None:
+    names = configured_names(os.environ)
+    for warning in unknown_setting_warnings(names, known_setting_names()):
+        if warning not in _warned:
+            _warned.add(warning)
+            if warn is None:
+                typer.echo(f"warning: {warning}", err=True)
+            else:
+                warn(warning)
 
 
 def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
@@ -382,6 +409,18 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
     if home is not None:
         settings = settings.model_copy(update={"home": home})
     return Cronbox.from_settings(settings, create=create)
+
+
+NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
+
+
+def note_if_no_host(home: Path) -> None:
+    """After queueing work: say on stderr when no host holds ``home``'s lock, since
+    nothing will run until one starts (a note, not an error)."""
+    from host.daemon import host_alive
+
+    if not host_alive(home):
+        typer.echo(NO_HOST_NOTE, err=True)
 
 
 def read_script(path: Path) -> str:
@@ -461,8 +500,15 @@ def relative(when: datetime, now: datetime) -> str:
     delta = when - now
     if abs(delta) < timedelta(seconds=1):
         return "now"
-    words = humanize.naturaldelta(abs(delta))
+    words = humanize.naturaldelta(_rounded(abs(delta)))
     return f"in {words}" if delta > timedelta(0) else f"{words} ago"
+
+
+def _rounded(span: timedelta) -> timedelta:
+    """``span`` to the nearest unit it is shown in: humanize rounds hours and minutes but
+    truncates days, so a week ahead, a moment old, would read "6 days"."""
+    unit = timedelta(days=1) if span >= timedelta(days=1) else timedelta(seconds=1)
+    return round(span / unit) * unit
 
 
 def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
@@ -775,10 +821,11 @@ def send(
     if not wait:
         if as_json:
             print_json({**message.model_dump(mode="json"), "session": target.name})
-            return
-        stdout_console().print(
-            Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
-        )
+        else:
+            stdout_console().print(
+                Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
+            )
+        note_if_no_host(store.home)
         return
     limit = 60 if timeout is None else timeout
     answered = await_answer(store, target.id, message.id, limit)
@@ -1013,6 +1060,7 @@ def task_schedule(
     with at_flag_terms("give a future time, or add --cron for a repeating task"):
         view = store.schedule_task(session, request)
     show_task("scheduled", view, store, as_json)
+    note_if_no_host(store.home)
 
 
 @task_app.command("list")
@@ -1283,10 +1331,15 @@ def main() -> None:
 # --- the host ---------------------------------------------------------------------------
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
+    handler: logging.Handler
+    if log_format is LogFormat.JSON:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -1304,6 +1357,14 @@ def run(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text: lines for a person; json: one JSON object per line on stderr, "
+            "with session, task and outcome fields, for a supervisor such as journald.",
+        ),
+    ] = LogFormat.TEXT,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1313,10 +1374,10 @@ def run(
     from host.daemon import run_host
 
     del as_json  # the host logs; it prints no result
-    settings = load_settings()
+    _setup_logging(verbose, log_format)
+    settings = load_settings(warn=logging.getLogger("cronbox.config").warning)
     if home is not None:
         settings = settings.model_copy(update={"home": home})
-    _setup_logging(verbose)
     anyio.run(partial(run_host, settings, demo=demo))
 
 

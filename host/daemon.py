@@ -205,7 +205,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         published = json.loads(path.read_text())
     except (OSError, ValueError):
         published = None
-    if published is not None and not _host_alive(store.home):
+    if published is not None and not host_alive(store.home):
         published = None
     now = store.now()
     nxt = store.next_wake()
@@ -227,7 +227,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
     }
 
 
-def _host_alive(home: Path) -> bool:
+def host_alive(home: Path) -> bool:
     """Whether a host holds the home's lock right now."""
     path = home / LOCK
     if not path.exists():

@@ -38,6 +38,7 @@ from cronbox_shared.actions import (
 from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt
+from host.logs import session_fields
 from host.service import Cronbox, Receipt
 from host.store.records import Session
 from host.writer import Writer, read
@@ -74,7 +75,9 @@ class ConsoleChannel:
         self._log = logger or logging.getLogger("cronbox.reply")
 
     async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
-        self._log.info("[%s] %s", session.name, text)
+        self._log.info(
+            "[%s] %s", session.name, text, extra=session_fields(session.name, session.id)
+        )
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,10 @@ class Delivery:
         except (CronboxError, ValidationError) as exc:
             return await self._reject(session, seq, message.id, _short(exc, 10_000),
                                       message.content)  # fmt: skip
-        log.info("session %s: agent action applied: %s", session.name, done)
+        log.info(
+            "session %s: agent action applied: %s", session.name, done,
+            extra=session_fields(session.name, session.id),
+        )  # fmt: skip
         return Handled(seq, DeliveryStatus.APPLIED, done)
 
     async def _reject(

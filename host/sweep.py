@@ -34,6 +34,7 @@ from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
 from host.liveness import Claim, LivenessAction, decide_liveness
+from host.logs import session_fields
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
 from host.service import Cronbox
@@ -298,7 +299,10 @@ class Sweeper:
             if not runner.stopping:
                 runner.stopping = True
                 why = "yields its slot to a waiting session" if self.waiting else "stops, idle"
-                log.info("session %s: idle runner %s", runner.session.name, why)
+                log.info(
+                    "session %s: idle runner %s", runner.session.name, why,
+                    extra=_runner_fields(runner),
+                )  # fmt: skip
                 await self._beside(partial(self._stop, runner))
         for session_id in plan.start:
             try:
@@ -366,7 +370,10 @@ class Sweeper:
         self.started_total += 1
         self.peak_live = max(self.peak_live, len(self.live))
         self.starts.append(StartRecord(session.id, due_at, self.clock.now()))
-        log.info("session %s: runner %s started", session.name, handle.ref)
+        log.info(
+            "session %s: runner %s started", session.name, handle.ref,
+            extra=session_fields(session.name, session.id, runner=handle.ref),
+        )  # fmt: skip
         await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
 
     async def _tend(self, session_id: str) -> None:
@@ -389,7 +396,10 @@ class Sweeper:
             timedelta(seconds=self.config.startup_grace),
         )
         if verdict.action is not LivenessAction.OK:
-            log.warning("session %s: killing runner: %s", runner.session.name, verdict.reason)
+            log.warning(
+                "session %s: killing runner: %s", runner.session.name, verdict.reason,
+                extra=_runner_fields(runner),
+            )  # fmt: skip
             await self.runtime.kill(runner.handle)
             await self._after_exit(
                 runner, reason=f"runner killed: {verdict.reason}", timed_out=verdict.timed_out
@@ -431,10 +441,12 @@ class Sweeper:
             retried = len(plan.runs) - ended
             log.warning(
                 "session %s: %s; %d rows to retry, %d ended",
-                runner.session.name, reason, retried, ended,
+                runner.session.name, reason, retried, ended, extra=_runner_fields(runner),
             )  # fmt: skip
         else:
-            log.info("session %s: runner finished", runner.session.name)
+            log.info(
+                "session %s: runner finished", runner.session.name, extra=_runner_fields(runner)
+            )
         await self._prune(runner.session)
         self.wake()
 
@@ -481,7 +493,14 @@ class Sweeper:
             what = done.series_id or done.message_id
             detail = f": {done.error}" if done.error else ""
             level = logging.INFO if done.outcome in _QUIET else logging.WARNING
-            log.log(level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail)
+            fields = session_fields(
+                session.name, session.id, task_id=done.series_id,
+                message_id=done.message_id, outcome=done.outcome.value,
+            )  # fmt: skip
+            log.log(
+                level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail,
+                extra=fields,
+            )  # fmt: skip
 
     async def _deliver(self, session: Session) -> None:
         rows = await read(self.delivery.pending, session.id)
@@ -525,6 +544,10 @@ class Sweeper:
 
 def _outbox_counter(session_dir: Path) -> int | None:
     return sdb.change_counter(session_dir / sdb.OUTBOUND)
+
+
+def _runner_fields(runner: LiveRunner) -> dict[str, str]:
+    return session_fields(runner.session.name, runner.session.id, runner=runner.handle.ref)
 
 
 def _mtime(path: Path) -> datetime | None:

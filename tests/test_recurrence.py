@@ -151,17 +151,17 @@ def day_or(cron: str) -> bool:
         (
             "@every 5x",
             'recurrence "@every 5x": "5x" is not a duration; write whole numbers with units '
-            "d, h, m and s in that order, such as 90s, 30m, 2h, 1d or 1h30m",
+            "w, d, h, m and s, such as 90s, 30m, 2h, 1d, 1w or 1h30m",
         ),
         (
-            "@every 30m1h",
-            'recurrence "@every 30m1h": "30m1h" is not a duration; write whole numbers with '
-            "units d, h, m and s in that order, such as 90s, 30m, 2h, 1d or 1h30m",
+            "@every 30m1x",
+            'recurrence "@every 30m1x": "30m1x" is not a duration; write whole numbers with '
+            "units w, d, h, m and s, such as 90s, 30m, 2h, 1d, 1w or 1h30m",
         ),
         (
             "@every 1.5h",
             'recurrence "@every 1.5h": "1.5h" is not a duration; write whole numbers with '
-            "units d, h, m and s in that order, such as 90s, 30m, 2h, 1d or 1h30m",
+            "units w, d, h, m and s, such as 90s, 30m, 2h, 1d, 1w or 1h30m",
         ),
         (
             "@every 0m",
