@@ -249,6 +249,18 @@ class TaskChanges:
     settings: dict[str, Any]
     """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)."""
 
+    def row_fields(self) -> dict[str, Any]:
+        """The ``messages_in`` columns this update sets on the live occurrence."""
+        fields: dict[str, Any] = {}
+        if self.content is not None:
+            fields["content"] = self.content
+        if self.recurrence_changed:
+            fields["recurrence"] = self.recurrence
+        if self.process_after is not None:
+            when = fmt(self.process_after)
+            fields.update(process_after=when, scheduled_for=when)
+        return {**fields, **self.settings}
+
 
 def validate_update(
     req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta

@@ -560,15 +560,7 @@ class Cronbox:
         def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
             changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
-            fields: dict[str, Any] = {"updated_at": fmt(now)}
-            if changes.content is not None:
-                fields["content"] = changes.content
-            if changes.recurrence_changed:
-                fields["recurrence"] = changes.recurrence
-            if changes.process_after is not None:
-                when = fmt(changes.process_after)
-                fields.update(process_after=when, scheduled_for=when)
-            fields.update(changes.settings)
+            fields: dict[str, Any] = {"updated_at": fmt(now), **changes.row_fields()}
             tx.update(live.id, **fields)
             audited = ("recurrence", "process_after", *changes.settings)
             detail = {k: v for k, v in fields.items() if k in audited}

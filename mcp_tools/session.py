@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
@@ -112,15 +111,7 @@ def _updated(row: InboundMessage, action: UpdateTask, now: datetime) -> InboundM
     The limits were checked when the request was made, so none is applied again here.
     """
     changes = validate_update(action, row, now=now, min_interval=timedelta(0))
-    fields: dict[str, Any] = {}
-    if changes.content is not None:
-        fields["content"] = changes.content
-    if changes.recurrence_changed:
-        fields["recurrence"] = changes.recurrence
-    if changes.process_after is not None:
-        when = fmt(changes.process_after)
-        fields.update(process_after=when, scheduled_for=when)
-    return row.model_copy(update=fields)
+    return row.model_copy(update=changes.row_fields())
 
 
 def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:

@@ -6,7 +6,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,34 +22,21 @@ from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt, is_canonical, parse_utc
 from host.cli import app
 from host.service import Cronbox
+from tests.cli_harness import Cli, cli_for, fresh_home
 
 HOST_TZ = "America/New_York"
 # Far enough ahead that "in the past" never applies, whatever today's date is.
 FUTURE_WINTER = "2031-01-15T09:00:00"
 
-Cli = Callable[..., Result]
-
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh CRONBOX_HOME; the working directory has no .env and TZ is fixed."""
-    monkeypatch.setenv("TZ", HOST_TZ)
-    monkeypatch.setenv("CRONBOX_HOME", str(tmp_path / "default-home"))
-    for name in ("CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS_PER_SESSION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "home"
+    return fresh_home(tmp_path, monkeypatch, HOST_TZ)
 
 
 @pytest.fixture
 def cli(home: Path) -> Cli:
-    """Run ``cronbox ARGS --home HOME`` in-process; options go after the subcommand."""
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Result:
-        return runner.invoke(app, [*args, "--home", str(home)])
-
-    return invoke
+    return cli_for(home)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,37 +20,28 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt
-from host.cli import app, render_history, render_tasks
+from host.cli import render_history, render_tasks
 from host.service import Cronbox
+from tests.cli_harness import Cli, cli_for, fresh_home
 from tests.hosting import make_settings, running_host, wait_for
 
 HOST_TZ = "America/New_York"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
-Cli = Callable[..., Result]
-
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TZ", HOST_TZ)
-    monkeypatch.setenv("CRONBOX_HOME", str(tmp_path / "default-home"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "home"
+    return fresh_home(tmp_path, monkeypatch, HOST_TZ)
 
 
 @pytest.fixture
 def cli(home: Path) -> Cli:
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Result:
-        return runner.invoke(app, [*args, "--home", str(home)])
-
-    return invoke
+    return cli_for(home)
 
 
 def ok(result: Result) -> Result:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import parse_action
@@ -23,36 +22,23 @@ from cronbox_shared.recurrence import next_fire, stored_recurrence
 from cronbox_shared.tasks import UpdateRequest
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host import cli as cli_module
-from host.cli import app
 from host.runtimes.base import RunnerSpec
 from host.runtimes.process import PID_FILE, ProcessRuntime
 from host.service import Cronbox
+from tests.cli_harness import Cli, cli_for, fresh_home
 
-Cli = Callable[..., Result]
 HANG_GUARD = 30
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh CRONBOX_HOME; the working directory has no .env and TZ is fixed."""
-    monkeypatch.setenv("TZ", "UTC")
-    monkeypatch.setenv("CRONBOX_HOME", str(tmp_path / "default-home"))
-    for name in ("CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS_PER_SESSION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "home"
+    return fresh_home(tmp_path, monkeypatch, "UTC")
 
 
 @pytest.fixture
 def cli(home: Path) -> Cli:
-    """Run ``cronbox ARGS --home HOME`` in-process; ``input`` is what stdin holds."""
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(app, [*args, "--home", str(home)], input=input)
-
-    return invoke
+    return cli_for(home)
 
 
 @pytest.fixture

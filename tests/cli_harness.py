@@ -1,0 +1,34 @@
+"""The CLI tests' shared harness: a fresh home and an in-process ``cronbox``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from host.cli import app
+
+Cli = Callable[..., Result]
+
+
+def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tz: str) -> Path:
+    """A CRONBOX_HOME not made yet; the working directory has no .env and TZ is ``tz``."""
+    monkeypatch.setenv("TZ", tz)
+    monkeypatch.setenv("CRONBOX_HOME", str(tmp_path / "default-home"))
+    for name in ("CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS_PER_SESSION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+def cli_for(home: Path) -> Cli:
+    """Run ``cronbox ARGS --home HOME`` in-process; options go after the subcommand, and
+    ``input`` is what stdin holds."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(app, [*args, "--home", str(home)], input=input)
+
+    return invoke
