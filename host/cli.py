@@ -423,18 +423,28 @@ def note_if_no_host(home: Path) -> None:
         typer.echo(NO_HOST_NOTE, err=True)
 
 
-def read_script(path: Path) -> str:
-    """The text of a gate script file; an unreadable file is a user mistake."""
+def read_text_file(path: Path, flag: str, noun: str, wanted: tuple[str, str]) -> str:
+    """The UTF-8 text of the ``noun`` file ``flag`` names; an unusable file is a user mistake.
+
+    ``wanted`` says what to give instead of a directory, and of a file that is not UTF-8.
+    """
     if path.is_dir():
-        raise InvalidInput(f'--script "{path}" is a directory; give the path of a bash script file')
+        raise InvalidInput(f'{flag} "{path}" is a directory; give {wanted[0]}')
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(
-            f'cannot read script file "{path}": {exc.strerror or exc}; give a readable file'
+            f'cannot read {noun} file "{path}": {exc.strerror or exc}; give a readable file'
         ) from None
     except UnicodeDecodeError:
-        raise InvalidInput(f'script file "{path}" is not UTF-8 text; give a bash script') from None
+        raise InvalidInput(f'{noun} file "{path}" is not UTF-8 text; give {wanted[1]}') from None
+
+
+def read_script(path: Path) -> str:
+    """The text of a gate script file."""
+    return read_text_file(
+        path, "--script", "script", ("the path of a bash script file", "a bash script")
+    )
 
 
 def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool) -> str | None:
@@ -453,18 +463,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool)
             return sys.stdin.read()
         except UnicodeDecodeError:
             raise InvalidInput("the prompt on stdin is not UTF-8 text; give it in UTF-8") from None
-    if prompt_file.is_dir():
-        raise InvalidInput(f'--prompt-file "{prompt_file}" is a directory; give a text file')
-    try:
-        return prompt_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(
-            f'cannot read prompt file "{prompt_file}": {exc.strerror or exc}; give a readable file'
-        ) from None
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            f'prompt file "{prompt_file}" is not UTF-8 text; give a text file'
-        ) from None
+    return read_text_file(prompt_file, "--prompt-file", "prompt", ("a text file", "a text file"))
 
 
 @contextmanager
