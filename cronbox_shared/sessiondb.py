@@ -474,31 +474,28 @@ def record_attempt(
     )
 
 
-def due_deliveries(db: InboundDb, now: Instant, limit: int = 200) -> list[DeliveryRow]:
-    """Pending channel deliveries whose next attempt is due, oldest first."""
+def _delivery_rows(
+    db: InboundDb, where: str, args: Sequence[Any], limit: int = -1
+) -> list[DeliveryRow]:
     rows = db.execute(
         "SELECT seq, channel, message_id, status, attempts, next_attempt_at, last_error "
-        "FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
-        "ORDER BY seq, channel LIMIT ?",
-        [now, limit],
+        f"FROM deliveries WHERE {where} ORDER BY seq, channel LIMIT ?",
+        [*args, limit],
     ).fetchall()
     return [
         DeliveryRow(int(r[0]), r[1], r[2], DeliveryStatus(r[3]), int(r[4]), r[5], r[6])
         for r in rows
     ]
+
+
+def pending_deliveries(db: InboundDb, limit: int = 200) -> list[DeliveryRow]:
+    """Channel deliveries still to be made (due or waiting for their backoff), oldest first."""
+    return _delivery_rows(db, "status = 'pending'", [], limit)
 
 
 def deliveries_of(db: InboundDb, seq: int) -> list[DeliveryRow]:
     """Every channel's state for one outbound seq."""
-    rows = db.execute(
-        "SELECT seq, channel, message_id, status, attempts, next_attempt_at, last_error "
-        "FROM deliveries WHERE seq = ? ORDER BY channel",
-        [seq],
-    ).fetchall()
-    return [
-        DeliveryRow(int(r[0]), r[1], r[2], DeliveryStatus(r[3]), int(r[4]), r[5], r[6])
-        for r in rows
-    ]
+    return _delivery_rows(db, "seq = ?", [seq])
 
 
 def delivered_max_seq(db: InboundDb) -> int:

@@ -148,6 +148,8 @@ class Delivery:
         self.writer = writer or Writer()
         self.retry = retry or ChannelRetry()
         self._stuck: dict[tuple[str, int], str] = {}
+        # Sessions whose deliveries were all final when last looked at.
+        self._nothing_pending: set[str] = set()
 
     def pending(self, session_id: str) -> list[dict[str, Any]]:
         """Raw outbound rows not taken in yet (untrusted), oldest first."""
@@ -175,10 +177,23 @@ class Delivery:
         return handled
 
     async def retry_due(self, session: Session) -> int:
-        """Send again the replies whose failed channels are due for another attempt."""
-        due = await read(self.app.files.due_deliveries, session.id, fmt(self.app.now()))
+        """Send again the replies whose failed channels are due for another attempt.
+
+        A session known to have nothing pending is not looked at again until one of its
+        channels fails, so a live runner's passes do not open its inbox for this.
+        """
+        if not self.channels or session.id in self._nothing_pending:
+            return 0
+        pending = await read(self.app.files.pending_deliveries, session.id)
+        if not pending:
+            self._nothing_pending.add(session.id)
+            return 0
+        now = fmt(self.app.now())
         by_name = {c.name: c for c in self.channels}
-        retried = [d for d in due if d.channel in by_name]
+        retried = [
+            d for d in pending
+            if d.channel in by_name and d.next_attempt_at is not None and d.next_attempt_at <= now
+        ]  # fmt: skip
         if not retried:
             return 0
         raw = await read(self.app.files.outbound_rows, session.id, sorted({d.seq for d in retried}))
@@ -237,6 +252,7 @@ class Delivery:
             attempt = attempts + 1
             nxt = self.retry.after(attempt, self.app.now())
             status = DeliveryStatus.PENDING if nxt else DeliveryStatus.FAILED
+            self._nothing_pending.discard(session.id)
             log.warning(
                 "session %s: channel %s failed on reply seq %d (attempt %d%s): %s",
                 session.name, channel.name, message.seq, attempt,

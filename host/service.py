@@ -46,6 +46,7 @@ from cronbox_shared.models import (
     MessageKind,
     MessageStatus,
 )
+from cronbox_shared.recurrence import stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
@@ -122,8 +123,6 @@ def task_row(valid: ValidTask, now: Instant) -> InboundMessage:
 
 def describe_recurrence(expr: str | None) -> str:
     """The recurrence in words, or "once"."""
-    from cronbox_shared.recurrence import stored_recurrence
-
     return stored_recurrence(expr).describe() if expr else "once"
 
 
@@ -389,8 +388,7 @@ class Cronbox:
         )  # fmt: skip
 
     def _row(self, session_id: str, message_id: str) -> InboundMessage:
-        with self.files.transaction(session_id) as tx:
-            row = tx.get(message_id)
+        row = self.files.get(session_id, message_id)
         assert row is not None
         return row
 

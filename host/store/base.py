@@ -266,8 +266,12 @@ class SessionFiles(Protocol):
         """Raw outbound rows with these seqs."""
         ...
 
-    def due_deliveries(self, session_id: str, now: Instant) -> list[DeliveryRow]:
-        """Channel deliveries whose retry is due."""
+    def pending_deliveries(self, session_id: str) -> list[DeliveryRow]:
+        """Channel deliveries still to be made, due or waiting for their backoff."""
+        ...
+
+    def get(self, session_id: str, message_id: str) -> InboundMessage | None:
+        """One inbox row by id."""
         ...
 
     def all_rows(self, session_id: str) -> list[InboundMessage]:

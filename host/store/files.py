@@ -170,6 +170,11 @@ class SqliteSessionFiles:
         """inbound.db's change counter (None when unreadable)."""
         return sdb.change_counter(self.directory(session_id) / sdb.INBOUND)
 
+    def get(self, session_id: str, message_id: str) -> InboundMessage | None:
+        """One inbox row by id, read-only."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return sdb.get_inbound(db, message_id)
+
     def all_rows(self, session_id: str) -> list[InboundMessage]:
         """Every row of the inbox, oldest first (status views and tests)."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
@@ -215,10 +220,10 @@ class SqliteSessionFiles:
         """Raw outbound rows not taken in yet, oldest first (untrusted)."""
         return sdb.undelivered(self.directory(session_id), limit)
 
-    def due_deliveries(self, session_id: str, now: Instant) -> list[sdb.DeliveryRow]:
-        """Channel deliveries waiting for a retry that is due."""
+    def pending_deliveries(self, session_id: str) -> list[sdb.DeliveryRow]:
+        """Channel deliveries still to be made, due or waiting for their backoff."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
-            return sdb.due_deliveries(db, now)
+            return sdb.pending_deliveries(db)
 
     def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
         """Raw outbound rows with these seqs (to retry a delivery)."""
