@@ -151,6 +151,10 @@ class Delivery:
         # Sessions whose deliveries were all final when last looked at.
         self._nothing_pending: set[str] = set()
 
+    def stuck(self, session_id: str) -> bool:
+        """Whether a row of this session is waiting for a failure that was not its own."""
+        return any(sid == session_id for sid, _ in self._stuck)
+
     def pending(self, session_id: str) -> list[dict[str, Any]]:
         """Raw outbound rows not taken in yet (untrusted), oldest first."""
         return self.app.undelivered(session_id)

@@ -74,6 +74,8 @@ from host.store.records import AuditEntry, Lease, LogEntry, Run, RunRecord, Sess
 
 T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
+# How many outbound rows one delivery pass reads at most.
+UNDELIVERED_BATCH = 200
 # How many finished rows one pruning pass deletes at most (a pass never stalls a session).
 PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
@@ -720,7 +722,7 @@ class Cronbox:
 
     # --- outbound: replies and agent actions -------------------------------------------
 
-    def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    def undelivered(self, session_id: str, limit: int = UNDELIVERED_BATCH) -> list[dict[str, Any]]:
         """Raw ``messages_out`` rows the host has not taken in yet, oldest first (untrusted)."""
         return self.files.undelivered(session_id, limit)
 

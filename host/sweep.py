@@ -37,7 +37,7 @@ from host.liveness import Claim, LivenessAction, decide_liveness
 from host.logs import session_fields
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
-from host.service import Cronbox
+from host.service import UNDELIVERED_BATCH, Cronbox
 from host.settlement import Finished
 from host.store.records import Session
 from host.writer import read
@@ -61,7 +61,6 @@ class Watched:
 
     session: Session
     until: datetime
-    counter: int | None
 
 
 @dataclass(frozen=True)
@@ -157,6 +156,7 @@ class Sweeper:
         self.problems: dict[str, Problem] = {}
         self._names: dict[str, str] = {}
         self.watched: dict[str, Watched] = {}
+        self._outbox_seen: dict[str, int | None] = {}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class Sweeper:
     async def _watch_outboxes(self) -> None:
         """Deliver what arrived in the outbox of a session whose runner recently exited.
 
-        The outbox's change counter tells without opening it; the cost follows the
+        Unchanged outboxes are not opened (see :meth:`_deliver`); the cost follows the
         sessions that worked in the last few minutes, not all sessions.
         """
         now = self.clock.now()
@@ -330,10 +330,6 @@ class Sweeper:
             if session_id in self.live or now > watched.until:
                 del self.watched[session_id]
                 continue
-            counter = await read(_outbox_counter, self.store.session_dir(session_id))
-            if counter == watched.counter:
-                continue
-            watched.counter = counter
             try:
                 await self._deliver(watched.session)
             except Exception:
@@ -433,8 +429,7 @@ class Sweeper:
         )  # fmt: skip
         self._log_finished(runner.session, plan.finished)
         del self.live[session_id]
-        counter = await read(_outbox_counter, self.store.session_dir(session_id))
-        self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH, counter)
+        self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH)
         await self.writer(self.store.release_lease, session_id, runner.handle.ref)
         if claims:
             ended = len(plan.finished)
@@ -503,11 +498,21 @@ class Sweeper:
             )  # fmt: skip
 
     async def _deliver(self, session: Session) -> None:
-        rows = await read(self.delivery.pending, session.id)
-        if rows:
-            handled = await self.delivery.deliver(session, rows)
+        """Take in the runner's new outbound rows, then retry failed channels.
+
+        The outbox's change counter (a header read, no database opened) says whether
+        anything was written since everything was last taken in; only then is it read.
+        """
+        counter = await read(_outbox_counter, self.store.session_dir(session.id))
+        if counter is None or self._outbox_seen.get(session.id) != counter:
+            rows = await read(self.delivery.pending, session.id)
+            handled = await self.delivery.deliver(session, rows) if rows else []
             if any(h.status is DeliveryStatus.APPLIED for h in handled):
                 self.wake()
+            if len(rows) < UNDELIVERED_BATCH and not self.delivery.stuck(session.id):
+                self._outbox_seen[session.id] = counter  # all of it is taken in
+            else:
+                self._outbox_seen.pop(session.id, None)  # more to read next pass
         await self.delivery.retry_due(session)
 
     # --- shutdown --------------------------------------------------------------------

@@ -310,3 +310,22 @@ async def test_a_request_written_after_the_runner_exited_is_applied_without_a_wa
             sdb.insert_outbound(db, "late-action", MessageKind.SYSTEM, action, fmt(store.now()))
         await wait_for(lambda: [t.series_id for t in store.list_tasks()] == ["late-one"], 20)
         assert sweeper.started_total == 1  # no runner was woken for it
+
+
+async def test_a_pass_over_an_unchanged_outbox_opens_no_session_file(
+    tmp_path: Path, opened: list[Path]
+) -> None:
+    store = Cronbox(tmp_path / "home", clock=ManualClock("2026-01-01T00:00:00Z"))
+    session = store.create_session("quiet")
+    with sdb.outbound(store.session_dir(session.id)) as db:
+        sdb.insert_outbound(db, "out-1", MessageKind.CHAT, {"text": "hi"}, fmt(store.now()))
+    sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), SweepConfig(), store.clock)
+    await sweeper._deliver(session)
+    assert store.undelivered(session.id) == []
+    opened.clear()
+    await sweeper._deliver(session)
+    assert opened == []
+    with sdb.outbound(store.session_dir(session.id)) as db:  # the runner writes again
+        sdb.insert_outbound(db, "out-2", MessageKind.CHAT, {"text": "again"}, fmt(store.now()))
+    await sweeper._deliver(session)
+    assert store.undelivered(session.id) == []
