@@ -13,6 +13,7 @@ once the writer closes. Seq numbers are even in ``messages_in`` and odd in
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -44,6 +45,12 @@ INBOUND = f"{INBOX}/inbound.db"
 OUTBOUND = f"{OUTBOX}/outbound.db"
 HEARTBEAT = f"{OUTBOX}/.heartbeat"
 BUSY_TIMEOUT_MS = 10_000
+# A cronbox home holds each session at ``sessions/<id>``, and the host's ``doorbell/``:
+# a process outside the session's runner (an MCP server run by hand) that writes to an
+# outbox leaves an empty file named by the session id there, so a running host takes the
+# rows in within a second instead of at the session's next wake.
+SESSIONS = "sessions"
+DOORBELL = "doorbell"
 
 _DbT = TypeVar("_DbT", bound=Database)
 
@@ -193,6 +200,24 @@ def change_counter(path: Path) -> int | None:
     except OSError:
         return None
     return int.from_bytes(header[24:28], "big") if len(header) == 28 else None
+
+
+def ring_doorbell(session_dir: Path) -> bool:
+    """Tell the home's host that this session's outbox has new rows; False when it can't.
+
+    Only a session directory inside a cronbox home has a doorbell: a container's mount
+    has none, and the host watches a container's outbox while it runs and for a while
+    after. The ring is a hint only; the session's next wake takes the rows in anyway.
+    """
+    session_dir = Path(session_dir).resolve()
+    bell = session_dir.parent.parent / DOORBELL
+    if session_dir.parent.name != SESSIONS or not bell.is_dir():
+        return False
+    try:
+        os.close(os.open(bell / session_dir.name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    except OSError:
+        return False
+    return True
 
 
 # The files of a session directory in the first layout (everything side by side).

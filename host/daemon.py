@@ -173,11 +173,13 @@ async def run_host(
 
 
 async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed) -> None:
-    """Wake the sweep when another process commits to the store; publish status."""
+    """Wake the sweep when another process commits to the store or rings a session's
+    doorbell; publish status."""
     last_status = ""
     while True:
         if await anyio.to_thread.run_sync(watcher.changed):
             sweeper.wake()
+        sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
              sorted(sweeper.problems.items()))

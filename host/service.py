@@ -34,6 +34,7 @@ from cronbox_shared.errors import (
     InvalidInput,
     RunNotFound,
     SessionExists,
+    SessionNotFound,
     TaskIdTaken,
     TaskNotFound,
     TaskStateError,
@@ -76,6 +77,8 @@ T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
 # How many outbound rows one delivery pass reads at most.
 UNDELIVERED_BATCH = 200
+# How many doorbell rings one check takes in at most (the rest wait for the next check).
+RING_BATCH = 1000
 # How many finished rows one pruning pass deletes at most (a pass never stalls a session).
 PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
@@ -177,6 +180,17 @@ class Cronbox:
     def watch_changes(self) -> ChangeFeed:
         """A watcher that notices commits to ``cronbox.db`` made by other connections."""
         return self.central.watch()
+
+    def rung_sessions(self) -> list[Session]:
+        """Sessions whose outbox was written from outside their runner since the last call
+        (see ``sessiondb.ring_doorbell``); a ring naming no session is dropped."""
+        sessions = []
+        for session_id in self.files.rung(RING_BATCH):
+            try:
+                sessions.append(self.central.session(session_id))
+            except SessionNotFound:
+                continue
+        return sessions
 
     def _entry(
         self, actor: str, action: str, session_id: str | None, target: str | None,

@@ -53,6 +53,9 @@ PRUNE_EVERY = timedelta(hours=1)
 # the agent made just before its runner went idle is applied within a pass, not at the
 # session's next wake.
 OUTBOX_WATCH = timedelta(minutes=5)
+# How long a session whose doorbell rang is watched: long enough to read its outbox
+# again if the first read fails; the writer rings again after every write.
+RING_WATCH = timedelta(seconds=30)
 
 
 @dataclass
@@ -318,6 +321,18 @@ class Sweeper:
                 )  # fmt: skip
             else:
                 self.quarantine.pop(session_id, None)
+
+    def rang(self, sessions: Sequence[Session]) -> None:
+        """Take in what a process outside these sessions' runners wrote to their outboxes
+        (an MCP server run by hand): watch each a little while and sweep now."""
+        until = self.clock.now() + RING_WATCH
+        for session in sessions:
+            if session.id not in self.live:
+                known = self.watched.get(session.id)
+                later = max(until, known.until) if known else until
+                self.watched[session.id] = Watched(session, later)
+        if sessions:
+            self.wake()
 
     async def _watch_outboxes(self) -> None:
         """Deliver what arrived in the outbox of a session whose runner recently exited.

@@ -62,12 +62,15 @@ def unapplied_actions(session_dir: Path) -> list[AgentAction]:
 
 
 def write_action(session_dir: Path, action: AgentAction, now: datetime) -> int:
-    """Append one request for the host to ``outbound.db``; returns its (odd) seq."""
+    """Append one request for the host to ``outbound.db`` and ring the home's doorbell
+    (so the host applies it within a second even when no runner is live); its (odd) seq."""
     with sdb.outbound(session_dir) as db:
-        return sdb.insert_outbound(
+        seq = sdb.insert_outbound(
             db, f"action-{secrets.token_hex(8)}", MessageKind.SYSTEM, action.to_content(),
             fmt(now),
         )  # fmt: skip
+    sdb.ring_doorbell(session_dir)
+    return seq
 
 
 def scheduled_row(action: ScheduleTask, now: datetime) -> InboundMessage:

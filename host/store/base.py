@@ -238,6 +238,11 @@ class SessionFiles(Protocol):
         """Where the session's files live (the runtime mounts it)."""
         ...
 
+    def rung(self, limit: int) -> list[str]:
+        """Ids (at most ``limit``) of sessions whose outbox a process outside their runner
+        announced since the last call, each returned once."""
+        ...
+
     def create(self, timezone: str) -> str:
         """Make a new session's inbox (recording its zone), outbox and workspace; its id."""
         ...

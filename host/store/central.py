@@ -25,7 +25,6 @@ from cronbox_shared.timeutil import Instant
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
 
 CENTRAL = "cronbox.db"
-SESSIONS = "sessions"
 
 central_migrations = Migrations("cronbox.central")
 
@@ -110,7 +109,7 @@ def m002_inbound_version(db: Database) -> None:
 def m003_session_layout(db: Database) -> None:
     """Move every session directory into the ``inbox/`` / ``outbox/`` layout."""
     (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
-    for session_dir in sorted((Path(path).parent / SESSIONS).glob("*/")):
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
         sdb.migrate_layout(session_dir)
 
 
@@ -136,7 +135,7 @@ def m005_inbound_schema(db: Database) -> None:
     Readers never migrate, so the host does it for every session once, here.
     """
     (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
-    for session_dir in sorted((Path(path).parent / SESSIONS).glob("*/")):
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
         if (session_dir / sdb.INBOUND).is_file():
             with sdb.inbound(session_dir):
                 pass
@@ -148,7 +147,7 @@ def m006_session_zone(db: Database) -> None:
     (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
     home = Path(path).parent
     for session_id, timezone in db.execute("SELECT id, timezone FROM sessions").fetchall():
-        session_dir = home / SESSIONS / session_id
+        session_dir = home / sdb.SESSIONS / session_id
         if (session_dir / sdb.INBOUND).is_file():
             with sdb.inbound(session_dir) as inbox, inbox.atomic():
                 sdb.set_session_info(inbox, "timezone", timezone)
@@ -204,7 +203,8 @@ class SqliteCentral:
         """
         self.path = Path(home) / CENTRAL
         if create:
-            (Path(home) / SESSIONS).mkdir(parents=True, exist_ok=True)
+            for sub in (sdb.SESSIONS, sdb.DOORBELL):
+                (Path(home) / sub).mkdir(parents=True, exist_ok=True)
         elif not self.path.is_file():
             raise HomeNotFound(str(home))
         with self._open() as db:

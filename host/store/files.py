@@ -8,6 +8,8 @@ this module groups it into the units of work the service layer asks for.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +20,6 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
-from host.store.central import SESSIONS
 from host.store.records import SessionView
 
 
@@ -129,11 +130,39 @@ def _fields(change: RowChange) -> dict[str, Any]:
     return fields
 
 
+_SESSION_ID = re.compile(r"s-[0-9a-f]{12}")
+
+
 class SqliteSessionFiles:
     """Every session directory under ``$CRONBOX_HOME/sessions``."""
 
     def __init__(self, home: Path) -> None:
-        self.root = Path(home) / SESSIONS
+        self.root = Path(home) / sdb.SESSIONS
+        self.doorbell = Path(home) / sdb.DOORBELL
+
+    def rung(self, limit: int) -> list[str]:
+        """Ids of sessions whose doorbell rang since the last call, each once, at most ``limit``.
+
+        A ring is taken (its file removed) before the caller reads the outbox, so a write
+        that lands after the read rings again. Names that are no session id are removed
+        and never returned; a full doorbell is read ``limit`` names at a time.
+        """
+        found: list[str] = []
+        try:
+            entries = os.scandir(self.doorbell)
+        except OSError:
+            return found
+        with entries:
+            for entry in entries:
+                if len(found) >= limit:
+                    break
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    continue  # a directory, or taken meanwhile: nothing to hand on
+                if _SESSION_ID.fullmatch(entry.name):
+                    found.append(entry.name)
+        return found
 
     def directory(self, session_id: str) -> Path:
         """The directory holding a session's files."""
