@@ -182,13 +182,29 @@ class AlreadyHandled(CronboxError, RuntimeError):
         self.seq = seq
 
 
-class RuntimeNotAvailable(CronboxError, RuntimeError):
-    def __init__(self, name: str) -> None:
+class EngineUnavailable(CronboxError, RuntimeError):
+    """The Docker engine cannot be reached (at host start, or while serving)."""
+
+    def __init__(self, cause: str) -> None:
         super().__init__(
-            f'{name} runtime is not available yet; set CRONBOX_RUNTIME="process" '
-            "to run agent runners as local processes"
+            f"the Docker engine is not reachable ({cause}); start it (scripts/docker-setup "
+            'does) or set CRONBOX_RUNTIME="process"'
         )
-        self.name = name
+        self.cause = cause
+
+
+class ImageMissing(CronboxError, RuntimeError):
+    def __init__(self, image: str) -> None:
+        super().__init__(
+            f'the agent image "{image}" is not built; build it with: cronbox image build'
+        )
+        self.image = image
+
+
+class ImageBuildFailed(CronboxError, RuntimeError):
+    def __init__(self, image: str, cause: str) -> None:
+        super().__init__(f'building the agent image "{image}" failed: {cause}')
+        self.image = image
 
 
 class UnknownRuntime(CronboxError, ValueError):

@@ -75,6 +75,7 @@ from host.config import (
     known_setting_names,
     unknown_setting_warnings,
 )
+from host.limits import ContainerLimits
 from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.store.records import LogEntry, Run, Session, TaskView
@@ -323,6 +324,10 @@ def cronbox_root(
 
 app.add_typer(session_app, name="session")
 app.add_typer(task_app, name="task")
+image_app = CronboxTyper(
+    cls=CommandGroup, help="Build the agent image the docker runtime starts.", no_args_is_help=True
+)
+app.add_typer(image_app, name="image")
 
 HomeOption = Annotated[
     Path | None,
@@ -338,6 +343,34 @@ JsonOption = Annotated[
     typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table."),
 ]
 TIMEZONE_HELP = "IANA zone such as America/New_York (default: the host's zone, from TZ)."
+NetworkOption = Annotated[
+    str | None,
+    typer.Option(
+        "--network", help='Docker network of its containers: "none" or a network name '
+        "(default: $CRONBOX_DOCKER_NETWORK, none).", show_default=False,
+    ),
+]  # fmt: skip
+MemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory", help="Memory limit of its containers, e.g. 256m or 1g, no swap "
+        "(default: $CRONBOX_DOCKER_MEMORY, 512m).", show_default=False,
+    ),
+]  # fmt: skip
+CpusOption = Annotated[
+    float | None,
+    typer.Option(
+        "--cpus", help="CPUs its containers may use (default: $CRONBOX_DOCKER_CPUS, 1).",
+        show_default=False,
+    ),
+]  # fmt: skip
+PidsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--pids", help="Most processes in one of its containers (default: "
+        "$CRONBOX_DOCKER_PIDS, 256).", show_default=False,
+    ),
+]  # fmt: skip
 
 # --- plumbing ---------------------------------------------------------------------------
 
@@ -565,10 +598,11 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
     if as_json:
         print_json(session_json(session))
         return
+    limits = ContainerLimits.of(session.container).describe()
     stdout_console().print(
         Text(
             f"{verb} session {session.name} (id {session.id}, agent {session.agent}, "
-            f"timezone {session.timezone})"
+            f"timezone {session.timezone}{', ' + limits if limits else ''})"
         ),
         soft_wrap=True,
     )
@@ -691,12 +725,18 @@ def session_create(
         str | None,
         typer.Option("--timezone", help="Session zone for its tasks. " + TIMEZONE_HELP),
     ] = None,
+    network: NetworkOption = None,
+    memory: MemoryOption = None,
+    cpus: CpusOption = None,
+    pids: PidsOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
     store = open_store(home, create=True)
-    show_session("created", store.create_session(name, agent=agent, timezone=timezone), as_json)
+    limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
+    session = store.create_session(name, agent=agent, timezone=timezone, limits=limits)
+    show_session("created", session, as_json)
 
 
 @session_app.command("list")
@@ -729,12 +769,19 @@ def session_update(
         str | None,
         typer.Option("--timezone", help="Zone for tasks scheduled from now on. " + TIMEZONE_HELP),
     ] = None,
+    network: NetworkOption = None,
+    memory: MemoryOption = None,
+    cpus: CpusOption = None,
+    pids: PidsOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a session's agent profile or default timezone (existing tasks keep theirs)."""
+    """Change a session's agent profile, default timezone (existing tasks keep theirs) or
+    container limits (from its next container on)."""
     store = open_store(home)
-    show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
+    limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
+    updated = store.update_session(session, agent=agent, timezone=timezone, limits=limits)
+    show_session("updated", updated, as_json)
 
 
 def interactive() -> bool:
@@ -1427,6 +1474,61 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
                 Text("yes" if runner["busy"] else "idle"),
             )
         console.print(table)
+
+
+@image_app.command("build")
+def image_build(
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="Base image with python3 and bash (default: $BASE_IMAGE, else python:3.12-slim).",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag",
+            help="Image tag (default: $CRONBOX_IMAGE, else cronbox-agent:<version>).",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build Dockerfile.agent from the installed package, with a progress display."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from host.image import DEFAULT_BASE, BuildStep, build_image
+    from host.runtimes.docker import default_image
+
+    del home  # an image belongs to the engine, not to a home
+    settings = load_settings()
+    tag = tag or settings.image or default_image()
+    base = base or os.environ.get("BASE_IMAGE") or DEFAULT_BASE
+    console = stderr_console()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
+        console=console, transient=False,
+    ) as progress:  # fmt: skip
+        job = progress.add_task(f"building {tag}", total=None, step=f"from {base}")
+
+        def on_step(step: BuildStep) -> None:
+            if step.step is not None and step.steps is not None:
+                progress.update(job, total=step.steps, completed=step.step - 1,
+                                step=step.text[:60])  # fmt: skip
+
+        def log(line: str) -> None:
+            progress.update(job, step=line[:60])
+
+        image_id = build_image(tag, base, on_step, log)
+        progress.update(job, completed=progress.tasks[0].total or 1, step="done")
+    if as_json:
+        print_json({"image": tag, "id": image_id, "base": base})
+        return
+    short = image_id.removeprefix("sha256:")[:12]
+    stdout_console().print(Text(f"built {tag} ({short}) from {base}"))
 
 
 @task_app.command("run")

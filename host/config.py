@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     task_timeout: float = Field(default=DEFAULTS.task_timeout, gt=0)
     keep_finished: float = Field(default=DEFAULTS.keep_finished, gt=0)
     """Seconds a finished inbox row is kept (``CRONBOX_KEEP_FINISHED``); runs stay."""
+    image: str | None = None
+    """The agent image of the docker runtime (``CRONBOX_IMAGE``; ``cronbox-agent:<version>``)."""
+    docker_network: str = "none"
+    docker_memory: str = "512m"
+    docker_cpus: float = Field(default=1.0, gt=0)
+    docker_pids: int = Field(default=256, ge=16)
+    docker_user: str = Field(default="1000:1000", pattern=r"^[1-9][0-9]*:[0-9]+$")
+    """uid:gid containers run as when the host runs as root (else the host's own)."""
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

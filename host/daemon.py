@@ -26,7 +26,8 @@ from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
-from host.runtimes import get_runtime
+from host.limits import ContainerLimits, check_limits
+from host.runtimes import Runtime, get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
@@ -139,7 +140,7 @@ async def run_host(
         )
         if demo:
             await anyio.to_thread.run_sync(seed_demo, store)
-        runtime = get_runtime(settings.runtime)
+        runtime = await anyio.to_thread.run_sync(ready_runtime, settings, clock)
         writer = Writer()
         sweeper = Sweeper(
             store,
@@ -170,6 +171,26 @@ async def run_host(
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
                 log.info("cronbox host stopped")
+
+
+def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
+    """The configured runtime, checked ready: for docker, an engine and the agent image
+    (EngineUnavailable or ImageMissing otherwise, each one sentence)."""
+    if settings.runtime != "docker":
+        return get_runtime(settings.runtime, clock=clock)
+    from host.runtimes.docker import DockerConfig, DockerRuntime, default_image
+
+    defaults = ContainerLimits(
+        network=settings.docker_network, memory=settings.docker_memory,
+        cpus=settings.docker_cpus, pids=settings.docker_pids,
+    )  # fmt: skip
+    config = DockerConfig(
+        image=settings.image or default_image(), defaults=check_limits(defaults),
+        user=settings.docker_user,
+    )  # fmt: skip
+    runtime = DockerRuntime(config, clock=clock)
+    runtime.check_ready()
+    return runtime
 
 
 async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed) -> None:

@@ -58,6 +58,7 @@ from cronbox_shared.tasks import (
 )
 from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
 from host.config import Settings
+from host.limits import ContainerLimits, check_limits
 from host.liveness import Claim
 from host.settlement import (
     OCCURRENCE_SEP,
@@ -242,37 +243,52 @@ class Cronbox:
     # --- sessions ----------------------------------------------------------------------
 
     def create_session(
-        self, name: str, *, agent: str = "echo", timezone: str | None = None, actor: str = "cli"
-    ) -> Session:
-        """Register a session and create its directory and inbox."""
+        self, name: str, *, agent: str = "echo", timezone: str | None = None,
+        limits: ContainerLimits | None = None, actor: str = "cli",
+    ) -> Session:  # fmt: skip
+        """Register a session and create its directory and inbox.
+
+        ``limits`` are its container's own (the docker runtime's defaults otherwise).
+        """
         name = _session_name(name)
         agent = check_agent(agent)
         tz = zone(timezone, "--timezone").key if timezone else self.default_timezone
+        container = check_limits(limits or ContainerLimits()).stored()
         if self.central.name_taken(name):
             raise SessionExists(name)
         session_id = self.files.create(tz)
         session = Session(
-            id=session_id, name=name, agent=agent, timezone=tz, container={},
+            id=session_id, name=name, agent=agent, timezone=tz, container=container,
             created_at=fmt(self.now()), last_active_at=None, next_due_at=None,
         )  # fmt: skip
-        entry = self._entry(actor, "session.create", session_id, name, {"agent": agent, "tz": tz})
+        detail: dict[str, Any] = {"agent": agent, "tz": tz, **container}
+        entry = self._entry(actor, "session.create", session_id, name, detail)
         self.central.insert_session(session, entry, self.files.version(session_id))
         return self.get_session(session_id)
 
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
-        actor: str = "cli",
+        limits: ContainerLimits | None = None, actor: str = "cli",
     ) -> Session:  # fmt: skip
-        """Change a session's agent profile or default timezone (its tasks keep theirs)."""
+        """Change a session's agent profile, default timezone (its tasks keep theirs) or
+        container limits (from its next container on)."""
         session = self.get_session(ref)
-        fields: dict[str, str] = {}
+        fields: dict[str, Any] = {}
+        detail: dict[str, Any] = {}
         if agent is not None:
             fields["agent"] = check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
+        if limits is not None and limits.stored():
+            changed = check_limits(limits).stored()
+            fields["container"] = {**session.container, **changed}
+            detail.update(changed)
         if not fields:
-            raise InvalidInput("nothing to change; give --agent or --timezone")
-        entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
+            raise InvalidInput(
+                "nothing to change; give --agent, --timezone, --network, --memory, --cpus or --pids"
+            )
+        detail.update({k: v for k, v in fields.items() if k != "container"})
+        entry = self._entry(actor, "session.update", session.id, session.name, detail)
         if "timezone" in fields:
             self.files.set_zone(session.id, fields["timezone"])
         self.central.update_session(session.id, fields, entry)

@@ -33,6 +33,7 @@ from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
+from host.limits import ContainerLimits
 from host.liveness import Claim, LivenessAction, decide_liveness
 from host.logs import session_fields
 from host.pool import Live, Waiting, plan_pool
@@ -372,6 +373,7 @@ class Sweeper:
             session_dir=self.store.session_dir(session.id).resolve(),
             home=self.store.home.resolve(),
             env=self.runner_env(session),
+            limits=ContainerLimits.of(session.container),
         )
         due_at = parse_utc(session.next_due_at)
         woken_for = await read(self.store.due_ids, session.id)

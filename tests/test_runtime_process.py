@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import anyio
@@ -21,10 +22,10 @@ from host.runtimes import (
     RunnerHandle,
     RunnerSpec,
     RunnerStartFailed,
-    RuntimeNotAvailable,
     UnknownRuntime,
     get_runtime,
 )
+from host.runtimes.docker import DockerRuntime
 from host.runtimes.process import PID_FILE, RUNNER_LOG, RUNNER_LOG_CAP
 
 # Generous bound so a stuck runner fails the test instead of the whole run; never a
@@ -452,9 +453,13 @@ def test_get_runtime_process_is_the_process_runtime() -> None:
     assert runtime.name == "process"
 
 
-def test_get_runtime_docker_says_it_is_not_available_yet() -> None:
-    with pytest.raises(RuntimeNotAvailable, match="docker runtime is not available yet"):
-        get_runtime("docker")
+def test_get_runtime_docker_is_this_releases_image_and_contacts_no_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    runtime = get_runtime("docker")
+    assert isinstance(runtime, DockerRuntime)
+    assert runtime.config.image == f"cronbox-agent:{package_version('cronbox')}"
 
 
 def test_get_runtime_rejects_an_unknown_name() -> None:

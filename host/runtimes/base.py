@@ -13,14 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from cronbox_shared.errors import RunnerStartFailed, RuntimeNotAvailable, UnknownRuntime
+from cronbox_shared.errors import RunnerStartFailed, UnknownRuntime
+from host.limits import ContainerLimits
 
 __all__ = [
+    "ContainerLimits",
     "RunnerHandle",
     "RunnerSpec",
     "RunnerStartFailed",
     "Runtime",
-    "RuntimeNotAvailable",
     "UnknownRuntime",
 ]
 
@@ -43,6 +44,8 @@ class RunnerSpec:
     The runner gets them in its environment and their names as its ``secret_names``, so
     it keeps them from its gate scripts and its MCP server; no other variable of the
     host reaches it (see ``cronbox_shared.environment``)."""
+    limits: ContainerLimits | None = None
+    """The session's own container limits, over the host's defaults."""
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ class CentralRepository(Protocol):
         SessionExists for a taken name."""
         ...
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Set the session's ``agent`` and/or ``timezone`` with its audit entry."""
+    def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
+        """Set the session's ``agent``, ``timezone`` and/or ``container`` (a dict of its
+        container limits) with its audit entry."""
         ...
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:

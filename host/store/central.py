@@ -246,11 +246,12 @@ class SqliteCentral:
                 raise SessionExists(session.name) from None
             self._audit(db, audit)
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Change a session's agent profile or timezone."""
-        assign = ", ".join(f"{k} = ?" for k in fields)
+    def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
+        """Change a session's agent profile, timezone or container settings (a dict)."""
+        values = {k: json.dumps(v) if k == "container" else v for k, v in fields.items()}
+        assign = ", ".join(f"{k} = ?" for k in values)
         with self._open() as db, db.atomic():
-            db.execute(f"UPDATE sessions SET {assign} WHERE id = ?", [*fields.values(), session_id])
+            db.execute(f"UPDATE sessions SET {assign} WHERE id = ?", [*values.values(), session_id])
             self._audit(db, audit)
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:
