@@ -90,6 +90,7 @@ async def run_gate(
     has been killed.
     """
     capture = _Capture(stdout=bytearray(), stderr_tail=bytearray())
+    ooms_before = _oom_kills()
     # Shielded: a cancellation landing while the process is being created would leave it
     # running with nobody to kill it or close its pipes. It is honoured right after.
     with anyio.CancelScope(shield=True):
@@ -139,7 +140,13 @@ async def run_gate(
     if deadline.cancelled_caught:
         return _error(f"gate script timed out after {timeout:g} s", preview)
     assert process.returncode is not None
-    return judge_gate_output(process.returncode, bytes(capture.stdout), bytes(capture.stderr_tail))
+    result = judge_gate_output(
+        process.returncode, bytes(capture.stdout), bytes(capture.stderr_tail)
+    )
+    killed = process.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    if killed and result.reason and _oom_kills() > ooms_before:
+        result = _error(f"{result.reason} (out of memory: the container's memory limit)", preview)
+    return result
 
 
 def judge_gate_output(returncode: int, stdout: bytes, stderr: bytes) -> GateResult:
@@ -172,6 +179,25 @@ async def _read_stderr_tail(stream: ByteReceiveStream, tail: bytearray) -> None:
     async for chunk in stream:
         tail += chunk
         del tail[:-_STDERR_TAIL_BYTES]
+
+
+# Where the kernel counts the processes its OOM killer took in this cgroup (v2, then v1);
+# in a container with a memory limit, that is how a gate killed for memory is told apart.
+_OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def _oom_kills() -> int:
+    """The cgroup's ``oom_kill`` count (0 where the kernel shows none)."""
+    for path in _OOM_COUNTERS:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return 0
 
 
 def _kill_group(pgid: int) -> None:

@@ -1459,6 +1459,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     nxt = report["next_wake"]
     tz = zone(load_settings().timezone())
     console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
+    if host is not None and host.get("engine_down"):
+        console.print(Text(f"problem: {host['engine_down']}", style="yellow"), soft_wrap=True)
     for problem in report["problems"]:
         console.print(
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),

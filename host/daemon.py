@@ -114,6 +114,7 @@ def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
         ],
         "waiting": sorted(sweeper.waiting),
         "started_total": sweeper.started_total,
+        "engine_down": sweeper.engine_down,
         "problems": [
             {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
             for sid, p in sorted(sweeper.problems.items())
@@ -203,7 +204,7 @@ async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: 
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
-             sorted(sweeper.problems.items()))
+             sorted(sweeper.problems.items()), sweeper.engine_down)
         )  # fmt: skip
         if snapshot != last_status:
             await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
@@ -239,6 +240,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
             "runtime": published.get("runtime"),
             "max_containers": published.get("max_containers", max_containers),
             "updated_at": published.get("updated_at"),
+            "engine_down": published.get("engine_down"),
         },
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),

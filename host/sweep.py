@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import check_agent
 from cronbox_shared.defaults import DEFAULTS
-from cronbox_shared.errors import UnknownAgent
+from cronbox_shared.errors import EngineUnavailable, UnknownAgent
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
@@ -160,6 +160,8 @@ class Sweeper:
         self.problems: dict[str, Problem] = {}
         self._names: dict[str, str] = {}
         self.watched: dict[str, Watched] = {}
+        # Why the runtime's engine cannot be reached, while it cannot (logged once).
+        self.engine_down: str | None = None
         self._outbox_seen: dict[str, int | None] = {}
 
     # --- plumbing --------------------------------------------------------------------
@@ -277,10 +279,14 @@ class Sweeper:
         for session_id in list(self.live):
             try:
                 await self._tend(session_id)
+            except EngineUnavailable as exc:
+                self._engine_lost(exc)
             except Exception:
                 log.exception(
                     "session %s: tending its runner failed", self.live[session_id].session.name
                 )
+            else:
+                self._engine_back()
         if not self.accepting:
             return
         await self._watch_outboxes()
@@ -311,17 +317,22 @@ class Sweeper:
         for session_id in plan.start:
             try:
                 await self._start(session_id)
-            except Exception:
-                # Back off so one broken session neither floods the log nor spins the loop.
+            except Exception as exc:
+                # Back off so one broken session neither floods the log nor spins the loop;
+                # its work stays pending (a start that never happened costs no try).
                 _, failures = self.quarantine.get(session_id, (now, 0))
                 pause = min(QUARANTINE_MAX, QUARANTINE_BASE * 2**failures)
                 self.quarantine[session_id] = (now + timedelta(seconds=pause), failures + 1)
+                if isinstance(exc, EngineUnavailable):
+                    self._engine_lost(exc)
+                    continue
                 log.exception(
                     "session %s: could not start its runner; next try in %d s",
                     self._name(session_id), pause,
                 )  # fmt: skip
             else:
                 self.quarantine.pop(session_id, None)
+                self._engine_back()
 
     def rang(self, sessions: Sequence[Session]) -> None:
         """Take in what a process outside these sessions' runners wrote to their outboxes
@@ -334,6 +345,17 @@ class Sweeper:
                 self.watched[session.id] = Watched(session, later)
         if sessions:
             self.wake()
+
+    def _engine_lost(self, exc: EngineUnavailable) -> None:
+        """Log once that the runtime's engine is gone; work waits and is retried."""
+        if self.engine_down is None:
+            log.error("%s; due work stays pending and is retried with backoff", exc)
+        self.engine_down = str(exc)
+
+    def _engine_back(self) -> None:
+        if self.engine_down is not None:
+            log.info("the %s runtime's engine is reachable again", self.runtime.name)
+            self.engine_down = None
 
     async def _watch_outboxes(self) -> None:
         """Deliver what arrived in the outbox of a session whose runner recently exited.

@@ -37,9 +37,9 @@ def finished_runs(store: Cronbox, task: str, n: int = 1) -> bool:
 
 
 async def test_one_time_task_starts_on_time_and_its_reply_is_delivered_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, runtime: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(tmp_path / "home")
+    settings = make_settings(tmp_path / "home", runtime=runtime)
     store = Cronbox.from_settings(settings)
     session = store.create_session("alpha")
     due = store.now() + timedelta(seconds=2)
@@ -63,8 +63,10 @@ async def test_one_time_task_starts_on_time_and_its_reply_is_delivered_once(
     assert "ping" in printed[0].getMessage()
 
 
-async def test_recurring_task_fires_three_times_exactly_on_its_grid(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home")
+async def test_recurring_task_fires_three_times_exactly_on_its_grid(
+    tmp_path: Path, runtime: str
+) -> None:
+    settings = make_settings(tmp_path / "home", runtime=runtime)
     store = Cronbox.from_settings(settings)
     session = store.create_session("beta")
     task = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@every 2s"})
@@ -91,10 +93,10 @@ GATES = {
 
 
 async def test_gate_scripts_skip_wake_or_fail_with_their_reason(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, runtime: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CRONBOX_GATE_TIMEOUT", "1")
-    settings = make_settings(tmp_path / "home")
+    settings = make_settings(tmp_path / "home", runtime=runtime)
     store = Cronbox.from_settings(settings)
     session = store.create_session("gated")
     soon = fmt(store.now() + timedelta(seconds=1))
@@ -164,8 +166,9 @@ async def test_runner_killed_mid_task_is_retried_then_failed_after_five_tries(
 
 async def test_pool_of_two_never_runs_more_than_two_and_serves_earliest_due_first(
     tmp_path: Path,
+    runtime: str,
 ) -> None:
-    settings = make_settings(tmp_path / "home", max_containers=2, idle_timeout=0.3)
+    settings = make_settings(tmp_path / "home", max_containers=2, idle_timeout=0.3, runtime=runtime)
     store = Cronbox.from_settings(settings)
     base = store.now() + timedelta(seconds=2)
     order = []

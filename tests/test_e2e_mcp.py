@@ -51,9 +51,9 @@ def finished(store: Cronbox, task_id: str) -> bool:
 
 
 async def test_agent_schedules_a_task_that_fires_and_cancels_a_series_by_its_id(
-    tmp_path: Path,
+    tmp_path: Path, runtime: str
 ) -> None:
-    settings = make_settings(tmp_path / "home", min_interval=1.0)
+    settings = make_settings(tmp_path / "home", min_interval=1.0, runtime=runtime)
     store = Cronbox.from_settings(settings)
     session = store.create_session("mcp", agent="scripted")
     series = store.schedule_task(session.id, {"prompt": "tick", "recurrence": "@every 2s"}).id

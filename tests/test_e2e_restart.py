@@ -15,17 +15,19 @@ import anyio
 import pytest
 
 from cronbox_shared.models import MessageStatus, RunOutcome
+from host.runtimes.docker import SESSION_LABEL
 from host.service import Cronbox
 from tests.hosting import acks, delivered_seqs, make_settings, replies, runner_pids, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
-def host_env(home: Path) -> dict[str, str]:
+def host_env(home: Path, runtime: str = "process") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         TZ="UTC",
         CRONBOX_HOME=str(home),
+        CRONBOX_RUNTIME=runtime,
         CRONBOX_IDLE_TIMEOUT="1",
         CRONBOX_MIN_INTERVAL="1",
         CRONBOX_SWEEP_INTERVAL="60",
@@ -34,11 +36,13 @@ def host_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def host_process(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def host_process(
+    home: Path, log: Path, runtime: str = "process"
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "host.cli", "run"],
-            env=host_env(home),
+            env=host_env(home, runtime),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -71,8 +75,17 @@ async def test_second_host_on_the_same_home_refuses_to_start(tmp_path: Path) -> 
     assert len(stderr.strip().splitlines()) == 1
 
 
+def live_runners(home: Path, runtime: str) -> list[str]:
+    """The runners of this home alive right now: pids, or the sessions of containers."""
+    if runtime == "process":
+        return [str(pid) for pid in runner_pids(home)]
+    from tests.docker_support import containers_of, ready_engine
+
+    return [c.labels[SESSION_LABEL] for c in containers_of(ready_engine(), home)]
+
+
 async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, runtime: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TZ", "UTC")
     home = tmp_path / "home"
@@ -90,15 +103,17 @@ async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
         session.id, {"taskId": "tick", "prompt": "tick", "recurrence": "@every 2s"}
     )
     log = tmp_path / "host.log"
-    with host_process(home, log) as first:
+    with host_process(home, log, runtime) as first:
         await wait_for(lambda: acks(store, session.id, slow.id))
-        orphans = runner_pids(home)
+        orphans = live_runners(home, runtime)
         assert orphans, "the slow task's runner is alive when the host dies"
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
 
-    with host_process(home, log) as second:
+    with host_process(home, log, runtime) as second:
         await wait_for(lambda: store.runs_for(slow.id) and store.runs_for(slow.id)[0].outcome)
+        # Adopted, not started again: never two runners for one session.
+        assert len(live_runners(home, runtime)) <= 1
         await wait_for(lambda: store.runs_for(later.id) and store.runs_for(later.id)[0].outcome)
         await wait_for(
             lambda: len([r for r in store.runs_for(series.id) if r.outcome]) >= 3, limit=60
@@ -106,7 +121,7 @@ async def test_host_killed_and_restarted_loses_nothing_and_duplicates_nothing(
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0
 
-    assert runner_pids(home) == [], "no runner outlives the host"
+    assert live_runners(home, runtime) == [], "no runner outlives the host"
     for task in (slow, later):
         [run] = store.runs_for(task.id)
         assert run.outcome is RunOutcome.OK
