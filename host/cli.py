@@ -789,24 +789,32 @@ def interactive() -> bool:
     return sys.stdin is not None and sys.stdin.isatty()
 
 
-def stop_process_runner(store: Cronbox, session: Session) -> str | None:
-    """Stop the session's runner of the process runtime, found by its pid file, and
-    release its lease; the pid stopped, or None when it has none running.
+def stop_runners(store: Cronbox, session: Session) -> str | None:
+    """Stop the session's runner, a local process or a container, and release its lease;
+    the runner stopped, or None when it has none running.
 
     The CLI cannot reach a host's runner objects; a host that is running notices the
-    runner gone. Runners of the docker runtime are not seen here.
+    runner gone. Containers are looked for once the home has ever started one (it then
+    has a ``host-id``), so that needs the engine.
     """
     import anyio
 
+    from host.runtimes import Runtime
+    from host.runtimes.docker import HOME_ID_FILE, DockerConfig, DockerRuntime
     from host.runtimes.process import ProcessRuntime
     from host.sweep import SweepConfig
 
-    runtime = ProcessRuntime()
-    mine = [h for h in anyio.run(runtime.list_own, store.home) if h.session_id == session.id]
-    for handle in mine:
-        anyio.run(runtime.stop, handle, SweepConfig.stop_grace)
-        store.release_lease(session.id, handle.ref)
-    return mine[0].ref if mine else None
+    runtimes: list[Runtime] = [ProcessRuntime()]
+    if (store.home / HOME_ID_FILE).exists():
+        runtimes.append(DockerRuntime(DockerConfig.default()))
+    stopped = None
+    for runtime in runtimes:
+        mine = [h for h in anyio.run(runtime.list_own, store.home) if h.session_id == session.id]
+        for handle in mine:
+            anyio.run(runtime.stop, handle, SweepConfig.stop_grace)
+            store.release_lease(session.id, handle.ref)
+            stopped = handle.ref
+    return stopped
 
 
 @session_app.command("delete")
@@ -830,7 +838,7 @@ def session_delete(
             )
         if not typer.confirm(f"Delete session {found.name} ({found.id})?", default=False):
             fail(f"session {found.name} was not deleted", EXIT_USER_ERROR)
-    stopped = stop_process_runner(store, found)
+    stopped = stop_runners(store, found)
     show_session("deleted", store.delete_session(found.id, stopped_runner=stopped), as_json)
 
 

@@ -142,16 +142,17 @@ async def run_host(
         if demo:
             await anyio.to_thread.run_sync(seed_demo, store)
         runtime = await anyio.to_thread.run_sync(ready_runtime, settings, clock)
-        writer = Writer()
-        sweeper = Sweeper(
-            store,
-            runtime,
-            Delivery(store, [ConsoleChannel()], writer),
-            sweep or sweep_config(settings),
-            clock,
-        )
-        await sweeper.recover()
         async with AsyncExitStack() as stack:
+            stack.callback(runtime.close)
+            writer = Writer()
+            sweeper = Sweeper(
+                store,
+                runtime,
+                Delivery(store, [ConsoleChannel()], writer),
+                sweep or sweep_config(settings),
+                clock,
+            )
+            await sweeper.recover()
             watcher = store.watch_changes()
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())

@@ -167,6 +167,42 @@ def test_session_update_changes_agent_and_timezone(cli: Cli, session: str) -> No
     assert "nothing to change" in refused.stderr
 
 
+def test_session_container_limits_are_kept_merged_and_shown(cli: Cli) -> None:
+    made = as_json(cli("session", "create", "boxed", "--memory", "256m", "--pids", "64", "--json"))
+    assert made["container"] == {"memory": "256m", "pids": 64}
+    updated = as_json(cli("session", "update", "boxed", "--cpus", "0.5", "--network", "lab",
+                          "--json"))  # fmt: skip
+    assert updated["container"] == {"memory": "256m", "pids": 64, "cpus": 0.5, "network": "lab"}
+    line = ok(cli("session", "update", "boxed", "--memory", "1g")).stdout
+    assert "network lab, memory 1g, cpus 0.5, pids 64" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--memory", "lots"], 'memory limit "lots" is not a size; write it like 512m or 1g'),
+        (["--memory", "1m"], 'memory limit "1m" is below the 32m a runner needs to start'),
+        (["--cpus", "0"], "cpus 0 must be above 0"),
+        (["--cpus", "999"], "cpus 999 must be above 0 and at most"),
+        (["--pids", "3"], "pids limit 3 is below the 16 a runner needs"),
+        (["--network", "host"], 'network "host" would share another namespace'),
+        (["--network", "container:web"], 'network "container:web" would share another'),
+        (["--network", "no/such"], 'network "no/such" is not a Docker network name'),
+    ],
+)
+def test_bad_container_limits_get_one_sentence_and_write_nothing(
+    cli: Cli, home: Path, flags: list[str], says: str
+) -> None:
+    created = cli("session", "create", "boxed", *flags)
+    assert created.exit_code == 2
+    assert says in created.stderr and len(created.stderr.strip().splitlines()) == 1
+    assert as_json(cli("session", "list", "--json")) == []
+    ok(cli("session", "create", "boxed"))
+    updated = cli("session", "update", "boxed", *flags)
+    assert updated.exit_code == 2 and says in updated.stderr
+    assert as_json(cli("session", "list", "--json"))[0]["container"] == {}
+
+
 def test_session_delete_forgets_the_session(cli: Cli, session: str, home: Path) -> None:
     gone = as_json(cli("session", "delete", session, "--yes", "--json"))
     assert not (home / "sessions" / gone["id"]).exists()

@@ -8,18 +8,35 @@ same way an agent's own code would, and report into the session's workspace.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from docker import DockerClient
 
-from cronbox_shared.models import RunOutcome
+from cronbox_shared.models import MessageStatus, RunOutcome
+from cronbox_shared.settings import RunnerSettings
+from cronbox_shared.timeutil import fmt
 from host.limits import ContainerLimits
-from host.runtimes.docker import HOME_LABEL, SESSION_LABEL, home_id
+from host.runtimes.base import RunnerSpec
+from host.runtimes.docker import (
+    HOME_LABEL,
+    SESSION_LABEL,
+    STARTED_LABEL,
+    DockerConfig,
+    DockerRuntime,
+    home_id,
+)  # fmt: skip
 from host.service import Cronbox
 from host.store.records import Session
-from tests.docker_support import containers_of, no_strays, ready_engine
+from tests.docker_support import EngineProxy, containers_of, no_strays, ready_engine
 from tests.hosting import make_settings, replies, running_host, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -27,7 +44,7 @@ CANARY = "CRONBOX_TEST_CANARY_SECRET"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
+def engine(tmp_path: Path) -> Iterator[DockerClient]:
     client = ready_engine()
     with no_strays(client, tmp_path / "home"):
         yield client
@@ -214,3 +231,118 @@ async def test_a_memory_hog_in_a_gate_is_killed_and_recorded(
     run = store.runs_for(hog.id)[-1]
     assert run.outcome is RunOutcome.ERROR
     assert "out of memory" in (run.error or ""), run.error
+
+
+# --- what an operator meets ------------------------------------------------------------
+
+
+def host_run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "CRONBOX_HOME": str(tmp_path / "home"), "CRONBOX_RUNTIME": "docker"}
+    return subprocess.run(
+        [sys.executable, "-m", "host.cli", "run"], env={**environ, **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_cronbox_run_without_an_engine_says_so_in_one_sentence(tmp_path: Path) -> None:
+    done = host_run(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: the Docker engine is not reachable (")
+    assert 'CRONBOX_RUNTIME="process"' in error
+
+
+@pytest.mark.docker
+def test_cronbox_run_without_the_image_says_how_to_build_it(
+    tmp_path: Path, engine: DockerClient
+) -> None:
+    done = host_run(tmp_path, CRONBOX_IMAGE="cronbox-agent:never-built")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error == (
+        'error: the agent image "cronbox-agent:never-built" is not built; build it with: '
+        "cronbox image build"
+    )
+
+
+def runner_spec(store: Cronbox, session: Session) -> RunnerSpec:
+    directory = store.session_dir(session.id).resolve()
+    env = RunnerSettings(session_dir=directory, idle_timeout=300).to_env()
+    return RunnerSpec(session.id, directory, store.home.resolve(), env)
+
+
+@pytest.mark.docker
+async def test_a_new_host_adopts_running_containers_removes_exited_ones_and_keeps_one_each(
+    tmp_path: Path, engine: DockerClient
+) -> None:
+    store = Cronbox(tmp_path / "home")
+    alive, exited = store.create_session("alive"), store.create_session("exited")
+    first = DockerRuntime(DockerConfig.default())
+    kept = await first.start(runner_spec(store, alive))
+    gone = await first.start(runner_spec(store, exited))
+    engine.containers.get(gone.ref).stop(timeout=1)
+    # What an older host might have left: a second container for the same session.
+    engine.containers.run(
+        first.config.image, ["-c", "sleep 300"], entrypoint=["bash"], detach=True,
+        name=f"stray-{alive.id}", network_mode="none",
+        labels={HOME_LABEL: home_id(store.home), SESSION_LABEL: alive.id,
+                STARTED_LABEL: fmt(kept.started_at - timedelta(hours=1))},
+    )  # fmt: skip
+
+    second = DockerRuntime(DockerConfig.default())
+    (adopted,) = await second.list_own(store.home)
+    assert (adopted.session_id, adopted.ref) == (alive.id, kept.ref)
+    assert [c.short_id for c in containers_of(engine, store.home, all=True)] == [kept.ref]
+    # Starting the session again never makes a second container: the live one is its runner.
+    assert (await second.start(runner_spec(store, alive))).ref == kept.ref
+    assert await second.is_running(adopted)
+    await second.stop(adopted, grace=5)
+    assert not await second.is_running(adopted)
+    assert await second.exit_code(adopted) == 0
+    assert containers_of(engine, store.home, all=True) == []
+    first.close()
+    second.close()
+
+
+@pytest.mark.docker
+# docker-py's unix transport does not close its socket when connect() fails (the engine's
+# socket is gone); the GC does. That library leak is not what this test is about.
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+async def test_an_engine_that_goes_away_is_logged_once_and_its_work_waits_for_it(
+    tmp_path: Path, engine: DockerClient, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="cronbox.sweep")
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    settings = make_settings(tmp_path / "home", runtime="docker", idle_timeout=0.3)
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("patient")
+
+    def answered(message_id: str) -> bool:
+        return any(r["in_reply_to"] == message_id for r in replies(store, session.id))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        async with running_host(settings) as sweeper:
+            first = store.send_message(session.id, "one")
+            await wait_for(lambda: answered(first.id), 60)
+            await wait_for(lambda: not sweeper.live, 60)
+            proxy.cut()
+            second = store.send_message(session.id, "two")
+            await wait_for(lambda: sweeper.quarantine.get(session.id, (None, 0))[1] >= 2, 60)
+            assert sweeper.engine_down and "not reachable" in sweeper.engine_down
+            (row,) = [r for r in store.inbound_rows(session.id) if r.id == second.id]
+            assert (row.status, row.tries) == (MessageStatus.PENDING, 0)
+            lost = [r for r in caplog.records if "not reachable" in r.getMessage()]
+            assert len(lost) == 1, [r.getMessage() for r in lost]
+            await tg.start(proxy.serve)
+            await wait_for(lambda: answered(second.id), 90)
+            assert sweeper.engine_down is None
+        tg.cancel_scope.cancel()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)

@@ -129,3 +129,7 @@ class Runtime(Protocol):
         may forget the traces (pid files, exited containers) of runners that are gone.
         """
         ...
+
+    def close(self) -> None:
+        """Release what the runtime holds (an engine connection); runners keep running."""
+        ...

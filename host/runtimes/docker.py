@@ -23,16 +23,18 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import docker
 import docker.errors
+import requests
 from docker import DockerClient
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount
@@ -51,6 +53,7 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger("cronbox.docker")
+T = TypeVar("T")
 
 IMAGE_NAME = "cronbox-agent"
 HOME_LABEL = "cronbox.home"
@@ -138,10 +141,10 @@ class DockerRuntime:
     # -- the Runtime protocol ---------------------------------------------------------
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        return await anyio.to_thread.run_sync(self._start_sync, spec)
+        return await _engine_call(self._start_sync, spec)
 
     async def is_running(self, handle: RunnerHandle) -> bool:
-        return await anyio.to_thread.run_sync(self._is_running_sync, handle)
+        return await _engine_call(self._is_running_sync, handle)
 
     async def exit_code(self, handle: RunnerHandle) -> int | None:
         if await self.is_running(handle):
@@ -158,13 +161,19 @@ class DockerRuntime:
         return ended.words if ended else None
 
     async def stop(self, handle: RunnerHandle, grace: float) -> None:
-        await anyio.to_thread.run_sync(self._stop_sync, handle, grace)
+        await _engine_call(self._stop_sync, handle, grace)
 
     async def kill(self, handle: RunnerHandle) -> None:
-        await anyio.to_thread.run_sync(self._kill_sync, handle)
+        await _engine_call(self._kill_sync, handle)
 
     async def list_own(self, home: Path) -> list[RunnerHandle]:
-        return await anyio.to_thread.run_sync(self._list_own_sync, home)
+        return await _engine_call(self._list_own_sync, home)
+
+    def close(self) -> None:
+        """Close the engine client's connections; the containers keep running."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     # -- blocking halves --------------------------------------------------------------
 
@@ -371,6 +380,15 @@ class DockerRuntime:
             else:
                 self._remove(container)
         return [handle for handle, _ in newest.values()]
+
+
+async def _engine_call(work: Callable[..., T], *args: Any) -> T:
+    """Run one blocking engine call in a worker thread; a lost connection to the engine
+    (which the client raises as a requests error) becomes EngineUnavailable."""
+    try:
+        return await anyio.to_thread.run_sync(work, *args)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise EngineUnavailable(engine_reason(exc)) from exc
 
 
 def _bind(source: Path, *, read_only: bool) -> Mount:

@@ -154,6 +154,9 @@ class ProcessRuntime:
     async def list_own(self, home: Path) -> list[RunnerHandle]:
         return await anyio.to_thread.run_sync(self._list_own_sync, home)
 
+    def close(self) -> None:
+        """Nothing to release: runners are found again through their pid files."""
+
     # -- blocking halves, run in worker threads ---------------------------------------
 
     def _start_sync(self, spec: RunnerSpec) -> RunnerHandle:
