@@ -26,3 +26,6 @@ echo "== event-loop lag while delivery applies 50 agent actions =="
 echo
 echo "== next fire: cronbox beside cronsim, croniter and the old evaluation =="
 "$python" "$here/next_fire.py"
+echo
+echo "== docker runtime: cold and warm wake beside docker run (needs scripts/docker-setup) =="
+if docker info >/dev/null 2>&1; then "$python" "$here/docker_wake.py"; else echo "skipped: no Docker engine"; fi
