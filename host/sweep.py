@@ -348,9 +348,11 @@ class Sweeper:
 
     def _engine_lost(self, exc: EngineUnavailable) -> None:
         """Log once that the runtime's engine is gone; work waits and is retried."""
+        # Only the sentence is kept: the exception would hold the failed call's frames.
+        reason = str(exc)
         if self.engine_down is None:
-            log.error("%s; due work stays pending and is retried with backoff", exc)
-        self.engine_down = str(exc)
+            log.error("%s; due work stays pending and is retried with backoff", reason)
+        self.engine_down = reason
 
     def _engine_back(self) -> None:
         if self.engine_down is not None:

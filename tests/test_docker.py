@@ -13,8 +13,10 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import anyio
 import pytest
 from docker import DockerClient
 
+from cronbox_shared.errors import CronboxError
 from cronbox_shared.models import MessageStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import fmt
@@ -350,3 +353,52 @@ async def test_an_engine_that_goes_away_is_logged_once_and_its_work_waits_for_it
     # The leaked sockets sit in reference cycles with their tracebacks: collect them
     # now, under this test's filter, not in whichever test the collector next runs in.
     gc.collect()
+
+
+def test_the_home_id_is_made_once_even_when_hosts_race_for_it(tmp_path: Path) -> None:
+    for n in range(20):
+        home = tmp_path / f"home-{n}"
+        home.mkdir()
+        ids: list[str] = []
+        race = partial(lambda into, where: into.append(home_id(where)), ids, home)
+        threads = [threading.Thread(target=race) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(ids) == 8 and len(set(ids)) == 1
+        assert [p.name for p in home.iterdir()] == ["host-id"]
+        assert str(home) not in ids[0]
+
+
+def test_a_damaged_home_id_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "host-id").write_text("/root/somewhere\n")
+    with pytest.raises(CronboxError, match="does not hold a cronbox home id; remove it"):
+        home_id(tmp_path)
+
+
+@pytest.mark.docker
+def test_image_build_makes_a_non_root_image_without_build_tools(engine: DockerClient) -> None:
+    labels = engine.images.get(DockerConfig.default().image).labels or {}
+    base = labels["org.opencontainers.image.base.name"]
+    tag = "cronbox-agent:test-build"
+    done = subprocess.run(
+        [sys.executable, "-m", "host.cli", "image", "build", "--base", base, "--tag", tag,
+         "--json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    built = json.loads(done.stdout)
+    try:
+        assert (built["image"], built["base"]) == (tag, base)
+        image = engine.images.get(tag)
+        assert image.id == built["id"]
+        assert image.attrs["Config"]["User"] == "1000:1000"
+        assert image.attrs["Config"]["Entrypoint"][-2:] == ["-m", "agent_runner"]
+        found = engine.containers.run(
+            tag, ["-c", "command -v gcc cc make pip pip3 bash || true"], entrypoint=["bash"],
+            network_mode="none", remove=True,
+        )  # fmt: skip
+        assert bytes(found).decode().split() == ["/usr/bin/bash"]
+    finally:
+        engine.images.remove(tag)

@@ -83,18 +83,24 @@ class DockerConfig:
 
 
 def home_id(home: Path) -> str:
-    """The home's opaque id for labels, made once and kept in ``<home>/host-id``."""
+    """The home's opaque id for labels, made once and kept in ``<home>/host-id``.
+
+    Written to a temporary file and linked into place, so a reader never sees a
+    half-written id and two hosts racing for it agree on the one that was linked first.
+    """
     path = Path(home) / HOME_ID_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        value = path.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{16}", value):
-            return value
-        raise RunnerStartFailed("-", f"{path} does not hold a home id; remove it") from None
-    value = secrets.token_hex(8)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    if not path.exists():
+        tmp = path.with_name(f"{HOME_ID_FILE}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_hex(8) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    value = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{16}", value):
+        raise CronboxError(f"{path} does not hold a cronbox home id; remove it and start again")
     return value
 
 
