@@ -191,50 +191,38 @@ async def test_from_inside_the_inbox_is_untouchable_and_nothing_else_of_the_host
     assert store.inbound_rows(session.id), "the inbox is intact"
 
 
+EXHAUSTING = [
+    pytest.param(ContainerLimits(pids=64), "b() { b | b & }; b; sleep 10", "gate script",
+                 id="fork-bomb"),
+    pytest.param(ContainerLimits(memory="160m"),
+                 "python3 -c 'x = b\"x\" * (1 << 30)' && echo '{\"wakeAgent\": true}'",
+                 "out of memory", id="memory-hog"),
+]  # fmt: skip
+
+
 @pytest.mark.docker
-async def test_a_fork_bomb_in_a_gate_hits_the_pids_limit_and_is_a_failed_gate(
-    tmp_path: Path, engine: DockerClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(("limits", "script", "says"), EXHAUSTING)
+async def test_a_gate_that_exhausts_its_container_fails_and_the_runner_lives_on(
+    tmp_path: Path, engine: DockerClient, monkeypatch: pytest.MonkeyPatch,
+    limits: ContainerLimits, script: str, says: str,
+) -> None:  # fmt: skip
+    """A fork bomb meets the pids limit, a memory hog the memory limit: either is a failed
+    gate with its reason, and the same runner answers the next message."""
     monkeypatch.setenv("CRONBOX_GATE_TIMEOUT", "3")
     settings = make_settings(tmp_path / "home", runtime="docker", idle_timeout=30.0)
     store = Cronbox.from_settings(settings)
-    session = store.create_session("bomb", limits=ContainerLimits(pids=64))
-    bomb = store.schedule_task(
-        session.id, {"prompt": "p", "processAfter": "now", "script": "b() { b | b & }; b; sleep 10"}
-    )
-    async with running_host(settings):
-        await wait_for(lambda: finished(store, bomb.id), 90)
-        # The runner outlived it and still answers.
+    session = store.create_session("greedy", limits=limits)
+    task = store.schedule_task(session.id, {"prompt": "p", "processAfter": "now", "script": script})
+    async with running_host(settings) as sweeper:
+        await wait_for(lambda: finished(store, task.id), 90)
         chat = store.send_message(session.id, "still there?")
         await wait_for(
             lambda: [r for r in replies(store, session.id) if r["in_reply_to"] == chat.id], 60
         )
-    run = store.runs_for(bomb.id)[-1]
+        assert sweeper.started_total == 1, "the runner outlived its gate"
+    run = store.runs_for(task.id)[-1]
     assert run.outcome is RunOutcome.ERROR
-    assert "gate script" in (run.error or "")
-
-
-@pytest.mark.docker
-async def test_a_memory_hog_in_a_gate_is_killed_and_recorded(
-    tmp_path: Path, engine: DockerClient
-) -> None:
-    settings = make_settings(tmp_path / "home", runtime="docker", idle_timeout=30.0)
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("hog", limits=ContainerLimits(memory="160m"))
-    hog = store.schedule_task(
-        session.id,
-        {"prompt": "p", "processAfter": "now",
-         "script": "python3 -c 'x = b\"x\" * (1 << 30)' && echo '{\"wakeAgent\": true}'"},
-    )  # fmt: skip
-    async with running_host(settings):
-        await wait_for(lambda: finished(store, hog.id), 90)
-        chat = store.send_message(session.id, "still there?")
-        await wait_for(
-            lambda: [r for r in replies(store, session.id) if r["in_reply_to"] == chat.id], 60
-        )
-    run = store.runs_for(hog.id)[-1]
-    assert run.outcome is RunOutcome.ERROR
-    assert "out of memory" in (run.error or ""), run.error
+    assert says in (run.error or ""), run.error
 
 
 # --- what an operator meets ------------------------------------------------------------

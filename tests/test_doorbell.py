@@ -23,11 +23,6 @@ SUBPROCESS_GUARD = 60
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Cronbox:
     return Cronbox(tmp_path / "home")
 
