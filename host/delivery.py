@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import anyio
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
@@ -171,7 +172,10 @@ class Delivery:
             if not isinstance(seq, int):
                 continue  # an id the table's constraints allow no other way; skip it
             try:
-                outcome = await self._one(session, seq, raw)
+                # A row is taken in whole or not at all: a shutdown (or any cancellation)
+                # waits for the row in hand, so a reply is never recorded but unsent.
+                with anyio.CancelScope(shield=True):
+                    outcome = await self._one(session, seq, raw)
             except Exception as exc:
                 self._note_stuck(session, seq, exc)
                 break
@@ -242,6 +246,9 @@ class Delivery:
             await self.writer(self.app.accept_reply, session.id, receipt)
         except AlreadyHandled:
             return None
+        # Until every channel's first attempt is recorded the reply has a pending delivery
+        # (a crash in between leaves it so): retries must look at this session again.
+        self._nothing_pending.discard(session.id)
         sent = [await self._send(session, message, channel, 0, text) for channel in self.channels]
         return Handled(seq, DeliveryStatus.DELIVERED if all(sent) else DeliveryStatus.PENDING)
 

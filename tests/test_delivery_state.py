@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import anyio
 import pytest
 
 from cronbox_shared import sessiondb as sdb
@@ -147,3 +148,61 @@ async def test_a_channel_that_keeps_failing_gives_up_after_its_last_attempt(
     state = deliveries(app, session, seq)["webhook"]
     assert (state.status, state.attempts) == (DeliveryStatus.FAILED, 3)
     assert dead.sent == []
+
+
+class Gated(Recorder):
+    """A channel whose send waits until the test lets it through."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().send(session, message, text)
+
+
+async def test_a_cancellation_mid_reply_waits_for_the_reply_to_be_sent_and_recorded(
+    app: Cronbox, session: Session
+) -> None:
+    """A host shutting down cancels its sweep; the reply in hand is finished first, so it
+    is never left recorded-but-unsent (sent again, or not at all, after a restart)."""
+    channel = Gated("console")
+    delivery = Delivery(app, [channel])
+    seq = write_outbound(app, session, MessageKind.CHAT, {"text": "in flight"})
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delivery.deliver, session, app.undelivered(session.id))
+            await channel.entered.wait()
+            tg.cancel_scope.cancel()
+            channel.release.set()
+    assert channel.sent == ["in flight"]
+    assert deliveries(app, session, seq)["console"].status is DeliveryStatus.DELIVERED
+
+
+async def test_a_reply_whose_send_was_not_recorded_is_sent_again_by_the_retries(
+    app: Cronbox, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    console = Recorder("console")
+    delivery = Delivery(app, [console])
+    write_outbound(app, session, MessageKind.CHAT, {"text": "first"})
+    await delivery.deliver(session, app.undelivered(session.id))
+    assert await delivery.retry_due(session) == 0  # everything final: not looked at again
+    seq = write_outbound(app, session, MessageKind.CHAT, {"text": "second"})
+    real = app.record_attempt
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database is locked")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "record_attempt", flaky)
+    assert await delivery.deliver(session, app.undelivered(session.id)) == []
+    assert deliveries(app, session, seq)["console"].status is DeliveryStatus.PENDING
+    assert await delivery.retry_due(session) == 1
+    assert console.sent == ["first", "second", "second"]
+    assert deliveries(app, session, seq)["console"].status is DeliveryStatus.DELIVERED
