@@ -1,6 +1,6 @@
 """The Docker engine for tests: present and ready, or a skip (a failure in CI).
 
-CI sets ``CRONBOX_REQUIRE_DOCKER=1`` after ``scripts/docker-setup``, which turns a
+CI sets ``REQUIRE_DOCKER=1`` after ``scripts/docker-setup``, which turns a
 missing engine or agent image into a failure instead of a skip.
 """
 
@@ -24,7 +24,7 @@ from docker.models.containers import Container
 
 from host.runtimes.docker import HOME_ID_FILE, HOME_LABEL, default_image, home_id
 
-REQUIRE = "CRONBOX_REQUIRE_DOCKER"
+REQUIRE = "REQUIRE_DOCKER"
 
 
 @functools.cache

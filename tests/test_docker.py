@@ -1,7 +1,7 @@
 """The docker runtime against a real engine: hardening, isolation, limits, lifecycle.
 
 Skipped (with the reason) where no engine or agent image is present; CI requires both
-(``CRONBOX_REQUIRE_DOCKER``). Probes run inside the containers as gate scripts, the
+(``REQUIRE_DOCKER``). Probes run inside the containers as gate scripts, the
 same way an agent's own code would, and report into the session's workspace.
 """
 
