@@ -239,6 +239,46 @@ def latest_fire_at_or_before(
         span *= 4
 
 
+def slots_through(
+    rec: Recurrence, tz: ZoneInfo, start: datetime, end: datetime, keep: int
+) -> tuple[list[datetime], int]:
+    """The newest ``keep`` fires ``t`` with ``start <= t <= end`` (``start`` is a fire time),
+    oldest first, and how many there are in all (counted up to SKIPPED_FIRES_CAP, beyond
+    which the count is a lower bound).
+
+    Cost follows ``keep``, not ``end - start``: past the cap, the search restarts a
+    little before ``end`` and widens until it holds ``keep`` fires.
+    """
+    start, end = _utc(start), _utc(end)
+    if end < start:
+        return [], 0
+    tail: list[datetime] = [start]
+    total = 1
+    for fire in _fires(rec, tz, start):
+        if fire > end:
+            return tail[-keep:], total
+        total += 1
+        tail.append(fire)
+        if len(tail) > 2 * keep:
+            del tail[:keep]
+        if total >= SKIPPED_FIRES_CAP:
+            break
+    span = timedelta(hours=6)
+    while True:
+        low = max(end - span, start)
+        window = list(_until(_fires(rec, tz, low - _TICK), end))
+        if len(window) >= keep or low == start:
+            return window[-keep:], max(total, len(window))
+        span *= 4
+
+
+def _until(fires: Iterator[datetime], end: datetime) -> Iterator[datetime]:
+    for fire in fires:
+        if fire > end:
+            return
+        yield fire
+
+
 def plan_due(
     rec: Recurrence | None,
     tz: ZoneInfo,

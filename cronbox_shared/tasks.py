@@ -10,14 +10,21 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cronbox_shared.durations import UNITS, duration_seconds
 from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
-from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
+from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage, MissedPolicy
+from cronbox_shared.policies import (
+    MAX_CATCHUP_LIMIT,
+    MAX_JITTER,
+    MAX_MAX_FAILURES,
+    due_at,
+    smallest_gap,
+)
 from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
 
@@ -29,6 +36,7 @@ MAX_GRACE = 366 * 86400
 MAX_TIMEOUT = 86400
 # Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
 MAX_AHEAD = timedelta(days=366 * 100)
+MAX_NOTE_CHARS = 500
 
 _WORDS = {
     "second": "s", "seconds": "s", "sec": "s", "secs": "s",
@@ -134,7 +142,24 @@ class _Request(BaseModel):
             raise validation_sentence(exc) from None
 
 
-class ScheduleRequest(_Request):
+MissedName = Literal["latest", "all", "skip"]
+
+
+class _Policies(_Request):
+    """The scheduling policies of a recurring task (see ``cronbox_shared.policies``)."""
+
+    missed_policy: MissedName | None = Field(default=None, alias="missedPolicy")
+    catchup_limit: int | None = Field(
+        default=None, alias="catchupLimit", ge=1, le=MAX_CATCHUP_LIMIT
+    )
+    max_failures: int | None = Field(default=None, alias="maxFailures", ge=0, le=MAX_MAX_FAILURES)
+    jitter: int | None = Field(default=None, ge=0, le=MAX_JITTER)
+
+
+POLICY_FIELDS = ("missed_policy", "catchup_limit", "max_failures", "jitter")
+
+
+class ScheduleRequest(_Policies):
     """A request to schedule a task, as it arrives from the CLI, HTTP, MCP or a container."""
 
     id: str | None = Field(default=None, alias="taskId")
@@ -147,8 +172,9 @@ class ScheduleRequest(_Request):
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
 
 
-class UpdateRequest(_Request):
-    """A change to a task; a field left out stays, an explicit null clears it."""
+class UpdateRequest(_Policies):
+    """A change to a task; a field left out stays, an explicit null clears it (a cleared
+    policy is back at its default)."""
 
     task_id: str = Field(alias="taskId")
     prompt: str | None = None
@@ -187,6 +213,10 @@ class ValidTask:
     first_run: datetime
     misfire_grace: int | None
     timeout: int | None
+    missed_policy: MissedPolicy | None = None
+    catchup_limit: int | None = None
+    max_failures: int | None = None
+    jitter: int | None = None
 
     @property
     def content(self) -> dict[str, Any]:
@@ -226,6 +256,7 @@ def validate_schedule(
             "a task needs processAfter (when to run once) or recurrence (a cron "
             'expression such as "0 9 * * MON-FRI"), or both'
         )
+    policies = check_policies(req, rec, tz, now)
     return ValidTask(
         id=check_task_id(req.id) if req.id else new_task_id(),
         prompt=req.prompt,
@@ -235,7 +266,67 @@ def validate_schedule(
         first_run=first,
         misfire_grace=req.misfire_grace,
         timeout=req.timeout,
+        **policies,
     )
+
+
+def check_policies(
+    req: _Policies, rec: Recurrence | None, tz: ZoneInfo, now: datetime,
+    current: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The policy columns a request sets, checked against the task's recurrence.
+
+    ``current`` holds the stored values (an update); a field the request leaves out
+    keeps its stored value. Policies concern recurring tasks only; ``catchupLimit``
+    only ``missedPolicy: all``; a jitter must be shorter than the recurrence's period.
+    """
+    given = {name: getattr(req, name) for name in POLICY_FIELDS if name in req.model_fields_set}
+    merged = {**(current or dict.fromkeys(POLICY_FIELDS)), **given}
+    named = [alias for name, alias in POLICY_ALIASES.items() if given.get(name) is not None]
+    if rec is None:
+        if named:
+            raise InvalidInput(
+                f"{', '.join(named)} apply only to a recurring task; add a recurrence or "
+                "leave them out"
+            )
+        # A task made one-time drops the policies it had.
+        return {name: None for name, value in (current or {}).items() if value is not None}
+    stale_limit = merged["catchup_limit"] is not None and "catchup_limit" not in given
+    if stale_limit and merged["missed_policy"] != MissedPolicy.ALL:
+        # Leaving "all" drops the limit that only "all" uses.
+        merged["catchup_limit"] = given["catchup_limit"] = None
+    if merged["catchup_limit"] is not None and merged["missed_policy"] != MissedPolicy.ALL:
+        raise InvalidInput(
+            'catchupLimit applies only with missedPolicy "all" (which replays missed slots); '
+            'set missedPolicy to "all" or leave catchupLimit out'
+        )
+    if rec is not None and merged["jitter"]:
+        gap = smallest_gap(rec, tz, now)
+        if timedelta(seconds=merged["jitter"]) >= gap:
+            raise InvalidInput(
+                f"jitter of {merged['jitter']} s is not shorter than the "
+                f"{int(gap.total_seconds())} s between runs of this recurrence; "
+                "give a smaller jitter"
+            )
+    out = dict(merged if current is None else given)
+    if out.get("missed_policy") is not None:
+        out["missed_policy"] = MissedPolicy(out["missed_policy"])
+    return out
+
+
+POLICY_ALIASES = {"missed_policy": "missedPolicy", "catchup_limit": "catchupLimit",
+                   "max_failures": "maxFailures", "jitter": "jitter"}  # fmt: skip
+
+
+def check_note(note: str | None) -> str | None:
+    """A pause note: at most 500 characters, one line; None or blank means no note."""
+    if note is None or not note.strip():
+        return None
+    if len(note) > MAX_NOTE_CHARS or "\n" in note:
+        raise InvalidInput(
+            f"the pause note must be one line of at most {MAX_NOTE_CHARS} characters; shorten it"
+        )
+    return note.strip()
 
 
 @dataclass(frozen=True)
@@ -246,8 +337,13 @@ class TaskChanges:
     recurrence: str | None
     recurrence_changed: bool
     process_after: datetime | None
+    """The live occurrence's new slot (its scheduled time)."""
     settings: dict[str, Any]
-    """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)."""
+    """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)
+    and the scheduling policies (``missed_policy``, ``catchup_limit``, ``max_failures``,
+    ``jitter``)."""
+    due: datetime | None = None
+    """When the live occurrence is due: its slot plus its jitter (None: unchanged)."""
 
     def row_fields(self) -> dict[str, Any]:
         """The ``messages_in`` columns this update sets on the live occurrence."""
@@ -257,8 +353,9 @@ class TaskChanges:
         if self.recurrence_changed:
             fields["recurrence"] = self.recurrence
         if self.process_after is not None:
-            when = fmt(self.process_after)
-            fields.update(process_after=when, scheduled_for=when)
+            fields["scheduled_for"] = fmt(self.process_after)
+        if self.due is not None:
+            fields["process_after"] = fmt(self.due)
         return {**fields, **self.settings}
 
 
@@ -312,12 +409,21 @@ def validate_update(
                 "a task needs processAfter or recurrence; this update would leave neither"
             )
         process_after = next_fire(rec, tz, now)
+    stored = {name: getattr(current, name) for name in POLICY_FIELDS}
+    policies = check_policies(req, rec, tz, now, stored)
+    settings.update(policies)
+    series = current.series_id or current.id
+    jitter = policies.get("jitter", current.jitter) if rec is not None else None
+    slot = process_after
+    if slot is None and "jitter" in policies and current.scheduled_for:
+        slot = parse_utc(current.scheduled_for)
     return TaskChanges(
         content=content if {"prompt", "script"} & given else None,
         recurrence=recurrence,
         recurrence_changed="recurrence" in given,
         process_after=process_after,
         settings=settings,
+        due=due_at(series, slot, jitter) if slot is not None else None,
     )
 
 

@@ -57,8 +57,17 @@ from cronbox_shared.models import (
     InboundMessage,
     MessageKind,
     MessageStatus,
+    MissedPolicy,
     RunOutcome,
     preview,
+)
+from cronbox_shared.policies import (
+    DEFAULT_CATCHUP_LIMIT,
+    DEFAULT_MAX_FAILURES,
+    MAX_CATCHUP_LIMIT,
+    MAX_JITTER,
+    MAX_MAX_FAILURES,
+    due_at,
 )
 from cronbox_shared.recurrence import fire_times, parse_recurrence
 from cronbox_shared.tasks import (
@@ -264,6 +273,20 @@ def seconds_option(
         raise InvalidInput(
             f"{flag} {value} is {small}; give {low} to {high} seconds (up to {_span(high)})"
         )
+
+    return check
+
+
+def number_option(
+    low: int, high: int
+) -> Callable[[typer.Context, typer.CallbackParam, int | None], int | None]:
+    """A callback refusing a count outside ``low``-``high``, naming the flag."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is None or low <= value <= high:
+            return value
+        flag = typed_flag(ctx, param)
+        raise InvalidInput(f"{flag} {value} is out of range; give {low} to {high}")
 
     return check
 
@@ -553,7 +576,15 @@ def task_json(view: TaskView) -> dict[str, Any]:
         "has_script": view.has_script,
         "last_run_at": view.last_run_at,
         "last_outcome": view.last_outcome.value if view.last_outcome else None,
+        "paused_reason": view.paused_reason,
     }
+
+
+def status_cell(view: TaskView) -> str:
+    """A task's status, and why when it is paused for a reason."""
+    if view.paused_reason:
+        return f"{view.status.value}: {one_line(view.paused_reason, 40)}"
+    return view.status.value
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -637,7 +668,7 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
         columns = [
             id_column("task", id_width),
             Column("session", overflow="fold", min_width=min(name_width, 12)),
-            Column("status", no_wrap=True),
+            Column("status", min_width=9),
             Column("schedule"),
             Column("next run", min_width=10),
             Column("last run", min_width=10),
@@ -649,7 +680,7 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
             cells = {
                 "task": view.series_id,
                 "session": view.session,
-                "status": view.status.value,
+                "status": status_cell(view),
                 "schedule": schedule_cell(view.recurrence),
                 "next run": when_cell(view.next_run, tz, now),
                 "last run": last_run_cell(view),
@@ -664,7 +695,8 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
 def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
     """One line after a task action, e.g. ``scheduled task-1 in work: next run ...``."""
     tz = zone(view.timezone)
-    text = f"{verb} task {view.series_id} in session {view.session} ({view.status.value})"
+    status = view.status.value + (f": {view.paused_reason}" if view.paused_reason else "")
+    text = f"{verb} task {view.series_id} in session {view.session} ({status})"
     if view.next_run:
         text += f"; next run {when_cell(view.next_run, tz, now)}"
     text += f"; {schedule_cell(view.recurrence)}"
@@ -1007,6 +1039,42 @@ MisfireGraceOption = Annotated[
         help="Seconds a late run may still start; later ones are recorded as missed.",
     ),
 ]
+MissedOption = Annotated[
+    MissedPolicy | None,
+    typer.Option(
+        "--missed",
+        help="Slots that passed while nothing ran them (host down): latest runs once for "
+        "the latest (default), all runs each in order (up to --catchup-limit), skip runs "
+        "none and records them missed.",
+    ),
+]
+CatchupLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--catchup-limit",
+        callback=number_option(1, MAX_CATCHUP_LIMIT),
+        help=f"With --missed all: most missed slots replayed (default "
+        f"{DEFAULT_CATCHUP_LIMIT}); older ones are recorded missed.",
+    ),
+]
+MaxFailuresOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-failures",
+        callback=number_option(0, MAX_MAX_FAILURES),
+        help=f"Pause the series after this many failed runs in a row (default "
+        f"{DEFAULT_MAX_FAILURES}; 0 never pauses).",
+    ),
+]
+JitterOption = Annotated[
+    int | None,
+    typer.Option(
+        "--jitter",
+        callback=seconds_option(0, MAX_JITTER, "negative"),
+        help="Delay each run by a fixed-per-run amount under this many seconds, so many "
+        "tasks on one slot do not all start at once.",
+    ),
+]
 TimeoutOption = Annotated[
     int | None,
     typer.Option(
@@ -1015,6 +1083,16 @@ TimeoutOption = Annotated[
         help="Seconds one run may take.",
     ),
 ]
+
+
+def policy_fields(
+    missed: MissedPolicy | None, catchup_limit: int | None, max_failures: int | None,
+    jitter: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The request fields of the policy flags that were given."""
+    given = {"missedPolicy": missed.value if missed else None, "catchupLimit": catchup_limit,
+             "maxFailures": max_failures, "jitter": jitter}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 @task_app.command("schedule")
@@ -1039,6 +1117,10 @@ def task_schedule(
     ] = None,
     misfire_grace: MisfireGraceOption = None,
     timeout: TimeoutOption = None,
+    missed: MissedOption = None,
+    catchup_limit: CatchupLimitOption = None,
+    max_failures: MaxFailuresOption = None,
+    jitter: JitterOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1053,6 +1135,7 @@ def task_schedule(
             "timezone": timezone,
             "misfireGrace": misfire_grace,
             "timeout": timeout,
+            **policy_fields(missed, catchup_limit, max_failures, jitter),
         }
     )
     store = open_store(home)
@@ -1096,15 +1179,24 @@ def task_cancel(task: TaskRef, home: HomeOption = None, as_json: JsonOption = Fa
 
 
 @task_app.command("pause")
-def task_pause(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+def task_pause(
+    task: TaskRef,
+    note: Annotated[
+        str | None,
+        typer.Option("--note", help="Why it is paused (shown by task list until resumed)."),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Pause a task; it keeps its schedule but does not run until resumed."""
     store = open_store(home)
-    show_task("paused", store.pause_task(task), store, as_json)
+    show_task("paused", store.pause_task(task, note=note), store, as_json)
 
 
 @task_app.command("resume")
 def task_resume(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Resume a paused task; a recurring one continues from its next slot."""
+    """Resume a paused task; a recurring one continues from its next slot, its failure
+    count reset."""
     store = open_store(home)
     show_task("resumed", store.resume_task(task), store, as_json)
 
@@ -1135,6 +1227,10 @@ def task_update(
             "(a one-time run keeps its instant); a naive --at is read in it.",
         ),
     ] = None,
+    missed: MissedOption = None,
+    catchup_limit: CatchupLimitOption = None,
+    max_failures: MaxFailuresOption = None,
+    jitter: JitterOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1155,10 +1251,12 @@ def task_update(
         changes["script"] = read_script(script) if script is not None else None
     settings = {"misfireGrace": misfire_grace, "timeout": timeout, "timezone": timezone}
     changes |= {key: value for key, value in settings.items() if value is not None}
+    changes |= policy_fields(missed, catchup_limit, max_failures, jitter)
     if len(changes) == 1:
         raise InvalidInput(
             "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
-            "--clear-cron, --clear-script, --timeout, --misfire-grace or --timezone"
+            "--clear-cron, --clear-script, --timeout, --misfire-grace, --timezone, --missed, "
+            "--catchup-limit, --max-failures or --jitter"
         )
     request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
@@ -1289,20 +1387,39 @@ def cron_preview(
             help="Show fire times strictly after this instant (same forms as --at; default: now).",
         ),
     ] = None,
+    jitter: Annotated[
+        int | None,
+        typer.Option(
+            "--jitter",
+            callback=seconds_option(0, MAX_JITTER, "negative"),
+            help="Show each time delayed by the jitter a task with --id and this --jitter gets.",
+        ),
+    ] = None,
+    task_id: Annotated[
+        str | None, typer.Option("--id", help="The task id the jitter is derived from.")
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Preview the next fire times of a recurrence, DST included.
 
-    --home is accepted for uniformity; the preview reads no state.
+    With --jitter and --id, the times are those the task runs at (each slot plus its
+    jitter, the same every time). --home is accepted for uniformity; the preview reads
+    no state.
     """
     del home  # the preview is pure; nothing under --home is read
+    if jitter and not task_id:
+        raise InvalidInput(
+            "--jitter needs --id: the delay is derived from the task's id and each slot"
+        )
     # min_interval 0: a preview explains an expression instead of rejecting it.
     rec = parse_recurrence(expr, timedelta(0))
     tz = zone(timezone, "--timezone") if timezone else zone(load_settings().timezone())
     now = datetime.now(UTC)
     start = parse_when(after, tz, now, field="--after") if after is not None else now
     fires = fire_times(rec, tz, start, count)
+    if jitter and task_id:
+        fires = [due_at(task_id, f, jitter) for f in fires]
     if as_json:
         print_json([iso_local(f, tz) for f in fires])
         return

@@ -47,11 +47,13 @@ from cronbox_shared.models import (
     MessageKind,
     MessageStatus,
 )
+from cronbox_shared.policies import due_at
 from cronbox_shared.recurrence import stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
+    check_note,
     resume_at,
     validate_schedule,
     validate_update,
@@ -61,6 +63,7 @@ from host.config import Settings
 from host.liveness import Claim
 from host.settlement import (
     OCCURRENCE_SEP,
+    InboxChanges,
     Policy,
     SettlementPlan,
     plan_catch_up,
@@ -91,6 +94,8 @@ class Limits:
 
     min_interval: timedelta = timedelta(seconds=DEFAULTS.min_interval)
     max_tasks_per_session: int = DEFAULTS.max_tasks_per_session
+    failure_backoff: timedelta = timedelta(seconds=DEFAULTS.failure_backoff)
+    """Not a validation limit but a rule of every series: the first delay after a failure."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,15 @@ class _Work:
 def task_row(valid: ValidTask, now: Instant) -> InboundMessage:
     """The ``messages_in`` row of a new task: the first occurrence of its own series."""
     first = fmt(valid.first_run)
+    due = fmt(due_at(valid.id, valid.first_run, valid.jitter))
     return InboundMessage(
         id=valid.id, seq=0, kind=MessageKind.TASK, created_at=now, updated_at=now,
-        status=MessageStatus.PENDING, process_after=first, scheduled_for=first,
+        status=MessageStatus.PENDING, process_after=due, scheduled_for=first,
         recurrence=valid.recurrence.expr if valid.recurrence else None,
         timezone=valid.timezone, series_id=valid.id, tries=0, trigger=1,
         content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
+        missed_policy=valid.missed_policy, catchup_limit=valid.catchup_limit,
+        max_failures=valid.max_failures, jitter=valid.jitter,
     )  # fmt: skip
 
 
@@ -164,6 +172,7 @@ class Cronbox:
             limits=Limits(
                 min_interval=timedelta(seconds=settings.min_interval),
                 max_tasks_per_session=settings.max_tasks_per_session,
+                failure_backoff=timedelta(seconds=settings.failure_backoff),
             ),
         )
 
@@ -315,6 +324,10 @@ class Cronbox:
     def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, Instant]]:
         """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
         return self.central.due_sessions(fmt(now), limit)
+
+    def chat_due_sessions(self, now: datetime) -> set[str]:
+        """Sessions with a chat message due by ``now`` (the pool serves them first)."""
+        return self.central.chat_due_sessions(fmt(now))
 
     def next_wake(self) -> datetime | None:
         """The earliest ``next_due_at`` over all sessions."""
@@ -499,7 +512,7 @@ class Cronbox:
 
     def _change_status(
         self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
-        receipt: Receipt | None,
+        receipt: Receipt | None, note: str | None = None,
     ) -> TaskView:  # fmt: skip
         session, series = self._locate(ref, session_id)
         action = kind.value.removesuffix("_task")
@@ -521,16 +534,23 @@ class Cronbox:
             live = self._live(tx, series)
             to = transition(kind, live.status, ref)
             fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
-            resumed = resume_at(live, now) if to is MessageStatus.PENDING else None
-            if resumed is not None and live.recurrence:
-                fields.update(process_after=fmt(resumed), scheduled_for=fmt(resumed))
+            if to is MessageStatus.PAUSED:
+                fields["paused_reason"] = note
+            if to is MessageStatus.PENDING:
+                # A resume starts the series afresh: no failure streak, no pause reason.
+                fields.update(failures=0, paused_reason=None)
+                resumed = resume_at(live, now)
+                if resumed is not None and live.recurrence:
+                    due = due_at(series, resumed, live.jitter)
+                    fields.update(process_after=fmt(due), scheduled_for=fmt(resumed))
             tx.update(live.id, **fields)
             if to is MessageStatus.CANCELLED:
                 # A manual run asked for before the cancel would otherwise still fire.
                 for run_id in tx.pending_manual_runs(series):
                     tx.update(run_id, status=to.value, updated_at=fmt(now))
             done.series = [series]
-            done.audit.append(self._entry(actor, f"task.{action}", session, series))
+            detail = {"note": note} if note and to is MessageStatus.PAUSED else None
+            done.audit.append(self._entry(actor, f"task.{action}", session, series, detail))
 
         self._commit(session, change, receipt)
         return self.get_task(series)
@@ -547,10 +567,15 @@ class Cronbox:
 
     def pause_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
-        receipt: Receipt | None = None,
+        receipt: Receipt | None = None, note: str | None = None,
     ) -> TaskView:  # fmt: skip
-        """Pause a pending task; it keeps its place but never fires until resumed."""
-        return self._change_status(ref, ActionKind.PAUSE, actor, session_id, receipt)
+        """Pause a pending task; it keeps its place but never fires until resumed.
+
+        ``note`` says why (``task list`` shows it beside the status until the resume).
+        """
+        return self._change_status(
+            ref, ActionKind.PAUSE, actor, session_id, receipt, check_note(note)
+        )
 
     def resume_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
@@ -669,14 +694,34 @@ class Cronbox:
     def _apply_plan(
         self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan]
     ) -> SettlementPlan:
+        """Apply a plan in one inbound transaction, with the missed-run policy of the
+        occurrences it inserted that are due already (a series finishing late), so a
+        live runner never claims one before its policy was applied."""
+
         def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
             tx.apply(plan.changes)
+            now = self.now()
+            inserted = [r for r in plan.changes.inserts if r.kind is MessageKind.TASK]
+            due = [r for r in inserted if r.process_after and parse_utc(r.process_after) <= now]
+            if due:
+                current = tx.rows([r.id for r in due])
+                caught_up = plan_catch_up(list(current.values()), now, self._policy())
+                tx.apply(caught_up.changes)
+                plan = _merged(plan, caught_up)
             done.series = list(plan.series)
             done.runs = plan.runs
+            done.audit += [
+                self._entry("cronbox", "task.pause", session_id, p.series_id,
+                            {"reason": p.reason[:500]})
+                for p in plan.paused
+            ]  # fmt: skip
             return plan
 
         return self._commit(session_id, apply)
+
+    def _policy(self, **overrides: Any) -> Policy:
+        return Policy(failure_backoff=self.limits.failure_backoff, **overrides)
 
     def settle_acks(self, session_id: str, default_timeout: timedelta) -> SettlementPlan:
         """Apply the runner's acks to the inbox and the run history (sweep steps 1 and 5).
@@ -686,7 +731,7 @@ class Cronbox:
         """
         if not self.files.has_outbox(session_id):
             return SettlementPlan()
-        policy = Policy(default_timeout=default_timeout)
+        policy = self._policy(default_timeout=default_timeout)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
@@ -705,7 +750,7 @@ class Cronbox:
         """
         if not claims:
             return SettlementPlan()
-        policy = Policy(retry_base=retry_base)
+        policy = self._policy(retry_base=retry_base)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             rows = tx.rows([c.message_id for c in claims])
@@ -721,7 +766,7 @@ class Cronbox:
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
-            return plan_catch_up(tx.due_rows(fmt(now)), now)
+            return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy())
 
         return len(self._apply_plan(session_id, plan).series)
 
@@ -817,6 +862,19 @@ def _entry_out(raw: dict[str, Any]) -> LogEntry | None:
     return LogEntry(
         at=at, direction="out", kind=message.kind, id=message.id, text=text,
         in_reply_to=message.in_reply_to,
+    )  # fmt: skip
+
+
+def _merged(first: SettlementPlan, then: SettlementPlan) -> SettlementPlan:
+    """Two plans applied one after the other, as one."""
+    return SettlementPlan(
+        changes=InboxChanges(
+            updates=first.changes.updates + then.changes.updates,
+            inserts=first.changes.inserts + then.changes.inserts,
+        ),
+        runs=first.runs + then.runs, claims=first.claims + then.claims,
+        finished=first.finished + then.finished, series=first.series + then.series,
+        paused=first.paused + then.paused,
     )  # fmt: skip
 
 

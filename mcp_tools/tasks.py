@@ -31,11 +31,15 @@ from cronbox_shared.actions import (
 )
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
-from cronbox_shared.models import InboundMessage, preview
+from cronbox_shared.models import InboundMessage, MessageStatus, MissedPolicy, preview
+from cronbox_shared.policies import DEFAULT_CATCHUP_LIMIT, DEFAULT_MAX_FAILURES
 from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
 from cronbox_shared.tasks import (
+    POLICY_ALIASES,
+    POLICY_FIELDS,
     ScheduleRequest,
     UpdateRequest,
+    ValidTask,
     new_task_id,
     resume_at,
     validate_schedule,
@@ -79,6 +83,16 @@ COST_RULES = (
     "should carry a gate script that wakes the agent only when there is something to do."
 )
 
+POLICY_RULES = (
+    "Policies (recurring tasks only): missedPolicy decides what happens to runs missed while "
+    'the host was down ("latest" runs once, "all" replays each in order up to catchupLimit, '
+    '"skip" runs none); a failed run (error, timeout, gate error) pushes the next one back '
+    "2, 4, 8, 16, 32, then 60 minutes, and after maxFailures in a row (default 8) the task "
+    "is paused and you get a note: tell the user, and resume_task once the cause is fixed. "
+    "A gate that answers wakeAgent=false is not a failure. jitter delays each run by a fixed "
+    "amount under that many seconds."
+)
+
 SCHEDULE_DESCRIPTION = "\n\n".join([
     "Schedule a task: a prompt the agent receives later, once or on a recurrence. Give "
     "processAfter (when to run once), recurrence (when to repeat), or both (a recurring task "
@@ -89,6 +103,7 @@ SCHEDULE_DESCRIPTION = "\n\n".join([
     CRON_HINT + " Recurrences are evaluated in the task's timezone, DST-correct, and may not "
     "fire more often than the host's minimum interval.",
     GATE_RULES,
+    POLICY_RULES,
     COST_RULES,
     "Limits: prompt and script at most 64 KiB each; a one-time processAfter must not be in "
     "the past.",
@@ -114,7 +129,8 @@ PAUSE_DESCRIPTION = (
 
 RESUME_DESCRIPTION = (
     "Resume a paused task by its id. A one-time task whose time has passed runs at once; a "
-    "recurring task continues from its next occurrence (missed slots are not replayed)."
+    "recurring task continues from its next occurrence (missed slots are not replayed) with "
+    "its count of failures in a row reset. list_tasks shows why a task is paused."
 )
 
 UPDATE_DESCRIPTION = "\n\n".join([
@@ -126,6 +142,7 @@ UPDATE_DESCRIPTION = "\n\n".join([
     TIME_RULES,
     CRON_HINT,
     GATE_RULES,
+    POLICY_RULES,
 ])  # fmt: skip
 
 TaskId = Annotated[
@@ -153,6 +170,26 @@ Timezone = Annotated[
     str | None,
     Field(description='IANA zone such as "Europe/Berlin" for this task; default: the session\'s.'),
 ]
+MissedArg = Annotated[
+    Literal["latest", "all", "skip"] | None,
+    Field(description='Recurring only. Slots that passed while the host was down: "latest" '
+          '(default) runs once for the latest, "all" runs each in order (up to catchupLimit), '
+          '"skip" runs none of them.'),
+]  # fmt: skip
+CatchupLimitArg = Annotated[
+    int | None,
+    Field(description='With missedPolicy "all": most missed slots replayed (default 24).'),
+]
+MaxFailuresArg = Annotated[
+    int | None,
+    Field(description="Recurring only. Pause the task after this many failed runs in a row "
+          "(default 8; 0 never pauses). Failed runs back off 2, 4, 8, 16, 32, then 60 min."),
+]  # fmt: skip
+JitterArg = Annotated[
+    int | None,
+    Field(description="Recurring only. Delay each run by a fixed-per-run amount under this "
+          "many seconds (spreads load; shorter than the time between runs)."),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -189,11 +226,16 @@ class TaskTools:
         recurrence: str | None = None,
         script: str | None = None,
         timezone: str | None = None,
+        policies: dict[str, Any] | None = None,
     ) -> str:
-        """Validate a new task and ask the host to schedule it."""
+        """Validate a new task and ask the host to schedule it.
+
+        ``policies`` holds the policy arguments given (``missedPolicy``, ``catchupLimit``,
+        ``maxFailures``, ``jitter``).
+        """
         now = self.now()
         given = {"processAfter": process_after, "recurrence": recurrence, "script": script,
-                 "timezone": timezone}  # fmt: skip
+                 "timezone": timezone, **(policies or {})}  # fmt: skip
         args = {"taskId": new_task_id(), "prompt": prompt}
         args |= {k: v for k, v in given.items() if v is not None}
         session_tz = self.session_zone()
@@ -219,6 +261,9 @@ class TaskTools:
             fields["recurrence"] = valid.recurrence.expr
         if valid.script:
             fields["script"] = valid.script
+        fields |= {
+            name: getattr(valid, name) for name in POLICY_FIELDS if getattr(valid, name) is not None
+        }
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
         lines = [
@@ -226,6 +271,8 @@ class TaskTools:
             f"First run: {_when(valid.first_run, tz)}.",
             f"Repeats: {_repeats(valid.recurrence)}." if valid.recurrence else "Runs once.",
         ]
+        if valid.recurrence is not None:
+            lines.append(f"Policies: {_policies(valid)}.")
         if timezone is None and session_tz is None:
             lines.append(ZONE_UNKNOWN)
         if valid.script:
@@ -280,8 +327,9 @@ class TaskTools:
         changed = sorted(set(args) - {"taskId"})
         if not changed:
             raise ToolError(
-                "nothing to change; give at least one of prompt, processAfter, recurrence "
-                "or script (null clears script, recurrence or processAfter)"
+                "nothing to change; give at least one of prompt, processAfter, recurrence, "
+                f"script, {', '.join(POLICY_ALIASES.values())} (null clears script, "
+                "recurrence or processAfter, and puts a policy back at its default)"
             )
         state = self._live(ActionKind.UPDATE, req.task_id)
         now = self.now()
@@ -326,8 +374,17 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         recurrence: RecurrenceArg = None,
         script: Script = None,
         timezone: Timezone = None,
+        missedPolicy: MissedArg = None,
+        catchupLimit: CatchupLimitArg = None,
+        maxFailures: MaxFailuresArg = None,
+        jitter: JitterArg = None,
     ) -> str:
-        return tools.schedule(prompt, processAfter, recurrence, script, timezone)
+        policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
+                    "maxFailures": maxFailures, "jitter": jitter}  # fmt: skip
+        return tools.schedule(
+            prompt, processAfter, recurrence, script, timezone,
+            {k: v for k, v in policies.items() if v is not None},
+        )  # fmt: skip
 
     def list_tasks(status: StatusFilter = None) -> str:
         return tools.list(status)
@@ -348,9 +405,15 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         processAfter: ProcessAfter = None,
         recurrence: RecurrenceArg = None,
         script: Script = None,
+        missedPolicy: MissedArg = None,
+        catchupLimit: CatchupLimitArg = None,
+        maxFailures: MaxFailuresArg = None,
+        jitter: JitterArg = None,
     ) -> str:
         values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
-                  "recurrence": recurrence, "script": script}  # fmt: skip
+                  "recurrence": recurrence, "script": script, "missedPolicy": missedPolicy,
+                  "catchupLimit": catchupLimit, "maxFailures": maxFailures,
+                  "jitter": jitter}  # fmt: skip
         given = _given_arguments(ctx)
         if given is None:  # called without a request (in-process): None means "left out"
             given = {k for k, v in values.items() if v is not None}
@@ -441,18 +504,38 @@ def _next(row: InboundMessage, now: datetime) -> str:
     return _when(when, zone(row.timezone))
 
 
+def _policies(task: ValidTask | InboundMessage) -> str:
+    """A recurring task's scheduling policies in words (defaults spelled out)."""
+    missed = task.missed_policy or MissedPolicy.LATEST
+    words = [f"missed runs: {missed.value}"]
+    if missed is MissedPolicy.ALL:
+        words[0] += f" (up to {task.catchup_limit or DEFAULT_CATCHUP_LIMIT})"
+    limit = DEFAULT_MAX_FAILURES if task.max_failures is None else task.max_failures
+    words.append(f"pauses after {limit} failures in a row" if limit else "never pauses on failures")
+    if task.jitter:
+        words.append(f"jitter under {task.jitter} s")
+    return ", ".join(words)
+
+
 def _task_line(state: sv.TaskState) -> str:
     row = state.row
     tz = zone(row.timezone)
     when = _when(parse_utc(row.process_after), tz) if row.process_after else "now"
     rec = _recurrence(row.recurrence)
+    status = row.status.value
+    if row.status is MessageStatus.PAUSED and row.paused_reason:
+        status += f": {row.paused_reason}"
     parts = [
-        f"- {state.series_id} [{row.status.value}]",
+        f"- {state.series_id} [{status}]",
         f"next: {when}",
         f"repeats: {_repeats(rec)}",
         f"gate script: {'yes' if row.script else 'no'}",
         f'prompt: "{preview(row.prompt, PROMPT_PREVIEW)}"',
     ]
+    if rec is not None:
+        parts.insert(3, f"policies: {_policies(row)}")
+        if row.failures:
+            parts.insert(4, f"failed {row.failures} times in a row")
     line = "; ".join(parts)
     if not state.applied:
         line += " (just scheduled; waiting for the host to apply it)"

@@ -32,13 +32,20 @@ pytestmark = pytest.mark.anyio
 # A Monday; 09:00 in Berlin, 03:00 in New York.
 START = "2026-03-02T08:00:00.000Z"
 HANG_GUARD = 20
+POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter"}
 SIX_TOOLS = {
-    "schedule_task": ({"prompt"}, {"prompt", "processAfter", "recurrence", "script", "timezone"}),
+    "schedule_task": (
+        {"prompt"},
+        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS},
+    ),
     "list_tasks": (set(), {"status"}),
     "cancel_task": ({"taskId"}, {"taskId"}),
     "pause_task": ({"taskId"}, {"taskId"}),
     "resume_task": ({"taskId"}, {"taskId"}),
-    "update_task": ({"taskId"}, {"taskId", "prompt", "processAfter", "recurrence", "script"}),
+    "update_task": (
+        {"taskId"},
+        {"taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS},
+    ),
 }
 
 
@@ -594,3 +601,72 @@ async def test_the_inbox_tells_the_sessions_zone_by_its_newest_chat_row_not_a_ta
     async with connected(untold) as client:
         _, tokyo = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
     assert "(Asia/Tokyo)" in tokyo
+
+
+# --- scheduling policies -------------------------------------------------------------------
+
+
+async def test_schedule_task_takes_the_policies_and_the_host_applies_them(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    arguments = {"prompt": "report", "recurrence": "0 * * * *", "missedPolicy": "all",
+                 "catchupLimit": 5, "maxFailures": 3, "jitter": 120}  # fmt: skip
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", arguments)
+        assert not error, text
+        assert "Policies: missed runs: all (up to 5), pauses after 3 failures in a row" in text
+        assert "jitter under 120 s" in text
+        assert await apply(store, session) == ["applied"]
+        _, listed = await call(client, "list_tasks", {})
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert (row.missed_policy, row.catchup_limit, row.max_failures, row.jitter) == (
+        "all", 5, 3, 120,
+    )  # fmt: skip
+    assert "policies: missed runs: all (up to 5), pauses after 3 failures in a row" in listed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ({"processAfter": "+1h", "missedPolicy": "skip"}, "apply only to a recurring task"),
+        ({"recurrence": "@hourly", "missedPolicy": "never"}, "missedPolicy"),
+        ({"recurrence": "@hourly", "catchupLimit": 5}, "catchupLimit applies only with"),
+        ({"recurrence": "@hourly", "missedPolicy": "all", "catchupLimit": 0}, "catchupLimit"),
+        ({"recurrence": "@hourly", "jitter": 3600}, "is not shorter than the 3600 s"),
+        ({"recurrence": "@hourly", "maxFailures": -1}, "maxFailures"),
+    ],
+)
+async def test_a_bad_policy_is_a_tool_error_and_writes_nothing(
+    config: ToolConfig, arguments: dict[str, Any], says: str
+) -> None:
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", **arguments})
+    assert error
+    assert says in text
+    assert written(config) == []
+
+
+async def test_list_tasks_shows_why_a_task_is_paused_and_its_failure_streak(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task = store.schedule_task(session.id, {"prompt": "p", "recurrence": "@hourly"})
+    store.pause_task(task.id, note="waiting for the new API key")
+    async with connected(config) as client:
+        _, listed = await call(client, "list_tasks", {})
+    assert "[paused: waiting for the new API key]" in listed
+
+
+async def test_update_task_changes_a_policy_and_null_puts_it_back_at_its_default(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task = store.schedule_task(
+        session.id, {"prompt": "p", "recurrence": "@hourly", "missedPolicy": "skip"}
+    )
+    async with connected(config) as client:
+        error, text = await call(client, "update_task", {"taskId": task.id, "maxFailures": 2})
+        assert not error, text
+        error, text = await call(client, "update_task", {"taskId": task.id, "missedPolicy": None})
+        assert not error, text
+        assert await apply(store, session) == ["applied", "applied"]
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert (row.missed_policy, row.max_failures) == (None, 2)

@@ -82,6 +82,10 @@ class CentralRepository(Protocol):
         """Sessions whose ``next_due_at <= now``, earliest first, from the index alone."""
         ...
 
+    def chat_due_sessions(self, now: Instant, limit: int = 1000) -> set[str]:
+        """Sessions with a due chat message (``chat_due_at <= now``), from the index alone."""
+        ...
+
     def next_wake(self) -> Instant | None:
         """The earliest ``next_due_at`` of all sessions."""
         ...

@@ -106,10 +106,13 @@ class InboxTx:
     def view(self, series: Sequence[str] | None) -> SessionView:
         """The session's due index and the current row of ``series`` (None: every series)."""
         next_due = sdb.next_due(self.db)
+        chat_due = sdb.next_due(self.db, MessageKind.CHAT)
         if series is None:
-            return SessionView(next_due_at=next_due, tasks=tuple(sdb.all_tasks(self.db)), full=True)
+            return SessionView(next_due_at=next_due, chat_due_at=chat_due,
+                               tasks=tuple(sdb.all_tasks(self.db)), full=True)  # fmt: skip
         rows = [sdb.series_current(self.db, s) for s in dict.fromkeys(series)]
-        return SessionView(next_due_at=next_due, tasks=tuple(r for r in rows if r is not None))
+        return SessionView(next_due_at=next_due, chat_due_at=chat_due,
+                           tasks=tuple(r for r in rows if r is not None))  # fmt: skip
 
 
 def _fields(change: RowChange) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class TaskView(Record):
     has_script: bool
     last_run_at: Instant | None = None
     last_outcome: RunOutcome | None = None
+    paused_reason: str | None = None
+    """Why a paused series is paused (the failure rule, or the operator's note)."""
 
 
 class Run(Record):
@@ -118,5 +120,7 @@ class SessionView(Record):
     """
 
     next_due_at: Instant | None
+    chat_due_at: Instant | None = None
+    """The earliest ``process_after`` of pending chat rows that wake the agent."""
     tasks: tuple[InboundMessage, ...] = ()
     full: bool = False

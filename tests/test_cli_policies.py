@@ -1,0 +1,173 @@
+"""Issue 12 through the ``cronbox`` CLI: policy flags, pause notes, failure pauses."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import Result
+
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.models import AckStatus, MessageKind
+from cronbox_shared.policies import due_at
+from cronbox_shared.timeutil import ManualClock, fmt, parse_utc, zone
+from host.cli import iso_local
+from host.service import Cronbox
+from tests.cli_harness import Cli, cli_for, fresh_home
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return fresh_home(tmp_path, monkeypatch, "UTC")
+
+
+@pytest.fixture
+def cli(home: Path) -> Cli:
+    return cli_for(home)
+
+
+@pytest.fixture
+def session(cli: Cli) -> str:
+    ok(cli("session", "create", "work", "--timezone", "UTC"))
+    return "work"
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def refused(result: Result) -> str:
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    return " ".join(line.strip(" │╭╮╰╯─") for line in lines)
+
+
+def task_rows(home: Path) -> list[Any]:
+    store = Cronbox(home)
+    sid = store.get_session("work").id
+    return [r for r in store.inbound_rows(sid) if r.kind is MessageKind.TASK]
+
+
+def fail(home: Path, message_id: str, error: str, at: str | None = None) -> None:
+    """Play the runner: fail ``message_id`` with ``error`` (at ``at``, default now), then
+    settle as the host does."""
+    store = Cronbox(home, clock=ManualClock(parse_utc(at)) if at else None)
+    sid = store.get_session("work").id
+    with sdb.outbound(store.session_dir(sid)) as db, db.atomic():
+        sdb.set_ack(db, message_id, 0, AckStatus.FAILED, fmt(store.now()), error, None)
+    store.settle_acks(sid, timedelta(minutes=10))
+
+
+def test_task_schedule_takes_the_policy_flags(cli: Cli, session: str, home: Path) -> None:
+    view = as_json(cli(
+        "task", "schedule", "work", "--prompt", "p", "--cron", "0 * * * *", "--id", "rep",
+        "--missed", "all", "--catchup-limit", "6", "--max-failures", "2", "--jitter", "90",
+        "--json",
+    ))  # fmt: skip
+    [row] = task_rows(home)
+    assert (row.missed_policy, row.catchup_limit, row.max_failures, row.jitter) == (
+        "all", 6, 2, 90,
+    )  # fmt: skip
+    # task list shows the jittered time: the slot plus this task's jitter for it.
+    assert view["next_run"] == fmt(due_at("rep", parse_utc(row.scheduled_for or ""), 90))
+    ok(cli("task", "update", "rep", "--missed", "skip", "--jitter", "0"))
+    [row] = task_rows(home)
+    assert (row.missed_policy, row.catchup_limit, row.jitter) == ("skip", None, 0)
+    assert row.process_after == row.scheduled_for
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--at", "+1h", "--missed", "skip"], "apply only to a recurring task"),
+        (["--cron", "@hourly", "--missed", "sometimes"], "'sometimes' is not one of"),
+        (["--cron", "@hourly", "--catchup-limit", "5"], "catchupLimit applies only with"),
+        (["--cron", "@hourly", "--missed", "all", "--catchup-limit", "0"], "out of range"),
+        (["--cron", "@hourly", "--max-failures", "-1"], "--max-failures -1 is out of range"),
+        (["--cron", "@hourly", "--jitter", "3600"], "jitter of 3600 s is not shorter"),
+    ],
+)
+def test_a_bad_policy_flag_is_one_sentence_and_writes_nothing(
+    cli: Cli, session: str, home: Path, flags: list[str], says: str
+) -> None:
+    text = refused(cli("task", "schedule", "work", "--prompt", "p", *flags))
+    assert says in text
+    assert task_rows(home) == []
+
+
+def test_task_pause_with_a_note_shows_it_until_the_resume(cli: Cli, session: str) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t"))
+    paused = ok(cli("task", "pause", "t", "--note", "waiting for the new key"))
+    assert "paused: waiting for the new key" in paused.stdout
+    [view] = as_json(cli("task", "list", "--json"))
+    assert view["paused_reason"] == "waiting for the new key"
+    assert "waiting for" in ok(cli("task", "list")).stdout
+    ok(cli("task", "resume", "t"))
+    [view] = as_json(cli("task", "list", "--json"))
+    assert view["paused_reason"] is None
+    assert "note" in refused(cli("task", "pause", "t", "--note", "x" * 501))
+
+
+def test_a_series_paused_by_failures_shows_the_reason_and_resumes_with_a_fresh_count(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@every 1h", "--at", "now",
+           "--id", "t", "--max-failures", "2"))  # fmt: skip
+    fail(home, "t", "gate exited 3")
+    [view] = as_json(cli("task", "list", "--json"))
+    assert (view["status"], view["paused_reason"]) == ("pending", None)
+    second = task_rows(home)[-1]
+    assert second.failures == 1
+    # The next occurrence is the first slot at or after the failure plus 2 minutes: the
+    # hourly slot itself, an hour after the first.
+    fail(home, second.id, "gate exited 3", at=second.process_after)
+    [view] = as_json(cli("task", "list", "--json"))
+    assert view["status"] == "paused"
+    assert view["paused_reason"] == "failed 2 times in a row: gate exited 3"
+    assert "failed 2 times in a row" in ok(cli("task", "list")).stdout
+    store = Cronbox(home)
+    [note] = [r for r in store.inbound_rows(store.get_session("work").id)
+              if r.kind is MessageKind.SYSTEM]  # fmt: skip
+    assert note.trigger == 1
+    audit = [e for e in store.audit_entries() if e.action == "task.pause"]
+    assert [(e.actor, e.detail) for e in audit] == [
+        ("cronbox", {"reason": "failed 2 times in a row: gate exited 3"})
+    ]
+    ok(cli("task", "resume", "t"))
+    live = task_rows(home)[-1]
+    assert (live.status, live.failures, live.paused_reason) == ("pending", 0, None)
+
+
+def test_a_manual_run_never_shifts_the_schedule_nor_counts_as_a_failure(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t"))
+    [before] = task_rows(home)
+    manual = as_json(cli("task", "run", "t", "--json"))
+    fail(home, manual["id"], "boom")
+    live = [r for r in task_rows(home) if r.id == before.id]
+    assert [(r.process_after, r.scheduled_for, r.failures) for r in live] == [
+        (before.process_after, before.scheduled_for, 0)
+    ]
+
+
+def test_cron_preview_shows_the_jittered_times_of_a_task(cli: Cli) -> None:
+    after = "2026-03-09T08:00:00Z"
+    plain = as_json(cli("cron", "@hourly", "-n", "3", "--after", after, "--timezone", "UTC",
+                        "--json"))  # fmt: skip
+    jittered = as_json(cli("cron", "@hourly", "-n", "3", "--after", after, "--timezone", "UTC",
+                           "--jitter", "600", "--id", "rep", "--json"))  # fmt: skip
+    utc = zone("UTC")
+    assert jittered == [iso_local(due_at("rep", parse_utc(p), 600), utc) for p in plain]
+    assert jittered != plain
+    assert "--id" in refused(cli("cron", "@hourly", "--jitter", "60"))
