@@ -110,6 +110,8 @@ class InboundMessage(Record):
     """Failed occurrences of the series in a row before this one."""
     paused_reason: str | None = None
     jitter: int | None = None
+    ignore_quiet: bool = False
+    """Runs in the session's quiet hours too."""
 
     @property
     def prompt(self) -> str:

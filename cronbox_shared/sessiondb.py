@@ -169,6 +169,12 @@ def m004_policies(db: Database) -> None:
         db.execute(f"ALTER TABLE messages_in ADD COLUMN {column}")
 
 
+@inbound_migrations()
+def m004_quiet_hours(db: Database) -> None:
+    """A task that runs in its session's quiet hours anyway (``--ignore-quiet``)."""
+    db.execute("ALTER TABLE messages_in ADD COLUMN ignore_quiet INTEGER NOT NULL DEFAULT 0")
+
+
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
     """messages_out, processing_ack and session_state."""
@@ -324,7 +330,7 @@ def outbound(session_dir: Path, readonly: bool = False) -> AbstractContextManage
 _IN_COLUMNS = (
     "id, seq, kind, created_at, updated_at, status, process_after, scheduled_for, "
     'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error, '
-    "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter"
+    "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter, ignore_quiet"
 )
 
 
@@ -779,6 +785,12 @@ def set_session_info(db: InboundDb, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [key, value],
     )
+
+
+def session_info(db: InboundDb, key: str) -> str | None:
+    """One fact the host recorded about the session (``set_session_info``), or None."""
+    row = db.execute("SELECT value FROM session_info WHERE key = ?", [key]).fetchone()
+    return str(row[0]) if row else None
 
 
 def session_zone(db: InboundDb) -> str | None:

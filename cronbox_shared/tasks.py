@@ -170,6 +170,7 @@ class ScheduleRequest(_Policies):
     timezone: str | None = None
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
 
 
 class UpdateRequest(_Policies):
@@ -181,6 +182,7 @@ class UpdateRequest(_Policies):
     process_after: str | None = Field(default=None, alias="processAfter")
     recurrence: str | None = None
     script: str | None = None
+    ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
 
 
 class OperatorUpdateRequest(UpdateRequest):
@@ -217,6 +219,7 @@ class ValidTask:
     catchup_limit: int | None = None
     max_failures: int | None = None
     jitter: int | None = None
+    ignore_quiet: bool = False
 
     @property
     def content(self) -> dict[str, Any]:
@@ -266,6 +269,7 @@ def validate_schedule(
         first_run=first,
         misfire_grace=req.misfire_grace,
         timeout=req.timeout,
+        ignore_quiet=bool(req.ignore_quiet),
         **policies,
     )
 
@@ -372,6 +376,8 @@ def validate_update(
     settings: dict[str, Any] = {}
     if isinstance(req, OperatorUpdateRequest):
         settings = {name: getattr(req, name) for name in _SETTINGS if name in given}
+    if "ignore_quiet" in given:
+        settings["ignore_quiet"] = bool(req.ignore_quiet)
     if settings.get("timezone", "") is None:
         raise InvalidInput("timezone cannot be cleared; give an IANA zone such as Europe/Berlin")
     if "timezone" in settings:

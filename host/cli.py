@@ -599,7 +599,9 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
     stdout_console().print(
         Text(
             f"{verb} session {session.name} (id {session.id}, agent {session.agent}, "
-            f"timezone {session.timezone})"
+            f"timezone {session.timezone}"
+            + (f", quiet hours {session.quiet}" if session.quiet else "")
+            + ")"
         ),
         soft_wrap=True,
     )
@@ -744,9 +746,10 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
         console.print("no sessions yet; `cronbox session create NAME` makes one", markup=False)
         return
     now = store.now()
-    table = Table("name", "id", "agent", "timezone", "next due")
+    table = Table("name", "id", "agent", "timezone", "quiet", "next due")
     for s in sessions:
-        cells = (s.name, s.id, s.agent, s.timezone, when_cell(s.next_due_at, zone(s.timezone), now))
+        cells = (s.name, s.id, s.agent, s.timezone, s.quiet or NOTHING,
+                 when_cell(s.next_due_at, zone(s.timezone), now))  # fmt: skip
         table.add_row(*(Text(c, no_wrap=True) for c in cells))
     console.print(table)
 
@@ -761,12 +764,22 @@ def session_update(
         str | None,
         typer.Option("--timezone", help="Zone for tasks scheduled from now on. " + TIMEZONE_HELP),
     ] = None,
+    quiet: Annotated[
+        str | None,
+        typer.Option(
+            "--quiet",
+            help="Quiet hours such as 22:00-07:00 in the session's zone: task runs due inside "
+            "wait for the window's end (chat is answered at once); off clears them.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a session's agent profile or default timezone (existing tasks keep theirs)."""
+    """Change a session's agent profile, default timezone (existing tasks keep theirs) or
+    quiet hours."""
     store = open_store(home)
-    show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
+    updated = store.update_session(session, agent=agent, timezone=timezone, quiet=quiet)
+    show_session("updated", updated, as_json)
 
 
 def interactive() -> bool:
@@ -1121,6 +1134,10 @@ def task_schedule(
     catchup_limit: CatchupLimitOption = None,
     max_failures: MaxFailuresOption = None,
     jitter: JitterOption = None,
+    ignore_quiet: Annotated[
+        bool,
+        typer.Option("--ignore-quiet", help="Run in the session's quiet hours too."),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1136,6 +1153,7 @@ def task_schedule(
             "misfireGrace": misfire_grace,
             "timeout": timeout,
             **policy_fields(missed, catchup_limit, max_failures, jitter),
+            **({"ignoreQuiet": True} if ignore_quiet else {}),
         }
     )
     store = open_store(home)
@@ -1231,6 +1249,13 @@ def task_update(
     catchup_limit: CatchupLimitOption = None,
     max_failures: MaxFailuresOption = None,
     jitter: JitterOption = None,
+    ignore_quiet: Annotated[
+        bool | None,
+        typer.Option(
+            "--ignore-quiet/--respect-quiet",
+            help="Run in the session's quiet hours too, or wait for their end again.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1252,11 +1277,13 @@ def task_update(
     settings = {"misfireGrace": misfire_grace, "timeout": timeout, "timezone": timezone}
     changes |= {key: value for key, value in settings.items() if value is not None}
     changes |= policy_fields(missed, catchup_limit, max_failures, jitter)
+    if ignore_quiet is not None:
+        changes["ignoreQuiet"] = ignore_quiet
     if len(changes) == 1:
         raise InvalidInput(
             "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
             "--clear-cron, --clear-script, --timeout, --misfire-grace, --timezone, --missed, "
-            "--catchup-limit, --max-failures or --jitter"
+            "--catchup-limit, --max-failures, --jitter, --ignore-quiet or --respect-quiet"
         )
     request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
@@ -1529,6 +1556,13 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     nxt = report["next_wake"]
     tz = zone(load_settings().timezone())
     console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
+    for quiet in report["quiet"]:
+        state = f"quiet now, until {when_cell(quiet['until'], tz, now)}" if quiet["until"] else ""
+        console.print(
+            Text(f"quiet hours of session {quiet['session']}: {quiet['window']} "
+                 f"({quiet['timezone']}){'; ' + state if state else ''}"),
+            soft_wrap=True,
+        )  # fmt: skip
     for problem in report["problems"]:
         console.print(
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),

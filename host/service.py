@@ -47,7 +47,7 @@ from cronbox_shared.models import (
     MessageKind,
     MessageStatus,
 )
-from cronbox_shared.policies import due_at
+from cronbox_shared.policies import parse_quiet
 from cronbox_shared.recurrence import stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
@@ -86,6 +86,9 @@ RING_BATCH = 1000
 PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
+# Where a session's quiet hours are recorded in its inbox (for the host's plans).
+QUIET_KEY = "quiet"
+QUIET_OFF = ("off", "none")
 
 
 @dataclass(frozen=True)
@@ -119,19 +122,21 @@ class _Work:
     runs: Sequence[RunRecord] = ()
 
 
-def task_row(valid: ValidTask, now: Instant) -> InboundMessage:
-    """The ``messages_in`` row of a new task: the first occurrence of its own series."""
+def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> InboundMessage:
+    """The ``messages_in`` row of a new task: the first occurrence of its own series, due
+    at its first run plus its jitter, held past the session's quiet hours."""
     first = fmt(valid.first_run)
-    due = fmt(due_at(valid.id, valid.first_run, valid.jitter))
-    return InboundMessage(
+    row = InboundMessage(
         id=valid.id, seq=0, kind=MessageKind.TASK, created_at=now, updated_at=now,
-        status=MessageStatus.PENDING, process_after=due, scheduled_for=first,
+        status=MessageStatus.PENDING, process_after=first, scheduled_for=first,
         recurrence=valid.recurrence.expr if valid.recurrence else None,
         timezone=valid.timezone, series_id=valid.id, tries=0, trigger=1,
         content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
         missed_policy=valid.missed_policy, catchup_limit=valid.catchup_limit,
-        max_failures=valid.max_failures, jitter=valid.jitter,
+        max_failures=valid.max_failures, jitter=valid.jitter, ignore_quiet=valid.ignore_quiet,
     )  # fmt: skip
+    due = (policy or Policy()).admitted(row, valid.first_run)
+    return row.model_copy(update={"process_after": fmt(due)})
 
 
 def describe_recurrence(expr: str | None) -> str:
@@ -270,20 +275,44 @@ class Cronbox:
 
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
-        actor: str = "cli",
+        quiet: str | None = None, actor: str = "cli",
     ) -> Session:  # fmt: skip
-        """Change a session's agent profile or default timezone (its tasks keep theirs)."""
+        """Change a session's agent profile, default timezone (its tasks keep theirs) or
+        quiet hours (``22:00-07:00`` in the session's zone; ``off`` clears them).
+
+        New quiet hours (or a new zone they are read in) move every pending task
+        occurrence due inside the window to its end, and release those it held before.
+        """
         session = self.get_session(ref)
-        fields: dict[str, str] = {}
+        fields: dict[str, str | None] = {}
         if agent is not None:
             fields["agent"] = check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
+        if quiet is not None:
+            cleared = quiet.strip().lower() in QUIET_OFF
+            fields["quiet"] = None if cleared else str(parse_quiet(quiet, "--quiet"))
         if not fields:
-            raise InvalidInput("nothing to change; give --agent or --timezone")
+            raise InvalidInput("nothing to change; give --agent, --timezone or --quiet")
         entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
-        if "timezone" in fields:
-            self.files.set_zone(session.id, fields["timezone"])
+        if "timezone" in fields or "quiet" in fields:
+
+            def readmit(tx: InboxTransaction, done: _Work) -> None:
+                if "timezone" in fields:
+                    tx.set_info("timezone", str(fields["timezone"]))
+                if "quiet" in fields:
+                    tx.set_info(QUIET_KEY, fields["quiet"] or "")
+                policy = self._policy(tx)
+                done.series = []
+                for row in tx.live_pending_tasks():
+                    if row.tries or row.scheduled_for is None:
+                        continue  # a retry keeps its backoff
+                    due = fmt(policy.admitted(row, parse_utc(row.scheduled_for)))
+                    if due != row.process_after:
+                        tx.update(row.id, process_after=due, updated_at=fmt(self.now()))
+                        done.series.append(row.series_id or row.id)
+
+            self._commit(session.id, readmit)
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 
@@ -464,7 +493,7 @@ class Cronbox:
                 raise TaskIdTaken(valid.id, None)  # ended, and its rows pruned since
             if tx.live_task_count() >= self.limits.max_tasks_per_session:
                 raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
-            tx.insert(task_row(valid, now))
+            tx.insert(task_row(valid, now, self._policy(tx)))
             detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,
                       "first_run": fmt(valid.first_run)}  # fmt: skip
             done.audit.append(self._entry(actor, "task.schedule", session.id, valid.id, detail))
@@ -541,7 +570,7 @@ class Cronbox:
                 fields.update(failures=0, paused_reason=None)
                 resumed = resume_at(live, now)
                 if resumed is not None and live.recurrence:
-                    due = due_at(series, resumed, live.jitter)
+                    due = self._policy(tx).admitted(live, resumed)
                     fields.update(process_after=fmt(due), scheduled_for=fmt(resumed))
             tx.update(live.id, **fields)
             if to is MessageStatus.CANCELLED:
@@ -600,6 +629,13 @@ class Cronbox:
             live = self._live(tx, series)
             changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
             fields: dict[str, Any] = {"updated_at": fmt(now), **changes.row_fields()}
+            if {"scheduled_for", "process_after", "jitter", "ignore_quiet"} & set(fields):
+                # The new due time: the slot plus its jitter, past the quiet hours.
+                probe = live.model_copy(
+                    update={k: fields[k] for k in ("jitter", "ignore_quiet") if k in fields}
+                )
+                slot = parse_utc(fields.get("scheduled_for") or live.scheduled_for or fmt(now))
+                fields["process_after"] = fmt(self._policy(tx).admitted(probe, slot))
             tx.update(live.id, **fields)
             audited = ("recurrence", "process_after", *changes.settings)
             detail = {k: v for k, v in fields.items() if k in audited}
@@ -706,7 +742,7 @@ class Cronbox:
             due = [r for r in inserted if r.process_after and parse_utc(r.process_after) <= now]
             if due:
                 current = tx.rows([r.id for r in due])
-                caught_up = plan_catch_up(list(current.values()), now, self._policy())
+                caught_up = plan_catch_up(list(current.values()), now, self._policy(tx))
                 tx.apply(caught_up.changes)
                 plan = _merged(plan, caught_up)
             done.series = list(plan.series)
@@ -720,8 +756,15 @@ class Cronbox:
 
         return self._commit(session_id, apply)
 
-    def _policy(self, **overrides: Any) -> Policy:
-        return Policy(failure_backoff=self.limits.failure_backoff, **overrides)
+    def _policy(self, tx: InboxTransaction, **overrides: Any) -> Policy:
+        """The rules settlement applies to the session whose inbox ``tx`` holds open."""
+        quiet = tx.info(QUIET_KEY)
+        return Policy(
+            failure_backoff=self.limits.failure_backoff,
+            quiet=parse_quiet(quiet) if quiet else None,
+            zone=tx.info("timezone") or self.default_timezone,
+            **overrides,
+        )
 
     def settle_acks(self, session_id: str, default_timeout: timedelta) -> SettlementPlan:
         """Apply the runner's acks to the inbox and the run history (sweep steps 1 and 5).
@@ -731,10 +774,10 @@ class Cronbox:
         """
         if not self.files.has_outbox(session_id):
             return SettlementPlan()
-        policy = self._policy(default_timeout=default_timeout)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
+            policy = self._policy(tx, default_timeout=default_timeout)
             due = {r.id: r for r in tx.due_rows(fmt(now))}
             return settle_acks(due, self.files.acks(session_id, list(due)), now, policy)
 
@@ -750,10 +793,10 @@ class Cronbox:
         """
         if not claims:
             return SettlementPlan()
-        policy = self._policy(retry_base=retry_base)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             rows = tx.rows([c.message_id for c in claims])
+            policy = self._policy(tx, retry_base=retry_base)
             return plan_requeue(rows, claims, reason, self.now(), policy, timed_out)
 
         return self._apply_plan(session_id, plan)
@@ -766,7 +809,7 @@ class Cronbox:
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
-            return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy())
+            return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy(tx))
 
         return len(self._apply_plan(session_id, plan).series)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,10 +34,11 @@ from cronbox_shared.models import (
 )
 from cronbox_shared.policies import (
     FAILED_OUTCOMES,
+    QuietHours,
+    admit,
     due_at,
     failure_delay,
     failure_streak,
-    jitter_offset,
     pause_reason,
     plan_missed,
 )
@@ -62,6 +62,19 @@ class Policy:
     retry_base: timedelta = timedelta(seconds=5)
     failure_backoff: timedelta = timedelta(seconds=DEFAULTS.failure_backoff)
     """The first delay after a failed occurrence of a series (it doubles, see policies)."""
+    quiet: QuietHours | None = None
+    """The session's quiet hours: task occurrences due inside wait for the window's end."""
+    zone: str = "UTC"
+    """The session's zone, which its quiet hours are read in."""
+
+    def admitted(self, row: InboundMessage, slot: datetime) -> datetime:
+        """When the occurrence of ``row``'s series for ``slot`` is due: the slot plus its
+        jitter, held to the end of the quiet window it falls in (a manual run, and a
+        task that ignores quiet hours, is never held)."""
+        due = due_at(row.series_id or row.id, slot, row.jitter)
+        if row.ignore_quiet or row.content.get("manual") or row.kind is not MessageKind.TASK:
+            return due
+        return admit(due, self.quiet, zone(self.zone))
 
 
 class RowChange(Record):
@@ -175,7 +188,7 @@ def next_occurrence(
         update={
             "id": next_occurrence_id(row), "seq": 0, "created_at": fmt(now),
             "updated_at": fmt(now), "status": status,
-            "process_after": fmt(due_at(series, slot, row.jitter)), "scheduled_for": fmt(slot),
+            "process_after": fmt(policy.admitted(row, slot)), "scheduled_for": fmt(slot),
             "series_id": series, "tries": 0, "error": None, "failures": streak,
             "paused_reason": reason,
         }
@@ -367,6 +380,7 @@ def plan_catch_up(
     alone.
     """
     draft = _Draft()
+    rules = policy or Policy()
     for row in due:
         if row.kind is not MessageKind.TASK or row.tries > 0:
             continue
@@ -374,7 +388,10 @@ def plan_catch_up(
         rec = stored_recurrence(row.recurrence) if row.recurrence else None
         grace = timedelta(seconds=row.misfire_grace) if row.misfire_grace is not None else None
         series = row.series_id or row.id
-        delay = partial(jitter_offset, series, jitter=row.jitter)
+
+        def delay(slot: datetime, row: InboundMessage = row) -> timedelta:
+            return rules.admitted(row, slot) - slot
+
         decision = plan_missed(row.missed_policy, rec, zone(row.timezone), scheduled, now,
                                grace, row.catchup_limit, delay)  # fmt: skip
         last = decision.run_slot is None and decision.missed
@@ -399,11 +416,9 @@ def plan_catch_up(
                             error=f"missed: {late} late, past its grace")  # fmt: skip
             draft.end(moved, MessageStatus.SKIPPED, f"missed: {late} late", now, run, policy,
                       scheduled_for=slot, process_after=slot)  # fmt: skip
-        elif fmt(decision.run_slot) != row.scheduled_for:
-            due_time = fmt(due_at(series, decision.run_slot, row.jitter))
-            change = RowChange(message_id=row.id, at=fmt(now),
-                               scheduled_for=fmt(decision.run_slot),
-                               process_after=due_time)  # fmt: skip
+        elif (shift := _moved(row, decision.run_slot, rules)) is not None:
+            change = RowChange(message_id=row.id, at=fmt(now), scheduled_for=shift[0],
+                               process_after=shift[1])  # fmt: skip
             draft.change(change, row, None)
         elif decision.missed:
             draft.series.append(series)
@@ -425,6 +440,12 @@ def _clamp(claimed: str, row: InboundMessage, now: datetime) -> datetime:
     except ValueError:
         return now
     return min(max(when, floor), now)
+
+
+def _moved(row: InboundMessage, slot: datetime, rules: Policy) -> tuple[str, str] | None:
+    """(scheduled_for, process_after) of a row that runs for ``slot``, when they change."""
+    new = (fmt(slot), fmt(rules.admitted(row, slot)))
+    return None if new == (row.scheduled_for, row.process_after) else new
 
 
 def _compact(slot: datetime) -> str:

@@ -90,7 +90,9 @@ POLICY_RULES = (
     "2, 4, 8, 16, 32, then 60 minutes, and after maxFailures in a row (default 8) the task "
     "is paused and you get a note: tell the user, and resume_task once the cause is fixed. "
     "A gate that answers wakeAgent=false is not a failure. jitter delays each run by a fixed "
-    "amount under that many seconds."
+    "amount under that many seconds. A run due in the session's quiet hours (set by the "
+    "operator) waits for their end unless the task sets ignoreQuiet; list_tasks shows the "
+    "time it will run."
 )
 
 SCHEDULE_DESCRIPTION = "\n\n".join([
@@ -190,6 +192,11 @@ JitterArg = Annotated[
     Field(description="Recurring only. Delay each run by a fixed-per-run amount under this "
           "many seconds (spreads load; shorter than the time between runs)."),
 ]  # fmt: skip
+IgnoreQuietArg = Annotated[
+    bool | None,
+    Field(description="true: run in the session's quiet hours too (by default a run due in "
+          "them waits for their end)."),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -264,6 +271,8 @@ class TaskTools:
         fields |= {
             name: getattr(valid, name) for name in POLICY_FIELDS if getattr(valid, name) is not None
         }
+        if valid.ignore_quiet:
+            fields["ignore_quiet"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
         lines = [
@@ -378,9 +387,11 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         catchupLimit: CatchupLimitArg = None,
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
+        ignoreQuiet: IgnoreQuietArg = None,
     ) -> str:
         policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
-                    "maxFailures": maxFailures, "jitter": jitter}  # fmt: skip
+                    "maxFailures": maxFailures, "jitter": jitter,
+                    "ignoreQuiet": ignoreQuiet}  # fmt: skip
         return tools.schedule(
             prompt, processAfter, recurrence, script, timezone,
             {k: v for k, v in policies.items() if v is not None},
@@ -409,11 +420,12 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         catchupLimit: CatchupLimitArg = None,
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
+        ignoreQuiet: IgnoreQuietArg = None,
     ) -> str:
         values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
                   "recurrence": recurrence, "script": script, "missedPolicy": missedPolicy,
                   "catchupLimit": catchupLimit, "maxFailures": maxFailures,
-                  "jitter": jitter}  # fmt: skip
+                  "jitter": jitter, "ignoreQuiet": ignoreQuiet}  # fmt: skip
         given = _given_arguments(ctx)
         if given is None:  # called without a request (in-process): None means "left out"
             given = {k for k, v in values.items() if v is not None}
@@ -532,6 +544,8 @@ def _task_line(state: sv.TaskState) -> str:
         f"gate script: {'yes' if row.script else 'no'}",
         f'prompt: "{preview(row.prompt, PROMPT_PREVIEW)}"',
     ]
+    if row.ignore_quiet:
+        parts.insert(3, "runs in quiet hours too")
     if rec is not None:
         parts.insert(3, f"policies: {_policies(row)}")
         if row.failures:

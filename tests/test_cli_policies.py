@@ -171,3 +171,30 @@ def test_cron_preview_shows_the_jittered_times_of_a_task(cli: Cli) -> None:
     assert jittered == [iso_local(due_at("rep", parse_utc(p), 600), utc) for p in plain]
     assert jittered != plain
     assert "--id" in refused(cli("cron", "@hourly", "--jitter", "60"))
+
+
+def test_session_quiet_hours_are_set_shown_in_status_and_refused_when_malformed(
+    cli: Cli, session: str, home: Path
+) -> None:
+    updated = ok(cli("session", "update", "work", "--quiet", "22:00-07:00"))
+    assert "quiet hours 22:00-07:00" in updated.stdout
+    [listed] = as_json(cli("session", "list", "--json"))
+    assert listed["quiet"] == "22:00-07:00"
+    report = as_json(cli("status", "--json"))
+    [quiet] = report["quiet"]
+    assert (quiet["session"], quiet["window"], quiet["timezone"]) == ("work", "22:00-07:00", "UTC")
+    assert "quiet hours of session work: 22:00-07:00 (UTC)" in ok(cli("status")).stdout
+    assert "is not a window" in refused(cli("session", "update", "work", "--quiet", "late"))
+    assert as_json(cli("session", "list", "--json"))[0]["quiet"] == "22:00-07:00"
+    ok(cli("session", "update", "work", "--quiet", "off"))
+    assert as_json(cli("status", "--json"))["quiet"] == []
+
+
+def test_ignore_quiet_is_a_task_flag_that_update_can_turn_off(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t",
+           "--ignore-quiet"))  # fmt: skip
+    assert task_rows(home)[0].ignore_quiet
+    ok(cli("task", "update", "t", "--respect-quiet"))
+    assert not task_rows(home)[0].ignore_quiet

@@ -197,3 +197,29 @@ async def test_with_the_pool_full_of_task_work_a_chat_is_served_first(tmp_path: 
     order = [s.session_id for s in sweeper.starts]
     assert order[:2] == [busy.id, talk.id]
     assert set(order[2:4]) == {s.id for s in waiting}
+
+
+async def test_a_task_due_in_quiet_hours_runs_at_their_end_while_chat_is_answered_at_once(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("night", timezone="UTC")
+    now = store.now()
+    end = now + timedelta(seconds=8)
+    window = f"{now - timedelta(seconds=10):%H:%M:%S}-{end:%H:%M:%S}"
+    store.update_session(session.id, quiet=window)
+    end = end.replace(microsecond=0)
+    task = store.schedule_task(session.id, {"prompt": "nightly", "processAfter": "now"})
+    assert store.get_task(task.id).next_run == fmt(end)
+    async with running_host(settings):
+        chat = store.send_message(session.id, "still up?")
+        [reply] = await wait_for(
+            lambda: [r for r in replies(store, session.id) if r["in_reply_to"] == chat.id]
+        )
+        assert store.runs_for(task.id) == [], "the task waits for the end of the window"
+        await wait_for(lambda: finished(store, task.id))
+    [run] = store.runs_for(task.id)
+    assert run.outcome is RunOutcome.OK
+    assert parse_utc(run.started_at or "") >= end
+    assert parse_utc(reply["created_at"]) < end

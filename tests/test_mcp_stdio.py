@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 # Bounds that turn a hang into a failure; never a statement about how long things take.
 SUBPROCESS_GUARD = 60
-POLICY_ARGS = ["missedPolicy", "catchupLimit", "maxFailures", "jitter"]
+POLICY_ARGS = ["missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"]
 ARGUMENTS = {
     "schedule_task": ["prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS],
     "list_tasks": ["status"],

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.anyio
 # A Monday; 09:00 in Berlin, 03:00 in New York.
 START = "2026-03-02T08:00:00.000Z"
 HANG_GUARD = 20
-POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter"}
+POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"}
 SIX_TOOLS = {
     "schedule_task": (
         {"prompt"},

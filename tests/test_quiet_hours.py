@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from cronbox_shared.errors import InvalidInput
+from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, RunOutcome
 from cronbox_shared.policies import QuietHours, admit, parse_quiet, quiet_end
-from cronbox_shared.timeutil import fmt, parse_utc
+from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
+from host.service import Cronbox, Limits
+from host.settlement import Policy, next_occurrence
+from host.store.records import Session
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NIGHT = QuietHours(time(22), time(7))
@@ -79,3 +84,85 @@ def test_parse_quiet_reads_start_end_in_24_hour_time(text: str, expected: QuietH
 def test_parse_quiet_refuses_anything_else_in_one_sentence(text: str, says: str) -> None:
     with pytest.raises(InvalidInput, match=says):
         parse_quiet(text)
+
+
+# --- the host applies them ----------------------------------------------------------------
+
+NIGHT_NOW = parse_utc("2026-01-15T22:30:00.000Z")  # 23:30 in Berlin, inside 22:00-07:00
+MORNING = "2026-01-16T06:00:00.000Z"  # 07:00 in Berlin
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NIGHT_NOW)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: ManualClock) -> Cronbox:
+    return Cronbox(tmp_path / "home", clock=clock, limits=Limits(min_interval=timedelta(0)))
+
+
+@pytest.fixture
+def session(store: Cronbox) -> Session:
+    made = store.create_session("night", timezone="Europe/Berlin")
+    return store.update_session(made.id, quiet="22:00-07:00")
+
+
+def test_a_task_due_in_quiet_hours_waits_for_their_end_and_chat_does_not(
+    store: Cronbox, session: Session
+) -> None:
+    held = store.schedule_task(session.id, {"taskId": "held", "prompt": "p", "processAfter": "now"})
+    loud = store.schedule_task(
+        session.id, {"taskId": "loud", "prompt": "p", "processAfter": "now", "ignoreQuiet": True}
+    )
+    chat = store.send_message(session.id, "still up?")
+    assert held.next_run == MORNING
+    assert loud.next_run == fmt(NIGHT_NOW)
+    assert set(store.due_ids(session.id)) == {loud.id, chat.id}
+    assert session.quiet == "22:00-07:00"
+
+
+def test_a_recurring_occurrence_due_in_quiet_hours_is_held_and_keeps_its_slot(
+    store: Cronbox, session: Session
+) -> None:
+    task = store.schedule_task(session.id, {"taskId": "h", "prompt": "p", "recurrence": "@hourly"})
+    assert task.next_run == MORNING
+    [row] = [r for r in store.inbound_rows(session.id) if r.id == task.id]
+    assert row.scheduled_for == "2026-01-15T23:00:00.000Z"
+
+
+def test_new_quiet_hours_move_pending_tasks_and_clearing_them_releases_them(
+    store: Cronbox, clock: ManualClock
+) -> None:
+    session = store.create_session("later", timezone="Europe/Berlin")
+    task = store.schedule_task(session.id, {"taskId": "t", "prompt": "p", "processAfter": "+1h"})
+    assert task.next_run == "2026-01-15T23:30:00.000Z"
+    store.update_session(session.id, quiet="22:00-07:00")
+    assert store.get_task(task.id).next_run == MORNING
+    assert store.update_session(session.id, quiet="off").quiet is None
+    assert store.get_task(task.id).next_run == "2026-01-15T23:30:00.000Z"
+
+
+def test_bad_quiet_hours_are_one_sentence_and_change_nothing(store: Cronbox) -> None:
+    session = store.create_session("typo", timezone="Europe/Berlin")
+    with pytest.raises(InvalidInput, match='--quiet "10pm" is not a window'):
+        store.update_session(session.id, quiet="10pm")
+    assert store.get_session(session.id).quiet is None
+
+
+def test_the_next_occurrence_due_in_quiet_hours_is_held_to_their_end() -> None:
+    policy = Policy(quiet=NIGHT, zone="Europe/Berlin")
+    finished = InboundMessage(
+        id="h", seq=2, kind=MessageKind.TASK, created_at="2026-01-15T08:00:00.000Z",
+        status=MessageStatus.PENDING, process_after="2026-01-15T20:00:00.000Z",
+        scheduled_for="2026-01-15T20:00:00.000Z", recurrence="@hourly", timezone="UTC",
+        series_id="h", tries=0, trigger=1, content={"prompt": "p"},
+    )  # fmt: skip
+    nxt = next_occurrence(finished, parse_utc("2026-01-15T20:00:05.000Z"), RunOutcome.OK, None,
+                          policy)  # fmt: skip
+    assert nxt is not None
+    assert (nxt.scheduled_for, nxt.process_after) == ("2026-01-15T21:00:00.000Z", MORNING)
+    loud = finished.model_copy(update={"ignore_quiet": True})
+    nxt = next_occurrence(loud, parse_utc("2026-01-15T20:00:05.000Z"), RunOutcome.OK, None, policy)
+    assert nxt is not None
+    assert nxt.process_after == "2026-01-15T21:00:00.000Z"

@@ -46,8 +46,10 @@ class CentralRepository(Protocol):
         SessionExists for a taken name."""
         ...
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Set the session's ``agent`` and/or ``timezone`` with its audit entry."""
+    def update_session(
+        self, session_id: str, fields: dict[str, str | None], audit: AuditEntry
+    ) -> None:
+        """Set the session's ``agent``, ``timezone`` and/or ``quiet`` with its audit entry."""
         ...
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:
@@ -216,6 +218,14 @@ class InboxTransaction(Protocol):
         next_attempt_at: Instant | None, error: str | None,
     ) -> None:  # fmt: skip
         """Record one channel's attempt at a reply."""
+        ...
+
+    def info(self, key: str) -> str | None:
+        """One fact recorded with :meth:`set_info`, or None."""
+        ...
+
+    def live_pending_tasks(self) -> list[InboundMessage]:
+        """The pending occurrence of every task series (one per series)."""
         ...
 
     def set_info(self, key: str, value: str) -> None:

@@ -168,8 +168,14 @@ def m008_policies(db: Database) -> None:
                 pass
 
 
+@central_migrations()
+def m008_quiet_hours(db: Database) -> None:
+    """A session's quiet hours (task occurrences due inside wait for the window's end)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN quiet TEXT")
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
-                 "last_active_at", "next_due_at")  # fmt: skip
+                 "last_active_at", "next_due_at", "quiet")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
              "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
 
@@ -261,8 +267,10 @@ class SqliteCentral:
                 raise SessionExists(session.name) from None
             self._audit(db, audit)
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Change a session's agent profile or timezone."""
+    def update_session(
+        self, session_id: str, fields: dict[str, str | None], audit: AuditEntry
+    ) -> None:
+        """Change a session's agent profile, timezone or quiet hours."""
         assign = ", ".join(f"{k} = ?" for k in fields)
         with self._open() as db, db.atomic():
             db.execute(f"UPDATE sessions SET {assign} WHERE id = ?", [*fields.values(), session_id])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind
+from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
 from host.store.records import SessionView
@@ -94,6 +94,14 @@ class InboxTx:
     ) -> None:  # fmt: skip
         """Record one channel's attempt at a reply."""
         sdb.record_attempt(self.db, seq, channel, status, at, next_attempt_at, error)
+
+    def info(self, key: str) -> str | None:
+        """One fact recorded with :meth:`set_info`, or None."""
+        return sdb.session_info(self.db, key)
+
+    def live_pending_tasks(self) -> list[InboundMessage]:
+        """The pending occurrence of every task series (one per series)."""
+        return sdb.live_tasks(self.db, (MessageStatus.PENDING,))
 
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session for its runner and MCP server."""

@@ -19,6 +19,8 @@ class Session(Record):
     created_at: Instant
     last_active_at: Instant | None
     next_due_at: Instant | None
+    quiet: str | None = None
+    """Quiet hours such as ``22:00-07:00`` in the session's zone (None: none)."""
 
 
 class TaskView(Record):
