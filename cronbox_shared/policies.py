@@ -221,6 +221,22 @@ def _clock(value: time) -> str:
     return value.strftime("%H:%M:%S" if value.second else "%H:%M")
 
 
+def describe_policies(
+    missed: MissedPolicy | None, catchup_limit: int | None, max_failures: int | None,
+    jitter: int | None,
+) -> str:  # fmt: skip
+    """A recurring task's scheduling policies in words, defaults spelled out."""
+    missed = missed or MissedPolicy.LATEST
+    words = [f"missed runs: {missed.value}"]
+    if missed is MissedPolicy.ALL:
+        words[0] += f" (up to {catchup_limit or DEFAULT_CATCHUP_LIMIT})"
+    limit = DEFAULT_MAX_FAILURES if max_failures is None else max_failures
+    words.append(f"pauses after {limit} failures in a row" if limit else "never pauses on failures")
+    if jitter:
+        words.append(f"jitter under {jitter} s")
+    return ", ".join(words)
+
+
 def smallest_gap(rec: Recurrence, tz: ZoneInfo, after: datetime, sample: int = 60) -> timedelta:
     """The smallest gap between the next ``sample`` fires (an interval's own period)."""
     if rec.every is not None:

@@ -25,7 +25,13 @@ from cronbox_shared.policies import (
     due_at,
     smallest_gap,
 )
-from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
+from cronbox_shared.recurrence import (
+    Recurrence,
+    fire_times,
+    next_fire,
+    parse_recurrence,
+    stored_recurrence,
+)
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
 
 TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -320,6 +326,38 @@ def check_policies(
 
 POLICY_ALIASES = {"missed_policy": "missedPolicy", "catchup_limit": "catchupLimit",
                    "max_failures": "maxFailures", "jitter": "jitter"}  # fmt: skip
+
+
+MAX_BACKFILL = 100
+
+
+def backfill_slots(
+    rec: Recurrence, tz: ZoneInfo, start: str, end: str, now: datetime
+) -> list[datetime]:
+    """The slots of ``rec`` from ``start`` to ``end`` (both included, both read like
+    ``--at``), for a backfill; the window must be in the past and hold 1 to 100 slots."""
+    first = parse_when(start, tz, now, field="--from")
+    last = parse_when(end, tz, now, field="--to")
+    if last <= first:
+        raise InvalidInput(
+            f"--to {fmt(last)} is not after --from {fmt(first)}; give the window's start first"
+        )
+    if last > now:
+        raise InvalidInput(
+            f"--to {fmt(last)} is in the future (now is {fmt(now)}); a backfill runs past "
+            "slots only, and the schedule runs the rest"
+        )
+    fires = fire_times(rec, tz, first - timedelta(microseconds=1), MAX_BACKFILL + 1)
+    slots = [f for f in fires if f <= last]
+    if not slots:
+        raise InvalidInput(
+            f"no slot of this task falls between {fmt(first)} and {fmt(last)}; widen the window"
+        )
+    if len(slots) > MAX_BACKFILL:
+        raise InvalidInput(
+            f"the window holds more than {MAX_BACKFILL} slots of this task; give a shorter one"
+        )
+    return slots
 
 
 def check_note(note: str | None) -> str | None:

@@ -67,6 +67,7 @@ from cronbox_shared.policies import (
     MAX_CATCHUP_LIMIT,
     MAX_JITTER,
     MAX_MAX_FAILURES,
+    describe_policies,
     due_at,
 )
 from cronbox_shared.recurrence import fire_times, parse_recurrence
@@ -86,6 +87,7 @@ from host.config import (
 )
 from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
+from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
@@ -1294,6 +1296,7 @@ def task_update(
 
 def run_json(run: Run) -> dict[str, Any]:
     data = run.model_dump(mode="json")
+    data["backfill"] = is_backfill(run.message_id)
     took = _duration(run)
     data["duration_seconds"] = took.total_seconds() if took is not None else None
     return data
@@ -1339,7 +1342,7 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
                 "run": str(run.id),
                 "scheduled for": when_cell(run.scheduled_for, tz, now),
                 "started": when_cell(run.started_at, tz, now),
-                "late": span_cell(_lateness(run)),
+                "late": "backfill" if is_backfill(run.message_id) else span_cell(_lateness(run)),
                 "duration": span_cell(_duration(run)),
                 "outcome": outcome_word(run.outcome),
                 "preview": one_line(run.error or run.output_preview, 80),
@@ -1367,6 +1370,95 @@ def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = F
         console.print(Text(f"task {view.series_id} has not run yet"))
         return
     console.print(render_history(runs, zone(view.timezone), store.now(), console))
+
+
+@task_app.command("backfill")
+def task_backfill(
+    task: TaskRef,
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Window start: an instant such as 2026-03-01T00:00 (read in the task's zone) "
+            "or 2026-03-01T00:00Z.",
+        ),
+    ],
+    end: Annotated[str, typer.Option("--to", help="Window end, in the past (same forms as --at).")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a recurring task's slots in a past window, one after another, as backfill runs
+    (task history marks them); its schedule is left as it is."""
+    store = open_store(home)
+    first = store.backfill(task, start, end)
+    slots = [first.scheduled_for or "", *first.content.get("backfill_rest", [])]
+    if as_json:
+        print_json({"series_id": first.series_id, "slots": slots, "first": first.id})
+        return
+    stdout_console().print(
+        Text(f"queued a backfill of {first.series_id}: {len(slots)} slots from {slots[0]} to "
+             f"{slots[-1]}, run one after another"),
+        soft_wrap=True,
+    )  # fmt: skip
+
+
+@task_app.command("show")
+def task_show(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show a task: its settings and policies, its next 10 runs and its last 10 runs."""
+    store = open_store(home)
+    view = store.get_task(task)
+    row = store.live_row(task)
+    upcoming = store.upcoming(task, 10)
+    runs = store.runs_for(view.series_id, 10)
+    tz = zone(view.timezone)
+    now = store.now()
+    policies = task_policies(row) if row is not None else {}
+    if as_json:
+        print_json({
+            **task_json(view), "policies": policies,
+            "next_runs": [{"slot": fmt(slot), "at": fmt(at), "at_local": iso_local(at, tz)}
+                          for slot, at in upcoming],
+            "runs": [run_json(r) for r in runs],
+        })  # fmt: skip
+        return
+    console = stdout_console()
+    lines = [
+        describe_task("task", view, now).plain.removeprefix("task "),
+        f"prompt: {one_line(view.prompt, 200)}",
+        f"gate script: {'yes' if view.has_script else 'no'}; timezone {view.timezone}",
+    ]
+    lines += [f"{name}: {value}" for name, value in policies.items()]
+    for line in lines:
+        console.print(Text(line), soft_wrap=True)
+    if upcoming:
+        table = Table("#", "runs at", "UTC", "relative", "slot")
+        for i, (slot, at) in enumerate(upcoming, 1):
+            cells = (str(i), local_time(at, tz), fmt(at), relative(at, now),
+                     "" if slot == at else local_time(slot, tz))  # fmt: skip
+            table.add_row(*(Text(c, no_wrap=True) for c in cells))
+        console.print(Text(f"next {len(upcoming)} runs:"))
+        console.print(table)
+    else:
+        console.print(Text("no next run"))
+    if runs:
+        console.print(Text(f"last {len(runs)} runs:"))
+        console.print(render_history(runs, tz, now, console))
+    else:
+        console.print(Text("no runs yet"))
+
+
+def task_policies(row: InboundMessage) -> dict[str, Any]:
+    """What ``task show`` says of a task's settings and policies, by name."""
+    shown: dict[str, Any] = {}
+    if row.recurrence:
+        shown["policies"] = describe_policies(
+            row.missed_policy, row.catchup_limit, row.max_failures, row.jitter
+        )
+        shown["failures in a row"] = row.failures
+    shown["misfire grace"] = f"{row.misfire_grace} s" if row.misfire_grace is not None else "none"
+    shown["timeout"] = f"{row.timeout} s" if row.timeout else "the host's default"
+    shown["quiet hours"] = "ignored" if row.ignore_quiet else "respected"
+    return shown
 
 
 @task_app.command("output")

@@ -48,11 +48,12 @@ from cronbox_shared.models import (
     MessageStatus,
 )
 from cronbox_shared.policies import parse_quiet
-from cronbox_shared.recurrence import stored_recurrence
+from cronbox_shared.recurrence import fire_times, stored_recurrence
 from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
+    backfill_slots,
     check_note,
     resume_at,
     validate_schedule,
@@ -66,6 +67,8 @@ from host.settlement import (
     InboxChanges,
     Policy,
     SettlementPlan,
+    backfill_row,
+    is_backfill,
     plan_catch_up,
     plan_requeue,
     series_of,
@@ -687,6 +690,62 @@ class Cronbox:
 
         self._commit(session, insert)
         return self._row(session, run_id)
+
+    def backfill(self, ref: str, start: str, end: str, *, actor: str = "cli") -> InboundMessage:
+        """Run a recurring task's slots from ``start`` to ``end`` (in the past), one after
+        another, as backfill runs (their history keeps the slot each stands for).
+
+        The series' schedule is left as it is. Refused for a task that is not recurring
+        or not live, a window outside the rules of ``backfill_slots``, and while an
+        earlier backfill of the task is still running. Returns the first run queued.
+        """
+        session, series = self._locate(ref, None)
+        now = self.now()
+
+        def insert(tx: InboxTransaction, done: _Work) -> InboundMessage:
+            current = self._live(tx, series)
+            if not current.recurrence:
+                raise TaskStateError(
+                    f'task "{ref}" runs once, so it has no slots to backfill; '
+                    "use task run to run it now"
+                )
+            if any(is_backfill(i) for i in tx.pending_manual_runs(series)):
+                raise TaskStateError(
+                    f'a backfill of task "{ref}" is still running; wait for it to finish '
+                    "or cancel the task"
+                )
+            rec = stored_recurrence(current.recurrence)
+            slots = backfill_slots(rec, zone(current.timezone), start, end, now)
+            first = backfill_row(current, slots, now)
+            tx.insert(first)
+            detail = {"from": fmt(slots[0]), "to": fmt(slots[-1]), "slots": len(slots)}
+            done.audit.append(self._entry(actor, "task.backfill", session, series, detail))
+            return first
+
+        first = self._commit(session, insert)
+        return self._row(session, first.id)
+
+    def upcoming(self, ref: str, n: int = 10) -> list[tuple[datetime, datetime]]:
+        """(slot, when it runs) of a task's next ``n`` occurrences: the live one first,
+        then its recurrence's next slots, each with its jitter and past the quiet hours."""
+        live = self.live_row(ref)
+        if live is None or not live.status.live or live.scheduled_for is None:
+            return []
+        slot = parse_utc(live.scheduled_for)
+        when = parse_utc(live.process_after or live.scheduled_for)
+        if not live.recurrence:
+            return [(slot, when)]
+        session = self.get_session(self._locate(ref, None)[0])
+        policy = Policy(
+            quiet=parse_quiet(session.quiet) if session.quiet else None, zone=session.timezone
+        )
+        rest = fire_times(stored_recurrence(live.recurrence), zone(live.timezone), slot, n - 1)
+        return [(slot, when), *((s, policy.admitted(live, s)) for s in rest)]
+
+    def live_row(self, ref: str) -> InboundMessage | None:
+        """A task's live (or newest) occurrence, with its policies."""
+        view = self.get_task(ref)
+        return self.files.get(view.session_id, view.id)
 
     def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
         """Past runs of a task series, newest first."""

@@ -158,8 +158,8 @@ def next_occurrence(
     error: str | None = None,
     policy: Policy | None = None,
 ) -> InboundMessage | None:
-    """The occurrence that follows ``row`` once it finished with ``outcome``; None for a
-    one-time row.
+    """The occurrence that follows ``row`` once it finished with ``outcome``: for a backfill
+    run the next backfill slot; None for any other one-time row.
 
     Computed from the row's scheduled time, not from now, so a slow run never shifts
     the series. After a failure (error or timeout) the next occurrence is the first
@@ -168,7 +168,7 @@ def next_occurrence(
     :mod:`cronbox_shared.policies`). Each occurrence is due at its slot plus its jitter.
     """
     if not row.recurrence:
-        return None
+        return next_backfill(row, now)
     policy = policy or Policy()
     rec = stored_recurrence(row.recurrence)
     tz = zone(row.timezone)
@@ -193,6 +193,50 @@ def next_occurrence(
             "paused_reason": reason,
         }
     )  # fmt: skip
+
+
+BACKFILL = "backfill"
+BACKFILL_REST = "backfill_rest"
+
+
+def backfill_id(series_id: str, slot: datetime) -> str:
+    """The id of a series' backfill run for ``slot`` (one per slot, so a repeat is a no-op)."""
+    return f"{series_id}{OCCURRENCE_SEP}{BACKFILL}-{_compact(slot)}"
+
+
+def is_backfill(message_id: str) -> bool:
+    """Whether an occurrence id names a backfill run."""
+    return f"{OCCURRENCE_SEP}{BACKFILL}-" in message_id
+
+
+def backfill_row(
+    current: InboundMessage, slots: Sequence[datetime], now: datetime
+) -> InboundMessage:
+    """The first backfill run of ``slots`` (past slots of ``current``'s series, in order):
+    a manual run for ``slots[0]``, due now, that carries the rest, so each one's end
+    queues the next (:func:`next_backfill`) and they run one after another."""
+    series = current.series_id or current.id
+    rest = [fmt(s) for s in slots[1:]]
+    return current.model_copy(
+        update={
+            "id": backfill_id(series, slots[0]), "seq": 0, "created_at": fmt(now),
+            "updated_at": fmt(now), "status": MessageStatus.PENDING, "process_after": fmt(now),
+            "scheduled_for": fmt(slots[0]), "recurrence": None, "series_id": series,
+            "tries": 0, "trigger": 1, "misfire_grace": None, "error": None, "jitter": None,
+            "failures": 0, "paused_reason": None,
+            "content": {**current.content, "manual": True, BACKFILL_REST: rest},
+        }
+    )  # fmt: skip
+
+
+def next_backfill(row: InboundMessage, now: datetime) -> InboundMessage | None:
+    """The backfill run after ``row`` once it finished; None when it was the last (or
+    ``row`` is no backfill run)."""
+    rest = row.content.get(BACKFILL_REST)
+    if not is_backfill(row.id) or not isinstance(rest, list) or not rest:
+        return None
+    slots = [parse_utc(str(s)) for s in rest]
+    return backfill_row(row, slots, now)
 
 
 def paused_note(row: InboundMessage, nxt: InboundMessage, now: datetime) -> InboundMessage:
@@ -382,8 +426,8 @@ def plan_catch_up(
     draft = _Draft()
     rules = policy or Policy()
     for row in due:
-        if row.kind is not MessageKind.TASK or row.tries > 0:
-            continue
+        if row.kind is not MessageKind.TASK or row.tries > 0 or row.content.get("manual"):
+            continue  # a manual run (task run, backfill) runs when it was asked for
         scheduled = parse_utc(row.scheduled_for or row.process_after or row.created_at)
         rec = stored_recurrence(row.recurrence) if row.recurrence else None
         grace = timedelta(seconds=row.misfire_grace) if row.misfire_grace is not None else None

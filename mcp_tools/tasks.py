@@ -31,8 +31,8 @@ from cronbox_shared.actions import (
 )
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
-from cronbox_shared.models import InboundMessage, MessageStatus, MissedPolicy, preview
-from cronbox_shared.policies import DEFAULT_CATCHUP_LIMIT, DEFAULT_MAX_FAILURES
+from cronbox_shared.models import InboundMessage, MessageStatus, preview
+from cronbox_shared.policies import describe_policies
 from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
 from cronbox_shared.tasks import (
     POLICY_ALIASES,
@@ -518,15 +518,7 @@ def _next(row: InboundMessage, now: datetime) -> str:
 
 def _policies(task: ValidTask | InboundMessage) -> str:
     """A recurring task's scheduling policies in words (defaults spelled out)."""
-    missed = task.missed_policy or MissedPolicy.LATEST
-    words = [f"missed runs: {missed.value}"]
-    if missed is MissedPolicy.ALL:
-        words[0] += f" (up to {task.catchup_limit or DEFAULT_CATCHUP_LIMIT})"
-    limit = DEFAULT_MAX_FAILURES if task.max_failures is None else task.max_failures
-    words.append(f"pauses after {limit} failures in a row" if limit else "never pauses on failures")
-    if task.jitter:
-        words.append(f"jitter under {task.jitter} s")
-    return ", ".join(words)
+    return describe_policies(task.missed_policy, task.catchup_limit, task.max_failures, task.jitter)
 
 
 def _task_line(state: sv.TaskState) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,59 @@ def test_ignore_quiet_is_a_task_flag_that_update_can_turn_off(
     assert task_rows(home)[0].ignore_quiet
     ok(cli("task", "update", "t", "--respect-quiet"))
     assert not task_rows(home)[0].ignore_quiet
+
+
+def test_task_backfill_queues_the_first_past_slot_and_refuses_bad_windows(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 * * * *", "--id", "t"))
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--at", "+1h", "--id", "once"))
+    store = Cronbox(home)
+    now = store.now()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    start, end = fmt(hour - timedelta(hours=5, minutes=30)), fmt(hour - timedelta(minutes=30))
+    for args, says in [
+        (["t", "--from", end, "--to", start], "is not after --from"),
+        (["t", "--from", start, "--to", "+1h"], "is in the future"),
+        (["t", "--from", fmt(hour - timedelta(minutes=50)),
+          "--to", fmt(hour - timedelta(minutes=40))], "no slot of this task falls between"),
+        (["t", "--from", "2026-01-01T00:00Z", "--to", fmt(hour - timedelta(days=30))],
+         "more than 100 slots"),
+        (["once", "--from", start, "--to", end], "runs once, so it has no slots to backfill"),
+        (["t", "--from", "yesterday", "--to", end], "--from"),
+    ]:  # fmt: skip
+        assert says in refused(cli("task", "backfill", *args)), args
+    assert len(task_rows(home)) == 2
+    queued = as_json(cli("task", "backfill", "t", "--from", start, "--to", end, "--json"))
+    assert queued["slots"] == [fmt(hour - timedelta(hours=h)) for h in (5, 4, 3, 2, 1)]
+    assert "still running" in refused(cli("task", "backfill", "t", "--from", start, "--to", end))
+    audit = [e for e in store.audit_entries() if e.action == "task.backfill"]
+    assert [e.detail for e in audit] == [{"from": queued["slots"][0], "to": queued["slots"][-1],
+                                          "slots": 5}]  # fmt: skip
+
+
+def test_task_show_prints_policies_next_ten_runs_and_last_runs(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "hourly digest", "--cron", "0 * * * *",
+           "--id", "t", "--missed", "skip", "--jitter", "60",
+           "--misfire-grace", "300"))  # fmt: skip
+    shown = as_json(cli("task", "show", "t", "--json"))
+    assert len(shown["next_runs"]) == 10
+    slots = [parse_utc(r["slot"]) for r in shown["next_runs"]]
+    assert all(b - a == timedelta(hours=1) for a, b in pairwise(slots))
+    assert [r["at"] for r in shown["next_runs"]] == [fmt(due_at("t", s, 60)) for s in slots]
+    assert (
+        shown["policies"]["policies"]
+        == "missed runs: skip, pauses after 8 failures in a row, jitter under 60 s"
+    )
+    assert shown["runs"] == []
+    text = ok(cli("task", "show", "t")).stdout
+    assert "next 10 runs:" in text
+    assert "missed runs: skip" in text
+    assert "misfire grace: 300 s" in text
+    manual = as_json(cli("task", "run", "t", "--json"))
+    fail(home, manual["id"], "boom")
+    shown = as_json(cli("task", "show", "t", "--json"))
+    assert [r["message_id"] for r in shown["runs"]] == [manual["id"]]
+    assert "last 1 runs:" in ok(cli("task", "show", "t")).stdout

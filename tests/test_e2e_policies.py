@@ -223,3 +223,27 @@ async def test_a_task_due_in_quiet_hours_runs_at_their_end_while_chat_is_answere
     assert run.outcome is RunOutcome.OK
     assert parse_utc(run.started_at or "") >= end
     assert parse_utc(reply["created_at"]) < end
+
+
+async def test_a_backfill_runs_the_past_slots_in_order_and_leaves_the_schedule(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("history")
+    task = store.schedule_task(session.id, {"prompt": "daily digest", "recurrence": "@hourly"})
+    now = store.now()
+    first = store.backfill(task.id, fmt(now - timedelta(hours=3)), fmt(now))
+    async with running_host(settings):
+        await wait_for(lambda: len(finished(store, task.id)) >= 3)
+    runs = list(reversed(store.runs_for(task.id)))
+    assert [r.outcome for r in runs] == [RunOutcome.OK] * 3
+    slots = [parse_utc(r.scheduled_for or "") for r in runs]
+    assert slots == sorted(slots)
+    assert slots[0] == parse_utc(first.scheduled_for or "")
+    assert all(now - timedelta(hours=3) <= s <= now for s in slots)
+    assert all("~backfill-" in r.message_id for r in runs)
+    starts = [r.started_at or "" for r in runs]
+    finishes = [r.finished_at or "" for r in runs]
+    assert all(f <= s for f, s in zip(finishes, starts[1:], strict=False)), "one after another"
+    assert store.get_task(task.id).next_run == task.next_run

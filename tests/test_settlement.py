@@ -15,6 +15,8 @@ from host.settlement import (
     Policy,
     RowChange,
     SettlementPlan,
+    backfill_row,
+    next_backfill,
     next_occurrence,
     plan_catch_up,
     plan_requeue,
@@ -358,3 +360,23 @@ def test_each_next_occurrence_is_due_at_its_slot_plus_its_jitter() -> None:
     assert nxt.scheduled_for == fmt(slot)
     assert nxt.process_after == fmt(due_at("j", slot, 30))
     assert slot <= parse_utc(nxt.process_after) < slot + timedelta(seconds=30)
+
+
+# --- backfill ------------------------------------------------------------------------------
+
+
+def test_a_finished_backfill_run_queues_the_next_slot_and_the_last_queues_nothing() -> None:
+    current = row("h", recurrence="@hourly", timezone="UTC", jitter=60)
+    slots = [parse_utc(f"2026-01-16T0{h}:00:00.000Z") for h in (3, 4, 5)]
+    first = backfill_row(current, slots, NOW)
+    assert (first.id, first.scheduled_for, first.process_after) == (
+        "h~backfill-20260116T030000000Z", "2026-01-16T03:00:00.000Z", fmt(NOW),
+    )  # fmt: skip
+    assert (first.recurrence, first.jitter, first.content["manual"]) == (None, None, True)
+    plan = settle_acks({first.id: first}, [ack(first.id)], NOW, POLICY)
+    [second] = plan.changes.inserts
+    assert second.scheduled_for == "2026-01-16T04:00:00.000Z"
+    third = next_backfill(second, NOW)
+    assert third is not None and third.scheduled_for == "2026-01-16T05:00:00.000Z"
+    assert next_backfill(third, NOW) is None
+    assert plan_catch_up([first], NOW + timedelta(days=1)).empty, "a backfill run is never missed"
