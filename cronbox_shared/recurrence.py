@@ -194,6 +194,34 @@ def parse_recurrence(expr: str, min_interval: timedelta = timedelta(seconds=60))
     return Recurrence(text, None, fixed_time=fixed)
 
 
+def recurrence_warnings(rec: Recurrence) -> tuple[str, ...]:
+    """What a valid recurrence does that its writer may not expect, one sentence each.
+
+    A step larger than its range (``*/90`` in the minute field) is accepted, as cron
+    accepts it, but picks only the first value of the range: ``*/90 * * * *`` fires at
+    minute 0 of every hour, not every 90 minutes.
+    """
+    cron = rec.cron
+    if cron is None:
+        return ()
+    warnings = []
+    for part, field in zip(cron.split(" "), _FIELDS, strict=True):
+        for item in part.split(","):
+            base, slash, step_text = item.partition("/")
+            if not slash:
+                continue
+            low, high = field.low, field.high
+            if base != "*":
+                first, _, second = base.partition("-")
+                low, high = _value(cron, part, first, field), _value(cron, part, second, field)
+            if int(step_text) > high - low:
+                warnings.append(
+                    f'the {field.label} step "{item}" is larger than its range ({low}-{high}), '
+                    f"so it fires only at {field.label} {low}"
+                )
+    return tuple(warnings)
+
+
 def stored_recurrence(expr: str) -> Recurrence:
     """Read an expression that was validated when it was stored (no interval check)."""
     return parse_recurrence(expr, timedelta(0))

@@ -30,6 +30,7 @@ from cronbox_shared.recurrence import (
     fire_times,
     next_fire,
     parse_recurrence,
+    recurrence_warnings,
     stored_recurrence,
 )
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
@@ -38,6 +39,9 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A one-time instant this far in the past is still accepted as "due now": clocks of
 # the agent and the host differ a little, and "now" typed by a person is a moment old.
 PAST_SLACK = timedelta(seconds=60)
+# A request applied late (an agent's, carried by its runner's outbox) is judged by when
+# it was asked, at most this long ago: the asking time is the container's word.
+MAX_APPLY_DELAY = timedelta(days=1)
 MAX_GRACE = 366 * 86400
 MAX_TIMEOUT = 86400
 # Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
@@ -240,10 +244,25 @@ def check_task_id(task_id: str) -> str:
     return task_id
 
 
+def asked_when(asked_at: datetime | None, now: datetime) -> datetime:
+    """The instant a request counts as asked at: ``asked_at`` (when the agent asked, for a
+    request applied late) kept between ``now - MAX_APPLY_DELAY`` and ``now``."""
+    if asked_at is None:
+        return now
+    return min(max(asked_at, now - MAX_APPLY_DELAY), now)
+
+
 def validate_schedule(
-    req: ScheduleRequest, *, default_tz: str, now: datetime, min_interval: timedelta
-) -> ValidTask:
-    """Check a schedule request completely and compute its first run."""
+    req: ScheduleRequest, *, default_tz: str, now: datetime, min_interval: timedelta,
+    asked_at: datetime | None = None,
+) -> ValidTask:  # fmt: skip
+    """Check a schedule request completely and compute its first run.
+
+    ``asked_at`` is when the request was made, for one applied later (an agent's request
+    delivered from its runner's outbox): a one-time time that was in the future then is
+    not "in the past" now; it runs at once.
+    """
+    asked = asked_when(asked_at, now)
     _check_text("prompt", req.prompt, MAX_PROMPT_BYTES, required=True)
     _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
     tz_name = req.timezone or default_tz
@@ -251,7 +270,7 @@ def validate_schedule(
     rec = parse_recurrence(req.recurrence, min_interval) if req.recurrence else None
     if req.process_after is not None:
         first = parse_when(req.process_after, tz, now)
-        if rec is None and first < now - PAST_SLACK:
+        if rec is None and first < asked - PAST_SLACK:
             raise TimeInPast(
                 f"processAfter {fmt(first)} is in the past (now is {fmt(now)}); "
                 "give a future time, or add a recurrence for a repeating task",
@@ -329,6 +348,32 @@ POLICY_ALIASES = {"missed_policy": "missedPolicy", "catchup_limit": "catchupLimi
 
 
 MAX_BACKFILL = 100
+COST_HINT = (
+    "this task runs more than twice a day without a gate script, and every run wakes the "
+    "agent (a model call); if most runs need no judgement, add a gate script that wakes "
+    "it only when there is something to do"
+)
+
+
+def fires_more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool:
+    """Whether ``rec`` fires three times or more within the next day."""
+    third = fire_times(rec, tz, now, 3)[-1:]
+    return bool(third) and third[0] - now < timedelta(days=1)
+
+
+def schedule_notes(
+    recurrence: str | None, has_script: bool, tz: ZoneInfo, now: datetime
+) -> list[str]:
+    """Sentences worth telling whoever scheduled (or changed) a task: what its
+    recurrence does that may surprise (``recurrence_warnings``), and the cost hint for
+    an ungated task that wakes the agent more than twice a day (nanoclaw's guidance)."""
+    if not recurrence:
+        return []
+    rec = stored_recurrence(recurrence)
+    notes = list(recurrence_warnings(rec))
+    if not has_script and fires_more_than_twice_a_day(rec, tz, now):
+        notes.append(COST_HINT)
+    return notes
 
 
 def backfill_slots(
@@ -402,8 +447,9 @@ class TaskChanges:
 
 
 def validate_update(
-    req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta
-) -> TaskChanges:
+    req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta,
+    asked_at: datetime | None = None,
+) -> TaskChanges:  # fmt: skip
     """Check an update against the live occurrence and work out its new schedule.
 
     Changing ``recurrence`` or ``processAfter`` recomputes when the live occurrence runs,
@@ -440,7 +486,7 @@ def validate_update(
     process_after: datetime | None = None
     if "process_after" in given and req.process_after is not None:
         process_after = parse_when(req.process_after, tz, now)
-        if rec is None and process_after < now - PAST_SLACK:
+        if rec is None and process_after < asked_when(asked_at, now) - PAST_SLACK:
             raise TimeInPast(
                 f"processAfter {fmt(process_after)} is in the past (now is {fmt(now)}); "
                 "give a future time",

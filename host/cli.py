@@ -70,13 +70,20 @@ from cronbox_shared.policies import (
     describe_policies,
     due_at,
 )
-from cronbox_shared.recurrence import fire_times, parse_recurrence
+from cronbox_shared.recurrence import (
+    fire_times,
+    parse_recurrence,
+    recurrence_warnings,
+    stored_recurrence,
+)
 from cronbox_shared.tasks import (
+    COST_HINT,
     MAX_GRACE,
     MAX_TIMEOUT,
     OperatorUpdateRequest,
     ScheduleRequest,
     parse_when,
+    schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import (
@@ -437,6 +444,13 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
 
 
 NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
+
+
+def advise(notes: Sequence[str]) -> None:
+    """Tell the user on stderr what their task or expression does that may surprise
+    them, or costs more than it needs to (a note, not an error)."""
+    for note in notes:
+        typer.echo(f"{'hint' if note == COST_HINT else 'warning'}: {note}", err=True)
 
 
 def note_if_no_host(home: Path) -> None:
@@ -1162,6 +1176,7 @@ def task_schedule(
     with at_flag_terms("give a future time, or add --cron for a repeating task"):
         view = store.schedule_task(session, request)
     show_task("scheduled", view, store, as_json)
+    advise(schedule_notes(view.recurrence, view.has_script, zone(view.timezone), store.now()))
     note_if_no_host(store.home)
 
 
@@ -1292,6 +1307,8 @@ def task_update(
     with at_flag_terms("give a future time"):
         view = store.update_task(request)
     show_task("updated", view, store, as_json)
+    if cron is not None:
+        advise(list(recurrence_warnings(stored_recurrence(cron))))
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -1542,6 +1559,7 @@ def cron_preview(
     if as_json:
         print_json([iso_local(f, tz) for f in fires])
         return
+    advise(list(recurrence_warnings(rec)))
     console = stdout_console()
     console.print(Text(f'"{rec.expr}": {rec.describe()} (in {tz.key})'), soft_wrap=True)
     table = Table("#", "local", "offset", "UTC", "relative")

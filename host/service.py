@@ -114,6 +114,8 @@ class Receipt:
     channels: tuple[str, ...] = ("action",)
     status: DeliveryStatus = DeliveryStatus.APPLIED
     detail: str | None = None
+    asked_at: datetime | None = None
+    """When the row was written (the container's word): a request is judged by it."""
 
 
 @dataclass
@@ -477,6 +479,7 @@ class Cronbox:
         valid = validate_schedule(
             req, default_tz=session.timezone, now=self.now(),
             min_interval=self.limits.min_interval,
+            asked_at=receipt.asked_at if receipt else None,
         )  # fmt: skip
         owner = self.central.locate(valid.id, valid.id)
         if owner is not None and owner[0] != session.id:
@@ -630,7 +633,10 @@ class Cronbox:
 
         def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
-            changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
+            changes = validate_update(
+                req, live, now=now, min_interval=self.limits.min_interval,
+                asked_at=receipt.asked_at if receipt else None,
+            )  # fmt: skip
             fields: dict[str, Any] = {"updated_at": fmt(now), **changes.row_fields()}
             if {"scheduled_for", "process_after", "jitter", "ignore_quiet"} & set(fields):
                 # The new due time: the slot plus its jitter, past the quiet hours.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -33,8 +33,9 @@ from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
 from cronbox_shared.models import InboundMessage, MessageStatus, preview
 from cronbox_shared.policies import describe_policies
-from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
+from cronbox_shared.recurrence import Recurrence, recurrence_warnings, stored_recurrence
 from cronbox_shared.tasks import (
+    COST_HINT,
     POLICY_ALIASES,
     POLICY_FIELDS,
     ScheduleRequest,
@@ -42,6 +43,7 @@ from cronbox_shared.tasks import (
     ValidTask,
     new_task_id,
     resume_at,
+    schedule_notes,
     validate_schedule,
     validate_update,
 )
@@ -286,12 +288,8 @@ class TaskTools:
             lines.append(ZONE_UNKNOWN)
         if valid.script:
             lines.append("Gate script: yes; the agent is woken only when it says wakeAgent=true.")
-        elif valid.recurrence is not None and _more_than_twice_a_day(valid.recurrence, tz, now):
-            lines.append(
-                "Tip: this task runs more than twice a day; if most runs need no judgement, "
-                "add a gate script (update_task with script) so the agent is woken only when "
-                "there is something to do."
-            )
+        expr = valid.recurrence.expr if valid.recurrence else None
+        lines += [_note(n) for n in schedule_notes(expr, bool(valid.script), tz, now)]
         lines.append(APPLY_NOTE)
         return "\n".join(lines)
 
@@ -358,6 +356,7 @@ class TaskTools:
         if changes.recurrence_changed:
             rec = _recurrence(changes.recurrence)
             lines.append(f"Repeats: {_repeats(rec)}." if rec else "Runs once (no recurrence).")
+            lines += [_note(n) for n in recurrence_warnings(rec)] if rec else []
         lines.append(APPLY_NOTE)
         return "\n".join(lines)
 
@@ -505,9 +504,12 @@ def _repeats(rec: Recurrence | None) -> str:
     return f'{words[:1].lower()}{words[1:]} ("{rec.expr}")'
 
 
-def _more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool:
-    third = fire_times(rec, tz, now, 3)[-1:]
-    return bool(third) and third[0] - now < timedelta(days=1)
+def _note(note: str) -> str:
+    """One of ``schedule_notes`` as a line of a tool's answer."""
+    text = f"{note[:1].upper()}{note[1:]}"
+    if note == COST_HINT:
+        return f"Tip: {text} (update_task with script)."
+    return f"Note: {text}."
 
 
 def _next(row: InboundMessage, now: datetime) -> str:

@@ -255,3 +255,30 @@ def test_task_show_prints_policies_next_ten_runs_and_last_runs(
     shown = as_json(cli("task", "show", "t", "--json"))
     assert [r["message_id"] for r in shown["runs"]] == [manual["id"]]
     assert "last 1 runs:" in ok(cli("task", "show", "t")).stdout
+
+
+def test_a_step_larger_than_its_field_is_accepted_with_a_warning_on_stderr(
+    cli: Cli, session: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate.sh"
+    gate.write_text("echo '{\"wakeAgent\": false}'\n")
+    done = ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "*/90 * * * *",
+                  "--script", str(gate)))  # fmt: skip
+    assert 'warning: the minute step "*/90" is larger than its range' in done.stderr
+    assert "hint" not in done.stderr
+    preview = ok(cli("cron", "*/90 * * * *", "-n", "2"))
+    assert "so it fires only at minute 0" in preview.stderr
+
+
+def test_an_ungated_task_firing_more_than_twice_a_day_gets_the_cost_hint(
+    cli: Cli, session: str, tmp_path: Path
+) -> None:
+    frequent = ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 */6 * * *"))
+    assert "hint: this task runs more than twice a day without a gate script" in frequent.stderr
+    gate = tmp_path / "gate.sh"
+    gate.write_text("echo '{\"wakeAgent\": false}'\n")
+    gated = ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 */6 * * *",
+                   "--script", str(gate)))  # fmt: skip
+    assert "hint" not in gated.stderr
+    daily = ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 9,18 * * *"))
+    assert "hint" not in daily.stderr

@@ -19,10 +19,11 @@ import pytest
 from mcp import Client
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import TimeInPast
 from cronbox_shared.models import AckStatus, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
-from host.service import Cronbox, Limits
+from host.service import Cronbox, Limits, Receipt
 from host.store.records import Session
 from mcp_tools.config import ToolConfig
 from mcp_tools.server import build_server
@@ -670,3 +671,40 @@ async def test_update_task_changes_a_policy_and_null_puts_it_back_at_its_default
         assert await apply(store, session) == ["applied", "applied"]
     [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
     assert (row.missed_policy, row.max_failures) == (None, 2)
+
+
+async def test_a_one_time_task_the_host_applies_late_runs_at_once_instead_of_being_refused(
+    config: ToolConfig, store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+2m"})
+        assert not error, text
+    clock.advance(minutes=10)  # the runner's outbox reached the host late
+    assert await apply(store, session) == ["applied"]
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert row.process_after == fmt(clock.now())
+
+
+def test_a_request_is_judged_by_when_it_was_asked_at_most_a_day_back(
+    store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    late = {"prompt": "p", "processAfter": fmt(clock.now() - timedelta(minutes=5))}
+    with pytest.raises(TimeInPast):
+        store.schedule_task(session.id, late)
+    asked = Receipt(1, "m1", asked_at=clock.now() - timedelta(minutes=6))
+    view = store.schedule_task(session.id, late, receipt=asked)
+    assert view.next_run == fmt(clock.now())
+    too_old = {"prompt": "p", "processAfter": fmt(clock.now() - timedelta(days=2))}
+    with pytest.raises(TimeInPast):
+        store.schedule_task(
+            session.id, too_old, receipt=Receipt(3, "m3", asked_at=clock.now() - timedelta(days=3))
+        )
+
+
+async def test_a_step_larger_than_its_field_is_scheduled_with_a_note(config: ToolConfig) -> None:
+    async with connected(config) as client:
+        error, text = await call(
+            client, "schedule_task", {"prompt": "p", "recurrence": "0 */30 * * *"}
+        )
+    assert not error, text
+    assert 'Note: The hour step "*/30" is larger than its range (0-23)' in text
