@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Self
@@ -16,7 +17,14 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cronbox_shared.durations import UNITS, duration_seconds
-from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
+from cronbox_shared.errors import (
+    InvalidInput,
+    InvalidTime,
+    NotATime,
+    TimeInPast,
+    TooManyWakes,
+    shown,
+)
 from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage, MissedPolicy
 from cronbox_shared.policies import (
     MAX_CATCHUP_LIMIT,
@@ -359,6 +367,66 @@ def fires_more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) ->
     """Whether ``rec`` fires three times or more within the next day."""
     third = fire_times(rec, tz, now, 3)[-1:]
     return bool(third) and third[0] - now < timedelta(days=1)
+
+
+# Where a session's wake budget is recorded in its inbox (the host and the MCP server
+# both check it).
+WAKES_KEY = "max_wakes_per_day"
+MAX_WAKES_PER_DAY = 100_000
+# How far a refused task's own wakes are counted for the sentence that refuses it.
+WAKES_SHOWN = 10_000
+
+
+def wakes_per_day(
+    recurrence: str | None, has_script: bool, tz: ZoneInfo, now: datetime, cap: int
+) -> int:
+    """How often a task wakes the agent in the day after ``now``, counted up to ``cap``.
+
+    A task with a gate script counts 0 (its gate decides each time, without a model
+    call); a one-time task counts 1; a recurring one its fires in that day.
+    """
+    if has_script:
+        return 0
+    if not recurrence:
+        return 1
+    day = now + timedelta(days=1)
+    fires = fire_times(stored_recurrence(recurrence), tz, now, cap)
+    return sum(1 for f in fires if f <= day)
+
+
+def check_wakes(
+    adding: int, others: Sequence[tuple[str | None, bool, str]], limit: int | None,
+    now: datetime, new: tuple[str | None, bool, ZoneInfo] | None = None,
+) -> None:  # fmt: skip
+    """Refuse a task that would take its session past ``limit`` wakes a day (None: no
+    limit). ``adding`` is the new task's wakes (counted up to ``limit + 1``), ``new`` its
+    (recurrence, has gate script, zone) to count further for the refusal; ``others``
+    holds (recurrence, has gate script, zone) of the session's pending tasks."""
+    if limit is None or adding == 0:
+        return
+    existing = 0
+    for recurrence, has_script, tz in others:
+        existing += wakes_per_day(recurrence, has_script, zone(tz), now, limit + 1)
+        if existing > limit:
+            break
+    if existing + adding > limit:
+        shown = wakes_per_day(*new, now, WAKES_SHOWN) if new else adding
+        times = f"more than {WAKES_SHOWN:,} times" if shown >= WAKES_SHOWN else _times(shown)
+        already = str(existing) if existing <= limit else f"more than {limit}"
+        raise TooManyWakes(times, already, limit)
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def wake_limit(value: str | None) -> int | None:
+    """A session's wake budget as recorded (None or unreadable: no limit)."""
+    try:
+        limit = int(value) if value else 0
+    except ValueError:
+        return None
+    return limit if limit > 0 else None
 
 
 def schedule_notes(

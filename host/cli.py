@@ -612,14 +612,13 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
     if as_json:
         print_json(session_json(session))
         return
+    details = [f"id {session.id}", f"agent {session.agent}", f"timezone {session.timezone}"]
+    if session.quiet:
+        details.append(f"quiet hours {session.quiet}")
+    if session.max_wakes_per_day:
+        details.append(f"at most {session.max_wakes_per_day} wakes a day")
     stdout_console().print(
-        Text(
-            f"{verb} session {session.name} (id {session.id}, agent {session.agent}, "
-            f"timezone {session.timezone}"
-            + (f", quiet hours {session.quiet}" if session.quiet else "")
-            + ")"
-        ),
-        soft_wrap=True,
+        Text(f"{verb} session {session.name} ({', '.join(details)})"), soft_wrap=True
     )
 
 
@@ -788,13 +787,23 @@ def session_update(
             "wait for the window's end (chat is answered at once); off clears them.",
         ),
     ] = None,
+    max_wakes_per_day: Annotated[
+        int | None,
+        typer.Option(
+            "--max-wakes-per-day",
+            help="Refuse to schedule a task that would take the session's tasks past this "
+            "many agent wakes a day (tasks with a gate script count none); 0: no limit.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a session's agent profile, default timezone (existing tasks keep theirs) or
     quiet hours."""
     store = open_store(home)
-    updated = store.update_session(session, agent=agent, timezone=timezone, quiet=quiet)
+    updated = store.update_session(
+        session, agent=agent, timezone=timezone, quiet=quiet, max_wakes_per_day=max_wakes_per_day
+    )
     show_session("updated", updated, as_json)
 
 

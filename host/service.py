@@ -50,14 +50,19 @@ from cronbox_shared.models import (
 from cronbox_shared.policies import parse_quiet
 from cronbox_shared.recurrence import fire_times, stored_recurrence
 from cronbox_shared.tasks import (
+    MAX_WAKES_PER_DAY,
+    WAKES_KEY,
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
     backfill_slots,
     check_note,
+    check_wakes,
     resume_at,
     validate_schedule,
     validate_update,
+    wake_limit,
+    wakes_per_day,
 )
 from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
 from host.config import Settings
@@ -280,7 +285,7 @@ class Cronbox:
 
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
-        quiet: str | None = None, actor: str = "cli",
+        quiet: str | None = None, max_wakes_per_day: int | None = None, actor: str = "cli",
     ) -> Session:  # fmt: skip
         """Change a session's agent profile, default timezone (its tasks keep theirs) or
         quiet hours (``22:00-07:00`` in the session's zone; ``off`` clears them).
@@ -297,8 +302,19 @@ class Cronbox:
         if quiet is not None:
             cleared = quiet.strip().lower() in QUIET_OFF
             fields["quiet"] = None if cleared else str(parse_quiet(quiet, "--quiet"))
+        if max_wakes_per_day is not None:
+            if not 0 <= max_wakes_per_day <= MAX_WAKES_PER_DAY:
+                raise InvalidInput(
+                    f"--max-wakes-per-day {max_wakes_per_day} is out of range; give 1 to "
+                    f"{MAX_WAKES_PER_DAY}, or 0 for no limit"
+                )
+            fields["max_wakes_per_day"] = str(max_wakes_per_day) if max_wakes_per_day else None
         if not fields:
-            raise InvalidInput("nothing to change; give --agent, --timezone or --quiet")
+            raise InvalidInput(
+                "nothing to change; give --agent, --timezone, --quiet or --max-wakes-per-day"
+            )
+        if "max_wakes_per_day" in fields:
+            self.files.set_info(session.id, WAKES_KEY, fields["max_wakes_per_day"] or "")
         entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
         if "timezone" in fields or "quiet" in fields:
 
@@ -499,6 +515,15 @@ class Cronbox:
                 raise TaskIdTaken(valid.id, None)  # ended, and its rows pruned since
             if tx.live_task_count() >= self.limits.max_tasks_per_session:
                 raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
+            limit = wake_limit(tx.info(WAKES_KEY))
+            if limit is not None:
+                expr = valid.recurrence.expr if valid.recurrence else None
+                adding = wakes_per_day(expr, bool(valid.script), zone(valid.timezone),
+                                       self.now(), limit + 1)  # fmt: skip
+                others = [(r.recurrence, bool(r.script), r.timezone)
+                          for r in tx.live_pending_tasks()]  # fmt: skip
+                new = (expr, bool(valid.script), zone(valid.timezone))
+                check_wakes(adding, others, limit, self.now(), new)
             tx.insert(task_row(valid, now, self._policy(tx)))
             detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,
                       "first_run": fmt(valid.first_run)}  # fmt: skip

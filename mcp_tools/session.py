@@ -21,7 +21,7 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
 from cronbox_shared.errors import CronboxError, InvalidAction
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
-from cronbox_shared.tasks import validate_update
+from cronbox_shared.tasks import WAKES_KEY, validate_update, wake_limit
 from cronbox_shared.timeutil import fmt, zone
 
 LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
@@ -160,6 +160,12 @@ def session_zone(session_dir: Path) -> str | None:
         return zone(name).key
     except CronboxError:
         return None
+
+
+def wake_budget(session_dir: Path) -> int | None:
+    """The session's limit on wakes a day, as the host recorded it (None: no limit)."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        return wake_limit(sdb.session_info(db, WAKES_KEY))
 
 
 def live_task_count(session_dir: Path) -> int:

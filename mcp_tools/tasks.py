@@ -41,11 +41,13 @@ from cronbox_shared.tasks import (
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
+    check_wakes,
     new_task_id,
     resume_at,
     schedule_notes,
     validate_schedule,
     validate_update,
+    wakes_per_day,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from mcp_tools import session as sv
@@ -255,6 +257,19 @@ class TaskTools:
                 now=now,
                 min_interval=self.config.min_interval,
             )
+        limit = sv.wake_budget(self.config.session_dir)
+        if limit is not None:
+            expr = valid.recurrence.expr if valid.recurrence else None
+            adding = wakes_per_day(expr, bool(valid.script), zone(valid.timezone), now, limit + 1)
+            others = [
+                (s.row.recurrence, bool(s.row.script), s.row.timezone)
+                for s in sv.live_tasks(self.config.session_dir, now)
+                if s.row.status is MessageStatus.PENDING
+            ]
+            with _as_tool_error():
+                check_wakes(
+                    adding, others, limit, now, (expr, bool(valid.script), zone(valid.timezone))
+                )
         if sv.live_task_count(self.config.session_dir) >= self.config.max_tasks:
             raise ToolError(
                 f"this session already has {self.config.max_tasks} live tasks, the limit; "

@@ -14,6 +14,7 @@ from typer.testing import Result
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageKind
 from cronbox_shared.policies import due_at
+from cronbox_shared.tasks import wakes_per_day
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc, zone
 from host.cli import iso_local
 from host.service import Cronbox
@@ -282,3 +283,41 @@ def test_an_ungated_task_firing_more_than_twice_a_day_gets_the_cost_hint(
     assert "hint" not in gated.stderr
     daily = ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 9,18 * * *"))
     assert "hint" not in daily.stderr
+
+
+def test_a_session_wake_budget_refuses_a_task_that_would_exceed_it(
+    cli: Cli, session: str, home: Path, tmp_path: Path
+) -> None:
+    shown = ok(cli("session", "update", "work", "--max-wakes-per-day", "30"))
+    assert "at most 30 wakes a day" in shown.stdout
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "0 * * * *", "--id", "hourly"))
+    text = refused(cli("task", "schedule", "work", "--prompt", "p", "--cron", "*/30 * * * *"))
+    assert "this task would wake the agent 48 times a day" in text
+    assert "already do 24, over its limit of 30 wakes a day" in text
+    assert [r.id for r in task_rows(home)] == ["hourly"]
+    gate = tmp_path / "gate.sh"
+    gate.write_text("echo '{\"wakeAgent\": false}'\n")
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "*/30 * * * *",
+           "--script", str(gate)))  # fmt: skip
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--at", "+1h"))
+    assert "out of range" in refused(cli("session", "update", "work", "--max-wakes-per-day", "-1"))
+    ok(cli("session", "update", "work", "--max-wakes-per-day", "0"))
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "*/30 * * * *"))
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "gated", "expected"),
+    [
+        (None, False, 1),
+        ("0 * * * *", False, 24),
+        ("*/30 * * * *", False, 48),
+        ("0 9 * * *", False, 1),
+        ("*/5 * * * *", True, 0),
+        ("* * * * *", False, 101),  # counted up to the cap only
+    ],
+)
+def test_wakes_per_day_counts_the_runs_that_wake_the_agent_in_the_next_day(
+    recurrence: str | None, gated: bool, expected: int
+) -> None:
+    now = parse_utc("2026-03-09T08:00:30.000Z")
+    assert wakes_per_day(recurrence, gated, zone("UTC"), now, 101) == expected

@@ -708,3 +708,20 @@ async def test_a_step_larger_than_its_field_is_scheduled_with_a_note(config: Too
         )
     assert not error, text
     assert 'Note: The hour step "*/30" is larger than its range (0-23)' in text
+
+
+async def test_schedule_task_past_the_sessions_wake_budget_is_a_tool_error(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    store.update_session(session.id, max_wakes_per_day=10)
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@hourly"})
+        assert error
+        assert "would wake the agent 24 times a day" in text
+        assert "over its limit of 10 wakes a day" in text
+        error, text = await call(
+            client, "schedule_task",
+            {"prompt": "p", "recurrence": "@hourly", "script": "echo '{\"wakeAgent\": false}'"},
+        )  # fmt: skip
+        assert not error, text
+    assert len(written(config)) == 1

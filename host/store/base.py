@@ -261,6 +261,10 @@ class SessionFiles(Protocol):
         """Make a new session's inbox (recording its zone), outbox and workspace; its id."""
         ...
 
+    def set_info(self, session_id: str, key: str, value: str) -> None:
+        """Record one fact about the session in its inbox (one transaction)."""
+        ...
+
     def set_zone(self, session_id: str, timezone: str) -> None:
         """Record the session's zone in its inbox, for its runner and MCP server."""
         ...

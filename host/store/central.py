@@ -174,8 +174,14 @@ def m008_quiet_hours(db: Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN quiet TEXT")
 
 
+@central_migrations()
+def m008_wake_budget(db: Database) -> None:
+    """A session's limit on how often its tasks may wake the agent a day (None: none)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN max_wakes_per_day INTEGER")
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
-                 "last_active_at", "next_due_at", "quiet")  # fmt: skip
+                 "last_active_at", "next_due_at", "quiet", "max_wakes_per_day")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
              "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
 

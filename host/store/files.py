@@ -189,6 +189,11 @@ class SqliteSessionFiles:
             sdb.set_session_info(db, "timezone", timezone)
         return session_id
 
+    def set_info(self, session_id: str, key: str, value: str) -> None:
+        """Record one fact about the session in its inbox, for its runner and MCP server."""
+        with self.transaction(session_id) as tx:
+            tx.set_info(key, value)
+
     def set_zone(self, session_id: str, timezone: str) -> None:
         """Record the session's zone in its inbox, for its runner and MCP server."""
         with self.transaction(session_id) as tx:

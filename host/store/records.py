@@ -21,6 +21,8 @@ class Session(Record):
     next_due_at: Instant | None
     quiet: str | None = None
     """Quiet hours such as ``22:00-07:00`` in the session's zone (None: none)."""
+    max_wakes_per_day: int | None = None
+    """How often a day its tasks may wake the agent, counted when scheduling (None: no limit)."""
 
 
 class TaskView(Record):
