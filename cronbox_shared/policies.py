@@ -217,6 +217,20 @@ def admit(
     return quiet_end(quiet, tz, due) or due
 
 
+QUIET_KEY = "quiet"
+"""Where a session's quiet hours are recorded in its inbox (``session_info``)."""
+
+
+def admitted(
+    series_id: str, slot: datetime, jitter: int | None, quiet: QuietHours | None,
+    tz: ZoneInfo, hold: bool = True,
+) -> datetime:  # fmt: skip
+    """When the occurrence of a series for ``slot`` is due: the slot plus its jitter, held
+    (unless ``hold`` is false) to the end of the quiet window it falls in."""
+    due = due_at(series_id, slot, jitter)
+    return admit(due, quiet, tz) if hold else due
+
+
 def _clock(value: time) -> str:
     return value.strftime("%H:%M:%S" if value.second else "%H:%M")
 

@@ -47,7 +47,7 @@ from cronbox_shared.models import (
     MessageKind,
     MessageStatus,
 )
-from cronbox_shared.policies import parse_quiet
+from cronbox_shared.policies import QUIET_KEY, parse_quiet
 from cronbox_shared.recurrence import fire_times, stored_recurrence
 from cronbox_shared.tasks import (
     MAX_WAKES_PER_DAY,
@@ -94,8 +94,6 @@ RING_BATCH = 1000
 PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
-# Where a session's quiet hours are recorded in its inbox (for the host's plans).
-QUIET_KEY = "quiet"
 QUIET_OFF = ("off", "none")
 
 

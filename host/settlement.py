@@ -35,8 +35,7 @@ from cronbox_shared.models import (
 from cronbox_shared.policies import (
     FAILED_OUTCOMES,
     QuietHours,
-    admit,
-    due_at,
+    admitted,
     failure_delay,
     failure_streak,
     pause_reason,
@@ -71,10 +70,11 @@ class Policy:
         """When the occurrence of ``row``'s series for ``slot`` is due: the slot plus its
         jitter, held to the end of the quiet window it falls in (a manual run, and a
         task that ignores quiet hours, is never held)."""
-        due = due_at(row.series_id or row.id, slot, row.jitter)
-        if row.ignore_quiet or row.content.get("manual") or row.kind is not MessageKind.TASK:
-            return due
-        return admit(due, self.quiet, zone(self.zone))
+        hold = not (
+            row.ignore_quiet or row.content.get("manual") or row.kind is not MessageKind.TASK
+        )
+        return admitted(row.series_id or row.id, slot, row.jitter, self.quiet, zone(self.zone),
+                        hold)  # fmt: skip
 
 
 class RowChange(Record):

@@ -32,7 +32,7 @@ from cronbox_shared.actions import (
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
 from cronbox_shared.models import InboundMessage, MessageStatus, preview
-from cronbox_shared.policies import describe_policies
+from cronbox_shared.policies import admitted, describe_policies, due_at
 from cronbox_shared.recurrence import Recurrence, recurrence_warnings, stored_recurrence
 from cronbox_shared.tasks import (
     COST_HINT,
@@ -292,9 +292,17 @@ class TaskTools:
             fields["ignore_quiet"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
+        quiet = sv.quiet_hours(self.config.session_dir)
+        jittered = due_at(valid.id, valid.first_run, valid.jitter)
+        due = admitted(valid.id, valid.first_run, valid.jitter, quiet,
+                       zone(session_tz or "UTC"), hold=not valid.ignore_quiet)  # fmt: skip
+        first = f"First run: {_when(due, tz)}"
+        if fmt(due) != fmt(valid.first_run):
+            why = "the session's quiet hours" if due != jittered else "its jitter"
+            first += f" (its slot is {_when(valid.first_run, tz)}; delayed by {why})"
         lines = [
             f"Scheduled task {valid.id} (use this id to cancel, pause, resume or update it).",
-            f"First run: {_when(valid.first_run, tz)}.",
+            f"{first}.",
             f"Repeats: {_repeats(valid.recurrence)}." if valid.recurrence else "Runs once.",
         ]
         if valid.recurrence is not None:
@@ -366,8 +374,14 @@ class TaskTools:
         sv.write_action(self.config.session_dir, UpdateTask.model_validate(content), now)
         tz = zone(state.row.timezone)
         lines = [f"Updated task {state.series_id} ({', '.join(changed)})."]
-        if changes.process_after is not None:
-            lines.append(f"Next run: {_when(changes.process_after, tz)}.")
+        if changes.process_after is not None or changes.due is not None:
+            slot = changes.process_after or parse_utc(state.row.scheduled_for or fmt(now))
+            jitter = changes.settings.get("jitter", state.row.jitter)
+            hold = not changes.settings.get("ignore_quiet", state.row.ignore_quiet)
+            due = admitted(state.series_id, slot, jitter if changes.recurrence else None,
+                           sv.quiet_hours(self.config.session_dir),
+                           zone(self.session_zone() or "UTC"), hold)  # fmt: skip
+            lines.append(f"Next run: {_when(due, tz)}.")
         if changes.recurrence_changed:
             rec = _recurrence(changes.recurrence)
             lines.append(f"Repeats: {_repeats(rec)}." if rec else "Runs once (no recurrence).")

@@ -725,3 +725,26 @@ async def test_schedule_task_past_the_sessions_wake_budget_is_a_tool_error(
         )  # fmt: skip
         assert not error, text
     assert len(written(config)) == 1
+
+
+async def test_schedule_task_answers_with_the_first_run_after_jitter_and_quiet_hours(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    args = {"prompt": "p", "recurrence": "0 * * * *", "jitter": 600, "missedPolicy": "skip"}
+    async with connected(config) as client:
+        _, text = await call(client, "schedule_task", args)
+        task_id = task_id_in(text)
+        _, listed = await call(client, "list_tasks", {})
+        assert await apply(store, session) == ["applied"]
+    view = store.get_task(task_id)
+    assert view.next_run is not None and f"= {view.next_run} UTC" in text
+    assert "delayed by its jitter" in text
+    assert f"= {view.next_run} UTC" in listed
+    assert "missed runs: skip" in listed
+
+    store.update_session(session.id, quiet="00:00-23:59")  # in Berlin
+    async with connected(config) as client:
+        _, held = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+1h"})
+        assert await apply(store, session) == ["applied"]
+    assert "delayed by the session's quiet hours" in held
+    assert f"= {store.get_task(task_id_in(held)).next_run} UTC" in held
