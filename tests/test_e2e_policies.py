@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,38 @@ async def test_a_backfill_runs_the_past_slots_in_order_and_leaves_the_schedule(
     finishes = [r.finished_at or "" for r in runs]
     assert all(f <= s for f, s in zip(finishes, starts[1:], strict=False)), "one after another"
     assert store.get_task(task.id).next_run == task.next_run
+
+
+async def test_a_series_whose_agent_fails_max_failures_times_is_paused_and_resumes_cleanly(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home", failure_backoff=0.2)
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("broken", agent="fail")
+    task = store.schedule_task(
+        session.id,
+        {"taskId": "digest", "prompt": "digest", "recurrence": "@every 1s", "maxFailures": 3},
+    )  # fmt: skip
+    async with running_host(settings) as sweeper:
+        stopped = await wait_for(lambda: paused(store, task.id))
+        [note] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.SYSTEM]
+        # The note wakes the agent (which fails at it too), and then the runner goes idle.
+        await wait_for(
+            lambda: store.message(session.id, note.id).status is not MessageStatus.PENDING
+        )
+        await wait_for(lambda: not sweeper.live)
+        assert finished(store, task.id) == [RunOutcome.ERROR] * 3
+        store.update_session(session.id, agent="echo")
+        store.resume_task(task.id)
+        await wait_for(lambda: finished(store, task.id)[3:4] == [RunOutcome.OK])
+    assert stopped.paused_reason is not None
+    assert stopped.paused_reason.startswith("failed 3 times in a row: ")
+    assert "always fails" in stopped.paused_reason
+    assert note.trigger == 1 and stopped.paused_reason in note.prompt
+    runs = list(reversed(store.runs_for(task.id)))
+    # Each failure pushed the next run back: 0.2 s, then 0.4 s, from the failure.
+    for n, (failed, nxt) in enumerate(pairwise(runs[:3])):
+        backoff = timedelta(seconds=0.2 * 2**n)
+        assert parse_utc(nxt.scheduled_for or "") >= parse_utc(failed.finished_at or "") + backoff
+    live = [r for r in store.inbound_rows(session.id) if r.series_id == task.id][-1]
+    assert (live.failures, live.paused_reason) == (0, None)
