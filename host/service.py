@@ -826,7 +826,10 @@ class Cronbox:
             plan = plan_of(tx)
             tx.apply(plan.changes)
             now = self.now()
-            inserted = [r for r in plan.changes.inserts if r.kind is MessageKind.TASK]
+            inserted = [
+                r for r in plan.changes.inserts
+                if r.kind is MessageKind.TASK and r.status is MessageStatus.PENDING
+            ]  # fmt: skip
             due = [r for r in inserted if r.process_after and parse_utc(r.process_after) <= now]
             if due:
                 current = tx.rows([r.id for r in due])

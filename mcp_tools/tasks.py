@@ -32,7 +32,13 @@ from cronbox_shared.actions import (
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
 from cronbox_shared.models import InboundMessage, MessageStatus, preview
-from cronbox_shared.policies import admitted, describe_policies, due_at
+from cronbox_shared.policies import (
+    DEFAULT_CATCHUP_LIMIT,
+    DEFAULT_MAX_FAILURES,
+    admitted,
+    describe_policies,
+    due_at,
+)
 from cronbox_shared.recurrence import Recurrence, recurrence_warnings, stored_recurrence
 from cronbox_shared.tasks import (
     COST_HINT,
@@ -84,14 +90,17 @@ GATE_RULES = (
 COST_RULES = (
     "Cost: every run that wakes the agent costs a model call. A task that runs more than "
     "about twice a day and needs no judgement each time (checking a feed, a build, a price) "
-    "should carry a gate script that wakes the agent only when there is something to do."
+    "should carry a gate script that wakes the agent only when there is something to do. "
+    "The operator may cap how often a session's tasks wake the agent a day; a task that "
+    "would go past the cap is refused (tasks with a gate script do not count)."
 )
 
 POLICY_RULES = (
     "Policies (recurring tasks only): missedPolicy decides what happens to runs missed while "
     'the host was down ("latest" runs once, "all" replays each in order up to catchupLimit, '
     '"skip" runs none); a failed run (error, timeout, gate error) pushes the next one back '
-    "2, 4, 8, 16, 32, then 60 minutes, and after maxFailures in a row (default 8) the task "
+    f"2, 4, 8, 16, 32, then 60 minutes, and after maxFailures in a row (default "
+    f"{DEFAULT_MAX_FAILURES}) the task "
     "is paused and you get a note: tell the user, and resume_task once the cause is fixed. "
     "A gate that answers wakeAgent=false is not a failure. jitter delays each run by a fixed "
     "amount under that many seconds. A run due in the session's quiet hours (set by the "
@@ -184,12 +193,16 @@ MissedArg = Annotated[
 ]  # fmt: skip
 CatchupLimitArg = Annotated[
     int | None,
-    Field(description='With missedPolicy "all": most missed slots replayed (default 24).'),
+    Field(
+        description='With missedPolicy "all": most missed slots replayed '
+        f"(default {DEFAULT_CATCHUP_LIMIT})."
+    ),
 ]
 MaxFailuresArg = Annotated[
     int | None,
     Field(description="Recurring only. Pause the task after this many failed runs in a row "
-          "(default 8; 0 never pauses). Failed runs back off 2, 4, 8, 16, 32, then 60 min."),
+          f"(default {DEFAULT_MAX_FAILURES}; 0 never pauses). Failed runs back off 2, 4, 8, 16, "
+          "32, then 60 min."),
 ]  # fmt: skip
 JitterArg = Annotated[
     int | None,
