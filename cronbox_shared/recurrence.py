@@ -237,6 +237,17 @@ def fire_times(rec: Recurrence, tz: ZoneInfo, after: datetime, n: int) -> list[d
     return list(islice(_fires(rec, tz, after), max(n, 0)))
 
 
+def count_fires(rec: Recurrence, tz: ZoneInfo, after: datetime, until: datetime, cap: int) -> int:
+    """How many fires fall in ``(after, until]``, counted up to ``cap`` (cost follows the
+    count, never more than ``cap`` fires are computed)."""
+    count = 0
+    for fire in _fires(rec, tz, after):
+        if fire > _utc(until) or count >= cap:
+            break
+        count += 1
+    return count
+
+
 def latest_fire_at_or_before(
     rec: Recurrence, tz: ZoneInfo, start: datetime, now: datetime
 ) -> datetime:

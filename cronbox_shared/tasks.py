@@ -35,6 +35,7 @@ from cronbox_shared.policies import (
 )
 from cronbox_shared.recurrence import (
     Recurrence,
+    count_fires,
     fire_times,
     next_fire,
     parse_recurrence,
@@ -389,9 +390,7 @@ def wakes_per_day(
         return 0
     if not recurrence:
         return 1
-    day = now + timedelta(days=1)
-    fires = fire_times(stored_recurrence(recurrence), tz, now, cap)
-    return sum(1 for f in fires if f <= day)
+    return count_fires(stored_recurrence(recurrence), tz, now, now + timedelta(days=1), cap)
 
 
 def check_wakes(
@@ -405,8 +404,12 @@ def check_wakes(
     if limit is None or adding == 0:
         return
     existing = 0
-    for recurrence, has_script, tz in others:
-        existing += wakes_per_day(recurrence, has_script, zone(tz), now, limit + 1)
+    counted: dict[tuple[str | None, bool, str], int] = {}  # tasks often share a schedule
+    for key in others:
+        if key not in counted:
+            recurrence, has_script, tz = key
+            counted[key] = wakes_per_day(recurrence, has_script, zone(tz), now, limit + 1)
+        existing += counted[key]
         if existing > limit:
             break
     if existing + adding > limit:
