@@ -48,7 +48,7 @@ from cronbox_shared.models import (
     MessageStatus,
 )
 from cronbox_shared.policies import QUIET_KEY, parse_quiet
-from cronbox_shared.recurrence import fire_times, stored_recurrence
+from cronbox_shared.recurrence import stored_recurrence
 from cronbox_shared.tasks import (
     MAX_WAKES_PER_DAY,
     WAKES_KEY,
@@ -76,6 +76,7 @@ from host.settlement import (
     is_backfill,
     plan_catch_up,
     plan_requeue,
+    preview_runs,
     series_of,
     settle_acks,
 )
@@ -755,21 +756,16 @@ class Cronbox:
         return self._row(session, first.id)
 
     def upcoming(self, ref: str, n: int = 10) -> list[tuple[datetime, datetime]]:
-        """(slot, when it runs) of a task's next ``n`` occurrences: the live one first,
-        then its recurrence's next slots, each with its jitter and past the quiet hours."""
+        """(slot, when it runs) of a task's next ``n`` runs, as the host will run them
+        (:func:`host.settlement.preview_runs`); none for an ended task."""
         live = self.live_row(ref)
-        if live is None or not live.status.live or live.scheduled_for is None:
+        if live is None or not live.status.live:
             return []
-        slot = parse_utc(live.scheduled_for)
-        when = parse_utc(live.process_after or live.scheduled_for)
-        if not live.recurrence:
-            return [(slot, when)]
         session = self.get_session(self._locate(ref, None)[0])
         policy = Policy(
             quiet=parse_quiet(session.quiet) if session.quiet else None, zone=session.timezone
         )
-        rest = fire_times(stored_recurrence(live.recurrence), zone(live.timezone), slot, n - 1)
-        return [(slot, when), *((s, policy.admitted(live, s)) for s in rest)]
+        return preview_runs(live, policy, n)
 
     def live_row(self, ref: str) -> InboundMessage | None:
         """A task's live (or newest) occurrence, with its policies."""

@@ -469,6 +469,43 @@ def plan_catch_up(
     return draft.plan()
 
 
+def preview_runs(row: InboundMessage, policy: Policy, n: int) -> list[tuple[datetime, datetime]]:
+    """(slot, when it runs) of the next ``n`` runs of ``row``'s series, as the host will
+    run them: each occurrence due at its slot plus jitter past the quiet hours, and the
+    missed-run policy applied when it wakes (a window of quiet hours can hold several
+    slots: ``latest`` and ``skip`` run once for them, ``all`` replays them up to its
+    limit). Runs are taken to take no time."""
+    if row.scheduled_for is None:
+        return []
+    slot = parse_utc(row.scheduled_for)
+    wake = parse_utc(row.process_after or row.scheduled_for)
+    if not row.recurrence:
+        return [(slot, wake)]
+    rec = stored_recurrence(row.recurrence)
+    tz = zone(row.timezone)
+    grace = timedelta(seconds=row.misfire_grace) if row.misfire_grace is not None else None
+
+    def delay(at: datetime) -> timedelta:
+        return policy.admitted(row, at) - at
+
+    runs: list[tuple[datetime, datetime]] = []
+    for _ in range(4 * n):  # every step runs a slot or skips past at least one
+        decision = plan_missed(row.missed_policy, rec, tz, slot, wake, grace, row.catchup_limit,
+                               delay)  # fmt: skip
+        if decision.run_slot is None:
+            slot = next_fire(rec, tz, decision.missed[-1])
+        else:
+            at = max(wake, policy.admitted(row, decision.run_slot))
+            runs.append((decision.run_slot, at))
+            if len(runs) >= n:
+                break
+            slot = next_fire(rec, tz, decision.run_slot)
+            wake = max(at, policy.admitted(row, slot))
+            continue
+        wake = max(wake, policy.admitted(row, slot))
+    return runs
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 

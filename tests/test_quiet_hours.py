@@ -13,7 +13,7 @@ from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, Ru
 from cronbox_shared.policies import QuietHours, admit, parse_quiet, quiet_end
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
-from host.settlement import Policy, next_occurrence
+from host.settlement import Policy, next_occurrence, preview_runs
 from host.store.records import Session
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -166,3 +166,49 @@ def test_the_next_occurrence_due_in_quiet_hours_is_held_to_their_end() -> None:
     nxt = next_occurrence(loud, parse_utc("2026-01-15T20:00:05.000Z"), RunOutcome.OK, None, policy)
     assert nxt is not None
     assert nxt.process_after == "2026-01-15T21:00:00.000Z"
+
+
+def hourly(**fields: object) -> InboundMessage:
+    values: dict[str, object] = {
+        "id": "h", "seq": 2, "kind": MessageKind.TASK, "created_at": "2026-01-15T08:00:00.000Z",
+        "status": MessageStatus.PENDING, "process_after": "2026-01-15T20:00:00.000Z",
+        "scheduled_for": "2026-01-15T20:00:00.000Z", "recurrence": "@hourly",
+        "timezone": "UTC", "series_id": "h", "tries": 0, "trigger": 1,
+        "content": {"prompt": "p"},
+    }  # fmt: skip
+    values.update(fields)
+    return InboundMessage.model_validate(values)
+
+
+NIGHT_POLICY = Policy(quiet=NIGHT, zone="Europe/Berlin")  # 21:00-06:00 UTC in January
+
+
+@pytest.mark.parametrize(
+    ("row", "policy", "expected"),
+    [
+        # Without quiet hours: each slot, on time.
+        (hourly(), Policy(), [("20:00", "20:00"), ("21:00", "21:00"), ("22:00", "22:00")]),
+        # latest: the slots the night holds coalesce onto the one at its end.
+        (hourly(missed_policy="latest"), NIGHT_POLICY,
+         [("20:00", "20:00"), ("06:00", "06:00"), ("07:00", "07:00")]),
+        # skip: the same, the latest slot being on time at the night's end.
+        (hourly(missed_policy="skip"), NIGHT_POLICY,
+         [("20:00", "20:00"), ("06:00", "06:00"), ("07:00", "07:00")]),
+        # all: each slot of the night replays at its end, oldest first, up to the limit.
+        (hourly(missed_policy="all", catchup_limit=3), NIGHT_POLICY,
+         [("20:00", "20:00"), ("04:00", "06:00"), ("05:00", "06:00"), ("06:00", "06:00"),
+          ("07:00", "07:00")]),
+    ],
+)  # fmt: skip
+def test_preview_runs_shows_the_runs_as_the_host_will_make_them(
+    row: InboundMessage, policy: Policy, expected: list[tuple[str, str]]
+) -> None:
+    runs = preview_runs(row, policy, len(expected))
+    assert [(s.strftime("%H:%M"), a.strftime("%H:%M")) for s, a in runs] == expected
+
+
+def test_preview_runs_of_a_one_time_task_is_its_run() -> None:
+    once = hourly(recurrence=None, process_after="2026-01-16T06:00:00.000Z")
+    assert preview_runs(once, NIGHT_POLICY, 10) == [
+        (parse_utc("2026-01-15T20:00:00.000Z"), parse_utc("2026-01-16T06:00:00.000Z"))
+    ]
