@@ -30,6 +30,9 @@ class Defaults:
     """Seconds between a runner's polls of its inbox (and heartbeats while it works)."""
     max_batch: int = 10
     """Rows handed to the agent at once, oldest first."""
+    failure_backoff: float = 120.0
+    """Seconds a series waits after a failed occurrence at least; doubles with each
+    failure in a row, up to 30 times this (2, 4, 8, 16, 32, then 60 minutes)."""
     gate_timeout: float = 30.0
     """Seconds a gate script may run."""
     gate_output_cap: int = 1024 * 1024

@@ -165,6 +165,15 @@ class TooManyTasks(CronboxError, ValueError):
         )
 
 
+class TooManyWakes(InvalidInput):
+    def __init__(self, adding: str, existing: str, limit: int) -> None:
+        super().__init__(
+            f"this task would wake the agent {adding} a day and the session's tasks "
+            f"already do {existing}, over its limit of {limit} wakes a day "
+            "(max-wakes-per-day); add a gate script, run it less often, or raise the limit"
+        )
+
+
 class HostAlreadyRunning(CronboxError, RuntimeError):
     def __init__(self, home: str, pid: int | None) -> None:
         who = f" (pid {pid})" if pid else ""

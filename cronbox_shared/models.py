@@ -42,6 +42,17 @@ class AckStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class MissedPolicy(StrEnum):
+    """What a recurring series does with slots that passed while nothing ran them."""
+
+    LATEST = "latest"
+    """Run once for the latest missed slot (coalesce)."""
+    ALL = "all"
+    """Run each missed slot in order, at most ``catchup_limit``; older ones are missed."""
+    SKIP = "skip"
+    """Record every missed slot ``missed`` and continue at the next slot."""
+
+
 class RunOutcome(StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -92,6 +103,15 @@ class InboundMessage(Record):
     timeout: int | None = None
     error: str | None = None
     updated_at: Instant | None = None
+    missed_policy: MissedPolicy | None = None
+    catchup_limit: int | None = None
+    max_failures: int | None = None
+    failures: int = 0
+    """Failed occurrences of the series in a row before this one."""
+    paused_reason: str | None = None
+    jitter: int | None = None
+    ignore_quiet: bool = False
+    """Runs in the session's quiet hours too."""
 
     @property
     def prompt(self) -> str:

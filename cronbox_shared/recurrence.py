@@ -194,6 +194,34 @@ def parse_recurrence(expr: str, min_interval: timedelta = timedelta(seconds=60))
     return Recurrence(text, None, fixed_time=fixed)
 
 
+def recurrence_warnings(rec: Recurrence) -> tuple[str, ...]:
+    """What a valid recurrence does that its writer may not expect, one sentence each.
+
+    A step larger than its range (``*/90`` in the minute field) is accepted, as cron
+    accepts it, but picks only the first value of the range: ``*/90 * * * *`` fires at
+    minute 0 of every hour, not every 90 minutes.
+    """
+    cron = rec.cron
+    if cron is None:
+        return ()
+    warnings = []
+    for part, field in zip(cron.split(" "), _FIELDS, strict=True):
+        for item in part.split(","):
+            base, slash, step_text = item.partition("/")
+            if not slash:
+                continue
+            low, high = field.low, field.high
+            if base != "*":
+                first, _, second = base.partition("-")
+                low, high = _value(cron, part, first, field), _value(cron, part, second, field)
+            if int(step_text) > high - low:
+                warnings.append(
+                    f'the {field.label} step "{item}" is larger than its range ({low}-{high}), '
+                    f"so it fires only at {field.label} {low}"
+                )
+    return tuple(warnings)
+
+
 def stored_recurrence(expr: str) -> Recurrence:
     """Read an expression that was validated when it was stored (no interval check)."""
     return parse_recurrence(expr, timedelta(0))
@@ -207,6 +235,17 @@ def next_fire(rec: Recurrence, tz: ZoneInfo, after: datetime) -> datetime:
 def fire_times(rec: Recurrence, tz: ZoneInfo, after: datetime, n: int) -> list[datetime]:
     """The first ``n`` fires strictly after ``after``, strictly increasing, aware UTC."""
     return list(islice(_fires(rec, tz, after), max(n, 0)))
+
+
+def count_fires(rec: Recurrence, tz: ZoneInfo, after: datetime, until: datetime, cap: int) -> int:
+    """How many fires fall in ``(after, until]``, counted up to ``cap`` (cost follows the
+    count, never more than ``cap`` fires are computed)."""
+    count = 0
+    for fire in _fires(rec, tz, after):
+        if fire > _utc(until) or count >= cap:
+            break
+        count += 1
+    return count
 
 
 def latest_fire_at_or_before(
@@ -237,6 +276,46 @@ def latest_fire_at_or_before(
         if low == start:
             return start
         span *= 4
+
+
+def slots_through(
+    rec: Recurrence, tz: ZoneInfo, start: datetime, end: datetime, keep: int
+) -> tuple[list[datetime], int]:
+    """The newest ``keep`` fires ``t`` with ``start <= t <= end`` (``start`` is a fire time),
+    oldest first, and how many there are in all (counted up to SKIPPED_FIRES_CAP, beyond
+    which the count is a lower bound).
+
+    Cost follows ``keep``, not ``end - start``: past the cap, the search restarts a
+    little before ``end`` and widens until it holds ``keep`` fires.
+    """
+    start, end = _utc(start), _utc(end)
+    if end < start:
+        return [], 0
+    tail: list[datetime] = [start]
+    total = 1
+    for fire in _fires(rec, tz, start):
+        if fire > end:
+            return tail[-keep:], total
+        total += 1
+        tail.append(fire)
+        if len(tail) > 2 * keep:
+            del tail[:keep]
+        if total >= SKIPPED_FIRES_CAP:
+            break
+    span = timedelta(hours=6)
+    while True:
+        low = max(end - span, start)
+        window = list(_until(_fires(rec, tz, low - _TICK), end))
+        if len(window) >= keep or low == start:
+            return window[-keep:], max(total, len(window))
+        span *= 4
+
+
+def _until(fires: Iterator[datetime], end: datetime) -> Iterator[datetime]:
+    for fire in fires:
+        if fire > end:
+            return
+        yield fire
 
 
 def plan_due(

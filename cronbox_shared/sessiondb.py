@@ -150,6 +150,31 @@ def m003_session_info(db: Database) -> None:
     db.execute("CREATE TABLE session_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@inbound_migrations()
+def m004_policies(db: Database) -> None:
+    """Scheduling policies of a task (missed runs, failure streak and auto-pause, jitter).
+
+    ``failures`` counts the failed occurrences in a row before this one, so it passes from
+    occurrence to occurrence with the series; ``paused_reason`` says why a series was
+    paused (by the failure rule, or the note given with ``task pause``).
+    """
+    for column in (
+        "missed_policy TEXT",
+        "catchup_limit INTEGER",
+        "max_failures INTEGER",
+        "failures INTEGER NOT NULL DEFAULT 0",
+        "paused_reason TEXT",
+        "jitter INTEGER",
+    ):
+        db.execute(f"ALTER TABLE messages_in ADD COLUMN {column}")
+
+
+@inbound_migrations()
+def m004_quiet_hours(db: Database) -> None:
+    """A task that runs in its session's quiet hours anyway (``--ignore-quiet``)."""
+    db.execute("ALTER TABLE messages_in ADD COLUMN ignore_quiet INTEGER NOT NULL DEFAULT 0")
+
+
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
     """messages_out, processing_ack and session_state."""
@@ -304,7 +329,8 @@ def outbound(session_dir: Path, readonly: bool = False) -> AbstractContextManage
 
 _IN_COLUMNS = (
     "id, seq, kind, created_at, updated_at, status, process_after, scheduled_for, "
-    'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error'
+    'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error, '
+    "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter, ignore_quiet"
 )
 
 
@@ -406,11 +432,13 @@ def count_live_tasks(db: InboundDb) -> int:
     return int(n)
 
 
-def next_due(db: InboundDb) -> Instant | None:
-    """Earliest ``process_after`` of pending rows that wake the agent (the due index)."""
+def next_due(db: InboundDb, kind: MessageKind | None = None) -> Instant | None:
+    """Earliest ``process_after`` of pending rows that wake the agent (the due index),
+    of one ``kind`` when given."""
     (value,) = db.execute(
         "SELECT min(coalesce(process_after, created_at)) FROM messages_in "
-        "WHERE status = 'pending' AND \"trigger\" = 1"
+        "WHERE status = 'pending' AND \"trigger\" = 1 AND coalesce(kind = ?, 1)",
+        [kind.value if kind else None],
     ).fetchone()
     return str(value) if value is not None else None
 
@@ -757,6 +785,12 @@ def set_session_info(db: InboundDb, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [key, value],
     )
+
+
+def session_info(db: InboundDb, key: str) -> str | None:
+    """One fact the host recorded about the session (``set_session_info``), or None."""
+    row = db.execute("SELECT value FROM session_info WHERE key = ?", [key]).fetchone()
+    return str(row[0]) if row else None
 
 
 def session_zone(db: InboundDb) -> str | None:

@@ -8,27 +8,54 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cronbox_shared.durations import UNITS, duration_seconds
-from cronbox_shared.errors import InvalidInput, InvalidTime, NotATime, TimeInPast, shown
-from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage
-from cronbox_shared.recurrence import Recurrence, next_fire, parse_recurrence, stored_recurrence
+from cronbox_shared.errors import (
+    InvalidInput,
+    InvalidTime,
+    NotATime,
+    TimeInPast,
+    TooManyWakes,
+    shown,
+)
+from cronbox_shared.models import MAX_PROMPT_BYTES, MAX_SCRIPT_BYTES, InboundMessage, MissedPolicy
+from cronbox_shared.policies import (
+    MAX_CATCHUP_LIMIT,
+    MAX_JITTER,
+    MAX_MAX_FAILURES,
+    due_at,
+    smallest_gap,
+)
+from cronbox_shared.recurrence import (
+    Recurrence,
+    count_fires,
+    fire_times,
+    next_fire,
+    parse_recurrence,
+    recurrence_warnings,
+    stored_recurrence,
+)
 from cronbox_shared.timeutil import fmt, local_to_utc, parse_utc, zone
 
 TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A one-time instant this far in the past is still accepted as "due now": clocks of
 # the agent and the host differ a little, and "now" typed by a person is a moment old.
 PAST_SLACK = timedelta(seconds=60)
+# A request applied late (an agent's, carried by its runner's outbox) is judged by when
+# it was asked, at most this long ago: the asking time is the container's word.
+MAX_APPLY_DELAY = timedelta(days=1)
 MAX_GRACE = 366 * 86400
 MAX_TIMEOUT = 86400
 # Relative times beyond this are typing mistakes, and beyond datetime's range anyway.
 MAX_AHEAD = timedelta(days=366 * 100)
+MAX_NOTE_CHARS = 500
 
 _WORDS = {
     "second": "s", "seconds": "s", "sec": "s", "secs": "s",
@@ -134,7 +161,24 @@ class _Request(BaseModel):
             raise validation_sentence(exc) from None
 
 
-class ScheduleRequest(_Request):
+MissedName = Literal["latest", "all", "skip"]
+
+
+class _Policies(_Request):
+    """The scheduling policies of a recurring task (see ``cronbox_shared.policies``)."""
+
+    missed_policy: MissedName | None = Field(default=None, alias="missedPolicy")
+    catchup_limit: int | None = Field(
+        default=None, alias="catchupLimit", ge=1, le=MAX_CATCHUP_LIMIT
+    )
+    max_failures: int | None = Field(default=None, alias="maxFailures", ge=0, le=MAX_MAX_FAILURES)
+    jitter: int | None = Field(default=None, ge=0, le=MAX_JITTER)
+
+
+POLICY_FIELDS = ("missed_policy", "catchup_limit", "max_failures", "jitter")
+
+
+class ScheduleRequest(_Policies):
     """A request to schedule a task, as it arrives from the CLI, HTTP, MCP or a container."""
 
     id: str | None = Field(default=None, alias="taskId")
@@ -145,16 +189,19 @@ class ScheduleRequest(_Request):
     timezone: str | None = None
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
 
 
-class UpdateRequest(_Request):
-    """A change to a task; a field left out stays, an explicit null clears it."""
+class UpdateRequest(_Policies):
+    """A change to a task; a field left out stays, an explicit null clears it (a cleared
+    policy is back at its default)."""
 
     task_id: str = Field(alias="taskId")
     prompt: str | None = None
     process_after: str | None = Field(default=None, alias="processAfter")
     recurrence: str | None = None
     script: str | None = None
+    ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
 
 
 class OperatorUpdateRequest(UpdateRequest):
@@ -187,6 +234,11 @@ class ValidTask:
     first_run: datetime
     misfire_grace: int | None
     timeout: int | None
+    missed_policy: MissedPolicy | None = None
+    catchup_limit: int | None = None
+    max_failures: int | None = None
+    jitter: int | None = None
+    ignore_quiet: bool = False
 
     @property
     def content(self) -> dict[str, Any]:
@@ -201,10 +253,25 @@ def check_task_id(task_id: str) -> str:
     return task_id
 
 
+def asked_when(asked_at: datetime | None, now: datetime) -> datetime:
+    """The instant a request counts as asked at: ``asked_at`` (when the agent asked, for a
+    request applied late) kept between ``now - MAX_APPLY_DELAY`` and ``now``."""
+    if asked_at is None:
+        return now
+    return min(max(asked_at, now - MAX_APPLY_DELAY), now)
+
+
 def validate_schedule(
-    req: ScheduleRequest, *, default_tz: str, now: datetime, min_interval: timedelta
-) -> ValidTask:
-    """Check a schedule request completely and compute its first run."""
+    req: ScheduleRequest, *, default_tz: str, now: datetime, min_interval: timedelta,
+    asked_at: datetime | None = None,
+) -> ValidTask:  # fmt: skip
+    """Check a schedule request completely and compute its first run.
+
+    ``asked_at`` is when the request was made, for one applied later (an agent's request
+    delivered from its runner's outbox): a one-time time that was in the future then is
+    not "in the past" now; it runs at once.
+    """
+    asked = asked_when(asked_at, now)
     _check_text("prompt", req.prompt, MAX_PROMPT_BYTES, required=True)
     _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
     tz_name = req.timezone or default_tz
@@ -212,7 +279,7 @@ def validate_schedule(
     rec = parse_recurrence(req.recurrence, min_interval) if req.recurrence else None
     if req.process_after is not None:
         first = parse_when(req.process_after, tz, now)
-        if rec is None and first < now - PAST_SLACK:
+        if rec is None and first < asked - PAST_SLACK:
             raise TimeInPast(
                 f"processAfter {fmt(first)} is in the past (now is {fmt(now)}); "
                 "give a future time, or add a recurrence for a repeating task",
@@ -226,6 +293,7 @@ def validate_schedule(
             "a task needs processAfter (when to run once) or recurrence (a cron "
             'expression such as "0 9 * * MON-FRI"), or both'
         )
+    policies = check_policies(req, rec, tz, now)
     return ValidTask(
         id=check_task_id(req.id) if req.id else new_task_id(),
         prompt=req.prompt,
@@ -235,7 +303,188 @@ def validate_schedule(
         first_run=first,
         misfire_grace=req.misfire_grace,
         timeout=req.timeout,
+        ignore_quiet=bool(req.ignore_quiet),
+        **policies,
     )
+
+
+def check_policies(
+    req: _Policies, rec: Recurrence | None, tz: ZoneInfo, now: datetime,
+    current: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The policy columns a request sets, checked against the task's recurrence.
+
+    ``current`` holds the stored values (an update); a field the request leaves out
+    keeps its stored value. Policies concern recurring tasks only; ``catchupLimit``
+    only ``missedPolicy: all``; a jitter must be shorter than the recurrence's period.
+    """
+    given = {name: getattr(req, name) for name in POLICY_FIELDS if name in req.model_fields_set}
+    merged = {**(current or dict.fromkeys(POLICY_FIELDS)), **given}
+    named = [alias for name, alias in POLICY_ALIASES.items() if given.get(name) is not None]
+    if rec is None:
+        if named:
+            raise InvalidInput(
+                f"{', '.join(named)} apply only to a recurring task; add a recurrence or "
+                "leave them out"
+            )
+        # A task made one-time drops the policies it had.
+        return {name: None for name, value in (current or {}).items() if value is not None}
+    stale_limit = merged["catchup_limit"] is not None and "catchup_limit" not in given
+    if stale_limit and merged["missed_policy"] != MissedPolicy.ALL:
+        # Leaving "all" drops the limit that only "all" uses.
+        merged["catchup_limit"] = given["catchup_limit"] = None
+    if merged["catchup_limit"] is not None and merged["missed_policy"] != MissedPolicy.ALL:
+        raise InvalidInput(
+            'catchupLimit applies only with missedPolicy "all" (which replays missed slots); '
+            'set missedPolicy to "all" or leave catchupLimit out'
+        )
+    if rec is not None and merged["jitter"]:
+        gap = smallest_gap(rec, tz, now)
+        if timedelta(seconds=merged["jitter"]) >= gap:
+            raise InvalidInput(
+                f"jitter of {merged['jitter']} s is not shorter than the "
+                f"{int(gap.total_seconds())} s between runs of this recurrence; "
+                "give a smaller jitter"
+            )
+    out = dict(merged if current is None else given)
+    if out.get("missed_policy") is not None:
+        out["missed_policy"] = MissedPolicy(out["missed_policy"])
+    return out
+
+
+POLICY_ALIASES = {"missed_policy": "missedPolicy", "catchup_limit": "catchupLimit",
+                   "max_failures": "maxFailures", "jitter": "jitter"}  # fmt: skip
+
+
+MAX_BACKFILL = 100
+COST_HINT = (
+    "this task runs more than twice a day without a gate script, and every run wakes the "
+    "agent (a model call); if most runs need no judgement, add a gate script that wakes "
+    "it only when there is something to do"
+)
+
+
+def fires_more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool:
+    """Whether ``rec`` fires three times or more within the next day."""
+    third = fire_times(rec, tz, now, 3)[-1:]
+    return bool(third) and third[0] - now < timedelta(days=1)
+
+
+# Where a session's wake budget is recorded in its inbox (the host and the MCP server
+# both check it).
+WAKES_KEY = "max_wakes_per_day"
+MAX_WAKES_PER_DAY = 100_000
+# How far a refused task's own wakes are counted for the sentence that refuses it.
+WAKES_SHOWN = 10_000
+
+
+def wakes_per_day(
+    recurrence: str | None, has_script: bool, tz: ZoneInfo, now: datetime, cap: int
+) -> int:
+    """How often a task wakes the agent in the day after ``now``, counted up to ``cap``.
+
+    A task with a gate script counts 0 (its gate decides each time, without a model
+    call); a one-time task counts 1; a recurring one its fires in that day.
+    """
+    if has_script:
+        return 0
+    if not recurrence:
+        return 1
+    return count_fires(stored_recurrence(recurrence), tz, now, now + timedelta(days=1), cap)
+
+
+def check_wakes(
+    adding: int, others: Sequence[tuple[str | None, bool, str]], limit: int | None,
+    now: datetime, new: tuple[str | None, bool, ZoneInfo] | None = None,
+) -> None:  # fmt: skip
+    """Refuse a task that would take its session past ``limit`` wakes a day (None: no
+    limit). ``adding`` is the new task's wakes (counted up to ``limit + 1``), ``new`` its
+    (recurrence, has gate script, zone) to count further for the refusal; ``others``
+    holds (recurrence, has gate script, zone) of the session's pending tasks."""
+    if limit is None or adding == 0:
+        return
+    existing = 0
+    counted: dict[tuple[str | None, bool, str], int] = {}  # tasks often share a schedule
+    for key in others:
+        if key not in counted:
+            recurrence, has_script, tz = key
+            counted[key] = wakes_per_day(recurrence, has_script, zone(tz), now, limit + 1)
+        existing += counted[key]
+        if existing > limit:
+            break
+    if existing + adding > limit:
+        shown = wakes_per_day(*new, now, WAKES_SHOWN) if new else adding
+        times = f"more than {WAKES_SHOWN:,} times" if shown >= WAKES_SHOWN else _times(shown)
+        already = str(existing) if existing <= limit else f"more than {limit}"
+        raise TooManyWakes(times, already, limit)
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def wake_limit(value: str | None) -> int | None:
+    """A session's wake budget as recorded (None or unreadable: no limit)."""
+    try:
+        limit = int(value) if value else 0
+    except ValueError:
+        return None
+    return limit if limit > 0 else None
+
+
+def schedule_notes(
+    recurrence: str | None, has_script: bool, tz: ZoneInfo, now: datetime
+) -> list[str]:
+    """Sentences worth telling whoever scheduled (or changed) a task: what its
+    recurrence does that may surprise (``recurrence_warnings``), and the cost hint for
+    an ungated task that wakes the agent more than twice a day (nanoclaw's guidance)."""
+    if not recurrence:
+        return []
+    rec = stored_recurrence(recurrence)
+    notes = list(recurrence_warnings(rec))
+    if not has_script and fires_more_than_twice_a_day(rec, tz, now):
+        notes.append(COST_HINT)
+    return notes
+
+
+def backfill_slots(
+    rec: Recurrence, tz: ZoneInfo, start: str, end: str, now: datetime
+) -> list[datetime]:
+    """The slots of ``rec`` from ``start`` to ``end`` (both included, both read like
+    ``--at``), for a backfill; the window must be in the past and hold 1 to 100 slots."""
+    first = parse_when(start, tz, now, field="--from")
+    last = parse_when(end, tz, now, field="--to")
+    if last <= first:
+        raise InvalidInput(
+            f"--to {fmt(last)} is not after --from {fmt(first)}; give the window's start first"
+        )
+    if last > now:
+        raise InvalidInput(
+            f"--to {fmt(last)} is in the future (now is {fmt(now)}); a backfill runs past "
+            "slots only, and the schedule runs the rest"
+        )
+    fires = fire_times(rec, tz, first - timedelta(microseconds=1), MAX_BACKFILL + 1)
+    slots = [f for f in fires if f <= last]
+    if not slots:
+        raise InvalidInput(
+            f"no slot of this task falls between {fmt(first)} and {fmt(last)}; widen the window"
+        )
+    if len(slots) > MAX_BACKFILL:
+        raise InvalidInput(
+            f"the window holds more than {MAX_BACKFILL} slots of this task; give a shorter one"
+        )
+    return slots
+
+
+def check_note(note: str | None) -> str | None:
+    """A pause note: at most 500 characters, one line; None or blank means no note."""
+    if note is None or not note.strip():
+        return None
+    if len(note) > MAX_NOTE_CHARS or "\n" in note:
+        raise InvalidInput(
+            f"the pause note must be one line of at most {MAX_NOTE_CHARS} characters; shorten it"
+        )
+    return note.strip()
 
 
 @dataclass(frozen=True)
@@ -246,8 +495,13 @@ class TaskChanges:
     recurrence: str | None
     recurrence_changed: bool
     process_after: datetime | None
+    """The live occurrence's new slot (its scheduled time)."""
     settings: dict[str, Any]
-    """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)."""
+    """Columns set as given: ``timeout``, ``misfire_grace``, ``timezone`` (operator only)
+    and the scheduling policies (``missed_policy``, ``catchup_limit``, ``max_failures``,
+    ``jitter``)."""
+    due: datetime | None = None
+    """When the live occurrence is due: its slot plus its jitter (None: unchanged)."""
 
     def row_fields(self) -> dict[str, Any]:
         """The ``messages_in`` columns this update sets on the live occurrence."""
@@ -257,14 +511,16 @@ class TaskChanges:
         if self.recurrence_changed:
             fields["recurrence"] = self.recurrence
         if self.process_after is not None:
-            when = fmt(self.process_after)
-            fields.update(process_after=when, scheduled_for=when)
+            fields["scheduled_for"] = fmt(self.process_after)
+        if self.due is not None:
+            fields["process_after"] = fmt(self.due)
         return {**fields, **self.settings}
 
 
 def validate_update(
-    req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta
-) -> TaskChanges:
+    req: UpdateRequest, current: InboundMessage, *, now: datetime, min_interval: timedelta,
+    asked_at: datetime | None = None,
+) -> TaskChanges:  # fmt: skip
     """Check an update against the live occurrence and work out its new schedule.
 
     Changing ``recurrence`` or ``processAfter`` recomputes when the live occurrence runs,
@@ -275,6 +531,8 @@ def validate_update(
     settings: dict[str, Any] = {}
     if isinstance(req, OperatorUpdateRequest):
         settings = {name: getattr(req, name) for name in _SETTINGS if name in given}
+    if "ignore_quiet" in given:
+        settings["ignore_quiet"] = bool(req.ignore_quiet)
     if settings.get("timezone", "") is None:
         raise InvalidInput("timezone cannot be cleared; give an IANA zone such as Europe/Berlin")
     if "timezone" in settings:
@@ -299,7 +557,7 @@ def validate_update(
     process_after: datetime | None = None
     if "process_after" in given and req.process_after is not None:
         process_after = parse_when(req.process_after, tz, now)
-        if rec is None and process_after < now - PAST_SLACK:
+        if rec is None and process_after < asked_when(asked_at, now) - PAST_SLACK:
             raise TimeInPast(
                 f"processAfter {fmt(process_after)} is in the past (now is {fmt(now)}); "
                 "give a future time",
@@ -312,12 +570,21 @@ def validate_update(
                 "a task needs processAfter or recurrence; this update would leave neither"
             )
         process_after = next_fire(rec, tz, now)
+    stored = {name: getattr(current, name) for name in POLICY_FIELDS}
+    policies = check_policies(req, rec, tz, now, stored)
+    settings.update(policies)
+    series = current.series_id or current.id
+    jitter = policies.get("jitter", current.jitter) if rec is not None else None
+    slot = process_after
+    if slot is None and "jitter" in policies and current.scheduled_for:
+        slot = parse_utc(current.scheduled_for)
     return TaskChanges(
         content=content if {"prompt", "script"} & given else None,
         recurrence=recurrence,
         recurrence_changed="recurrence" in given,
         process_after=process_after,
         settings=settings,
+        due=due_at(series, slot, jitter) if slot is not None else None,
     )
 
 

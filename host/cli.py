@@ -57,16 +57,33 @@ from cronbox_shared.models import (
     InboundMessage,
     MessageKind,
     MessageStatus,
+    MissedPolicy,
     RunOutcome,
     preview,
 )
-from cronbox_shared.recurrence import fire_times, parse_recurrence
+from cronbox_shared.policies import (
+    DEFAULT_CATCHUP_LIMIT,
+    DEFAULT_MAX_FAILURES,
+    MAX_CATCHUP_LIMIT,
+    MAX_JITTER,
+    MAX_MAX_FAILURES,
+    describe_policies,
+    due_at,
+)
+from cronbox_shared.recurrence import (
+    fire_times,
+    parse_recurrence,
+    recurrence_warnings,
+    stored_recurrence,
+)
 from cronbox_shared.tasks import (
+    COST_HINT,
     MAX_GRACE,
     MAX_TIMEOUT,
     OperatorUpdateRequest,
     ScheduleRequest,
     parse_when,
+    schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from host.config import (
@@ -78,6 +95,7 @@ from host.config import (
 from host.limits import ContainerLimits
 from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
+from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
@@ -269,6 +287,20 @@ def seconds_option(
     return check
 
 
+def number_option(
+    low: int, high: int
+) -> Callable[[typer.Context, typer.CallbackParam, int | None], int | None]:
+    """A callback refusing a count outside ``low``-``high``, naming the flag."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is None or low <= value <= high:
+            return value
+        flag = typed_flag(ctx, param)
+        raise InvalidInput(f"{flag} {value} is out of range; give {low} to {high}")
+
+    return check
+
+
 MAX_PREVIEW = 1000
 
 
@@ -447,6 +479,13 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
 NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
 
 
+def advise(notes: Sequence[str]) -> None:
+    """Tell the user on stderr what their task or expression does that may surprise
+    them, or costs more than it needs to (a note, not an error)."""
+    for note in notes:
+        typer.echo(f"{'hint' if note == COST_HINT else 'warning'}: {note}", err=True)
+
+
 def note_if_no_host(home: Path) -> None:
     """After queueing work: say on stderr when no host holds ``home``'s lock, since
     nothing will run until one starts (a note, not an error)."""
@@ -586,7 +625,15 @@ def task_json(view: TaskView) -> dict[str, Any]:
         "has_script": view.has_script,
         "last_run_at": view.last_run_at,
         "last_outcome": view.last_outcome.value if view.last_outcome else None,
+        "paused_reason": view.paused_reason,
     }
+
+
+def status_cell(view: TaskView) -> str:
+    """A task's status, and why when it is paused for a reason."""
+    if view.paused_reason:
+        return f"{view.status.value}: {one_line(view.paused_reason, 40)}"
+    return view.status.value
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -598,13 +645,16 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
     if as_json:
         print_json(session_json(session))
         return
+    details = [f"id {session.id}", f"agent {session.agent}", f"timezone {session.timezone}"]
+    if session.quiet:
+        details.append(f"quiet hours {session.quiet}")
+    if session.max_wakes_per_day:
+        details.append(f"at most {session.max_wakes_per_day} wakes a day")
     limits = ContainerLimits.of(session.container).describe()
+    if limits:
+        details.append(limits)
     stdout_console().print(
-        Text(
-            f"{verb} session {session.name} (id {session.id}, agent {session.agent}, "
-            f"timezone {session.timezone}{', ' + limits if limits else ''})"
-        ),
-        soft_wrap=True,
+        Text(f"{verb} session {session.name} ({', '.join(details)})"), soft_wrap=True
     )
 
 
@@ -671,7 +721,7 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
         columns = [
             id_column("task", id_width),
             Column("session", overflow="fold", min_width=min(name_width, 12)),
-            Column("status", no_wrap=True),
+            Column("status", min_width=9),
             Column("schedule"),
             Column("next run", min_width=10),
             Column("last run", min_width=10),
@@ -683,7 +733,7 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
             cells = {
                 "task": view.series_id,
                 "session": view.session,
-                "status": view.status.value,
+                "status": status_cell(view),
                 "schedule": schedule_cell(view.recurrence),
                 "next run": when_cell(view.next_run, tz, now),
                 "last run": last_run_cell(view),
@@ -698,7 +748,8 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
 def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
     """One line after a task action, e.g. ``scheduled task-1 in work: next run ...``."""
     tz = zone(view.timezone)
-    text = f"{verb} task {view.series_id} in session {view.session} ({view.status.value})"
+    status = view.status.value + (f": {view.paused_reason}" if view.paused_reason else "")
+    text = f"{verb} task {view.series_id} in session {view.session} ({status})"
     if view.next_run:
         text += f"; next run {when_cell(view.next_run, tz, now)}"
     text += f"; {schedule_cell(view.recurrence)}"
@@ -752,9 +803,10 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
         console.print("no sessions yet; `cronbox session create NAME` makes one", markup=False)
         return
     now = store.now()
-    table = Table("name", "id", "agent", "timezone", "next due")
+    table = Table("name", "id", "agent", "timezone", "quiet", "next due")
     for s in sessions:
-        cells = (s.name, s.id, s.agent, s.timezone, when_cell(s.next_due_at, zone(s.timezone), now))
+        cells = (s.name, s.id, s.agent, s.timezone, s.quiet or NOTHING,
+                 when_cell(s.next_due_at, zone(s.timezone), now))  # fmt: skip
         table.add_row(*(Text(c, no_wrap=True) for c in cells))
     console.print(table)
 
@@ -769,6 +821,22 @@ def session_update(
         str | None,
         typer.Option("--timezone", help="Zone for tasks scheduled from now on. " + TIMEZONE_HELP),
     ] = None,
+    quiet: Annotated[
+        str | None,
+        typer.Option(
+            "--quiet",
+            help="Quiet hours such as 22:00-07:00 in the session's zone: task runs due inside "
+            "wait for the window's end (chat is answered at once); off clears them.",
+        ),
+    ] = None,
+    max_wakes_per_day: Annotated[
+        int | None,
+        typer.Option(
+            "--max-wakes-per-day",
+            help="Refuse to schedule a task that would take the session's tasks past this "
+            "many agent wakes a day (tasks with a gate script count none); 0: no limit.",
+        ),
+    ] = None,
     network: NetworkOption = None,
     memory: MemoryOption = None,
     cpus: CpusOption = None,
@@ -777,10 +845,13 @@ def session_update(
     as_json: JsonOption = False,
 ) -> None:
     """Change a session's agent profile, default timezone (existing tasks keep theirs) or
-    container limits (from its next container on)."""
+    quiet hours or container limits (from its next container on)."""
     store = open_store(home)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
-    updated = store.update_session(session, agent=agent, timezone=timezone, limits=limits)
+    updated = store.update_session(
+        session, agent=agent, timezone=timezone, quiet=quiet,
+        max_wakes_per_day=max_wakes_per_day, limits=limits,
+    )  # fmt: skip
     show_session("updated", updated, as_json)
 
 
@@ -1062,6 +1133,42 @@ MisfireGraceOption = Annotated[
         help="Seconds a late run may still start; later ones are recorded as missed.",
     ),
 ]
+MissedOption = Annotated[
+    MissedPolicy | None,
+    typer.Option(
+        "--missed",
+        help="Slots that passed while nothing ran them (host down): latest runs once for "
+        "the latest (default), all runs each in order (up to --catchup-limit), skip runs "
+        "none and records them missed.",
+    ),
+]
+CatchupLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--catchup-limit",
+        callback=number_option(1, MAX_CATCHUP_LIMIT),
+        help=f"With --missed all: most missed slots replayed (default "
+        f"{DEFAULT_CATCHUP_LIMIT}); older ones are recorded missed.",
+    ),
+]
+MaxFailuresOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-failures",
+        callback=number_option(0, MAX_MAX_FAILURES),
+        help=f"Pause the series after this many failed runs in a row (default "
+        f"{DEFAULT_MAX_FAILURES}; 0 never pauses).",
+    ),
+]
+JitterOption = Annotated[
+    int | None,
+    typer.Option(
+        "--jitter",
+        callback=seconds_option(0, MAX_JITTER, "negative"),
+        help="Delay each run by a fixed-per-run amount under this many seconds, so many "
+        "tasks on one slot do not all start at once.",
+    ),
+]
 TimeoutOption = Annotated[
     int | None,
     typer.Option(
@@ -1070,6 +1177,16 @@ TimeoutOption = Annotated[
         help="Seconds one run may take.",
     ),
 ]
+
+
+def policy_fields(
+    missed: MissedPolicy | None, catchup_limit: int | None, max_failures: int | None,
+    jitter: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The request fields of the policy flags that were given."""
+    given = {"missedPolicy": missed.value if missed else None, "catchupLimit": catchup_limit,
+             "maxFailures": max_failures, "jitter": jitter}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 @task_app.command("schedule")
@@ -1094,6 +1211,14 @@ def task_schedule(
     ] = None,
     misfire_grace: MisfireGraceOption = None,
     timeout: TimeoutOption = None,
+    missed: MissedOption = None,
+    catchup_limit: CatchupLimitOption = None,
+    max_failures: MaxFailuresOption = None,
+    jitter: JitterOption = None,
+    ignore_quiet: Annotated[
+        bool,
+        typer.Option("--ignore-quiet", help="Run in the session's quiet hours too."),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1108,12 +1233,15 @@ def task_schedule(
             "timezone": timezone,
             "misfireGrace": misfire_grace,
             "timeout": timeout,
+            **policy_fields(missed, catchup_limit, max_failures, jitter),
+            **({"ignoreQuiet": True} if ignore_quiet else {}),
         }
     )
     store = open_store(home)
     with at_flag_terms("give a future time, or add --cron for a repeating task"):
         view = store.schedule_task(session, request)
     show_task("scheduled", view, store, as_json)
+    advise(schedule_notes(view.recurrence, view.has_script, zone(view.timezone), store.now()))
     note_if_no_host(store.home)
 
 
@@ -1151,15 +1279,24 @@ def task_cancel(task: TaskRef, home: HomeOption = None, as_json: JsonOption = Fa
 
 
 @task_app.command("pause")
-def task_pause(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+def task_pause(
+    task: TaskRef,
+    note: Annotated[
+        str | None,
+        typer.Option("--note", help="Why it is paused (shown by task list until resumed)."),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Pause a task; it keeps its schedule but does not run until resumed."""
     store = open_store(home)
-    show_task("paused", store.pause_task(task), store, as_json)
+    show_task("paused", store.pause_task(task, note=note), store, as_json)
 
 
 @task_app.command("resume")
 def task_resume(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Resume a paused task; a recurring one continues from its next slot."""
+    """Resume a paused task; a recurring one continues from its next slot, its failure
+    count reset."""
     store = open_store(home)
     show_task("resumed", store.resume_task(task), store, as_json)
 
@@ -1190,6 +1327,17 @@ def task_update(
             "(a one-time run keeps its instant); a naive --at is read in it.",
         ),
     ] = None,
+    missed: MissedOption = None,
+    catchup_limit: CatchupLimitOption = None,
+    max_failures: MaxFailuresOption = None,
+    jitter: JitterOption = None,
+    ignore_quiet: Annotated[
+        bool | None,
+        typer.Option(
+            "--ignore-quiet/--respect-quiet",
+            help="Run in the session's quiet hours too, or wait for their end again.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1210,20 +1358,27 @@ def task_update(
         changes["script"] = read_script(script) if script is not None else None
     settings = {"misfireGrace": misfire_grace, "timeout": timeout, "timezone": timezone}
     changes |= {key: value for key, value in settings.items() if value is not None}
+    changes |= policy_fields(missed, catchup_limit, max_failures, jitter)
+    if ignore_quiet is not None:
+        changes["ignoreQuiet"] = ignore_quiet
     if len(changes) == 1:
         raise InvalidInput(
             "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
-            "--clear-cron, --clear-script, --timeout, --misfire-grace or --timezone"
+            "--clear-cron, --clear-script, --timeout, --misfire-grace, --timezone, --missed, "
+            "--catchup-limit, --max-failures, --jitter, --ignore-quiet or --respect-quiet"
         )
     request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
     with at_flag_terms("give a future time"):
         view = store.update_task(request)
     show_task("updated", view, store, as_json)
+    if cron is not None:
+        advise(list(recurrence_warnings(stored_recurrence(cron))))
 
 
 def run_json(run: Run) -> dict[str, Any]:
     data = run.model_dump(mode="json")
+    data["backfill"] = is_backfill(run.message_id)
     took = _duration(run)
     data["duration_seconds"] = took.total_seconds() if took is not None else None
     return data
@@ -1269,7 +1424,7 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
                 "run": str(run.id),
                 "scheduled for": when_cell(run.scheduled_for, tz, now),
                 "started": when_cell(run.started_at, tz, now),
-                "late": span_cell(_lateness(run)),
+                "late": "backfill" if is_backfill(run.message_id) else span_cell(_lateness(run)),
                 "duration": span_cell(_duration(run)),
                 "outcome": outcome_word(run.outcome),
                 "preview": one_line(run.error or run.output_preview, 80),
@@ -1297,6 +1452,95 @@ def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = F
         console.print(Text(f"task {view.series_id} has not run yet"))
         return
     console.print(render_history(runs, zone(view.timezone), store.now(), console))
+
+
+@task_app.command("backfill")
+def task_backfill(
+    task: TaskRef,
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Window start: an instant such as 2026-03-01T00:00 (read in the task's zone) "
+            "or 2026-03-01T00:00Z.",
+        ),
+    ],
+    end: Annotated[str, typer.Option("--to", help="Window end, in the past (same forms as --at).")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a recurring task's slots in a past window, one after another, as backfill runs
+    (task history marks them); its schedule is left as it is."""
+    store = open_store(home)
+    first = store.backfill(task, start, end)
+    slots = [first.scheduled_for or "", *first.content.get("backfill_rest", [])]
+    if as_json:
+        print_json({"series_id": first.series_id, "slots": slots, "first": first.id})
+        return
+    stdout_console().print(
+        Text(f"queued a backfill of {first.series_id}: {len(slots)} slots from {slots[0]} to "
+             f"{slots[-1]}, run one after another"),
+        soft_wrap=True,
+    )  # fmt: skip
+
+
+@task_app.command("show")
+def task_show(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show a task: its settings and policies, its next 10 runs and its last 10 runs."""
+    store = open_store(home)
+    view = store.get_task(task)
+    row = store.live_row(task)
+    upcoming = store.upcoming(task, 10)
+    runs = store.runs_for(view.series_id, 10)
+    tz = zone(view.timezone)
+    now = store.now()
+    policies = task_policies(row) if row is not None else {}
+    if as_json:
+        print_json({
+            **task_json(view), "policies": policies,
+            "next_runs": [{"slot": fmt(slot), "at": fmt(at), "at_local": iso_local(at, tz)}
+                          for slot, at in upcoming],
+            "runs": [run_json(r) for r in runs],
+        })  # fmt: skip
+        return
+    console = stdout_console()
+    lines = [
+        describe_task("task", view, now).plain.removeprefix("task "),
+        f"prompt: {one_line(view.prompt, 200)}",
+        f"gate script: {'yes' if view.has_script else 'no'}; timezone {view.timezone}",
+    ]
+    lines += [f"{name}: {value}" for name, value in policies.items()]
+    for line in lines:
+        console.print(Text(line), soft_wrap=True)
+    if upcoming:
+        table = Table("#", "runs at", "UTC", "relative", "slot")
+        for i, (slot, at) in enumerate(upcoming, 1):
+            cells = (str(i), local_time(at, tz), fmt(at), relative(at, now),
+                     "" if slot == at else local_time(slot, tz))  # fmt: skip
+            table.add_row(*(Text(c, no_wrap=True) for c in cells))
+        console.print(Text(f"next {len(upcoming)} runs:"))
+        console.print(table)
+    else:
+        console.print(Text("no next run"))
+    if runs:
+        console.print(Text(f"last {len(runs)} runs:"))
+        console.print(render_history(runs, tz, now, console))
+    else:
+        console.print(Text("no runs yet"))
+
+
+def task_policies(row: InboundMessage) -> dict[str, Any]:
+    """What ``task show`` says of a task's settings and policies, by name."""
+    shown: dict[str, Any] = {}
+    if row.recurrence:
+        shown["policies"] = describe_policies(
+            row.missed_policy, row.catchup_limit, row.max_failures, row.jitter
+        )
+        shown["failures in a row"] = row.failures
+    shown["misfire grace"] = f"{row.misfire_grace} s" if row.misfire_grace is not None else "none"
+    shown["timeout"] = f"{row.timeout} s" if row.timeout else "the host's default"
+    shown["quiet hours"] = "ignored" if row.ignore_quiet else "respected"
+    return shown
 
 
 @task_app.command("output")
@@ -1344,23 +1588,43 @@ def cron_preview(
             help="Show fire times strictly after this instant (same forms as --at; default: now).",
         ),
     ] = None,
+    jitter: Annotated[
+        int | None,
+        typer.Option(
+            "--jitter",
+            callback=seconds_option(0, MAX_JITTER, "negative"),
+            help="Show each time delayed by the jitter a task with --id and this --jitter gets.",
+        ),
+    ] = None,
+    task_id: Annotated[
+        str | None, typer.Option("--id", help="The task id the jitter is derived from.")
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Preview the next fire times of a recurrence, DST included.
 
-    --home is accepted for uniformity; the preview reads no state.
+    With --jitter and --id, the times are those the task runs at (each slot plus its
+    jitter, the same every time). --home is accepted for uniformity; the preview reads
+    no state.
     """
     del home  # the preview is pure; nothing under --home is read
+    if jitter and not task_id:
+        raise InvalidInput(
+            "--jitter needs --id: the delay is derived from the task's id and each slot"
+        )
     # min_interval 0: a preview explains an expression instead of rejecting it.
     rec = parse_recurrence(expr, timedelta(0))
     tz = zone(timezone, "--timezone") if timezone else zone(load_settings().timezone())
     now = datetime.now(UTC)
     start = parse_when(after, tz, now, field="--after") if after is not None else now
     fires = fire_times(rec, tz, start, count)
+    if jitter and task_id:
+        fires = [due_at(task_id, f, jitter) for f in fires]
     if as_json:
         print_json([iso_local(f, tz) for f in fires])
         return
+    advise(list(recurrence_warnings(rec)))
     console = stdout_console()
     console.print(Text(f'"{rec.expr}": {rec.describe()} (in {tz.key})'), soft_wrap=True)
     table = Table("#", "local", "offset", "UTC", "relative")
@@ -1469,6 +1733,13 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
     if host is not None and host.get("engine_down"):
         console.print(Text(f"problem: {host['engine_down']}", style="yellow"), soft_wrap=True)
+    for quiet in report["quiet"]:
+        state = f"quiet now, until {when_cell(quiet['until'], tz, now)}" if quiet["until"] else ""
+        console.print(
+            Text(f"quiet hours of session {quiet['session']}: {quiet['window']} "
+                 f"({quiet['timezone']}){'; ' + state if state else ''}"),
+            soft_wrap=True,
+        )  # fmt: skip
     for problem in report["problems"]:
         console.print(
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     min_interval: float = Field(default=DEFAULTS.min_interval, gt=0)
     max_tasks_per_session: int = Field(default=DEFAULTS.max_tasks_per_session, ge=1)
     task_timeout: float = Field(default=DEFAULTS.task_timeout, gt=0)
+    failure_backoff: float = Field(default=DEFAULTS.failure_backoff, gt=0)
+    """Seconds a series waits after a failed occurrence at least (``CRONBOX_FAILURE_BACKOFF``);
+    it doubles with each failure in a row, up to 30 times this."""
     keep_finished: float = Field(default=DEFAULTS.keep_finished, gt=0)
     """Seconds a finished inbox row is kept (``CRONBOX_KEEP_FINISHED``); runs stay."""
     image: str | None = None

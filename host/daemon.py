@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from cronbox_shared.errors import HostAlreadyRunning
-from cronbox_shared.timeutil import Clock, SystemClock, fmt
+from cronbox_shared.policies import parse_quiet, quiet_end
+from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
 from host.limits import ContainerLimits, check_limits
@@ -250,7 +252,18 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         "due_now": len(store.due_sessions(now)),
         "live_tasks": store.live_task_count(),
         "next_wake": fmt(nxt) if nxt else None,
-    }
+        "quiet": [
+            {"session": s.name, "window": s.quiet, "timezone": s.timezone,
+             "until": _quiet_until(s.quiet, s.timezone, now)}
+            for s in store.list_sessions() if s.quiet
+        ],
+    }  # fmt: skip
+
+
+def _quiet_until(window: str, timezone: str, now: datetime) -> str | None:
+    """When the quiet window ``now`` falls in ends, or None outside it."""
+    end = quiet_end(parse_quiet(window), zone(timezone), now)
+    return fmt(end) if end else None
 
 
 def host_alive(home: Path) -> bool:

@@ -38,7 +38,7 @@ from cronbox_shared.actions import (
 )
 from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
-from cronbox_shared.timeutil import fmt
+from cronbox_shared.timeutil import fmt, parse_utc
 from host.logs import session_fields
 from host.service import Cronbox, Receipt
 from host.store.records import Session
@@ -281,7 +281,7 @@ class Delivery:
         return True
 
     async def _action(self, session: Session, seq: int, message: OutboundMessage) -> Handled | None:
-        receipt = Receipt(seq, message.id)
+        receipt = Receipt(seq, message.id, asked_at=_instant(message.created_at))
         try:
             action = parse_action(message.content)
             done = await self.writer(apply_action, self.app, session, action, receipt)
@@ -324,3 +324,11 @@ def _short(exc: Exception | str, limit: int = 200) -> str:
         return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"[:limit]
     text = str(exc)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _instant(text: str) -> datetime | None:
+    """An untrusted timestamp as an instant; None when it is not one."""
+    try:
+        return parse_utc(text)
+    except ValueError:
+        return None

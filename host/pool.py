@@ -21,10 +21,11 @@ __all__ = ["Live", "PoolPlan", "Waiting", "plan_pool"]
 
 @dataclass(frozen=True)
 class Waiting:
-    """A session with due work and no live runner."""
+    """A session with due work and no live runner; ``chat`` when a chat message is due."""
 
     session_id: str
     due_at: datetime
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ def plan_pool(
     """Decide which waiting sessions start now and which idle runners are stopped.
 
     * At most ``max_slots`` runners are live: ``start`` uses only the slots free now.
-    * Waiting sessions are served earliest-due first, ties broken by session id; a
-      session that is already live is never started again.
+    * Waiting sessions with a due chat message are served before those with only task
+      work (a person is waiting); among equals, earliest-due first, ties broken by
+      session id. A session that is already live is never started again.
     * An idle runner is evicted once it has been idle for ``idle_timeout``.
     * When sessions are still waiting after the free slots are used up, idle runners give
       up their slots at once, longest-idle first, only as many as the waiters need
@@ -74,7 +76,7 @@ def plan_pool(
     live_ids = {runner.session_id for runner in live}
     queue = sorted(
         (w for w in waiting if w.session_id not in live_ids),
-        key=lambda w: (w.due_at, w.session_id),
+        key=lambda w: (not w.chat, w.due_at, w.session_id),
     )
     free = max(0, max_slots - len(live))
     start = tuple(w.session_id for w in queue[:free])

@@ -47,14 +47,22 @@ from cronbox_shared.models import (
     MessageKind,
     MessageStatus,
 )
+from cronbox_shared.policies import QUIET_KEY, parse_quiet
 from cronbox_shared.recurrence import stored_recurrence
 from cronbox_shared.tasks import (
+    MAX_WAKES_PER_DAY,
+    WAKES_KEY,
     ScheduleRequest,
     UpdateRequest,
     ValidTask,
+    backfill_slots,
+    check_note,
+    check_wakes,
     resume_at,
     validate_schedule,
     validate_update,
+    wake_limit,
+    wakes_per_day,
 )
 from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
 from host.config import Settings
@@ -62,10 +70,14 @@ from host.limits import ContainerLimits, check_limits
 from host.liveness import Claim
 from host.settlement import (
     OCCURRENCE_SEP,
+    InboxChanges,
     Policy,
     SettlementPlan,
+    backfill_row,
+    is_backfill,
     plan_catch_up,
     plan_requeue,
+    preview_runs,
     series_of,
     settle_acks,
 )
@@ -84,6 +96,7 @@ RING_BATCH = 1000
 PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
+QUIET_OFF = ("off", "none")
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class Limits:
 
     min_interval: timedelta = timedelta(seconds=DEFAULTS.min_interval)
     max_tasks_per_session: int = DEFAULTS.max_tasks_per_session
+    failure_backoff: timedelta = timedelta(seconds=DEFAULTS.failure_backoff)
+    """Not a validation limit but a rule of every series: the first delay after a failure."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,8 @@ class Receipt:
     channels: tuple[str, ...] = ("action",)
     status: DeliveryStatus = DeliveryStatus.APPLIED
     detail: str | None = None
+    asked_at: datetime | None = None
+    """When the row was written (the container's word): a request is judged by it."""
 
 
 @dataclass
@@ -115,16 +132,21 @@ class _Work:
     runs: Sequence[RunRecord] = ()
 
 
-def task_row(valid: ValidTask, now: Instant) -> InboundMessage:
-    """The ``messages_in`` row of a new task: the first occurrence of its own series."""
+def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> InboundMessage:
+    """The ``messages_in`` row of a new task: the first occurrence of its own series, due
+    at its first run plus its jitter, held past the session's quiet hours."""
     first = fmt(valid.first_run)
-    return InboundMessage(
+    row = InboundMessage(
         id=valid.id, seq=0, kind=MessageKind.TASK, created_at=now, updated_at=now,
         status=MessageStatus.PENDING, process_after=first, scheduled_for=first,
         recurrence=valid.recurrence.expr if valid.recurrence else None,
         timezone=valid.timezone, series_id=valid.id, tries=0, trigger=1,
         content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
+        missed_policy=valid.missed_policy, catchup_limit=valid.catchup_limit,
+        max_failures=valid.max_failures, jitter=valid.jitter, ignore_quiet=valid.ignore_quiet,
     )  # fmt: skip
+    due = (policy or Policy()).admitted(row, valid.first_run)
+    return row.model_copy(update={"process_after": fmt(due)})
 
 
 def describe_recurrence(expr: str | None) -> str:
@@ -165,6 +187,7 @@ class Cronbox:
             limits=Limits(
                 min_interval=timedelta(seconds=settings.min_interval),
                 max_tasks_per_session=settings.max_tasks_per_session,
+                failure_backoff=timedelta(seconds=settings.failure_backoff),
             ),
         )
 
@@ -268,10 +291,16 @@ class Cronbox:
 
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
+        quiet: str | None = None, max_wakes_per_day: int | None = None,
         limits: ContainerLimits | None = None, actor: str = "cli",
     ) -> Session:  # fmt: skip
-        """Change a session's agent profile, default timezone (its tasks keep theirs) or
-        container limits (from its next container on)."""
+        """Change a session's agent profile, default timezone (its tasks keep theirs),
+        quiet hours (``22:00-07:00`` in the session's zone; ``off`` clears them), wake cap
+        or container limits (from its next container on).
+
+        New quiet hours (or a new zone they are read in) move every pending task
+        occurrence due inside the window to its end, and release those it held before.
+        """
         session = self.get_session(ref)
         fields: dict[str, Any] = {}
         detail: dict[str, Any] = {}
@@ -279,18 +308,47 @@ class Cronbox:
             fields["agent"] = check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
+        if quiet is not None:
+            cleared = quiet.strip().lower() in QUIET_OFF
+            fields["quiet"] = None if cleared else str(parse_quiet(quiet, "--quiet"))
+        if max_wakes_per_day is not None:
+            if not 0 <= max_wakes_per_day <= MAX_WAKES_PER_DAY:
+                raise InvalidInput(
+                    f"--max-wakes-per-day {max_wakes_per_day} is out of range; give 1 to "
+                    f"{MAX_WAKES_PER_DAY}, or 0 for no limit"
+                )
+            fields["max_wakes_per_day"] = str(max_wakes_per_day) if max_wakes_per_day else None
         if limits is not None and limits.stored():
             changed = check_limits(limits).stored()
             fields["container"] = {**session.container, **changed}
             detail.update(changed)
         if not fields:
             raise InvalidInput(
-                "nothing to change; give --agent, --timezone, --network, --memory, --cpus or --pids"
+                "nothing to change; give --agent, --timezone, --quiet, --max-wakes-per-day, "
+                "--network, --memory, --cpus or --pids"
             )
+        if "max_wakes_per_day" in fields:
+            self.files.set_info(session.id, WAKES_KEY, fields["max_wakes_per_day"] or "")
         detail.update({k: v for k, v in fields.items() if k != "container"})
         entry = self._entry(actor, "session.update", session.id, session.name, detail)
-        if "timezone" in fields:
-            self.files.set_zone(session.id, fields["timezone"])
+        if "timezone" in fields or "quiet" in fields:
+
+            def readmit(tx: InboxTransaction, done: _Work) -> None:
+                if "timezone" in fields:
+                    tx.set_info("timezone", str(fields["timezone"]))
+                if "quiet" in fields:
+                    tx.set_info(QUIET_KEY, fields["quiet"] or "")
+                policy = self._policy(tx)
+                done.series = []
+                for row in tx.live_pending_tasks():
+                    if row.tries or row.scheduled_for is None:
+                        continue  # a retry keeps its backoff
+                    due = fmt(policy.admitted(row, parse_utc(row.scheduled_for)))
+                    if due != row.process_after:
+                        tx.update(row.id, process_after=due, updated_at=fmt(self.now()))
+                        done.series.append(row.series_id or row.id)
+
+            self._commit(session.id, readmit)
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 
@@ -331,6 +389,10 @@ class Cronbox:
     def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, Instant]]:
         """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
         return self.central.due_sessions(fmt(now), limit)
+
+    def chat_due_sessions(self, now: datetime) -> set[str]:
+        """Sessions with a chat message due by ``now`` (the pool serves them first)."""
+        return self.central.chat_due_sessions(fmt(now))
 
     def next_wake(self) -> datetime | None:
         """The earliest ``next_due_at`` over all sessions."""
@@ -448,6 +510,7 @@ class Cronbox:
         valid = validate_schedule(
             req, default_tz=session.timezone, now=self.now(),
             min_interval=self.limits.min_interval,
+            asked_at=receipt.asked_at if receipt else None,
         )  # fmt: skip
         owner = self.central.locate(valid.id, valid.id)
         if owner is not None and owner[0] != session.id:
@@ -467,7 +530,16 @@ class Cronbox:
                 raise TaskIdTaken(valid.id, None)  # ended, and its rows pruned since
             if tx.live_task_count() >= self.limits.max_tasks_per_session:
                 raise TooManyTasks(session.name, self.limits.max_tasks_per_session)
-            tx.insert(task_row(valid, now))
+            limit = wake_limit(tx.info(WAKES_KEY))
+            if limit is not None:
+                expr = valid.recurrence.expr if valid.recurrence else None
+                adding = wakes_per_day(expr, bool(valid.script), zone(valid.timezone),
+                                       self.now(), limit + 1)  # fmt: skip
+                others = [(r.recurrence, bool(r.script), r.timezone)
+                          for r in tx.live_pending_tasks()]  # fmt: skip
+                new = (expr, bool(valid.script), zone(valid.timezone))
+                check_wakes(adding, others, limit, self.now(), new)
+            tx.insert(task_row(valid, now, self._policy(tx)))
             detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,
                       "first_run": fmt(valid.first_run)}  # fmt: skip
             done.audit.append(self._entry(actor, "task.schedule", session.id, valid.id, detail))
@@ -515,7 +587,7 @@ class Cronbox:
 
     def _change_status(
         self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
-        receipt: Receipt | None,
+        receipt: Receipt | None, note: str | None = None,
     ) -> TaskView:  # fmt: skip
         session, series = self._locate(ref, session_id)
         action = kind.value.removesuffix("_task")
@@ -537,16 +609,23 @@ class Cronbox:
             live = self._live(tx, series)
             to = transition(kind, live.status, ref)
             fields: dict[str, Any] = {"status": to.value, "updated_at": fmt(now)}
-            resumed = resume_at(live, now) if to is MessageStatus.PENDING else None
-            if resumed is not None and live.recurrence:
-                fields.update(process_after=fmt(resumed), scheduled_for=fmt(resumed))
+            if to is MessageStatus.PAUSED:
+                fields["paused_reason"] = note
+            if to is MessageStatus.PENDING:
+                # A resume starts the series afresh: no failure streak, no pause reason.
+                fields.update(failures=0, paused_reason=None)
+                resumed = resume_at(live, now)
+                if resumed is not None and live.recurrence:
+                    due = self._policy(tx).admitted(live, resumed)
+                    fields.update(process_after=fmt(due), scheduled_for=fmt(resumed))
             tx.update(live.id, **fields)
             if to is MessageStatus.CANCELLED:
                 # A manual run asked for before the cancel would otherwise still fire.
                 for run_id in tx.pending_manual_runs(series):
                     tx.update(run_id, status=to.value, updated_at=fmt(now))
             done.series = [series]
-            done.audit.append(self._entry(actor, f"task.{action}", session, series))
+            detail = {"note": note} if note and to is MessageStatus.PAUSED else None
+            done.audit.append(self._entry(actor, f"task.{action}", session, series, detail))
 
         self._commit(session, change, receipt)
         return self.get_task(series)
@@ -563,10 +642,15 @@ class Cronbox:
 
     def pause_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
-        receipt: Receipt | None = None,
+        receipt: Receipt | None = None, note: str | None = None,
     ) -> TaskView:  # fmt: skip
-        """Pause a pending task; it keeps its place but never fires until resumed."""
-        return self._change_status(ref, ActionKind.PAUSE, actor, session_id, receipt)
+        """Pause a pending task; it keeps its place but never fires until resumed.
+
+        ``note`` says why (``task list`` shows it beside the status until the resume).
+        """
+        return self._change_status(
+            ref, ActionKind.PAUSE, actor, session_id, receipt, check_note(note)
+        )
 
     def resume_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
@@ -589,8 +673,18 @@ class Cronbox:
 
         def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
-            changes = validate_update(req, live, now=now, min_interval=self.limits.min_interval)
+            changes = validate_update(
+                req, live, now=now, min_interval=self.limits.min_interval,
+                asked_at=receipt.asked_at if receipt else None,
+            )  # fmt: skip
             fields: dict[str, Any] = {"updated_at": fmt(now), **changes.row_fields()}
+            if {"scheduled_for", "process_after", "jitter", "ignore_quiet"} & set(fields):
+                # The new due time: the slot plus its jitter, past the quiet hours.
+                probe = live.model_copy(
+                    update={k: fields[k] for k in ("jitter", "ignore_quiet") if k in fields}
+                )
+                slot = parse_utc(fields.get("scheduled_for") or live.scheduled_for or fmt(now))
+                fields["process_after"] = fmt(self._policy(tx).admitted(probe, slot))
             tx.update(live.id, **fields)
             audited = ("recurrence", "process_after", *changes.settings)
             detail = {k: v for k, v in fields.items() if k in audited}
@@ -643,6 +737,57 @@ class Cronbox:
         self._commit(session, insert)
         return self._row(session, run_id)
 
+    def backfill(self, ref: str, start: str, end: str, *, actor: str = "cli") -> InboundMessage:
+        """Run a recurring task's slots from ``start`` to ``end`` (in the past), one after
+        another, as backfill runs (their history keeps the slot each stands for).
+
+        The series' schedule is left as it is. Refused for a task that is not recurring
+        or not live, a window outside the rules of ``backfill_slots``, and while an
+        earlier backfill of the task is still running. Returns the first run queued.
+        """
+        session, series = self._locate(ref, None)
+        now = self.now()
+
+        def insert(tx: InboxTransaction, done: _Work) -> InboundMessage:
+            current = self._live(tx, series)
+            if not current.recurrence:
+                raise TaskStateError(
+                    f'task "{ref}" runs once, so it has no slots to backfill; '
+                    "use task run to run it now"
+                )
+            if any(is_backfill(i) for i in tx.pending_manual_runs(series)):
+                raise TaskStateError(
+                    f'a backfill of task "{ref}" is still running; wait for it to finish '
+                    "or cancel the task"
+                )
+            rec = stored_recurrence(current.recurrence)
+            slots = backfill_slots(rec, zone(current.timezone), start, end, now)
+            first = backfill_row(current, slots, now)
+            tx.insert(first)
+            detail = {"from": fmt(slots[0]), "to": fmt(slots[-1]), "slots": len(slots)}
+            done.audit.append(self._entry(actor, "task.backfill", session, series, detail))
+            return first
+
+        first = self._commit(session, insert)
+        return self._row(session, first.id)
+
+    def upcoming(self, ref: str, n: int = 10) -> list[tuple[datetime, datetime]]:
+        """(slot, when it runs) of a task's next ``n`` runs, as the host will run them
+        (:func:`host.settlement.preview_runs`); none for an ended task."""
+        live = self.live_row(ref)
+        if live is None or not live.status.live:
+            return []
+        session = self.get_session(self._locate(ref, None)[0])
+        policy = Policy(
+            quiet=parse_quiet(session.quiet) if session.quiet else None, zone=session.timezone
+        )
+        return preview_runs(live, policy, n)
+
+    def live_row(self, ref: str) -> InboundMessage | None:
+        """A task's live (or newest) occurrence, with its policies."""
+        view = self.get_task(ref)
+        return self.files.get(view.session_id, view.id)
+
     def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
         """Past runs of a task series, newest first."""
         session, series = self._locate(ref, None)
@@ -685,14 +830,44 @@ class Cronbox:
     def _apply_plan(
         self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan]
     ) -> SettlementPlan:
+        """Apply a plan in one inbound transaction, with the missed-run policy of the
+        occurrences it inserted that are due already (a series finishing late), so a
+        live runner never claims one before its policy was applied."""
+
         def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
             tx.apply(plan.changes)
+            now = self.now()
+            inserted = [
+                r for r in plan.changes.inserts
+                if r.kind is MessageKind.TASK and r.status is MessageStatus.PENDING
+            ]  # fmt: skip
+            due = [r for r in inserted if r.process_after and parse_utc(r.process_after) <= now]
+            if due:
+                current = tx.rows([r.id for r in due])
+                caught_up = plan_catch_up(list(current.values()), now, self._policy(tx))
+                tx.apply(caught_up.changes)
+                plan = _merged(plan, caught_up)
             done.series = list(plan.series)
             done.runs = plan.runs
+            done.audit += [
+                self._entry("cronbox", "task.pause", session_id, p.series_id,
+                            {"reason": p.reason[:500]})
+                for p in plan.paused
+            ]  # fmt: skip
             return plan
 
         return self._commit(session_id, apply)
+
+    def _policy(self, tx: InboxTransaction, **overrides: Any) -> Policy:
+        """The rules settlement applies to the session whose inbox ``tx`` holds open."""
+        quiet = tx.info(QUIET_KEY)
+        return Policy(
+            failure_backoff=self.limits.failure_backoff,
+            quiet=parse_quiet(quiet) if quiet else None,
+            zone=tx.info("timezone") or self.default_timezone,
+            **overrides,
+        )
 
     def settle_acks(self, session_id: str, default_timeout: timedelta) -> SettlementPlan:
         """Apply the runner's acks to the inbox and the run history (sweep steps 1 and 5).
@@ -702,10 +877,10 @@ class Cronbox:
         """
         if not self.files.has_outbox(session_id):
             return SettlementPlan()
-        policy = Policy(default_timeout=default_timeout)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
+            policy = self._policy(tx, default_timeout=default_timeout)
             due = {r.id: r for r in tx.due_rows(fmt(now))}
             return settle_acks(due, self.files.acks(session_id, list(due)), now, policy)
 
@@ -721,10 +896,10 @@ class Cronbox:
         """
         if not claims:
             return SettlementPlan()
-        policy = Policy(retry_base=retry_base)
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             rows = tx.rows([c.message_id for c in claims])
+            policy = self._policy(tx, retry_base=retry_base)
             return plan_requeue(rows, claims, reason, self.now(), policy, timed_out)
 
         return self._apply_plan(session_id, plan)
@@ -737,7 +912,7 @@ class Cronbox:
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
-            return plan_catch_up(tx.due_rows(fmt(now)), now)
+            return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy(tx))
 
         return len(self._apply_plan(session_id, plan).series)
 
@@ -833,6 +1008,19 @@ def _entry_out(raw: dict[str, Any]) -> LogEntry | None:
     return LogEntry(
         at=at, direction="out", kind=message.kind, id=message.id, text=text,
         in_reply_to=message.in_reply_to,
+    )  # fmt: skip
+
+
+def _merged(first: SettlementPlan, then: SettlementPlan) -> SettlementPlan:
+    """Two plans applied one after the other, as one."""
+    return SettlementPlan(
+        changes=InboxChanges(
+            updates=first.changes.updates + then.changes.updates,
+            inserts=first.changes.inserts + then.changes.inserts,
+        ),
+        runs=first.runs + then.runs, claims=first.claims + then.claims,
+        finished=first.finished + then.finished, series=first.series + then.series,
+        paused=first.paused + then.paused,
     )  # fmt: skip
 
 

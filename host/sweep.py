@@ -297,8 +297,9 @@ class Sweeper:
             for sid, at in due
             if sid not in self.live and self.quarantine.get(sid, (now, 0))[0] <= now
         }
+        chat = await read(self.store.chat_due_sessions, now) if self.waiting else set()
         plan = plan_pool(
-            [Waiting(sid, at) for sid, at in self.waiting.items()],
+            [Waiting(sid, at, sid in chat) for sid, at in self.waiting.items()],
             [Live(sid, r.busy, r.idle_since) for sid, r in self.live.items()],
             self.config.max_containers,
             timedelta(seconds=self.config.idle_timeout),

@@ -21,8 +21,9 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
 from cronbox_shared.errors import CronboxError, InvalidAction
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
-from cronbox_shared.tasks import validate_update
-from cronbox_shared.timeutil import fmt, zone
+from cronbox_shared.policies import QUIET_KEY, QuietHours, admitted, parse_quiet
+from cronbox_shared.tasks import WAKES_KEY, validate_update, wake_limit
+from cronbox_shared.timeutil import fmt, parse_utc, zone
 
 LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
 # How many unapplied rows are looked at; the host applies them within a second or so.
@@ -73,17 +74,44 @@ def write_action(session_dir: Path, action: AgentAction, now: datetime) -> int:
     return seq
 
 
-def scheduled_row(action: ScheduleTask, now: datetime) -> InboundMessage:
-    """The row a (validated) ``schedule_task`` request will become once applied."""
+def scheduled_row(action: ScheduleTask, now: datetime, due: str | None = None) -> InboundMessage:
+    """The row a (validated) ``schedule_task`` request will become once applied; ``due``
+    is when it runs (its first run plus its jitter, past the quiet hours), if known."""
     task_id = action.id or ""
     when = action.process_after
     return InboundMessage(
         id=task_id, seq=0, kind=MessageKind.TASK, created_at=fmt(now),
-        status=MessageStatus.PENDING, process_after=when, scheduled_for=when,
+        status=MessageStatus.PENDING, process_after=due or when, scheduled_for=when,
         recurrence=action.recurrence, timezone=action.timezone or "UTC",
         series_id=task_id, tries=0, trigger=1,
         content={"prompt": action.prompt, "script": action.script},
+        missed_policy=action.missed_policy, catchup_limit=action.catchup_limit,
+        max_failures=action.max_failures, jitter=action.jitter,
+        ignore_quiet=bool(action.ignore_quiet),
     )  # fmt: skip
+
+
+def due_of(session_dir: Path, action: ScheduleTask) -> str | None:
+    """When an unapplied ``schedule_task`` request runs once the host applies it: its
+    first run plus its jitter, past the session's quiet hours (the host's rule)."""
+    if action.process_after is None:
+        return None
+    due = admitted(
+        action.id or "", parse_utc(action.process_after), action.jitter,
+        quiet_hours(session_dir), zone(session_zone(session_dir) or "UTC"),
+        hold=not action.ignore_quiet,
+    )  # fmt: skip
+    return fmt(due)
+
+
+def quiet_hours(session_dir: Path) -> QuietHours | None:
+    """The session's quiet hours as the host recorded them, or None."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        text = sdb.session_info(db, QUIET_KEY)
+    try:
+        return parse_quiet(text) if text else None
+    except CronboxError:
+        return None
 
 
 def project(
@@ -127,7 +155,9 @@ def find_task(session_dir: Path, ref: str, now: datetime) -> TaskState | None:
         return TaskState(series, project(current, series, actions, now))
     for i, action in enumerate(actions):
         if isinstance(action, ScheduleTask) and action.id == ref:
-            row = project(scheduled_row(action, now), ref, actions[i + 1 :], now)
+            row = project(
+                scheduled_row(action, now, due_of(session_dir, action)), ref, actions[i + 1 :], now
+            )
             return TaskState(ref, row, applied=False)
     return None
 
@@ -144,7 +174,12 @@ def live_tasks(session_dir: Path, now: datetime) -> list[TaskState]:
             states[series] = TaskState(series, project(row, series, actions, now))
     for i, action in enumerate(actions):
         if isinstance(action, ScheduleTask) and action.id and action.id not in states:
-            row = project(scheduled_row(action, now), action.id, actions[i + 1 :], now)
+            row = project(
+                scheduled_row(action, now, due_of(session_dir, action)),
+                action.id,
+                actions[i + 1 :],
+                now,
+            )
             states[action.id] = TaskState(action.id, row, applied=False)
     live = [s for s in states.values() if s.row.status.live]
     return sorted(live, key=lambda s: (s.row.process_after or s.row.created_at, s.series_id))
@@ -160,6 +195,12 @@ def session_zone(session_dir: Path) -> str | None:
         return zone(name).key
     except CronboxError:
         return None
+
+
+def wake_budget(session_dir: Path) -> int | None:
+    """The session's limit on wakes a day, as the host recorded it (None: no limit)."""
+    with sdb.inbound(session_dir, readonly=True) as db:
+        return wake_limit(sdb.session_info(db, WAKES_KEY))
 
 
 def live_task_count(session_dir: Path) -> int:

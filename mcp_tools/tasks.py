@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -31,15 +31,29 @@ from cronbox_shared.actions import (
 )
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, InvalidRecurrence
-from cronbox_shared.models import InboundMessage, preview
-from cronbox_shared.recurrence import Recurrence, fire_times, stored_recurrence
+from cronbox_shared.models import InboundMessage, MessageStatus, preview
+from cronbox_shared.policies import (
+    DEFAULT_CATCHUP_LIMIT,
+    DEFAULT_MAX_FAILURES,
+    admitted,
+    describe_policies,
+    due_at,
+)
+from cronbox_shared.recurrence import Recurrence, recurrence_warnings, stored_recurrence
 from cronbox_shared.tasks import (
+    COST_HINT,
+    POLICY_ALIASES,
+    POLICY_FIELDS,
     ScheduleRequest,
     UpdateRequest,
+    ValidTask,
+    check_wakes,
     new_task_id,
     resume_at,
+    schedule_notes,
     validate_schedule,
     validate_update,
+    wakes_per_day,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 from mcp_tools import session as sv
@@ -76,7 +90,22 @@ GATE_RULES = (
 COST_RULES = (
     "Cost: every run that wakes the agent costs a model call. A task that runs more than "
     "about twice a day and needs no judgement each time (checking a feed, a build, a price) "
-    "should carry a gate script that wakes the agent only when there is something to do."
+    "should carry a gate script that wakes the agent only when there is something to do. "
+    "The operator may cap how often a session's tasks wake the agent a day; a task that "
+    "would go past the cap is refused (tasks with a gate script do not count)."
+)
+
+POLICY_RULES = (
+    "Policies (recurring tasks only): missedPolicy decides what happens to runs missed while "
+    'the host was down ("latest" runs once, "all" replays each in order up to catchupLimit, '
+    '"skip" runs none); a failed run (error, timeout, gate error) pushes the next one back '
+    f"2, 4, 8, 16, 32, then 60 minutes, and after maxFailures in a row (default "
+    f"{DEFAULT_MAX_FAILURES}) the task "
+    "is paused and you get a note: tell the user, and resume_task once the cause is fixed. "
+    "A gate that answers wakeAgent=false is not a failure. jitter delays each run by a fixed "
+    "amount under that many seconds. A run due in the session's quiet hours (set by the "
+    "operator) waits for their end unless the task sets ignoreQuiet; list_tasks shows the "
+    "time it will run."
 )
 
 SCHEDULE_DESCRIPTION = "\n\n".join([
@@ -89,6 +118,7 @@ SCHEDULE_DESCRIPTION = "\n\n".join([
     CRON_HINT + " Recurrences are evaluated in the task's timezone, DST-correct, and may not "
     "fire more often than the host's minimum interval.",
     GATE_RULES,
+    POLICY_RULES,
     COST_RULES,
     "Limits: prompt and script at most 64 KiB each; a one-time processAfter must not be in "
     "the past.",
@@ -114,7 +144,8 @@ PAUSE_DESCRIPTION = (
 
 RESUME_DESCRIPTION = (
     "Resume a paused task by its id. A one-time task whose time has passed runs at once; a "
-    "recurring task continues from its next occurrence (missed slots are not replayed)."
+    "recurring task continues from its next occurrence (missed slots are not replayed) with "
+    "its count of failures in a row reset. list_tasks shows why a task is paused."
 )
 
 UPDATE_DESCRIPTION = "\n\n".join([
@@ -126,6 +157,7 @@ UPDATE_DESCRIPTION = "\n\n".join([
     TIME_RULES,
     CRON_HINT,
     GATE_RULES,
+    POLICY_RULES,
 ])  # fmt: skip
 
 TaskId = Annotated[
@@ -153,6 +185,35 @@ Timezone = Annotated[
     str | None,
     Field(description='IANA zone such as "Europe/Berlin" for this task; default: the session\'s.'),
 ]
+MissedArg = Annotated[
+    Literal["latest", "all", "skip"] | None,
+    Field(description='Recurring only. Slots that passed while the host was down: "latest" '
+          '(default) runs once for the latest, "all" runs each in order (up to catchupLimit), '
+          '"skip" runs none of them.'),
+]  # fmt: skip
+CatchupLimitArg = Annotated[
+    int | None,
+    Field(
+        description='With missedPolicy "all": most missed slots replayed '
+        f"(default {DEFAULT_CATCHUP_LIMIT})."
+    ),
+]
+MaxFailuresArg = Annotated[
+    int | None,
+    Field(description="Recurring only. Pause the task after this many failed runs in a row "
+          f"(default {DEFAULT_MAX_FAILURES}; 0 never pauses). Failed runs back off 2, 4, 8, 16, "
+          "32, then 60 min."),
+]  # fmt: skip
+JitterArg = Annotated[
+    int | None,
+    Field(description="Recurring only. Delay each run by a fixed-per-run amount under this "
+          "many seconds (spreads load; shorter than the time between runs)."),
+]  # fmt: skip
+IgnoreQuietArg = Annotated[
+    bool | None,
+    Field(description="true: run in the session's quiet hours too (by default a run due in "
+          "them waits for their end)."),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -189,11 +250,16 @@ class TaskTools:
         recurrence: str | None = None,
         script: str | None = None,
         timezone: str | None = None,
+        policies: dict[str, Any] | None = None,
     ) -> str:
-        """Validate a new task and ask the host to schedule it."""
+        """Validate a new task and ask the host to schedule it.
+
+        ``policies`` holds the policy arguments given (``missedPolicy``, ``catchupLimit``,
+        ``maxFailures``, ``jitter``).
+        """
         now = self.now()
         given = {"processAfter": process_after, "recurrence": recurrence, "script": script,
-                 "timezone": timezone}  # fmt: skip
+                 "timezone": timezone, **(policies or {})}  # fmt: skip
         args = {"taskId": new_task_id(), "prompt": prompt}
         args |= {k: v for k, v in given.items() if v is not None}
         session_tz = self.session_zone()
@@ -204,6 +270,19 @@ class TaskTools:
                 now=now,
                 min_interval=self.config.min_interval,
             )
+        limit = sv.wake_budget(self.config.session_dir)
+        if limit is not None:
+            expr = valid.recurrence.expr if valid.recurrence else None
+            adding = wakes_per_day(expr, bool(valid.script), zone(valid.timezone), now, limit + 1)
+            others = [
+                (s.row.recurrence, bool(s.row.script), s.row.timezone)
+                for s in sv.live_tasks(self.config.session_dir, now)
+                if s.row.status is MessageStatus.PENDING
+            ]
+            with _as_tool_error():
+                check_wakes(
+                    adding, others, limit, now, (expr, bool(valid.script), zone(valid.timezone))
+                )
         if sv.live_task_count(self.config.session_dir) >= self.config.max_tasks:
             raise ToolError(
                 f"this session already has {self.config.max_tasks} live tasks, the limit; "
@@ -219,23 +298,34 @@ class TaskTools:
             fields["recurrence"] = valid.recurrence.expr
         if valid.script:
             fields["script"] = valid.script
+        fields |= {
+            name: getattr(valid, name) for name in POLICY_FIELDS if getattr(valid, name) is not None
+        }
+        if valid.ignore_quiet:
+            fields["ignore_quiet"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
+        quiet = sv.quiet_hours(self.config.session_dir)
+        jittered = due_at(valid.id, valid.first_run, valid.jitter)
+        due = admitted(valid.id, valid.first_run, valid.jitter, quiet,
+                       zone(session_tz or "UTC"), hold=not valid.ignore_quiet)  # fmt: skip
+        first = f"First run: {_when(due, tz)}"
+        if fmt(due) != fmt(valid.first_run):
+            why = "the session's quiet hours" if due != jittered else "its jitter"
+            first += f" (its slot is {_when(valid.first_run, tz)}; delayed by {why})"
         lines = [
             f"Scheduled task {valid.id} (use this id to cancel, pause, resume or update it).",
-            f"First run: {_when(valid.first_run, tz)}.",
+            f"{first}.",
             f"Repeats: {_repeats(valid.recurrence)}." if valid.recurrence else "Runs once.",
         ]
+        if valid.recurrence is not None:
+            lines.append(f"Policies: {_policies(valid)}.")
         if timezone is None and session_tz is None:
             lines.append(ZONE_UNKNOWN)
         if valid.script:
             lines.append("Gate script: yes; the agent is woken only when it says wakeAgent=true.")
-        elif valid.recurrence is not None and _more_than_twice_a_day(valid.recurrence, tz, now):
-            lines.append(
-                "Tip: this task runs more than twice a day; if most runs need no judgement, "
-                "add a gate script (update_task with script) so the agent is woken only when "
-                "there is something to do."
-            )
+        expr = valid.recurrence.expr if valid.recurrence else None
+        lines += [_note(n) for n in schedule_notes(expr, bool(valid.script), tz, now)]
         lines.append(APPLY_NOTE)
         return "\n".join(lines)
 
@@ -280,8 +370,9 @@ class TaskTools:
         changed = sorted(set(args) - {"taskId"})
         if not changed:
             raise ToolError(
-                "nothing to change; give at least one of prompt, processAfter, recurrence "
-                "or script (null clears script, recurrence or processAfter)"
+                "nothing to change; give at least one of prompt, processAfter, recurrence, "
+                f"script, {', '.join(POLICY_ALIASES.values())} (null clears script, "
+                "recurrence or processAfter, and puts a policy back at its default)"
             )
         state = self._live(ActionKind.UPDATE, req.task_id)
         now = self.now()
@@ -296,11 +387,18 @@ class TaskTools:
         sv.write_action(self.config.session_dir, UpdateTask.model_validate(content), now)
         tz = zone(state.row.timezone)
         lines = [f"Updated task {state.series_id} ({', '.join(changed)})."]
-        if changes.process_after is not None:
-            lines.append(f"Next run: {_when(changes.process_after, tz)}.")
+        if changes.process_after is not None or changes.due is not None:
+            slot = changes.process_after or parse_utc(state.row.scheduled_for or fmt(now))
+            jitter = changes.settings.get("jitter", state.row.jitter)
+            hold = not changes.settings.get("ignore_quiet", state.row.ignore_quiet)
+            due = admitted(state.series_id, slot, jitter if changes.recurrence else None,
+                           sv.quiet_hours(self.config.session_dir),
+                           zone(self.session_zone() or "UTC"), hold)  # fmt: skip
+            lines.append(f"Next run: {_when(due, tz)}.")
         if changes.recurrence_changed:
             rec = _recurrence(changes.recurrence)
             lines.append(f"Repeats: {_repeats(rec)}." if rec else "Runs once (no recurrence).")
+            lines += [_note(n) for n in recurrence_warnings(rec)] if rec else []
         lines.append(APPLY_NOTE)
         return "\n".join(lines)
 
@@ -326,8 +424,19 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         recurrence: RecurrenceArg = None,
         script: Script = None,
         timezone: Timezone = None,
+        missedPolicy: MissedArg = None,
+        catchupLimit: CatchupLimitArg = None,
+        maxFailures: MaxFailuresArg = None,
+        jitter: JitterArg = None,
+        ignoreQuiet: IgnoreQuietArg = None,
     ) -> str:
-        return tools.schedule(prompt, processAfter, recurrence, script, timezone)
+        policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
+                    "maxFailures": maxFailures, "jitter": jitter,
+                    "ignoreQuiet": ignoreQuiet}  # fmt: skip
+        return tools.schedule(
+            prompt, processAfter, recurrence, script, timezone,
+            {k: v for k, v in policies.items() if v is not None},
+        )  # fmt: skip
 
     def list_tasks(status: StatusFilter = None) -> str:
         return tools.list(status)
@@ -348,9 +457,16 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         processAfter: ProcessAfter = None,
         recurrence: RecurrenceArg = None,
         script: Script = None,
+        missedPolicy: MissedArg = None,
+        catchupLimit: CatchupLimitArg = None,
+        maxFailures: MaxFailuresArg = None,
+        jitter: JitterArg = None,
+        ignoreQuiet: IgnoreQuietArg = None,
     ) -> str:
         values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
-                  "recurrence": recurrence, "script": script}  # fmt: skip
+                  "recurrence": recurrence, "script": script, "missedPolicy": missedPolicy,
+                  "catchupLimit": catchupLimit, "maxFailures": maxFailures,
+                  "jitter": jitter, "ignoreQuiet": ignoreQuiet}  # fmt: skip
         given = _given_arguments(ctx)
         if given is None:  # called without a request (in-process): None means "left out"
             given = {k for k, v in values.items() if v is not None}
@@ -430,9 +546,12 @@ def _repeats(rec: Recurrence | None) -> str:
     return f'{words[:1].lower()}{words[1:]} ("{rec.expr}")'
 
 
-def _more_than_twice_a_day(rec: Recurrence, tz: ZoneInfo, now: datetime) -> bool:
-    third = fire_times(rec, tz, now, 3)[-1:]
-    return bool(third) and third[0] - now < timedelta(days=1)
+def _note(note: str) -> str:
+    """One of ``schedule_notes`` as a line of a tool's answer."""
+    text = f"{note[:1].upper()}{note[1:]}"
+    if note == COST_HINT:
+        return f"Tip: {text} (update_task with script)."
+    return f"Note: {text}."
 
 
 def _next(row: InboundMessage, now: datetime) -> str:
@@ -441,18 +560,32 @@ def _next(row: InboundMessage, now: datetime) -> str:
     return _when(when, zone(row.timezone))
 
 
+def _policies(task: ValidTask | InboundMessage) -> str:
+    """A recurring task's scheduling policies in words (defaults spelled out)."""
+    return describe_policies(task.missed_policy, task.catchup_limit, task.max_failures, task.jitter)
+
+
 def _task_line(state: sv.TaskState) -> str:
     row = state.row
     tz = zone(row.timezone)
     when = _when(parse_utc(row.process_after), tz) if row.process_after else "now"
     rec = _recurrence(row.recurrence)
+    status = row.status.value
+    if row.status is MessageStatus.PAUSED and row.paused_reason:
+        status += f": {row.paused_reason}"
     parts = [
-        f"- {state.series_id} [{row.status.value}]",
+        f"- {state.series_id} [{status}]",
         f"next: {when}",
         f"repeats: {_repeats(rec)}",
         f"gate script: {'yes' if row.script else 'no'}",
         f'prompt: "{preview(row.prompt, PROMPT_PREVIEW)}"',
     ]
+    if row.ignore_quiet:
+        parts.insert(3, "runs in quiet hours too")
+    if rec is not None:
+        parts.insert(3, f"policies: {_policies(row)}")
+        if row.failures:
+            parts.insert(4, f"failed {row.failures} times in a row")
     line = "; ".join(parts)
     if not state.applied:
         line += " (just scheduled; waiting for the host to apply it)"

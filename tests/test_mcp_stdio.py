@@ -28,13 +28,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 # Bounds that turn a hang into a failure; never a statement about how long things take.
 SUBPROCESS_GUARD = 60
+POLICY_ARGS = ["missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"]
 ARGUMENTS = {
-    "schedule_task": ["prompt", "processAfter", "recurrence", "script", "timezone"],
+    "schedule_task": ["prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS],
     "list_tasks": ["status"],
     "cancel_task": ["taskId"],
     "pause_task": ["taskId"],
     "resume_task": ["taskId"],
-    "update_task": ["taskId", "prompt", "processAfter", "recurrence", "script"],
+    "update_task": ["taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS],
 }
 REQUIRED = {"schedule_task": ["prompt"], "list_tasks": []} | {
     name: ["taskId"] for name in ("cancel_task", "pause_task", "resume_task", "update_task")

@@ -19,10 +19,11 @@ import pytest
 from mcp import Client
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import TimeInPast
 from cronbox_shared.models import AckStatus, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
-from host.service import Cronbox, Limits
+from host.service import Cronbox, Limits, Receipt
 from host.store.records import Session
 from mcp_tools.config import ToolConfig
 from mcp_tools.server import build_server
@@ -32,13 +33,20 @@ pytestmark = pytest.mark.anyio
 # A Monday; 09:00 in Berlin, 03:00 in New York.
 START = "2026-03-02T08:00:00.000Z"
 HANG_GUARD = 20
+POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"}
 SIX_TOOLS = {
-    "schedule_task": ({"prompt"}, {"prompt", "processAfter", "recurrence", "script", "timezone"}),
+    "schedule_task": (
+        {"prompt"},
+        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS},
+    ),
     "list_tasks": (set(), {"status"}),
     "cancel_task": ({"taskId"}, {"taskId"}),
     "pause_task": ({"taskId"}, {"taskId"}),
     "resume_task": ({"taskId"}, {"taskId"}),
-    "update_task": ({"taskId"}, {"taskId", "prompt", "processAfter", "recurrence", "script"}),
+    "update_task": (
+        {"taskId"},
+        {"taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS},
+    ),
 }
 
 
@@ -594,3 +602,149 @@ async def test_the_inbox_tells_the_sessions_zone_by_its_newest_chat_row_not_a_ta
     async with connected(untold) as client:
         _, tokyo = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@daily"})
     assert "(Asia/Tokyo)" in tokyo
+
+
+# --- scheduling policies -------------------------------------------------------------------
+
+
+async def test_schedule_task_takes_the_policies_and_the_host_applies_them(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    arguments = {"prompt": "report", "recurrence": "0 * * * *", "missedPolicy": "all",
+                 "catchupLimit": 5, "maxFailures": 3, "jitter": 120}  # fmt: skip
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", arguments)
+        assert not error, text
+        assert "Policies: missed runs: all (up to 5), pauses after 3 failures in a row" in text
+        assert "jitter under 120 s" in text
+        assert await apply(store, session) == ["applied"]
+        _, listed = await call(client, "list_tasks", {})
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert (row.missed_policy, row.catchup_limit, row.max_failures, row.jitter) == (
+        "all", 5, 3, 120,
+    )  # fmt: skip
+    assert "policies: missed runs: all (up to 5), pauses after 3 failures in a row" in listed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ({"processAfter": "+1h", "missedPolicy": "skip"}, "apply only to a recurring task"),
+        ({"recurrence": "@hourly", "missedPolicy": "never"}, "missedPolicy"),
+        ({"recurrence": "@hourly", "catchupLimit": 5}, "catchupLimit applies only with"),
+        ({"recurrence": "@hourly", "missedPolicy": "all", "catchupLimit": 0}, "catchupLimit"),
+        ({"recurrence": "@hourly", "jitter": 3600}, "is not shorter than the 3600 s"),
+        ({"recurrence": "@hourly", "maxFailures": -1}, "maxFailures"),
+    ],
+)
+async def test_a_bad_policy_is_a_tool_error_and_writes_nothing(
+    config: ToolConfig, arguments: dict[str, Any], says: str
+) -> None:
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", **arguments})
+    assert error
+    assert says in text
+    assert written(config) == []
+
+
+async def test_list_tasks_shows_why_a_task_is_paused_and_its_failure_streak(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task = store.schedule_task(session.id, {"prompt": "p", "recurrence": "@hourly"})
+    store.pause_task(task.id, note="waiting for the new API key")
+    async with connected(config) as client:
+        _, listed = await call(client, "list_tasks", {})
+    assert "[paused: waiting for the new API key]" in listed
+
+
+async def test_update_task_changes_a_policy_and_null_puts_it_back_at_its_default(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    task = store.schedule_task(
+        session.id, {"prompt": "p", "recurrence": "@hourly", "missedPolicy": "skip"}
+    )
+    async with connected(config) as client:
+        error, text = await call(client, "update_task", {"taskId": task.id, "maxFailures": 2})
+        assert not error, text
+        error, text = await call(client, "update_task", {"taskId": task.id, "missedPolicy": None})
+        assert not error, text
+        assert await apply(store, session) == ["applied", "applied"]
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert (row.missed_policy, row.max_failures) == (None, 2)
+
+
+async def test_a_one_time_task_the_host_applies_late_runs_at_once_instead_of_being_refused(
+    config: ToolConfig, store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+2m"})
+        assert not error, text
+    clock.advance(minutes=10)  # the runner's outbox reached the host late
+    assert await apply(store, session) == ["applied"]
+    [row] = [r for r in store.inbound_rows(session.id) if r.kind is MessageKind.TASK]
+    assert row.process_after == fmt(clock.now())
+
+
+def test_a_request_is_judged_by_when_it_was_asked_at_most_a_day_back(
+    store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    late = {"prompt": "p", "processAfter": fmt(clock.now() - timedelta(minutes=5))}
+    with pytest.raises(TimeInPast):
+        store.schedule_task(session.id, late)
+    asked = Receipt(1, "m1", asked_at=clock.now() - timedelta(minutes=6))
+    view = store.schedule_task(session.id, late, receipt=asked)
+    assert view.next_run == fmt(clock.now())
+    too_old = {"prompt": "p", "processAfter": fmt(clock.now() - timedelta(days=2))}
+    with pytest.raises(TimeInPast):
+        store.schedule_task(
+            session.id, too_old, receipt=Receipt(3, "m3", asked_at=clock.now() - timedelta(days=3))
+        )
+
+
+async def test_a_step_larger_than_its_field_is_scheduled_with_a_note(config: ToolConfig) -> None:
+    async with connected(config) as client:
+        error, text = await call(
+            client, "schedule_task", {"prompt": "p", "recurrence": "0 */30 * * *"}
+        )
+    assert not error, text
+    assert 'Note: The hour step "*/30" is larger than its range (0-23)' in text
+
+
+async def test_schedule_task_past_the_sessions_wake_budget_is_a_tool_error(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    store.update_session(session.id, max_wakes_per_day=10)
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", {"prompt": "p", "recurrence": "@hourly"})
+        assert error
+        assert "would wake the agent 24 times a day" in text
+        assert "over its limit of 10 wakes a day" in text
+        error, text = await call(
+            client, "schedule_task",
+            {"prompt": "p", "recurrence": "@hourly", "script": "echo '{\"wakeAgent\": false}'"},
+        )  # fmt: skip
+        assert not error, text
+    assert len(written(config)) == 1
+
+
+async def test_schedule_task_answers_with_the_first_run_after_jitter_and_quiet_hours(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    args = {"prompt": "p", "recurrence": "0 * * * *", "jitter": 600, "missedPolicy": "skip"}
+    async with connected(config) as client:
+        _, text = await call(client, "schedule_task", args)
+        task_id = task_id_in(text)
+        _, listed = await call(client, "list_tasks", {})
+        assert await apply(store, session) == ["applied"]
+    view = store.get_task(task_id)
+    assert view.next_run is not None and f"= {view.next_run} UTC" in text
+    assert "delayed by its jitter" in text
+    assert f"= {view.next_run} UTC" in listed
+    assert "missed runs: skip" in listed
+
+    store.update_session(session.id, quiet="00:00-23:59")  # in Berlin
+    async with connected(config) as client:
+        _, held = await call(client, "schedule_task", {"prompt": "p", "processAfter": "+1h"})
+        assert await apply(store, session) == ["applied"]
+    assert "delayed by the session's quiet hours" in held
+    assert f"= {store.get_task(task_id_in(held)).next_run} UTC" in held

@@ -23,6 +23,10 @@ def wait(session_id: str, due: float) -> Waiting:
     return Waiting(session_id, at(due))
 
 
+def chat(session_id: str, due: float) -> Waiting:
+    return Waiting(session_id, at(due), chat=True)
+
+
 def busy(session_id: str) -> Live:
     return Live(session_id, busy=True, idle_since=None)
 
@@ -158,6 +162,40 @@ CASES = [
         PoolPlan(start=(), evict=()),
         id="a_pool_of_zero_starts_nothing",
     ),
+    pytest.param(
+        [wait("task1", 10), wait("task2", 20), chat("talk", 30)],
+        [busy("b1"), busy("b2")],
+        3,
+        PoolPlan(start=("talk",), evict=()),
+        id="a_waiting_chat_gets_the_next_slot_before_earlier_task_work",
+    ),
+    pytest.param(
+        [
+            chat("late", 30),
+            wait("task", 5),
+            chat("early", 20),
+            chat("tie-b", 25),
+            chat("tie-a", 25),
+        ],
+        [],
+        4,
+        PoolPlan(start=("early", "tie-a", "tie-b", "late"), evict=()),
+        id="chats_among_themselves_are_served_earliest_due_first_then_by_id",
+    ),
+    pytest.param(
+        [wait("task", 10), chat("talk", 30)],
+        [],
+        2,
+        PoolPlan(start=("talk", "task"), evict=()),
+        id="with_slots_for_everyone_task_work_is_not_held_back_by_chat",
+    ),
+    pytest.param(
+        [wait("task", 10), chat("talk", 30)],
+        [busy("b"), idle("i", 100)],
+        2,
+        PoolPlan(start=(), evict=("i",)),
+        id="an_idle_runner_yields_for_chat_and_task_waiters_alike",
+    ),
 ]
 
 
@@ -188,13 +226,16 @@ def pool_inputs(draw: st.DrawFn) -> tuple[list[Waiting], list[Live], int]:
     waiting_ids = ids[n_live : n_live + n_waiting] + draw(
         st.lists(st.sampled_from(ids[:n_live] or ["s00"]), max_size=2, unique=True)
     )
-    waiting = [Waiting(sid, at(draw(st.integers(0, 50)))) for sid in dict.fromkeys(waiting_ids)]
+    waiting = [
+        Waiting(sid, at(draw(st.integers(0, 50))), chat=draw(st.booleans()))
+        for sid in dict.fromkeys(waiting_ids)
+    ]
     max_slots = draw(st.integers(0, 8))
     return waiting, live, max_slots
 
 
 @given(pool_inputs())
-def test_plan_pool_never_overfills_and_serves_earliest_due_first(
+def test_plan_pool_never_overfills_and_serves_chat_then_earliest_due_first(
     inputs: tuple[list[Waiting], list[Live], int],
 ) -> None:
     waiting, live, max_slots = inputs
@@ -208,7 +249,7 @@ def test_plan_pool_never_overfills_and_serves_earliest_due_first(
     live_ids = {r.session_id for r in live}
     queue = sorted(
         (w for w in waiting if w.session_id not in live_ids),
-        key=lambda w: (w.due_at, w.session_id),
+        key=lambda w: (not w.chat, w.due_at, w.session_id),
     )
     assert plan.start == tuple(w.session_id for w in queue[:free])
 

@@ -22,6 +22,7 @@ from cronbox_shared.recurrence import (
     next_fire,
     parse_recurrence,
     plan_due,
+    recurrence_warnings,
 )
 from cronbox_shared.timeutil import fmt, parse_utc
 from tests.recurrence_oracle import reference_fire_times, reference_fires, zone_transitions
@@ -1273,3 +1274,25 @@ def test_a_fall_back_of_many_hours_fires_every_second_pass_of_a_real_time_job(
     expr: str, tz: str, after: str, expected: list[str]
 ) -> None:
     assert fires(expr, tz, after, len(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    ("expr", "warnings"),
+    [
+        ("*/90 * * * *",
+         ('the minute step "*/90" is larger than its range (0-59), so it fires only at minute 0',)),
+        ("0 */30 * * *",
+         ('the hour step "*/30" is larger than its range (0-23), so it fires only at hour 0',)),
+        ("5-10/20 * * * *",
+         ('the minute step "5-10/20" is larger than its range (5-10), so it fires only at '
+          "minute 5",)),
+        ("*/15 * * * *", ()),
+        ("0 0 * * 1-5/2", ()),
+        ("@hourly", ()),
+        ("@every 2h", ()),
+    ],
+)  # fmt: skip
+def test_a_step_larger_than_its_field_is_accepted_with_a_warning(
+    expr: str, warnings: tuple[str, ...]
+) -> None:
+    assert recurrence_warnings(parse_recurrence(expr)) == warnings

@@ -8,12 +8,15 @@ from typing import Any
 import pytest
 
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, RunOutcome
+from cronbox_shared.policies import due_at
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.liveness import Claim
 from host.settlement import (
     Policy,
     RowChange,
     SettlementPlan,
+    backfill_row,
+    next_backfill,
     next_occurrence,
     plan_catch_up,
     plan_requeue,
@@ -247,3 +250,133 @@ def test_catch_up_leaves_on_time_retried_and_chat_rows_alone() -> None:
     retried = row("b", recurrence="@hourly", tries=1, scheduled_for="2026-01-16T01:00:00.000Z")
     chat = row("c", kind=MessageKind.CHAT, series_id=None, scheduled_for="2026-01-16T01:00:00.000Z")
     assert plan_catch_up([on_time, retried, chat], NOW).empty
+
+
+# --- missed-run policies -----------------------------------------------------------------
+
+BEHIND = parse_utc("2026-01-16T08:30:00.000Z")  # the 04:00 slot's row, five slots behind
+
+
+def behind(policy: str, **fields: Any) -> InboundMessage:
+    return row("h", recurrence="@hourly", missed_policy=policy, timezone="UTC",
+               scheduled_for="2026-01-16T04:00:00.000Z",
+               process_after="2026-01-16T04:00:00.000Z", **fields)  # fmt: skip
+
+
+def test_missed_policy_all_runs_the_oldest_missed_slot_and_records_nothing_missed() -> None:
+    plan = plan_catch_up([behind("all")], BEHIND)
+    assert plan.changes.updates == ()
+    assert plan.runs == ()
+
+
+def test_missed_policy_all_past_its_catchup_limit_records_the_oldest_slots_missed() -> None:
+    plan = plan_catch_up([behind("all", catchup_limit=2)], BEHIND)
+    change = only_change(plan)
+    assert (change.status, change.scheduled_for) == (None, "2026-01-16T07:00:00.000Z")
+    assert [(r.outcome, r.scheduled_for) for r in plan.runs] == [
+        (RunOutcome.MISSED, f"2026-01-16T0{h}:00:00.000Z") for h in (4, 5, 6)
+    ]
+    assert len({r.message_id for r in plan.runs}) == 3
+
+
+def test_missed_policy_skip_records_every_missed_slot_and_the_series_moves_on() -> None:
+    plan = plan_catch_up([behind("skip")], BEHIND)
+    [ended] = plan.changes.updates
+    assert (ended.status, ended.scheduled_for) == (MessageStatus.SKIPPED, DUE)
+    [nxt] = plan.changes.inserts
+    assert (nxt.status, nxt.scheduled_for) == (MessageStatus.PENDING, "2026-01-16T09:00:00.000Z")
+    assert nxt.missed_policy == "skip"
+    missed = sorted(r.scheduled_for or "" for r in plan.runs)
+    assert missed == [f"2026-01-16T0{h}:00:00.000Z" for h in (4, 5, 6, 7, 8)]
+    assert {r.outcome for r in plan.runs} == {RunOutcome.MISSED}
+
+
+def test_catch_up_moves_a_jittered_row_to_its_slot_plus_that_slots_jitter() -> None:
+    plan = plan_catch_up([behind("latest", jitter=600)], BEHIND)
+    change = only_change(plan)
+    assert change.scheduled_for == DUE
+    assert change.process_after == fmt(due_at("h", parse_utc(DUE), 600))
+
+
+# --- failure backoff and auto-pause ---------------------------------------------------------
+
+FAIL_AT = parse_utc("2026-01-16T08:00:30.000Z")
+EVERY_MINUTE = {"recurrence": "* * * * *", "timezone": "UTC"}
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected_slot"),
+    [
+        (0, "2026-01-16T08:03:00.000Z"),  # 1st failure: at or after 08:02:30
+        (1, "2026-01-16T08:05:00.000Z"),  # 2nd: 4 min
+        (4, "2026-01-16T08:33:00.000Z"),  # 5th: 32 min
+        (6, "2026-01-16T09:01:00.000Z"),  # 7th: 60 min
+    ],
+)
+def test_a_failed_occurrence_pushes_the_next_to_the_first_slot_after_its_backoff(
+    failures: int, expected_slot: str
+) -> None:
+    failed = row("m", failures=failures, **EVERY_MINUTE)
+    policy = Policy(failure_backoff=timedelta(minutes=2))
+    nxt = next_occurrence(failed, FAIL_AT, RunOutcome.ERROR, "boom", policy)
+    assert nxt is not None
+    assert (nxt.scheduled_for, nxt.process_after) == (expected_slot, expected_slot)
+    assert (nxt.failures, nxt.status) == (failures + 1, MessageStatus.PENDING)
+
+
+@pytest.mark.parametrize("outcome", [RunOutcome.OK, RunOutcome.SKIPPED])
+def test_a_success_or_a_gate_skip_never_backs_off(outcome: RunOutcome) -> None:
+    nxt = next_occurrence(row("m", failures=3, **EVERY_MINUTE), FAIL_AT, outcome)
+    assert nxt is not None
+    assert nxt.scheduled_for == "2026-01-16T08:01:00.000Z"
+    assert nxt.failures == (0 if outcome is RunOutcome.OK else 3)
+
+
+def test_max_failures_in_a_row_pause_the_series_with_the_reason_and_a_note() -> None:
+    failing = row("m", failures=2, max_failures=3, **EVERY_MINUTE)
+    plan = settle_acks({"m": failing}, [ack("m", "failed", error="gate exited 3")], NOW, POLICY)
+    nxt, note = plan.changes.inserts
+    assert nxt.status is MessageStatus.PAUSED
+    assert nxt.paused_reason == "failed 3 times in a row: gate exited 3"
+    assert (note.kind, note.trigger) == (MessageKind.SYSTEM, 1)
+    assert "failed 3 times in a row: gate exited 3" in note.content["text"]
+    assert [(p.series_id, p.reason) for p in plan.paused] == [("m", nxt.paused_reason)]
+
+
+def test_a_timed_out_occurrence_counts_as_a_failure() -> None:
+    claimed = row("m", **EVERY_MINUTE)
+    claim = Claim("m", parse_utc(DUE), timedelta(seconds=1))
+    plan = plan_requeue({"m": claimed}, [claim], "killed", NOW, POLICY, timed_out=("m",))
+    [nxt] = plan.changes.inserts
+    assert nxt.failures == 1
+    assert nxt.scheduled_for == "2026-01-16T08:03:00.000Z"  # 08:00:05 + 2 min, next slot
+
+
+def test_each_next_occurrence_is_due_at_its_slot_plus_its_jitter() -> None:
+    jittered = row("j", jitter=30, **EVERY_MINUTE)
+    nxt = next_occurrence(jittered, NOW, RunOutcome.OK)
+    assert nxt is not None
+    slot = parse_utc("2026-01-16T08:01:00.000Z")
+    assert nxt.scheduled_for == fmt(slot)
+    assert nxt.process_after == fmt(due_at("j", slot, 30))
+    assert slot <= parse_utc(nxt.process_after) < slot + timedelta(seconds=30)
+
+
+# --- backfill ------------------------------------------------------------------------------
+
+
+def test_a_finished_backfill_run_queues_the_next_slot_and_the_last_queues_nothing() -> None:
+    current = row("h", recurrence="@hourly", timezone="UTC", jitter=60)
+    slots = [parse_utc(f"2026-01-16T0{h}:00:00.000Z") for h in (3, 4, 5)]
+    first = backfill_row(current, slots, NOW)
+    assert (first.id, first.scheduled_for, first.process_after) == (
+        "h~backfill-20260116T030000000Z", "2026-01-16T03:00:00.000Z", fmt(NOW),
+    )  # fmt: skip
+    assert (first.recurrence, first.jitter, first.content["manual"]) == (None, None, True)
+    plan = settle_acks({first.id: first}, [ack(first.id)], NOW, POLICY)
+    [second] = plan.changes.inserts
+    assert second.scheduled_for == "2026-01-16T04:00:00.000Z"
+    third = next_backfill(second, NOW)
+    assert third is not None and third.scheduled_for == "2026-01-16T05:00:00.000Z"
+    assert next_backfill(third, NOW) is None
+    assert plan_catch_up([first], NOW + timedelta(days=1)).empty, "a backfill run is never missed"

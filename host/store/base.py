@@ -47,8 +47,8 @@ class CentralRepository(Protocol):
         ...
 
     def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
-        """Set the session's ``agent``, ``timezone`` and/or ``container`` (a dict of its
-        container limits) with its audit entry."""
+        """Set the session's ``agent``, ``timezone``, ``quiet``, ``max_wakes_per_day``
+        and/or ``container`` (a dict of its container limits) with its audit entry."""
         ...
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:
@@ -81,6 +81,10 @@ class CentralRepository(Protocol):
 
     def due_sessions(self, now: Instant, limit: int = 1000) -> list[tuple[str, Instant]]:
         """Sessions whose ``next_due_at <= now``, earliest first, from the index alone."""
+        ...
+
+    def chat_due_sessions(self, now: Instant, limit: int = 1000) -> set[str]:
+        """Sessions with a due chat message (``chat_due_at <= now``), from the index alone."""
         ...
 
     def next_wake(self) -> Instant | None:
@@ -215,6 +219,14 @@ class InboxTransaction(Protocol):
         """Record one channel's attempt at a reply."""
         ...
 
+    def info(self, key: str) -> str | None:
+        """One fact recorded with :meth:`set_info`, or None."""
+        ...
+
+    def live_pending_tasks(self) -> list[InboundMessage]:
+        """The pending occurrence of every task series (one per series)."""
+        ...
+
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session (its zone) for its runner and MCP server."""
         ...
@@ -246,6 +258,10 @@ class SessionFiles(Protocol):
 
     def create(self, timezone: str) -> str:
         """Make a new session's inbox (recording its zone), outbox and workspace; its id."""
+        ...
+
+    def set_info(self, session_id: str, key: str, value: str) -> None:
+        """Record one fact about the session in its inbox (one transaction)."""
         ...
 
     def set_zone(self, session_id: str, timezone: str) -> None:

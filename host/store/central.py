@@ -20,7 +20,7 @@ from sqlite_utils.migrations import Migrations
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
-from cronbox_shared.models import preview
+from cronbox_shared.models import MessageStatus, preview
 from cronbox_shared.timeutil import Instant
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
 
@@ -153,8 +153,35 @@ def m006_session_zone(db: Database) -> None:
                 sdb.set_session_info(inbox, "timezone", timezone)
 
 
+@central_migrations()
+def m008_policies(db: Database) -> None:
+    """Scheduling policies: why a series is paused (task mirror), when a session's
+    earliest chat is due (the pool serves chat first), and every session's inbox brought
+    to the schema with the task policy columns (readers never migrate)."""
+    db.execute("ALTER TABLE tasks ADD COLUMN paused_reason TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN chat_due_at TEXT")
+    db.execute("CREATE INDEX sessions_chat_due ON sessions (chat_due_at)")
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir):
+                pass
+
+
+@central_migrations()
+def m008_quiet_hours(db: Database) -> None:
+    """A session's quiet hours (task occurrences due inside wait for the window's end)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN quiet TEXT")
+
+
+@central_migrations()
+def m008_wake_budget(db: Database) -> None:
+    """A session's limit on how often its tasks may wake the agent a day (None: none)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN max_wakes_per_day INTEGER")
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
-                 "last_active_at", "next_due_at")  # fmt: skip
+                 "last_active_at", "next_due_at", "quiet", "max_wakes_per_day")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
              "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
 
@@ -247,7 +274,8 @@ class SqliteCentral:
             self._audit(db, audit)
 
     def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
-        """Change a session's agent profile, timezone or container settings (a dict)."""
+        """Change a session's agent profile, timezone, quiet hours, wake cap or container
+        settings (a dict)."""
         values = {k: json.dumps(v) if k == "container" else v for k, v in fields.items()}
         assign = ", ".join(f"{k} = ?" for k in values)
         with self._open() as db, db.atomic():
@@ -305,6 +333,16 @@ class SqliteCentral:
             ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def chat_due_sessions(self, now: Instant, limit: int = 1000) -> set[str]:
+        """Sessions with a chat message that is due (index only)."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions WHERE chat_due_at IS NOT NULL AND chat_due_at <= ? "
+                "LIMIT ?",
+                [now, limit],
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def next_wake(self) -> Instant | None:
         """The earliest ``next_due_at`` over all sessions."""
         with self._open() as db:
@@ -336,25 +374,29 @@ class SqliteCentral:
         """
         with self._open() as db, db.atomic():
             db.execute(
-                "UPDATE sessions SET next_due_at = ?, inbound_version = ? WHERE id = ?",
-                [view.next_due_at, version, session_id],
+                "UPDATE sessions SET next_due_at = ?, chat_due_at = ?, inbound_version = ? "
+                "WHERE id = ?",
+                [view.next_due_at, view.chat_due_at, version, session_id],
             )
             if view.full:
                 db.execute("DELETE FROM tasks WHERE session_id = ?", [session_id])
             for row in view.tasks:
                 db.execute(
                     "INSERT INTO tasks (series_id, session_id, live_id, status, next_run, "
-                    "recurrence, timezone, prompt, has_script, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id) DO UPDATE "
+                    "recurrence, timezone, prompt, has_script, created_at, updated_at, "
+                    "paused_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id) DO UPDATE "
                     "SET live_id = excluded.live_id, status = excluded.status, "
                     "next_run = excluded.next_run, recurrence = excluded.recurrence, "
                     "timezone = excluded.timezone, prompt = excluded.prompt, "
-                    "has_script = excluded.has_script, updated_at = excluded.updated_at",
+                    "has_script = excluded.has_script, updated_at = excluded.updated_at, "
+                    "paused_reason = excluded.paused_reason",
                     [
                         row.series_id or row.id, session_id, row.id, row.status.value,
                         row.process_after if row.status.live else None, row.recurrence,
                         row.timezone, preview(row.prompt, 200) or "", int(bool(row.script)),
                         row.created_at, now,
+                        row.paused_reason if row.status is MessageStatus.PAUSED else None,
                     ],
                 )  # fmt: skip
             for run in runs:
@@ -417,7 +459,8 @@ class SqliteCentral:
         with self._open() as db:
             rows = db.execute(
                 "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
-                "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome "
+                "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome, "
+                "t.paused_reason "
                 "FROM tasks t JOIN sessions s ON s.id = t.session_id "
                 "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
                 "WHERE series_id = t.series_id AND session_id = t.session_id) "
@@ -429,6 +472,7 @@ class SqliteCentral:
                 id=r[0], series_id=r[1], session_id=r[2], session=r[3], status=r[4],
                 next_run=r[5], recurrence=r[6], timezone=r[7], prompt=r[8],
                 has_script=bool(r[9]), last_run_at=r[10], last_outcome=r[11],
+                paused_reason=r[12],
             )
             for r in rows
         ]  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind
+from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
 from host.store.records import SessionView
@@ -95,6 +95,14 @@ class InboxTx:
         """Record one channel's attempt at a reply."""
         sdb.record_attempt(self.db, seq, channel, status, at, next_attempt_at, error)
 
+    def info(self, key: str) -> str | None:
+        """One fact recorded with :meth:`set_info`, or None."""
+        return sdb.session_info(self.db, key)
+
+    def live_pending_tasks(self) -> list[InboundMessage]:
+        """The pending occurrence of every task series (one per series)."""
+        return sdb.live_tasks(self.db, (MessageStatus.PENDING,))
+
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session for its runner and MCP server."""
         sdb.set_session_info(self.db, key, value)
@@ -106,10 +114,13 @@ class InboxTx:
     def view(self, series: Sequence[str] | None) -> SessionView:
         """The session's due index and the current row of ``series`` (None: every series)."""
         next_due = sdb.next_due(self.db)
+        chat_due = sdb.next_due(self.db, MessageKind.CHAT)
         if series is None:
-            return SessionView(next_due_at=next_due, tasks=tuple(sdb.all_tasks(self.db)), full=True)
+            return SessionView(next_due_at=next_due, chat_due_at=chat_due,
+                               tasks=tuple(sdb.all_tasks(self.db)), full=True)  # fmt: skip
         rows = [sdb.series_current(self.db, s) for s in dict.fromkeys(series)]
-        return SessionView(next_due_at=next_due, tasks=tuple(r for r in rows if r is not None))
+        return SessionView(next_due_at=next_due, chat_due_at=chat_due,
+                           tasks=tuple(r for r in rows if r is not None))  # fmt: skip
 
 
 def _fields(change: RowChange) -> dict[str, Any]:
@@ -177,6 +188,11 @@ class SqliteSessionFiles:
         with sdb.inbound(directory) as db, db.atomic():
             sdb.set_session_info(db, "timezone", timezone)
         return session_id
+
+    def set_info(self, session_id: str, key: str, value: str) -> None:
+        """Record one fact about the session in its inbox, for its runner and MCP server."""
+        with self.transaction(session_id) as tx:
+            tx.set_info(key, value)
 
     def set_zone(self, session_id: str, timezone: str) -> None:
         """Record the session's zone in its inbox, for its runner and MCP server."""

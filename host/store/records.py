@@ -19,6 +19,10 @@ class Session(Record):
     created_at: Instant
     last_active_at: Instant | None
     next_due_at: Instant | None
+    quiet: str | None = None
+    """Quiet hours such as ``22:00-07:00`` in the session's zone (None: none)."""
+    max_wakes_per_day: int | None = None
+    """How often a day its tasks may wake the agent, counted when scheduling (None: no limit)."""
 
 
 class TaskView(Record):
@@ -36,6 +40,8 @@ class TaskView(Record):
     has_script: bool
     last_run_at: Instant | None = None
     last_outcome: RunOutcome | None = None
+    paused_reason: str | None = None
+    """Why a paused series is paused (the failure rule, or the operator's note)."""
 
 
 class Run(Record):
@@ -118,5 +124,7 @@ class SessionView(Record):
     """
 
     next_due_at: Instant | None
+    chat_due_at: Instant | None = None
+    """The earliest ``process_after`` of pending chat rows that wake the agent."""
     tasks: tuple[InboundMessage, ...] = ()
     full: bool = False
