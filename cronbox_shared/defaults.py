@@ -34,6 +34,12 @@ class Defaults:
     """Seconds a gate script may run."""
     gate_output_cap: int = 1024 * 1024
     """Bytes a gate script may print to stdout (1 MiB)."""
+    http_host: str = "127.0.0.1"
+    """Address the host's HTTP API listens on."""
+    http_port: int = 8377
+    """Port of the host's HTTP API (0 disables it)."""
+    http_read_threads: int = 4
+    """Worker threads the HTTP API's reads may use at once (the sweep keeps the rest)."""
 
 
 DEFAULTS = Defaults()

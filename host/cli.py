@@ -78,6 +78,7 @@ from host.config import (
 from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.store.records import LogEntry, Run, Session, TaskView
+from host.views import MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -518,42 +519,9 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
     return f"{local_time(when, tz)} ({relative(when, now)})"
 
 
-# Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
-# winter) keeps its "+00:00": it is a local time that happens to equal UTC.
-UTC_ZONES = frozenset(
-    {"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"}
-)
-
-
-def iso_local(when: datetime, tz: ZoneInfo) -> str:
-    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``.
-
-    In UTC itself the instant ends in ``Z``, as every other UTC instant cronbox prints.
-    """
-    local = when.astimezone(tz)
-    text = local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
-    return text.removesuffix("+00:00") + "Z" if tz.key in UTC_ZONES else text
-
-
 def task_json(view: TaskView) -> dict[str, Any]:
     """The JSON shape of a task series (``task schedule``, ``task list`` and friends)."""
-    tz = zone(view.timezone)
-    return {
-        "id": view.id,
-        "series_id": view.series_id,
-        "session": view.session,
-        "session_id": view.session_id,
-        "status": view.status.value,
-        "next_run": fmt(parse_utc(view.next_run)) if view.next_run else None,
-        "next_run_local": iso_local(parse_utc(view.next_run), tz) if view.next_run else None,
-        "recurrence": view.recurrence,
-        "recurrence_words": describe_recurrence(view.recurrence),
-        "timezone": view.timezone,
-        "prompt": view.prompt,
-        "has_script": view.has_script,
-        "last_run_at": view.last_run_at,
-        "last_outcome": view.last_outcome.value if view.last_outcome else None,
-    }
+    return TaskOut.of(view).model_dump(mode="json")
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -819,7 +787,8 @@ def send(
     message: InboundMessage = store.send_message(target.id, text)
     if not wait:
         if as_json:
-            print_json({**message.model_dump(mode="json"), "session": target.name})
+            queued = MessageOut(**message.model_dump(), session=target.name)
+            print_json(queued.model_dump(mode="json"))
         else:
             stdout_console().print(
                 Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
@@ -1168,10 +1137,7 @@ def task_update(
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    data = run.model_dump(mode="json")
-    took = _duration(run)
-    data["duration_seconds"] = took.total_seconds() if took is not None else None
-    return data
+    return RunOut.of(run).model_dump(mode="json")
 
 
 def _duration(run: Run) -> timedelta | None:
@@ -1255,7 +1221,9 @@ def task_output(
     found = store.run(run_id)
     replies = store.replies(found.session_id, found.message_id)
     if as_json:
-        print_json({**run_json(found), "replies": replies})
+        print_json(
+            RunOutput(**RunOut.of(found).model_dump(), replies=replies).model_dump(mode="json")
+        )
         return
     console = stdout_console()
     for text in replies:
@@ -1401,6 +1369,7 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             Text(
                 f"host: running (pid {host['pid']}, runtime {host['runtime']}), "
                 f"pool {len(live)}/{host['max_containers']} in use"
+                + (f", API on {host['http']}" if host.get("http") else "")
             )
         )
     console.print(
@@ -1436,7 +1405,8 @@ def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False
     store = open_store(home)
     row = store.run_now(task)
     if as_json:
-        print_json({"id": row.id, "series_id": row.series_id, "process_after": row.process_after})
+        queued = RunQueued(id=row.id, series_id=row.series_id, process_after=row.process_after)
+        print_json(queued.model_dump(mode="json"))
         return
     stdout_console().print(
         Text(f"queued a run of {row.series_id} now (occurrence {row.id})"), soft_wrap=True

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     task_timeout: float = Field(default=DEFAULTS.task_timeout, gt=0)
     keep_finished: float = Field(default=DEFAULTS.keep_finished, gt=0)
     """Seconds a finished inbox row is kept (``CRONBOX_KEEP_FINISHED``); runs stay."""
+    http_host: str = DEFAULTS.http_host
+    """Address the HTTP API listens on (``CRONBOX_HTTP_HOST``)."""
+    http_port: int = Field(default=DEFAULTS.http_port, ge=0, le=65535)
+    """Port of the HTTP API; 0 disables it (``CRONBOX_HTTP_PORT``)."""
+    api_key: str | None = None
+    """When set, every ``/api/`` request must carry it in ``x-api-key``."""
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

@@ -1,9 +1,11 @@
 """``cronbox run``: the host process — one per home, composed in one task group.
 
 Start-up re-derives every session's state from the files and adopts or reaps runners
-a previous host left behind. Shutdown is staged: stop waking sessions, let running
-runners finish within a grace period, then stop them; rows they leave claimed go back
-to ``pending`` with a retry.
+a previous host left behind. Shutdown is staged: the HTTP API stops taking changes (it
+answers 503 to writes, reads still work), the sweep stops waking sessions, running
+runners finish within a grace period (their last replies delivered) and are then
+stopped — rows they leave claimed go back to ``pending`` with a retry — and only then
+does the HTTP server close.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from functools import partial
@@ -26,6 +29,8 @@ from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.config import Settings
 from host.delivery import ConsoleChannel, Delivery
+from host.http import Api, HttpServer, bind, check_bind
+from host.metrics import Metrics
 from host.runtimes import get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
@@ -36,6 +41,8 @@ log = logging.getLogger("cronbox.host")
 LOCK = "host.lock"
 STATUS = "host.json"
 CHANGE_POLL = 0.2
+# How long the HTTP server may take to finish open requests once the host has drained.
+HTTP_CLOSE_GRACE = 10.0
 
 
 @contextmanager
@@ -94,12 +101,15 @@ def seed_demo(store: Cronbox) -> None:
     store.send_message(session.id, "Hello! Is anyone there?")
 
 
-def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
+def write_status(
+    store: Cronbox, sweeper: Sweeper, settings: Settings, http: str | None = None
+) -> None:
     """Publish the pool's state for ``cronbox status`` (written atomically)."""
     status = {
         "pid": os.getpid(),
         "updated_at": fmt(store.now()),
         "runtime": settings.runtime,
+        "http": http,
         "max_containers": settings.max_containers,
         "live": [
             {
@@ -129,10 +139,16 @@ async def run_host(
     clock: Clock | None = None,
     demo: bool = False,
     sweep: SweepConfig | None = None,
+    http_socket: socket.socket | None = None,
     task_status: TaskStatus[Sweeper] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the host until SIGINT/SIGTERM (or cancellation), then shut down in stages."""
+    """Run the host until SIGINT/SIGTERM (or cancellation), then shut down in stages.
+
+    The HTTP API listens on ``http_socket`` when given (tests bind an ephemeral port),
+    else on ``CRONBOX_HTTP_HOST``:``CRONBOX_HTTP_PORT`` unless the port is 0.
+    """
     clock = clock or SystemClock()
+    check_bind(settings)
     with home_lock(settings.home):
         store = await anyio.to_thread.run_sync(
             partial(Cronbox.from_settings, settings, clock=clock)
@@ -141,38 +157,67 @@ async def run_host(
             await anyio.to_thread.run_sync(seed_demo, store)
         runtime = get_runtime(settings.runtime)
         writer = Writer()
+        metrics = Metrics()
         sweeper = Sweeper(
             store,
             runtime,
-            Delivery(store, [ConsoleChannel()], writer),
+            Delivery(store, [ConsoleChannel()], writer, metrics=metrics),
             sweep or sweep_config(settings),
             clock,
+            metrics=metrics,
         )
+        http: HttpServer | None = None
+        if http_socket is not None or settings.http_port:
+            api = Api(store, writer, sweeper, settings, metrics, runtime=runtime)
+            if http_socket is None:
+                http_socket = await anyio.to_thread.run_sync(bind, settings)
+            http = HttpServer(api, http_socket)
+        address = http.address if http else None
         await sweeper.recover()
         async with AsyncExitStack() as stack:
+            # The server lives outside the host's task group: it keeps answering (reads,
+            # and 503 for writes) while the host drains, and closes last.
+            serving = await stack.enter_async_context(anyio.create_task_group())
+            if http is not None:
+                serving.start_soon(http.serve)
+                stack.push_async_callback(_close_http, http, serving)
             watcher = store.watch_changes()
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
-            tg.start_soon(_watch, store, sweeper, settings, watcher)
-            tg.start_soon(_signals, sweeper, tg.cancel_scope)
+            tg.start_soon(_watch, store, sweeper, settings, watcher, address)
+            tg.start_soon(_signals, sweeper, tg.cancel_scope, http)
             log.info(
-                "cronbox host running on %s (runtime %s, pool %d)",
+                "cronbox host running on %s (runtime %s, pool %d%s)",
                 settings.home, settings.runtime, settings.max_containers,
+                f", API on {address}" if address else "",
             )  # fmt: skip
             task_status.started(sweeper)
             try:
                 await anyio.sleep_forever()
             finally:
+                if http is not None:
+                    http.stop_writes()
                 sweeper.stop_accepting()
                 log.info("shutting down: waiting for %d runners", len(sweeper.live))
                 await sweeper.drain()
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
+                    await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address)
                 log.info("cronbox host stopped")
 
 
-async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed) -> None:
+async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
+    """Last stage: let open requests finish (briefly), then stop listening."""
+    http.close()
+    with anyio.move_on_after(HTTP_CLOSE_GRACE, shield=True):
+        await http.closed.wait()
+    serving.cancel_scope.cancel()
+
+
+async def _watch(
+    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed,
+    address: str | None = None,
+) -> None:  # fmt: skip
     """Wake the sweep when another process commits to the store or rings a session's
     doorbell; publish status."""
     last_status = ""
@@ -185,15 +230,17 @@ async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: 
              sorted(sweeper.problems.items()))
         )  # fmt: skip
         if snapshot != last_status:
-            await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
+            await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address)
             last_status = snapshot
         await anyio.sleep(CHANGE_POLL)
 
 
-async def _signals(sweeper: Sweeper, scope: anyio.CancelScope) -> None:
+async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: HttpServer | None) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            if http is not None:
+                http.stop_writes()
             sweeper.stop_accepting()
             scope.cancel()
             return
@@ -218,6 +265,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
             "runtime": published.get("runtime"),
             "max_containers": published.get("max_containers", max_containers),
             "updated_at": published.get("updated_at"),
+            "http": published.get("http"),
         },
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),

@@ -39,6 +39,7 @@ from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt
 from host.logs import session_fields
+from host.metrics import Metrics
 from host.service import Cronbox, Receipt
 from host.store.records import Session
 from host.writer import Writer, read
@@ -142,11 +143,13 @@ class Delivery:
         channels: Sequence[Channel],
         writer: Writer | None = None,
         retry: ChannelRetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.channels = list(channels)
         self.writer = writer or Writer()
         self.retry = retry or ChannelRetry()
+        self.metrics = metrics or Metrics()
         self._stuck: dict[tuple[str, int], str] = {}
         # Sessions whose deliveries were all final when last looked at.
         self._nothing_pending: set[str] = set()
@@ -257,6 +260,7 @@ class Delivery:
             nxt = self.retry.after(attempt, self.app.now())
             status = DeliveryStatus.PENDING if nxt else DeliveryStatus.FAILED
             self._nothing_pending.discard(session.id)
+            self.metrics.delivery(channel.name, "retry" if nxt else "failed")
             log.warning(
                 "session %s: channel %s failed on reply seq %d (attempt %d%s): %s",
                 session.name, channel.name, message.seq, attempt,
@@ -267,6 +271,7 @@ class Delivery:
                 _short(str(exc) or type(exc).__name__, 2000),
             )  # fmt: skip
             return False
+        self.metrics.delivery(channel.name, "delivered")
         await self.writer(
             self.app.record_attempt, session.id, message.seq, channel.name,
             DeliveryStatus.DELIVERED, None, None,

@@ -627,6 +627,10 @@ class Cronbox:
         self._commit(session, insert)
         return self._row(session, run_id)
 
+    def runs_of(self, session_id: str, message_ids: Sequence[str]) -> dict[str, Run]:
+        """The run of each of these occurrences of one session that has one."""
+        return self.central.runs_of(session_id, message_ids)
+
     def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
         """Past runs of a task series, newest first."""
         session, series = self._locate(ref, None)
@@ -713,17 +717,17 @@ class Cronbox:
 
         return self._apply_plan(session_id, plan)
 
-    def prepare_due(self, session_id: str) -> int:
+    def prepare_due(self, session_id: str) -> SettlementPlan:
         """Apply the catch-up rule to a session's due rows before its runner is woken.
 
-        Returns the rows changed.
+        Returns the plan (the occurrences it recorded ``missed`` are in ``finished``).
         """
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
             return plan_catch_up(tx.due_rows(fmt(now)), now)
 
-        return len(self._apply_plan(session_id, plan).series)
+        return self._apply_plan(session_id, plan)
 
     def prune_finished(self, session_id: str, keep: timedelta) -> int:
         """Delete a session's finished inbox rows older than ``keep`` (run history stays)."""

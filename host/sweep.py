@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
 from host.liveness import Claim, LivenessAction, decide_liveness
 from host.logs import session_fields
+from host.metrics import Metrics
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
 from host.service import UNDELIVERED_BATCH, Cronbox
@@ -137,6 +139,7 @@ class Sweeper:
         clock: Clock,
         runner_env: Callable[[Session], dict[str, str]] | None = None,
         host_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -160,6 +163,10 @@ class Sweeper:
         self._names: dict[str, str] = {}
         self.watched: dict[str, Watched] = {}
         self._outbox_seen: dict[str, int | None] = {}
+        self.metrics = metrics or Metrics()
+        self.started_at = clock.now()
+        self.last_pass_at: datetime | None = None
+        """When the loop last completed a pass (for ``/health``)."""
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -248,10 +255,14 @@ class Sweeper:
             try:
                 while self.accepting:
                     self._wake = anyio.Event()
+                    began = time.perf_counter()
                     try:
                         await self.tick()
                     except Exception:
                         log.exception("sweep pass failed; retrying at the next pass")
+                    else:
+                        self.last_pass_at = self.clock.now()
+                    self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     delay = await read(self._next_delay)
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
@@ -362,8 +373,9 @@ class Sweeper:
             self.wake()
 
     async def _start(self, session_id: str) -> None:
-        await self.writer(self.store.prepare_due, session_id)
+        caught_up = await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
+        await self._finished(session, caught_up.finished)
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
@@ -380,7 +392,10 @@ class Sweeper:
         self.waiting.pop(session.id, None)
         self.started_total += 1
         self.peak_live = max(self.peak_live, len(self.live))
-        self.starts.append(StartRecord(session.id, due_at, self.clock.now()))
+        start = StartRecord(session.id, due_at, self.clock.now())
+        self.starts.append(start)
+        self.metrics.runner_starts.inc()
+        self.metrics.schedule_lag.observe(max(0.0, start.lateness))
         log.info(
             "session %s: runner %s started", session.name, handle.ref,
             extra=session_fields(session.name, session.id, runner=handle.ref),
@@ -442,7 +457,7 @@ class Sweeper:
             self.store.requeue, session_id, claims, reason, timed_out=timed_out,
             retry_base=timedelta(seconds=self.config.retry_base),
         )  # fmt: skip
-        self._log_finished(runner.session, plan.finished)
+        await self._finished(runner.session, plan.finished)
         del self.live[session_id]
         self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH)
         await self.writer(self.store.release_lease, session_id, runner.handle.ref)
@@ -491,14 +506,16 @@ class Sweeper:
 
     async def _settle(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
         plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
-        self._log_finished(runner.session, plan.finished)
+        await self._finished(runner.session, plan.finished)
         if plan.claims or plan.finished:
             runner.worked = True
             self.problems.pop(runner.session.id, None)
         return list(plan.claims)
 
-    @staticmethod
-    def _log_finished(session: Session, finished: Sequence[Finished]) -> None:
+    async def _finished(self, session: Session, finished: Sequence[Finished]) -> None:
+        """Log the occurrences a settlement finished and count their runs' figures."""
+        if not finished:
+            return
         for done in finished:
             what = done.series_id or done.message_id
             detail = f": {done.error}" if done.error else ""
@@ -511,6 +528,8 @@ class Sweeper:
                 level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail,
                 extra=fields,
             )  # fmt: skip
+        runs = await read(self.store.runs_of, session.id, [d.message_id for d in finished])
+        self.metrics.finished(runs.values())
 
     async def _deliver(self, session: Session) -> None:
         """Take in the runner's new outbound rows, then retry failed channels.

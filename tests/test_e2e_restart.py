@@ -29,6 +29,7 @@ def host_env(home: Path) -> dict[str, str]:
         CRONBOX_IDLE_TIMEOUT="1",
         CRONBOX_MIN_INTERVAL="1",
         CRONBOX_SWEEP_INTERVAL="60",
+        CRONBOX_HTTP_PORT="0",
     )
     return env
 
