@@ -38,6 +38,16 @@ class Defaults:
     """Address the host's HTTP API listens on."""
     http_port: int = 8377
     """Port of the host's HTTP API (0 disables it)."""
+    webhook_timeout: float = 10.0
+    """Seconds a webhook receiver has to answer one POST."""
+    webhook_cooldown: float = 30.0
+    """Seconds a webhook's open circuit waits before one probe goes out."""
+    webhook_failures: int = 5
+    """Consecutive failures that open a webhook's circuit."""
+    delivery_retry_base: float = 5.0
+    """Seconds before a failed reply delivery is retried the first time (doubling after)."""
+    delivery_attempts: int = 8
+    """Attempts a channel makes at one reply before it is recorded failed."""
     http_read_threads: int = 4
     """Worker threads the HTTP API's reads may use at once (the sweep keeps the rest)."""
 

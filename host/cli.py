@@ -697,12 +697,32 @@ def session_update(
         str | None,
         typer.Option("--timezone", help="Zone for tasks scheduled from now on. " + TIMEZONE_HELP),
     ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option("--webhook", help="Also POST this session's replies as JSON to this URL."),
+    ] = None,
+    webhook_secret_env: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-secret-env",
+            help="Host environment variable holding the secret the webhook's "
+            "X-Cronbox-Signature (HMAC-SHA256) is made with.",
+        ),
+    ] = None,
+    clear_webhook: Annotated[
+        bool, typer.Option("--clear-webhook", help="Stop sending replies to a webhook.")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a session's agent profile or default timezone (existing tasks keep theirs)."""
+    """Change a session's agent profile, default timezone (existing tasks keep theirs) or
+    webhook."""
     store = open_store(home)
-    show_session("updated", store.update_session(session, agent=agent, timezone=timezone), as_json)
+    updated = store.update_session(
+        session, agent=agent, timezone=timezone, webhook=webhook,
+        webhook_secret_env=webhook_secret_env, clear_webhook=clear_webhook,
+    )  # fmt: skip
+    show_session("updated", updated, as_json)
 
 
 def interactive() -> bool:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     """Port of the HTTP API; 0 disables it (``CRONBOX_HTTP_PORT``)."""
     api_key: str | None = None
     """When set, every ``/api/`` request must carry it in ``x-api-key``."""
+    webhook_timeout: float = Field(default=DEFAULTS.webhook_timeout, gt=0)
+    webhook_cooldown: float = Field(default=DEFAULTS.webhook_cooldown, gt=0)
+    webhook_failures: int = Field(default=DEFAULTS.webhook_failures, ge=1)
+    delivery_retry_base: float = Field(default=DEFAULTS.delivery_retry_base, gt=0)
+    delivery_attempts: int = Field(default=DEFAULTS.delivery_attempts, ge=1)
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

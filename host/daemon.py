@@ -18,6 +18,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,14 @@ from anyio.abc import TaskStatus
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.config import Settings
-from host.delivery import ConsoleChannel, Delivery
+from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.http import Api, HttpServer, bind, check_bind
 from host.metrics import Metrics
 from host.runtimes import get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
+from host.webhook import WebhookChannel
 from host.writer import Writer
 
 log = logging.getLogger("cronbox.host")
@@ -158,10 +160,19 @@ async def run_host(
         runtime = get_runtime(settings.runtime)
         writer = Writer()
         metrics = Metrics()
+        webhook = WebhookChannel(
+            timeout=settings.webhook_timeout, threshold=settings.webhook_failures,
+            cooldown=settings.webhook_cooldown, clock=clock,
+        )  # fmt: skip
+        retry = ChannelRetry(
+            base=timedelta(seconds=settings.delivery_retry_base),
+            max_attempts=settings.delivery_attempts,
+        )
+        delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
         sweeper = Sweeper(
             store,
             runtime,
-            Delivery(store, [ConsoleChannel()], writer, metrics=metrics),
+            delivery,
             sweep or sweep_config(settings),
             clock,
             metrics=metrics,
@@ -202,6 +213,7 @@ async def run_host(
                 log.info("shutting down: waiting for %d runners", len(sweeper.live))
                 await sweeper.drain()
                 with anyio.CancelScope(shield=True):
+                    await webhook.aclose()
                     await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address)
                 log.info("cronbox host stopped")
 

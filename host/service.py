@@ -15,12 +15,14 @@ thread (:mod:`host.writer`); the CLI calls them directly.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -261,20 +263,41 @@ class Cronbox:
 
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
-        actor: str = "cli",
+        webhook: str | None = None, webhook_secret_env: str | None = None,
+        clear_webhook: bool = False, actor: str = "cli",
     ) -> Session:  # fmt: skip
-        """Change a session's agent profile or default timezone (its tasks keep theirs)."""
+        """Change a session's agent profile, default timezone (its tasks keep theirs) or
+        webhook (the URL its replies are also POSTed to, and the host environment variable
+        that holds the secret they are signed with)."""
         session = self.get_session(ref)
-        fields: dict[str, str] = {}
+        fields: dict[str, str | None] = {}
         if agent is not None:
             fields["agent"] = check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
+        if clear_webhook:
+            if webhook is not None or webhook_secret_env is not None:
+                raise InvalidInput(
+                    "--clear-webhook contradicts --webhook and --webhook-secret-env; give one"
+                )
+            fields.update(webhook_url=None, webhook_secret_env=None)
+        if webhook is not None:
+            fields["webhook_url"] = check_webhook_url(webhook)
+        if webhook_secret_env is not None:
+            if webhook is None and session.webhook_url is None:
+                raise InvalidInput(
+                    "--webhook-secret-env needs a webhook; give --webhook URL as well"
+                )
+            fields["webhook_secret_env"] = check_env_name(webhook_secret_env)
         if not fields:
-            raise InvalidInput("nothing to change; give --agent or --timezone")
+            raise InvalidInput(
+                "nothing to change; give --agent, --timezone, --webhook, --webhook-secret-env "
+                "or --clear-webhook"
+            )
         entry = self._entry(actor, "session.update", session.id, session.name, dict(fields))
-        if "timezone" in fields:
-            self.files.set_zone(session.id, fields["timezone"])
+        tz = fields.get("timezone")
+        if tz is not None:
+            self.files.set_zone(session.id, tz)
         self.central.update_session(session.id, fields, entry)
         return self.get_session(session.id)
 
@@ -759,6 +782,21 @@ class Cronbox:
                 fmt(next_attempt) if next_attempt else None, _cap(error, MAX_DETAIL_CHARS),
             )  # fmt: skip
 
+    def defer_delivery(
+        self, session_id: str, seq: int, channel: str, until: datetime, why: str
+    ) -> None:
+        """Put one channel's delivery of a reply off until ``until`` (no attempt made)."""
+        with self.files.transaction(session_id) as tx:
+            tx.defer_delivery(seq, channel, fmt(self.now()), fmt(until), _cap(why, 500) or why)
+
+    def delivery_attempts(self, session_id: str) -> list[sdb.DeliveryAttempt]:
+        """Every recorded delivery attempt of a session's replies, in the order made."""
+        return self.files.delivery_attempts(session_id)
+
+    def webhook_sessions(self) -> list[Session]:
+        """Sessions with a webhook (whose deliveries may wait for a receiver)."""
+        return [s for s in self.central.sessions() if s.webhook_url]
+
     def reject_outbound(
         self, session: Session, seq: int, message_id: str, reason: str, action: str
     ) -> bool:
@@ -822,6 +860,28 @@ def _entry_out(raw: dict[str, Any]) -> LogEntry | None:
         at=at, direction="out", kind=message.kind, id=message.id, text=text,
         in_reply_to=message.in_reply_to,
     )  # fmt: skip
+
+
+def check_webhook_url(url: str) -> str:
+    """A webhook URL as given, or InvalidInput: http(s), with a host, at most 2000 chars."""
+    url = url.strip()
+    parts = urlsplit(url) if len(url) <= 2000 else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f'webhook "{url[:80]}" is not an http(s) URL; give one such as '
+            "https://example.com/cronbox-hook"
+        )
+    return url
+
+
+def check_env_name(name: str) -> str:
+    """An environment variable name, or InvalidInput."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise InvalidInput(
+            f'"{name[:80]}" is not an environment variable name; use letters, digits and _, '
+            "such as CRONBOX_WEBHOOK_SECRET"
+        )
+    return name
 
 
 def _session_name(name: str) -> str:

@@ -232,6 +232,11 @@ class Sweeper:
                 reason = f"{exc}; fix it with `cronbox session update {session.name} --agent ...`"
                 log.warning("session %s: %s", session.name, reason)
                 self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+        for session in await read(self.store.webhook_sessions):
+            # Replies still owed to a webhook are delivered though no runner is woken.
+            await self.delivery.note_backlog(session)
+            if session.id in self.delivery.backlog:
+                self.watched[session.id] = Watched(session, self.clock.now() + OUTBOX_WATCH)
         for lease in await read(self.store.leases):
             runner = self.live.get(lease.session_id)
             if runner is None or runner.handle.ref != lease.runner_ref:
@@ -353,7 +358,9 @@ class Sweeper:
         """
         now = self.clock.now()
         for session_id, watched in list(self.watched.items()):
-            if session_id in self.live or now > watched.until:
+            if session_id in self.live or (
+                now > watched.until and session_id not in self.delivery.backlog
+            ):
                 del self.watched[session_id]
                 continue
             try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cronbox_shared.models import DeliveryStatus, InboundMessage
-from cronbox_shared.sessiondb import DeliveryRow
+from cronbox_shared.sessiondb import DeliveryAttempt, DeliveryRow
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
 from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
@@ -46,8 +46,10 @@ class CentralRepository(Protocol):
         SessionExists for a taken name."""
         ...
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Set the session's ``agent`` and/or ``timezone`` with its audit entry."""
+    def update_session(
+        self, session_id: str, fields: dict[str, str | None], audit: AuditEntry
+    ) -> None:
+        """Set the session's ``agent``, ``timezone`` and webhook columns with its audit entry."""
         ...
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:
@@ -214,6 +216,10 @@ class InboxTransaction(Protocol):
         """Record one channel's attempt at a reply."""
         ...
 
+    def defer_delivery(self, seq: int, channel: str, at: Instant, until: Instant, why: str) -> None:
+        """Put a pending delivery off until ``until`` without counting an attempt."""
+        ...
+
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session (its zone) for its runner and MCP server."""
         ...
@@ -273,6 +279,10 @@ class SessionFiles(Protocol):
 
     def pending_deliveries(self, session_id: str) -> list[DeliveryRow]:
         """Channel deliveries still to be made, due or waiting for their backoff."""
+        ...
+
+    def delivery_attempts(self, session_id: str) -> list[DeliveryAttempt]:
+        """Every recorded delivery attempt of the session's replies, in order."""
         ...
 
     def get(self, session_id: str, message_id: str) -> InboundMessage | None:

@@ -153,8 +153,21 @@ def m006_session_zone(db: Database) -> None:
                 sdb.set_session_info(inbox, "timezone", timezone)
 
 
+@central_migrations()
+def m009_webhooks(db: Database) -> None:
+    """A webhook per session (its URL and the variable holding its signing secret), and
+    every session's inbox brought to the schema that records each delivery attempt."""
+    db.execute("ALTER TABLE sessions ADD COLUMN webhook_url TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN webhook_secret_env TEXT")
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir):
+                pass
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
-                 "last_active_at", "next_due_at")  # fmt: skip
+                 "last_active_at", "next_due_at", "webhook_url", "webhook_secret_env")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
              "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
 
@@ -246,8 +259,10 @@ class SqliteCentral:
                 raise SessionExists(session.name) from None
             self._audit(db, audit)
 
-    def update_session(self, session_id: str, fields: dict[str, str], audit: AuditEntry) -> None:
-        """Change a session's agent profile or timezone."""
+    def update_session(
+        self, session_id: str, fields: dict[str, str | None], audit: AuditEntry
+    ) -> None:
+        """Change a session's agent profile, timezone or webhook."""
         assign = ", ".join(f"{k} = ?" for k in fields)
         with self._open() as db, db.atomic():
             db.execute(f"UPDATE sessions SET {assign} WHERE id = ?", [*fields.values(), session_id])

@@ -19,6 +19,10 @@ class Session(Record):
     created_at: Instant
     last_active_at: Instant | None
     next_due_at: Instant | None
+    webhook_url: str | None = None
+    """Where the webhook channel POSTs this session's replies (none: console only)."""
+    webhook_secret_env: str | None = None
+    """The host environment variable holding the webhook's HMAC-SHA256 signing secret."""
 
 
 class TaskView(Record):
