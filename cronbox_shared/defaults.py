@@ -48,6 +48,18 @@ class Defaults:
     """Seconds before a failed reply delivery is retried the first time (doubling after)."""
     delivery_attempts: int = 8
     """Attempts a channel makes at one reply before it is recorded failed."""
+    backup_keep: int = 10
+    """Backup archives kept under ``backups/`` (the newest)."""
+    backup_at: str = "03:00"
+    """Time of day (host zone) of the daily backup."""
+    cleanup_at: str = "04:00"
+    """Time of day (host zone) of the daily retention cleanup."""
+    keep_runs_days: int = 90
+    """Days a finished run stays in the history (0 keeps forever)."""
+    keep_audit_days: int = 180
+    """Days an audit entry is kept (0 keeps forever)."""
+    stale_check_every: float = 60.0
+    """Seconds between stale-run checks."""
     http_read_threads: int = 4
     """Worker threads the HTTP API's reads may use at once (the sweep keeps the rest)."""
 

@@ -78,7 +78,7 @@ from host.config import (
 from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.store.records import LogEntry, Run, Session, TaskView
-from host.views import MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
+from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -322,8 +322,16 @@ def cronbox_root(
     """cronbox: a scheduler runtime that lets AI agents act on time."""
 
 
+jobs_app = CronboxTyper(
+    cls=CommandGroup,
+    help="The host's background jobs: backup, cleanup, stale-check.",
+    invoke_without_command=True,
+)
+
+
 app.add_typer(session_app, name="session")
 app.add_typer(task_app, name="task")
+app.add_typer(jobs_app, name="jobs")
 
 HomeOption = Annotated[
     Path | None,
@@ -1406,6 +1414,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),
             soft_wrap=True,
         )
+    for found in report.get("stale", []):
+        console.print(Text(f"stale: {found['reason']}", style="yellow"), soft_wrap=True)
     if report["live"]:
         table = Table("session", "runner", "started", "busy")
         for runner in report["live"]:
@@ -1416,6 +1426,118 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
                 Text("yes" if runner["busy"] else "idle"),
             )
         console.print(table)
+
+
+# --- the host's background jobs, backup and restore ------------------------------------
+
+
+def render_jobs(jobs: Sequence[JobOut], tz: ZoneInfo, now: datetime) -> Table:
+    table = Table("job", "schedule", "enabled", "running", "last run", "result", "next run")
+    for job in jobs:
+        result = NOTHING if job.last_ok is None else ("ok: " if job.last_ok else "failed: ")
+        if job.last_result:
+            result += one_line(job.last_result, 60)
+        cells = (
+            job.name, job.schedule, "yes" if job.enabled else "no",
+            "yes" if job.running else "no", when_cell(job.last_run_at, tz, now), result,
+            when_cell(job.next_run_at, tz, now) if job.next_run_at else NOTHING,
+        )  # fmt: skip
+        table.add_row(*(Text(c) for c in cells))
+    return table
+
+
+@jobs_app.callback()
+def jobs_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List the background jobs: schedule, enabled, running, last run and result, next run.
+
+    `cronbox jobs run NAME` runs one now.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from host.jobs import list_jobs
+
+    store = open_store(home)
+    jobs = list_jobs(store, load_settings())
+    if as_json:
+        print_json([j.model_dump(mode="json") for j in jobs])
+        return
+    tz = zone(load_settings().timezone())
+    stdout_console().print(render_jobs(jobs, tz, store.now()))
+
+
+def run_job(store: Cronbox, name: str) -> JobOut:
+    """Run a job now: through the running host's API when it serves one, else here."""
+    from host.daemon import host_status
+    from host.jobs import run_here
+
+    settings = load_settings()
+    host = host_status(store, settings.max_containers)["host"]
+    address = host.get("http") if host else None
+    if address is None:
+        return run_here(store, settings, name)
+    import httpx2
+
+    headers = {"x-api-key": settings.api_key} if settings.api_key else {}
+    try:
+        response = httpx2.post(
+            f"{address}/api/scheduler", json={"action": "trigger", "job": name},
+            headers=headers, timeout=3600,
+        )  # fmt: skip
+    except httpx2.TransportError as exc:
+        fail(f"cannot reach the host's API at {address}: {exc}", EXIT_ENVIRONMENT_ERROR)
+    body = response.json()
+    if response.status_code != 200:
+        fail(str(body.get("error", body)), EXIT_USER_ERROR)
+    return JobOut.model_validate(body)
+
+
+def show_job(job: JobOut, as_json: bool) -> None:
+    if as_json:
+        print_json(job.model_dump(mode="json"))
+        return
+    verdict = "ok" if job.last_ok else "failed"
+    stdout_console().print(Text(f"{job.name} {verdict}: {job.last_result}"), soft_wrap=True)
+    if not job.last_ok:
+        raise typer.Exit(EXIT_ENVIRONMENT_ERROR)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: Annotated[str, typer.Argument(help="backup, cleanup or stale-check.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a background job now (through the running host when there is one)."""
+    show_job(run_job(open_store(home), name), as_json)
+
+
+@app.command("backup")
+def backup(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Write a backup archive of the home now (backups/cronbox-YYYY-MM-DD_HH-MM-SS.tar.gz)."""
+    show_job(run_job(open_store(home), "backup"), as_json)
+
+
+@app.command("restore")
+def restore(
+    archive: Annotated[Path, typer.Argument(help="A backups/cronbox-*.tar.gz archive.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore a backup into an empty home (refuses one that is not empty)."""
+    from host.jobs import restore_home
+
+    settings = load_settings()
+    target = home if home is not None else settings.home
+    count = restore_home(archive, target)
+    store = Cronbox.from_settings(settings.model_copy(update={"home": target}))
+    store.reindex()
+    if as_json:
+        print_json({"home": str(target), "sessions": count})
+        return
+    stdout_console().print(
+        Text(f"restored {count} sessions into {target}; start it with cronbox run"),
+        soft_wrap=True,
+    )
 
 
 @task_app.command("run")

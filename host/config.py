@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import os
 from collections.abc import Iterable, Mapping
+from datetime import time
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,18 @@ class Settings(BaseSettings):
     webhook_failures: int = Field(default=DEFAULTS.webhook_failures, ge=1)
     delivery_retry_base: float = Field(default=DEFAULTS.delivery_retry_base, gt=0)
     delivery_attempts: int = Field(default=DEFAULTS.delivery_attempts, ge=1)
+    backup_keep: int = Field(default=DEFAULTS.backup_keep, ge=1)
+    backup_at: time = Field(default=time.fromisoformat(DEFAULTS.backup_at))
+    cleanup_at: time = Field(default=time.fromisoformat(DEFAULTS.cleanup_at))
+    keep_runs_days: int = Field(default=DEFAULTS.keep_runs_days, ge=0)
+    keep_audit_days: int = Field(default=DEFAULTS.keep_audit_days, ge=0)
+    stale_check_every: float = Field(default=DEFAULTS.stale_check_every, gt=0)
+    jobs_disabled: str = ""
+    """Comma-separated background jobs not to run on their schedule (``backup,cleanup``)."""
+
+    def disabled_jobs(self) -> frozenset[str]:
+        """The names in ``CRONBOX_JOBS_DISABLED``."""
+        return frozenset(n.strip() for n in self.jobs_disabled.split(",") if n.strip())
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

@@ -27,10 +27,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from cronbox_shared.errors import HostAlreadyRunning
-from cronbox_shared.timeutil import Clock, SystemClock, fmt
+from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.http import Api, HttpServer, bind, check_bind
+from host.jobs import JobRunner, check_stale, host_jobs
 from host.metrics import Metrics
 from host.runtimes import get_runtime
 from host.service import Cronbox
@@ -104,8 +105,9 @@ def seed_demo(store: Cronbox) -> None:
 
 
 def write_status(
-    store: Cronbox, sweeper: Sweeper, settings: Settings, http: str | None = None
-) -> None:
+    store: Cronbox, sweeper: Sweeper, settings: Settings, http: str | None = None,
+    stale: list[dict[str, str]] | None = None,
+) -> None:  # fmt: skip
     """Publish the pool's state for ``cronbox status`` (written atomically)."""
     status = {
         "pid": os.getpid(),
@@ -129,6 +131,7 @@ def write_status(
             {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
             for sid, p in sorted(sweeper.problems.items())
         ],
+        "stale": stale or [],
     }
     tmp = store.home / (STATUS + ".tmp")
     tmp.write_text(json.dumps(status, indent=2))
@@ -177,9 +180,21 @@ async def run_host(
             clock,
             metrics=metrics,
         )
+        silent_after = timedelta(seconds=sweeper.config.heartbeat_ceiling / 2)
+        stale: list[dict[str, str]] = []
+
+        async def look_for_stale() -> list[dict[str, str]]:
+            return await check_stale(
+                store, sweeper.live, webhook.open_circuits(), clock.now(), silent_after
+            )
+
+        jobs = JobRunner(
+            store, writer, clock, zone(settings.timezone()),
+            host_jobs(store, settings, writer, look_for_stale, stale), stale,
+        )  # fmt: skip
         http: HttpServer | None = None
         if http_socket is not None or settings.http_port:
-            api = Api(store, writer, sweeper, settings, metrics, runtime=runtime)
+            api = Api(store, writer, sweeper, settings, metrics, runtime=runtime, jobs=jobs)
             if http_socket is None:
                 http_socket = await anyio.to_thread.run_sync(bind, settings)
             http = HttpServer(api, http_socket)
@@ -196,7 +211,8 @@ async def run_host(
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
-            tg.start_soon(_watch, store, sweeper, settings, watcher, address)
+            await tg.start(jobs.run)
+            tg.start_soon(_watch, store, sweeper, settings, watcher, address, stale)
             tg.start_soon(_signals, sweeper, tg.cancel_scope, http)
             log.info(
                 "cronbox host running on %s (runtime %s, pool %d%s)",
@@ -214,7 +230,9 @@ async def run_host(
                 await sweeper.drain()
                 with anyio.CancelScope(shield=True):
                     await webhook.aclose()
-                    await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address)
+                    await anyio.to_thread.run_sync(
+                        write_status, store, sweeper, settings, address, stale
+                    )
                 log.info("cronbox host stopped")
 
 
@@ -228,7 +246,7 @@ async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
 
 async def _watch(
     store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed,
-    address: str | None = None,
+    address: str | None = None, stale: list[dict[str, str]] | None = None,
 ) -> None:  # fmt: skip
     """Wake the sweep when another process commits to the store or rings a session's
     doorbell; publish status."""
@@ -239,10 +257,10 @@ async def _watch(
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
-             sorted(sweeper.problems.items()))
+             sorted(sweeper.problems.items()), stale)
         )  # fmt: skip
         if snapshot != last_status:
-            await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address)
+            await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address, stale)
             last_status = snapshot
         await anyio.sleep(CHANGE_POLL)
 
@@ -282,6 +300,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),
         "problems": (published or {}).get("problems", []),
+        "stale": (published or {}).get("stale", []),
         "sessions": store.central.session_count(),
         "due_now": len(store.due_sessions(now)),
         "live_tasks": store.live_task_count(),

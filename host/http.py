@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import platform
 import socket
 from collections.abc import Awaitable, Callable
@@ -59,12 +60,24 @@ from cronbox_shared.models import MessageStatus
 from cronbox_shared.tasks import OperatorUpdateRequest, ScheduleRequest, validation_sentence
 from cronbox_shared.timeutil import fmt
 from host.config import Settings
+from host.jobs import JobRunner
 from host.metrics import CONTENT_TYPE, Metrics
 from host.service import Cronbox
 from host.store.records import LogEntry, Session
-from host.views import ErrorOut, HealthOut, MessageOut, RunOut, RunQueued, TaskOut, VersionOut
+from host.views import (
+    ErrorOut,
+    HealthOut,
+    JobOut,
+    JobTrigger,
+    MessageOut,
+    RunOut,
+    RunQueued,
+    TaskOut,
+    VersionOut,
+)
 from host.writer import Writer
 
+log = logging.getLogger("cronbox.http")
 P = ParamSpec("P")
 T = TypeVar("T")
 API_KEY_HEADER = "x-api-key"
@@ -130,7 +143,7 @@ class Api:
     read_limiter: anyio.CapacityLimiter = field(
         default_factory=lambda: anyio.CapacityLimiter(DEFAULTS.http_read_threads)
     )
-    extra_health: Callable[[], list[dict[str, Any]]] | None = None
+    jobs: JobRunner | None = None
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking read in one of the API's own worker threads."""
@@ -157,8 +170,8 @@ class Api:
             {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
             for sid, p in sorted(self.sweep.problems.items())
         ]
-        if self.extra_health is not None:
-            problems += self.extra_health()
+        if self.jobs is not None:
+            problems += self.jobs.stale
         report = HealthOut(
             status=status, uptime_seconds=(now - self.sweep.started_at).total_seconds(),
             sweep_lag_seconds=lag,
@@ -296,6 +309,14 @@ def build_app(api: Api) -> FastAPI:
     @app.exception_handler(CronboxError)
     async def _cronbox_error(request: Request, exc: CronboxError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=status_code(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("HTTP %s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            {"error": f"the host could not do this ({type(exc).__name__}); its log has the detail"},
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -455,6 +476,33 @@ def build_app(api: Api) -> FastAPI:
         """A task's past runs, newest first (as ``cronbox task history --json``)."""
         view = await api.read(api.store.get_task, task)
         return [RunOut.of(r) for r in await api.read(api.store.runs_for, view.series_id, limit)]
+
+    # --- /api: the host's background jobs ------------------------------------------------
+
+    @app.get("/api/scheduler", response_model=list[JobOut], responses=ERRORS)
+    async def list_jobs(key: ApiKey = None) -> list[JobOut]:
+        """Each background job: schedule, enabled, running, last run and result, next run."""
+        return await _jobs().views()
+
+    @app.post(
+        "/api/scheduler", response_model=JobOut, responses=ERRORS,
+        openapi_extra=_body_schema(JobTrigger),
+    )  # fmt: skip
+    async def trigger_job(request: Request, key: ApiKey = None) -> JobOut:
+        """``{"action": "trigger", "job": NAME}`` runs the job now; its state after the run."""
+        body = await json_object(request)
+        try:
+            trigger = JobTrigger.model_validate(body)
+        except ValidationError as exc:
+            raise validation_sentence(exc) from None
+        if not api.accepting_writes:
+            raise ShuttingDown
+        return await _jobs().trigger(trigger.job)
+
+    def _jobs() -> JobRunner:
+        if api.jobs is None:
+            raise ShuttingDown
+        return api.jobs
 
     _drop_unused_422(app)
     return app

@@ -130,3 +130,26 @@ class VersionOut(Record):
     runtime: str
     engine: str | None
     """The docker engine's version with the docker runtime; null for ``process``."""
+
+
+class JobOut(Record):
+    """One of the host's background jobs (``cronbox jobs``; ``/api/scheduler``)."""
+
+    name: str
+    schedule: str
+    enabled: bool
+    running: bool
+    last_run_at: Instant | None
+    last_finished_at: Instant | None
+    last_ok: bool | None
+    last_result: str | None
+    next_run_at: Instant | None
+
+
+class JobTrigger(BaseModel):
+    """``POST /api/scheduler``: run one job now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    action: Literal["trigger"]
+    job: str

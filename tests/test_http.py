@@ -341,6 +341,10 @@ async def test_the_openapi_document_lists_every_handler_and_describes_every_answ
         ("POST", "/api/tasks/t1/resume", {}), ("POST", "/api/tasks/t1/run", {}),
         ("GET", "/api/tasks/t1/runs", {}), ("POST", "/api/tasks/t1/cancel", {}),
         ("POST", "/api/tasks/t1/cancel", {}), ("POST", "/api/tasks/t2/run", {}),
+        ("GET", "/api/scheduler", {}),
+        ("POST", "/api/scheduler", {"json": {"action": "trigger", "job": "stale-check"}}),
+        ("POST", "/api/scheduler", {"json": {"action": "trigger", "job": "nope"}}),
+        ("POST", "/api/scheduler", {"json": {"action": "later"}}),
     ]  # fmt: skip
     for method, path, kwargs in calls:
         await host.call(method, path, **kwargs)

@@ -17,7 +17,16 @@ from cronbox_shared.models import DeliveryStatus, InboundMessage
 from cronbox_shared.sessiondb import DeliveryAttempt, DeliveryRow
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
-from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+from host.store.records import (
+    AuditEntry,
+    JobRecord,
+    Lease,
+    Run,
+    RunRecord,
+    Session,
+    SessionView,
+    TaskView,
+)
 
 
 class ChangeFeed(Protocol):
@@ -134,6 +143,30 @@ class CentralRepository(Protocol):
 
     def run(self, run_id: int) -> Run | None:
         """One run by its id."""
+        ...
+
+    def job_states(self) -> list[JobRecord]:
+        """What is recorded of every background job that has run."""
+        ...
+
+    def job_started(self, name: str, at: Instant) -> bool:
+        """Mark a job running; False (nothing written) when it already is."""
+        ...
+
+    def job_finished(self, name: str, at: Instant, ok: bool, result: str) -> None:
+        """Record how a job's run ended."""
+        ...
+
+    def clear_running_jobs(self) -> int:
+        """Forget the running marks a dead host left behind."""
+        ...
+
+    def prune_runs(self, before: Instant) -> int:
+        """Delete runs that finished before ``before``; how many."""
+        ...
+
+    def prune_audit(self, before: Instant) -> int:
+        """Delete audit entries older than ``before``; how many."""
         ...
 
     def record_audit(self, entry: AuditEntry) -> None:

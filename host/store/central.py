@@ -22,7 +22,16 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
 from cronbox_shared.models import preview
 from cronbox_shared.timeutil import Instant
-from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+from host.store.records import (
+    AuditEntry,
+    JobRecord,
+    Lease,
+    Run,
+    RunRecord,
+    Session,
+    SessionView,
+    TaskView,
+)
 
 CENTRAL = "cronbox.db"
 
@@ -164,6 +173,25 @@ def m009_webhooks(db: Database) -> None:
         if (session_dir / sdb.INBOUND).is_file():
             with sdb.inbound(session_dir):
                 pass
+
+
+@central_migrations()
+def m009_jobs(db: Database) -> None:
+    """The host's background jobs (last run and result), and indexes for retention."""
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            name TEXT PRIMARY KEY,
+            running_since TEXT,
+            last_run_at TEXT,
+            last_finished_at TEXT,
+            last_ok INTEGER,
+            last_result TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_finished ON runs (finished_at)")
+    db.execute("CREATE INDEX audit_log_at ON audit_log (at)")
 
 
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
@@ -497,6 +525,59 @@ class SqliteCentral:
             [entry.at, entry.actor, entry.action, entry.session_id, entry.target,
              json.dumps(entry.detail) if entry.detail is not None else None],
         )  # fmt: skip
+
+    def job_states(self) -> list[JobRecord]:
+        """What is recorded of every background job that has run."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT name, running_since, last_run_at, last_finished_at, last_ok, last_result "
+                "FROM jobs ORDER BY name"
+            ).fetchall()
+        return [
+            JobRecord(name=r[0], running_since=r[1], last_run_at=r[2], last_finished_at=r[3],
+                      last_ok=None if r[4] is None else bool(r[4]), last_result=r[5])
+            for r in rows
+        ]  # fmt: skip
+
+    def job_started(self, name: str, at: Instant) -> bool:
+        """Mark a job running; False (nothing written) when it already is."""
+        with self._open() as db, db.atomic():
+            row = db.execute("SELECT running_since FROM jobs WHERE name = ?", [name]).fetchone()
+            if row is not None and row[0] is not None:
+                return False
+            db.execute(
+                "INSERT INTO jobs (name, running_since, last_run_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET running_since = excluded.running_since, "
+                "last_run_at = excluded.last_run_at",
+                [name, at, at],
+            )
+        return True
+
+    def job_finished(self, name: str, at: Instant, ok: bool, result: str) -> None:
+        """Record how a job's run ended."""
+        with self._open() as db, db.atomic():
+            db.execute(
+                "UPDATE jobs SET running_since = NULL, last_finished_at = ?, last_ok = ?, "
+                "last_result = ? WHERE name = ?",
+                [at, int(ok), result, name],
+            )
+
+    def clear_running_jobs(self) -> int:
+        """Forget the running marks a dead host left behind."""
+        with self._open() as db, db.atomic():
+            return db.execute(
+                "UPDATE jobs SET running_since = NULL WHERE running_since IS NOT NULL"
+            ).rowcount
+
+    def prune_runs(self, before: Instant) -> int:
+        """Delete runs that finished before ``before``."""
+        with self._open() as db, db.atomic():
+            return db.execute("DELETE FROM runs WHERE finished_at < ?", [before]).rowcount
+
+    def prune_audit(self, before: Instant) -> int:
+        """Delete audit entries older than ``before``."""
+        with self._open() as db, db.atomic():
+            return db.execute("DELETE FROM audit_log WHERE at < ?", [before]).rowcount
 
     def record_audit(self, entry: AuditEntry) -> None:
         """Append one audit entry in its own transaction."""

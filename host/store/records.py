@@ -124,3 +124,14 @@ class SessionView(Record):
     next_due_at: Instant | None
     tasks: tuple[InboundMessage, ...] = ()
     full: bool = False
+
+
+class JobRecord(Record):
+    """What ``cronbox.db`` records of one background job's runs."""
+
+    name: str
+    running_since: Instant | None
+    last_run_at: Instant | None
+    last_finished_at: Instant | None
+    last_ok: bool | None
+    last_result: str | None
