@@ -239,8 +239,13 @@ async def run_host(
 async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
     """Last stage: let open requests finish (briefly), then stop listening."""
     http.close()
-    with anyio.move_on_after(HTTP_CLOSE_GRACE, shield=True):
+    with anyio.move_on_after(HTTP_CLOSE_GRACE, shield=True) as waited:
         await http.closed.wait()
+    if waited.cancelled_caught:
+        log.warning("HTTP requests still open after %.0f s; closing them", HTTP_CLOSE_GRACE)
+        http.close(force=True)
+        with anyio.CancelScope(shield=True):
+            await http.closed.wait()
     serving.cancel_scope.cancel()
 
 

@@ -25,7 +25,7 @@ import json
 import logging
 import platform
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,8 +41,9 @@ from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
@@ -119,6 +120,8 @@ class SweepState(Protocol):
 
     def wake(self) -> None: ...
 
+    async def between_passes(self) -> None: ...
+
 
 @runtime_checkable
 class EngineRuntime(Protocol):
@@ -146,7 +149,8 @@ class Api:
     jobs: JobRunner | None = None
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking read in one of the API's own worker threads."""
+        """Run a blocking read in one of the API's own worker threads, between passes."""
+        await self.sweep.between_passes()
         return await anyio.to_thread.run_sync(
             partial(fn, *args, **kwargs), limiter=self.read_limiter
         )
@@ -155,6 +159,7 @@ class Api:
         """Run a write through the host's one writer, then wake the sweep."""
         if not self.accepting_writes:
             raise ShuttingDown
+        await self.sweep.between_passes()
         result = await self.writer(fn, *args, **kwargs)
         self.sweep.wake()
         return result
@@ -256,6 +261,8 @@ TaskId = Annotated[str, Path(description="Task id, occurrence id or series id.")
 SessionRef = Annotated[str, Path(description="Session name or id.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
+_TASKS = TypeAdapter(list[TaskOut])
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": words}
     for code, words in (
@@ -296,6 +303,28 @@ def _cronbox_version() -> str:
         return "unknown"
 
 
+class ApiKeyGuard:
+    """Pure ASGI middleware: with an API key set, ``/api/`` paths need ``x-api-key``
+    (compared in constant time), whether or not the path exists."""
+
+    def __init__(self, app: ASGIApp, api: Api) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wanted = self.api.settings.api_key
+        if wanted and scope["type"] == "http" and scope["path"].startswith("/api/"):
+            given = b""
+            for name, value in scope["headers"]:
+                if name == API_KEY_HEADER.encode():
+                    given = value
+            if not hmac.compare_digest(given, wanted.encode()):
+                refused = JSONResponse({"error": str(Unauthorized())}, status_code=401)
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(api: Api) -> FastAPI:
     """The ASGI application over ``api``."""
     app = FastAPI(
@@ -334,16 +363,7 @@ def build_app(api: Api) -> FastAPI:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.middleware("http")
-    async def _api_key(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        wanted = api.settings.api_key
-        if wanted and request.url.path.startswith("/api/"):
-            given = request.headers.get(API_KEY_HEADER, "")
-            if not hmac.compare_digest(given.encode(), wanted.encode()):
-                return JSONResponse({"error": str(Unauthorized())}, status_code=401)
-        return await call_next(request)
+    app.add_middleware(ApiKeyGuard, api=api)
 
     # --- open: probes and scrapers ------------------------------------------------------
 
@@ -407,14 +427,17 @@ def build_app(api: Api) -> FastAPI:
             TaskFilter, Query(description="live (default), all, or one state.")
         ] = TaskFilter.LIVE,
         key: ApiKey = None,
-    ) -> list[TaskOut]:
+    ) -> Response:
         """Task series, soonest next run first (as ``cronbox task list --json``)."""
-        views = await api.read(
-            api.store.list_tasks, session, include_all=status is not TaskFilter.LIVE
-        )
-        if status not in (TaskFilter.LIVE, TaskFilter.ALL):
-            views = [v for v in views if v.status is MessageStatus(status.value)]
-        return [TaskOut.of(v) for v in views]
+
+        def rendered() -> bytes:
+            views = api.store.list_tasks(session, include_all=status is not TaskFilter.LIVE)
+            if status not in (TaskFilter.LIVE, TaskFilter.ALL):
+                views = [v for v in views if v.status is MessageStatus(status.value)]
+            return _TASKS.dump_json([TaskOut.of(v) for v in views])
+
+        # Read, shaped and encoded in the worker thread: the loop only sends the bytes.
+        return Response(await api.read(rendered), media_type="application/json")
 
     @app.post(
         "/api/tasks", status_code=201, response_model=TaskOut, responses=ERRORS,
@@ -550,7 +573,7 @@ def bind(settings: Settings) -> socket.socket:
     host, port = settings.http_host, settings.http_port
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock = socket.socket(info[0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
     except OSError as exc:
@@ -572,6 +595,10 @@ class HttpServer:
     def __init__(self, api: Api, sock: socket.socket) -> None:
         self.api = api
         self.sock = sock
+        # Accepted connections inherit this; asyncio only sets it itself on sockets made
+        # with proto=IPPROTO_TCP, and without it every answer waits ~40 ms (Nagle with
+        # delayed ACKs) for the second segment.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         config = uvicorn.Config(
             build_app(api), lifespan="off", log_config=None, access_log=False,
             timeout_graceful_shutdown=5,
@@ -585,9 +612,14 @@ class HttpServer:
         return f"http://{host}:{port}"
 
     async def serve(self) -> None:
-        """Serve until :meth:`close`."""
+        """Serve until :meth:`close`.
+
+        Shielded: cancelling uvicorn mid-loop skips its own shutdown and leaves the loop
+        unable to serve another app, so the server only ends through :meth:`close`.
+        """
         try:
-            await self._server.serve(sockets=[self.sock])
+            with anyio.CancelScope(shield=True):
+                await self._server.serve(sockets=[self.sock])
         finally:
             self.closed.set()
             self.sock.close()
@@ -596,6 +628,9 @@ class HttpServer:
         """Shutdown stage one: refuse changes (503) while reads still answer."""
         self.api.accepting_writes = False
 
-    def close(self) -> None:
-        """Last shutdown stage: finish open requests (briefly) and stop listening."""
+    def close(self, force: bool = False) -> None:
+        """Last shutdown stage: stop listening and finish open requests; with ``force``,
+        drop them."""
         self._server.should_exit = True
+        if force:
+            self._server.force_exit = True

@@ -167,12 +167,22 @@ class Sweeper:
         self.started_at = clock.now()
         self.last_pass_at: datetime | None = None
         """When the loop last completed a pass (for ``/health``)."""
+        self._pass_over = anyio.Event()
+        self._pass_over.set()
 
     # --- plumbing --------------------------------------------------------------------
 
     def wake(self) -> None:
         """Make the loop run a pass now (something changed)."""
         self._wake.set()
+
+    async def between_passes(self) -> None:
+        """Return once no pass is in progress (at once when none is).
+
+        Work that may wait (an HTTP request) waits here, so it never takes the loop, a
+        thread or the GIL from a pass that is waking a session.
+        """
+        await self._pass_over.wait()
 
     def default_runner_env(self, session: Session) -> dict[str, str]:
         """The session's runner settings, rendered for its environment.
@@ -261,12 +271,15 @@ class Sweeper:
                 while self.accepting:
                     self._wake = anyio.Event()
                     began = time.perf_counter()
+                    self._pass_over = anyio.Event()
                     try:
                         await self.tick()
                     except Exception:
                         log.exception("sweep pass failed; retrying at the next pass")
                     else:
                         self.last_pass_at = self.clock.now()
+                    finally:
+                        self._pass_over.set()
                     self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     delay = await read(self._next_delay)
                     with anyio.move_on_after(delay):

@@ -26,3 +26,6 @@ echo "== event-loop lag while delivery applies 50 agent actions =="
 echo
 echo "== next fire: cronbox beside cronsim, croniter and the old evaluation =="
 "$python" "$here/next_fire.py"
+echo
+echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, beside none =="
+"$python" "$here/http_load.py"
