@@ -233,7 +233,8 @@ async def run_host(
                     await anyio.to_thread.run_sync(
                         write_status, store, sweeper, settings, address, stale
                     )
-                log.info("cronbox host stopped")
+        # Only now: the HTTP server closed last, as the exit stack unwound.
+        log.info("cronbox host stopped")
 
 
 async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:

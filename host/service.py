@@ -1,6 +1,6 @@
 """The service layer: cronbox's commands, with their validation and audit.
 
-The CLI, the delivery of agent actions and (later) the HTTP API all call these. A
+The CLI, the delivery of agent actions and the HTTP API all call these. A
 command validates its input (``cronbox_shared.tasks``), changes a session's inbound.db
 in one transaction through the session-file repository, then brings the central view
 up to date from what that transaction left (due index, task mirror, run records, audit

@@ -422,3 +422,6 @@ async def test_cronbox_run_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -
             proc.kill()
             await proc.wait()
         log.close()
+    # The server closes last, so the host's last word comes after it.
+    lines = [ln for ln in (tmp_path / "host.log").read_text().splitlines() if ln.strip()]
+    assert "cronbox host stopped" in lines[-1]

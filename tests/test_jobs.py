@@ -301,3 +301,30 @@ async def test_a_backup_taken_while_the_host_works_restores_to_a_home_that_runs(
         "cleanup",
         "stale-check",
     ]
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
+async def test_cronbox_jobs_run_goes_through_the_running_host(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = make_settings(home)
+    Cronbox.from_settings(settings).create_session("alpha")
+    async with running_host(settings, http_socket=ephemeral_socket()):
+
+        def published() -> Any:
+            try:
+                return json.loads((home / "host.json").read_text()).get("http")
+            except (OSError, ValueError):
+                return None
+
+        await wait_for(published)
+        result = await anyio.to_thread.run_sync(
+            lambda: cli_for(home)("jobs", "run", "stale-check", "--json")
+        )
+        assert result.exit_code == 0, result.output
+        job = json.loads(result.stdout)
+        assert (job["name"], job["last_ok"], job["last_result"]) == (
+            "stale-check", True, "nothing stuck",
+        )  # fmt: skip
+        status = await anyio.to_thread.run_sync(lambda: cli_for(home)("status", "--json"))
+        assert json.loads(status.stdout)["stale"] == []
