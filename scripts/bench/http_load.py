@@ -41,7 +41,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=1, help="load processes in the loaded round")
     p.add_argument("--lead", type=float, default=2.0, help="seconds from host-up to first due")
     p.add_argument("--load", help=argparse.SUPPRESS)  # internal: be a load process on URL
+    p.add_argument("--burn", action="store_true", help=argparse.SUPPRESS)  # internal: spin
     return p.parse_args()
+
+
+def burn() -> None:
+    """Spin on the CPU until SIGTERM (the control: load without any HTTP)."""
+    stop = False
+
+    def done(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, done)
+    n = 0
+    while not stop:
+        n += 1
+    print(0, flush=True)
 
 
 def be_load(url: str) -> None:
@@ -68,7 +84,7 @@ def be_load(url: str) -> None:
 
 
 async def one_round(
-    args: argparse.Namespace, home: Path, clients: int
+    args: argparse.Namespace, home: Path, clients: int, *, control: bool = False
 ) -> tuple[list[float], float]:
     """Start lateness of each task, and the load's request rate (0 without load)."""
     settings = make_settings(home, max_containers=args.pool, idle_timeout=1.0, min_interval=60.0)
@@ -81,7 +97,7 @@ async def one_round(
             sid, {"taskId": f"due-{i:04d}", "prompt": "ping", "processAfter": fmt(due)}
         )
     sock = ephemeral_socket()
-    command = [sys.executable, __file__, "--load", base_url(sock)]
+    command = [sys.executable, __file__, *(["--burn"] if control else ["--load", base_url(sock)])]
     async with running_host(settings, sweep_config(settings), http_socket=sock) as sweeper:
         began = time.perf_counter()
         loads = [await anyio.open_process(command, stderr=None) for _ in range(clients)]
@@ -108,14 +124,17 @@ async def one_round(
 async def run(args: argparse.Namespace, root: Path) -> None:
     base: list[float] = []
     loaded: list[float] = []
+    burned: list[float] = []
     rates: list[float] = []
     pairs: list[tuple[float, float]] = []
     for n in range(args.repeat):
         # Alternating rounds, so that a neighbour's load on the machine falls on both.
         quiet, _ = await one_round(args, root / f"baseline-{n}", 0)
         busy, rate = await one_round(args, root / f"loaded-{n}", args.clients)
+        spun, _ = await one_round(args, root / f"control-{n}", args.clients, control=True)
         base += quiet
         loaded += busy
+        burned += spun
         rates.append(rate)
         pairs.append((percentile(quiet, 50), percentile(busy, 50)))
     print(
@@ -128,14 +147,25 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     )
     print()
     rows = []
-    for label, values in (("no HTTP load (baseline)", base), ("GET /api/tasks loop", loaded)):
+    for label, values in (
+        ("no HTTP load (baseline)", base),
+        ("GET /api/tasks loop", loaded),
+        ("control: CPU spin, no HTTP", burned),
+    ):
         rows.append([label, *(secs(percentile(values, q)) for q in (50, 99, 100))])
     table(["start lateness, all rounds", "p50", "p99", "max"], rows)
     print()
     p50 = percentile(loaded, 50) / max(1e-9, percentile(base, 50))
     p99 = percentile(loaded, 99) / max(1e-9, percentile(base, 99))
-    table(["ratio loaded / baseline (target <= 1.10)", "p50", "p99"],
-          [["start lateness", f"{p50:.2f}", f"{p99:.2f}"]])  # fmt: skip
+    c50 = percentile(loaded, 50) / max(1e-9, percentile(burned, 50))
+    c99 = percentile(loaded, 99) / max(1e-9, percentile(burned, 99))
+    table(
+        ["ratio (target: loaded / baseline <= 1.10)", "p50", "p99"],
+        [
+            ["loaded / baseline", f"{p50:.2f}", f"{p99:.2f}"],
+            ["loaded / control (what the API adds beyond a busy core)", f"{c50:.2f}", f"{c99:.2f}"],
+        ],
+    )
     print()
     table(
         ["round pair", "baseline p50", "loaded p50", "ratio"],
@@ -150,6 +180,9 @@ def main() -> None:
     args = parse_args()
     if args.load:
         be_load(args.load)
+        return
+    if args.burn:
+        burn()
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TZ", "UTC")
