@@ -322,6 +322,9 @@ class Delivery:
             await self.writer(self.app.accept_reply, session.id, receipt)
         except AlreadyHandled:
             return None
+        # Pending from here until each channel's send is recorded: a pass cancelled in
+        # between (the host shutting down) leaves it to retry_due, which must look.
+        self._nothing_pending.discard(session.id)
         sent = []
         for channel in channels:
             if channel.name in behind:

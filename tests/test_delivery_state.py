@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import anyio
 import pytest
 
 from cronbox_shared import sessiondb as sdb
@@ -147,3 +148,36 @@ async def test_a_channel_that_keeps_failing_gives_up_after_its_last_attempt(
     state = deliveries(app, session, seq)["webhook"]
     assert (state.status, state.attempts) == (DeliveryStatus.FAILED, 3)
     assert dead.sent == []
+
+
+class Held:
+    """A channel whose first send never finishes (until its caller is cancelled)."""
+
+    name = "console"
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.sent: list[str] = []
+
+    async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            await anyio.sleep_forever()
+        self.sent.append(text)
+
+
+async def test_a_reply_whose_send_was_cut_short_by_a_cancellation_is_sent_by_the_next_retry(
+    app: Cronbox, session: Session
+) -> None:
+    channel = Held()
+    delivery = Delivery(app, [channel])
+    assert await delivery.retry_due(session) == 0  # nothing pending yet, and it knows it
+    seq = write_outbound(app, session, MessageKind.CHAT, {"text": "hello"})
+    async with anyio.create_task_group() as tg:  # a pass the host's shutdown cancels
+        tg.start_soon(delivery.deliver, session, app.undelivered(session.id))
+        await channel.entered.wait()
+        tg.cancel_scope.cancel()
+    assert deliveries(app, session, seq)["console"].status is DeliveryStatus.PENDING
+    assert await delivery.retry_due(session) == 1
+    assert channel.sent == ["hello"]
+    assert deliveries(app, session, seq)["console"].status is DeliveryStatus.DELIVERED
