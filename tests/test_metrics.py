@@ -84,6 +84,8 @@ async def test_metrics_after_a_scenario_match_the_run_history(tmp_path: Path) ->
         "error": {"prompt": '{"tool_calls": 5}'},
         "skipped": {"prompt": "p", "script": "echo '{\"wakeAgent\": false}'"},
         "gate": {"prompt": "p", "script": "exit 3"},
+        # Its gate outlives the run's one-second timeout: the runner is killed, "timeout".
+        "timeout": {"prompt": "p", "script": "sleep 60", "timeout": 1},
     }
     for task_id, fields in tasks.items():
         store.schedule_task(session.id, {"taskId": task_id, "processAfter": soon, **fields})
@@ -116,7 +118,9 @@ async def test_metrics_after_a_scenario_match_the_run_history(tmp_path: Path) ->
 
     runs = all_runs(store)
     expected = Counter(outcome_label(r) for r in runs if r.outcome is not None)
-    assert expected == Counter({"ok": 2, "error": 1, "skipped": 1, "gate_error": 1, "missed": 1})
+    assert expected == Counter(
+        {"ok": 2, "error": 1, "skipped": 1, "gate_error": 1, "missed": 1, "timeout": 1}
+    )
     exported = samples(text)
     for outcome in OUTCOMES:
         assert exported[("cronbox_runs_total", (("outcome", outcome),))] == expected[outcome]
