@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -79,7 +80,7 @@ async def test_metrics_after_a_scenario_match_the_run_history(tmp_path: Path) ->
     store = Cronbox.from_settings(settings)
     session = store.create_session("alpha", agent="scripted")
     soon = fmt(store.now() + timedelta(seconds=1))
-    tasks = {
+    tasks: dict[str, dict[str, Any]] = {
         "ok": {"prompt": "ping"},
         "error": {"prompt": '{"tool_calls": 5}'},
         "skipped": {"prompt": "p", "script": "echo '{\"wakeAgent\": false}'"},
