@@ -40,7 +40,7 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import CronboxError, InvalidInput, TaskStateError
 from cronbox_shared.timeutil import Clock, fmt, parse_utc, zone
 from host.config import Settings
-from host.service import Cronbox
+from host.service import PRUNE_BATCH, Cronbox
 from host.store.records import JobRecord
 from host.views import JobOut
 from host.writer import Writer
@@ -213,7 +213,7 @@ def cleanup_home(store: Cronbox, keep: Retention, actor: str = "host") -> str:
         while True:
             removed = store.prune_finished(session.id, keep.keep_finished)
             rows += removed
-            if removed < 5000:
+            if removed < PRUNE_BATCH:  # a full batch may have left more behind
                 break
     detail = {"runs": runs, "audit_entries": audit, "inbox_rows": rows}
     store.record_audit(actor, "cleanup", None, None, detail)

@@ -328,3 +328,13 @@ async def test_cronbox_jobs_run_goes_through_the_running_host(tmp_path: Path) ->
         )  # fmt: skip
         status = await anyio.to_thread.run_sync(lambda: cli_for(home)("status", "--json"))
         assert json.loads(status.stdout)["stale"] == []
+
+
+def test_a_disabled_job_has_no_next_run_but_can_still_be_run_by_hand(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", jobs_disabled="backup, stale-check")
+    store = Cronbox.from_settings(settings)
+    jobs = {j.name: j for j in list_jobs(store, settings)}
+    assert (jobs["backup"].enabled, jobs["backup"].next_run_at) == (False, None)
+    assert not jobs["stale-check"].enabled
+    assert jobs["cleanup"].enabled and jobs["cleanup"].next_run_at is not None
+    assert run_here(store, settings, "backup").last_ok
