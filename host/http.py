@@ -527,12 +527,13 @@ def build_app(api: Api) -> FastAPI:
             raise ShuttingDown
         return api.jobs
 
-    _drop_unused_422(app)
+    _finish_document(app, keyed=bool(api.settings.api_key))
     return app
 
 
-def _drop_unused_422(app: FastAPI) -> None:
-    """Validation errors answer 400 with one sentence, so the document says so (not 422)."""
+def _finish_document(app: FastAPI, keyed: bool) -> None:
+    """Make the generated document say what the handlers do: validation errors answer 400
+    with one sentence (not 422), and the API key is required only when one is set."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -541,8 +542,14 @@ def _drop_unused_422(app: FastAPI) -> None:
             for methods in schema.get("paths", {}).values():
                 for operation in methods.values():
                     operation.get("responses", {}).pop("422", None)
+                    if not keyed:
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+            components = schema.get("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                components.get("schemas", {}).pop(name, None)
+            if not keyed:
+                components.pop("securitySchemes", None)
             app.openapi_schema = schema
         return app.openapi_schema
 

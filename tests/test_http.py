@@ -148,6 +148,10 @@ async def test_with_an_api_key_every_api_request_needs_it_and_probes_stay_open(
         assert [s["name"] for s in allowed.json()] == ["alpha"]
         for path in ("/health", "/version", "/metrics", "/openapi.json"):
             assert (await client.get(path)).status_code == 200
+        doc = (await client.get("/openapi.json")).json()
+        assert doc["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "x-api-key"
+        assert "401" in doc["paths"]["/api/tasks"]["get"]["responses"]
+        assert "security" not in doc["paths"]["/health"]["get"]
 
 
 async def test_a_non_loopback_address_without_an_api_key_refuses_to_start(tmp_path: Path) -> None:
