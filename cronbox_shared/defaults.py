@@ -37,6 +37,34 @@ class Defaults:
     """Seconds a gate script may run."""
     gate_output_cap: int = 1024 * 1024
     """Bytes a gate script may print to stdout (1 MiB)."""
+    http_host: str = "127.0.0.1"
+    """Address the host's HTTP API listens on."""
+    http_port: int = 8377
+    """Port of the host's HTTP API (0 disables it)."""
+    webhook_timeout: float = 10.0
+    """Seconds a webhook receiver has to answer one POST."""
+    webhook_cooldown: float = 30.0
+    """Seconds a webhook's open circuit waits before one probe goes out."""
+    webhook_failures: int = 5
+    """Consecutive failures that open a webhook's circuit."""
+    delivery_retry_base: float = 5.0
+    """Seconds before a failed reply delivery is retried the first time (doubling after)."""
+    delivery_attempts: int = 8
+    """Attempts a channel makes at one reply before it is recorded failed."""
+    backup_keep: int = 10
+    """Backup archives kept under ``backups/`` (the newest)."""
+    backup_at: str = "03:00"
+    """Time of day (host zone) of the daily backup."""
+    cleanup_at: str = "04:00"
+    """Time of day (host zone) of the daily retention cleanup."""
+    keep_runs_days: int = 90
+    """Days a finished run stays in the history (0 keeps forever)."""
+    keep_audit_days: int = 180
+    """Days an audit entry is kept (0 keeps forever)."""
+    stale_check_every: float = 60.0
+    """Seconds between stale-run checks."""
+    http_read_threads: int = 4
+    """Worker threads the HTTP API's reads may use at once (the sweep keeps the rest)."""
 
 
 DEFAULTS = Defaults()

@@ -244,3 +244,24 @@ class RunNotFound(CronboxError, LookupError):
     def __init__(self, run_id: int) -> None:
         super().__init__(f"no run with id {run_id}; `cronbox task history ID` shows a task's runs")
         self.run_id = run_id
+
+
+class InsecureBind(CronboxError, ValueError):
+    """The HTTP API would listen beyond this machine with no API key to guard it."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"CRONBOX_HTTP_HOST {host} is reachable from other machines and no "
+            "CRONBOX_API_KEY is set; set an API key, or bind to 127.0.0.1"
+        )
+        self.host = host
+
+
+class HttpUnavailable(CronboxError, OSError):
+    """The HTTP API cannot listen where it was told to."""
+
+    def __init__(self, host: str, port: int, why: str) -> None:
+        super().__init__(
+            f"cannot serve the HTTP API on {host}:{port} ({why}); set CRONBOX_HTTP_PORT "
+            "to a free port, or 0 to turn the API off"
+        )

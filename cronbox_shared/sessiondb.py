@@ -175,6 +175,24 @@ def m004_quiet_hours(db: Database) -> None:
     db.execute("ALTER TABLE messages_in ADD COLUMN ignore_quiet INTEGER NOT NULL DEFAULT 0")
 
 
+def m005_delivery_attempts(db: Database) -> None:
+    """Every attempt a channel made at a reply: when, what came of it, the error."""
+    db.execute(
+        """
+        CREATE TABLE delivery_attempts (
+            id INTEGER PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX delivery_attempts_seq ON delivery_attempts (seq, channel)")
+
+
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
     """messages_out, processing_ack and session_state."""
@@ -519,12 +537,54 @@ def record_attempt(
     db: InboundDb, seq: int, channel: str, status: DeliveryStatus, at: Instant,
     next_attempt_at: Instant | None, error: str | None,
 ) -> None:  # fmt: skip
-    """Record one attempt of a channel at a reply: its new status, error and next try."""
+    """Record one attempt of a channel at a reply: its new status, error and next try,
+    and the attempt itself in ``delivery_attempts``."""
     db.execute(
         "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, "
         "last_error = coalesce(?, last_error), updated_at = ? WHERE seq = ? AND channel = ?",
         [status.value, next_attempt_at, error, at, seq, channel],
     )
+    db.execute(
+        "INSERT INTO delivery_attempts (seq, channel, attempt, at, status, error) "
+        "SELECT seq, channel, attempts, ?, ?, ? FROM deliveries WHERE seq = ? AND channel = ?",
+        [at, status.value, error, seq, channel],
+    )
+
+
+def defer_delivery(
+    db: InboundDb, seq: int, channel: str, at: Instant, next_attempt_at: Instant, reason: str
+) -> None:
+    """Put a pending delivery off without an attempt (its channel's circuit is open)."""
+    db.execute(
+        "UPDATE deliveries SET next_attempt_at = ?, last_error = ?, updated_at = ? "
+        "WHERE seq = ? AND channel = ? AND status = 'pending'",
+        [next_attempt_at, reason, at, seq, channel],
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One recorded attempt of a channel at a reply."""
+
+    seq: int
+    channel: str
+    attempt: int
+    at: Instant
+    status: DeliveryStatus
+    error: str | None
+
+
+def delivery_attempts(db: InboundDb, seq: int | None = None) -> list[DeliveryAttempt]:
+    """The recorded attempts (of one reply, or all), in the order they were made."""
+    where, args = ("WHERE seq = ?", [seq]) if seq is not None else ("", [])
+    rows = db.execute(
+        f"SELECT seq, channel, attempt, at, status, error FROM delivery_attempts {where} "
+        "ORDER BY id",
+        args,
+    ).fetchall()
+    return [
+        DeliveryAttempt(int(r[0]), r[1], int(r[2]), r[3], DeliveryStatus(r[4]), r[5]) for r in rows
+    ]
 
 
 def _delivery_rows(

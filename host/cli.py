@@ -97,6 +97,7 @@ from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
+from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -354,12 +355,20 @@ def cronbox_root(
     """cronbox: a scheduler runtime that lets AI agents act on time."""
 
 
+jobs_app = CronboxTyper(
+    cls=CommandGroup,
+    help="The host's background jobs: backup, cleanup, stale-check.",
+    invoke_without_command=True,
+)
+
+
 app.add_typer(session_app, name="session")
 app.add_typer(task_app, name="task")
 image_app = CronboxTyper(
     cls=CommandGroup, help="Build the agent image the docker runtime starts.", no_args_is_help=True
 )
 app.add_typer(image_app, name="image")
+app.add_typer(jobs_app, name="jobs")
 
 HomeOption = Annotated[
     Path | None,
@@ -590,43 +599,9 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
     return f"{local_time(when, tz)} ({relative(when, now)})"
 
 
-# Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
-# winter) keeps its "+00:00": it is a local time that happens to equal UTC.
-UTC_ZONES = frozenset(
-    {"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"}
-)
-
-
-def iso_local(when: datetime, tz: ZoneInfo) -> str:
-    """ISO-8601 with the local offset, e.g. ``2026-03-09T09:00:00-04:00``.
-
-    In UTC itself the instant ends in ``Z``, as every other UTC instant cronbox prints.
-    """
-    local = when.astimezone(tz)
-    text = local.isoformat(timespec="seconds" if not local.microsecond else "milliseconds")
-    return text.removesuffix("+00:00") + "Z" if tz.key in UTC_ZONES else text
-
-
 def task_json(view: TaskView) -> dict[str, Any]:
     """The JSON shape of a task series (``task schedule``, ``task list`` and friends)."""
-    tz = zone(view.timezone)
-    return {
-        "id": view.id,
-        "series_id": view.series_id,
-        "session": view.session,
-        "session_id": view.session_id,
-        "status": view.status.value,
-        "next_run": fmt(parse_utc(view.next_run)) if view.next_run else None,
-        "next_run_local": iso_local(parse_utc(view.next_run), tz) if view.next_run else None,
-        "recurrence": view.recurrence,
-        "recurrence_words": describe_recurrence(view.recurrence),
-        "timezone": view.timezone,
-        "prompt": view.prompt,
-        "has_script": view.has_script,
-        "last_run_at": view.last_run_at,
-        "last_outcome": view.last_outcome.value if view.last_outcome else None,
-        "paused_reason": view.paused_reason,
-    }
+    return TaskOut.of(view).model_dump(mode="json")
 
 
 def status_cell(view: TaskView) -> str:
@@ -841,16 +816,32 @@ def session_update(
     memory: MemoryOption = None,
     cpus: CpusOption = None,
     pids: PidsOption = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option("--webhook", help="Also POST this session's replies as JSON to this URL."),
+    ] = None,
+    webhook_secret_env: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-secret-env",
+            help="Host environment variable holding the secret the webhook's "
+            "X-Cronbox-Signature (HMAC-SHA256) is made with.",
+        ),
+    ] = None,
+    clear_webhook: Annotated[
+        bool, typer.Option("--clear-webhook", help="Stop sending replies to a webhook.")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a session's agent profile, default timezone (existing tasks keep theirs) or
-    quiet hours or container limits (from its next container on)."""
+    quiet hours, container limits (from its next container on) or webhook."""
     store = open_store(home)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
     updated = store.update_session(
         session, agent=agent, timezone=timezone, quiet=quiet,
-        max_wakes_per_day=max_wakes_per_day, limits=limits,
+        max_wakes_per_day=max_wakes_per_day, limits=limits, webhook=webhook,
+        webhook_secret_env=webhook_secret_env, clear_webhook=clear_webhook,
     )  # fmt: skip
     show_session("updated", updated, as_json)
 
@@ -945,7 +936,8 @@ def send(
     message: InboundMessage = store.send_message(target.id, text)
     if not wait:
         if as_json:
-            print_json({**message.model_dump(mode="json"), "session": target.name})
+            queued = MessageOut(**message.model_dump(), session=target.name)
+            print_json(queued.model_dump(mode="json"))
         else:
             stdout_console().print(
                 Text(f"queued message {message.id} for session {target.name}"), soft_wrap=True
@@ -1377,11 +1369,7 @@ def task_update(
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    data = run.model_dump(mode="json")
-    data["backfill"] = is_backfill(run.message_id)
-    took = _duration(run)
-    data["duration_seconds"] = took.total_seconds() if took is not None else None
-    return data
+    return RunOut.of(run).model_dump(mode="json")
 
 
 def _duration(run: Run) -> timedelta | None:
@@ -1554,7 +1542,9 @@ def task_output(
     found = store.run(run_id)
     replies = store.replies(found.session_id, found.message_id)
     if as_json:
-        print_json({**run_json(found), "replies": replies})
+        print_json(
+            RunOutput(**RunOut.of(found).model_dump(), replies=replies).model_dump(mode="json")
+        )
         return
     console = stdout_console()
     for text in replies:
@@ -1720,6 +1710,7 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             Text(
                 f"host: running (pid {host['pid']}, runtime {host['runtime']}), "
                 f"pool {len(live)}/{host['max_containers']} in use"
+                + (f", API on {host['http']}" if host.get("http") else "")
             )
         )
     console.print(
@@ -1745,6 +1736,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),
             soft_wrap=True,
         )
+    for found in report.get("stale", []):
+        console.print(Text(f"stale: {found['reason']}", style="yellow"), soft_wrap=True)
     if report["live"]:
         table = Table("session", "runner", "started", "busy")
         for runner in report["live"]:
@@ -1812,6 +1805,118 @@ def image_build(
     stdout_console().print(Text(f"built {tag} ({short}) from {base}"))
 
 
+# --- the host's background jobs, backup and restore ------------------------------------
+
+
+def render_jobs(jobs: Sequence[JobOut], tz: ZoneInfo, now: datetime) -> Table:
+    table = Table("job", "schedule", "enabled", "running", "last run", "result", "next run")
+    for job in jobs:
+        result = NOTHING if job.last_ok is None else ("ok: " if job.last_ok else "failed: ")
+        if job.last_result:
+            result += one_line(job.last_result, 60)
+        cells = (
+            job.name, job.schedule, "yes" if job.enabled else "no",
+            "yes" if job.running else "no", when_cell(job.last_run_at, tz, now), result,
+            when_cell(job.next_run_at, tz, now) if job.next_run_at else NOTHING,
+        )  # fmt: skip
+        table.add_row(*(Text(c) for c in cells))
+    return table
+
+
+@jobs_app.callback()
+def jobs_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List the background jobs: schedule, enabled, running, last run and result, next run.
+
+    `cronbox jobs run NAME` runs one now.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from host.jobs import list_jobs
+
+    store = open_store(home)
+    jobs = list_jobs(store, load_settings())
+    if as_json:
+        print_json([j.model_dump(mode="json") for j in jobs])
+        return
+    tz = zone(load_settings().timezone())
+    stdout_console().print(render_jobs(jobs, tz, store.now()))
+
+
+def run_job(store: Cronbox, name: str) -> JobOut:
+    """Run a job now: through the running host's API when it serves one, else here."""
+    from host.daemon import host_status
+    from host.jobs import run_here
+
+    settings = load_settings()
+    host = host_status(store, settings.max_containers)["host"]
+    address = host.get("http") if host else None
+    if address is None:
+        return run_here(store, settings, name)
+    import httpx2
+
+    headers = {"x-api-key": settings.api_key} if settings.api_key else {}
+    try:
+        response = httpx2.post(
+            f"{address}/api/scheduler", json={"action": "trigger", "job": name},
+            headers=headers, timeout=3600,
+        )  # fmt: skip
+    except httpx2.TransportError as exc:
+        fail(f"cannot reach the host's API at {address}: {exc}", EXIT_ENVIRONMENT_ERROR)
+    body = response.json()
+    if response.status_code != 200:
+        fail(str(body.get("error", body)), EXIT_USER_ERROR)
+    return JobOut.model_validate(body)
+
+
+def show_job(job: JobOut, as_json: bool) -> None:
+    if as_json:
+        print_json(job.model_dump(mode="json"))
+        return
+    verdict = "ok" if job.last_ok else "failed"
+    stdout_console().print(Text(f"{job.name} {verdict}: {job.last_result}"), soft_wrap=True)
+    if not job.last_ok:
+        raise typer.Exit(EXIT_ENVIRONMENT_ERROR)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: Annotated[str, typer.Argument(help="backup, cleanup or stale-check.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a background job now (through the running host when there is one)."""
+    show_job(run_job(open_store(home), name), as_json)
+
+
+@app.command("backup")
+def backup(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Write a backup archive of the home now (backups/cronbox-YYYY-MM-DD_HH-MM-SS.tar.gz)."""
+    show_job(run_job(open_store(home), "backup"), as_json)
+
+
+@app.command("restore")
+def restore(
+    archive: Annotated[Path, typer.Argument(help="A backups/cronbox-*.tar.gz archive.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore a backup into an empty home (refuses one that is not empty)."""
+    from host.jobs import restore_home
+
+    settings = load_settings()
+    target = home if home is not None else settings.home
+    count = restore_home(archive, target)
+    store = Cronbox.from_settings(settings.model_copy(update={"home": target}))
+    store.reindex()
+    if as_json:
+        print_json({"home": str(target), "sessions": count})
+        return
+    stdout_console().print(
+        Text(f"restored {count} sessions into {target}; start it with cronbox run"),
+        soft_wrap=True,
+    )
+
+
 @task_app.command("run")
 def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Run a task now, once, outside its schedule (the series is not disturbed); a failed
@@ -1819,7 +1924,8 @@ def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False
     store = open_store(home)
     row = store.run_now(task)
     if as_json:
-        print_json({"id": row.id, "series_id": row.series_id, "process_after": row.process_after})
+        queued = RunQueued(id=row.id, series_id=row.series_id, process_after=row.process_after)
+        print_json(queued.model_dump(mode="json"))
         return
     stdout_console().print(
         Text(f"queued a run of {row.series_id} now (occurrence {row.id})"), soft_wrap=True

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import os
 from collections.abc import Iterable, Mapping
+from datetime import time
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,29 @@ class Settings(BaseSettings):
     docker_pids: int = Field(default=256, ge=16)
     docker_user: str = Field(default="1000:1000", pattern=r"^[1-9][0-9]*:[0-9]+$")
     """uid:gid containers run as when the host runs as root (else the host's own)."""
+    http_host: str = DEFAULTS.http_host
+    """Address the HTTP API listens on (``CRONBOX_HTTP_HOST``)."""
+    http_port: int = Field(default=DEFAULTS.http_port, ge=0, le=65535)
+    """Port of the HTTP API; 0 disables it (``CRONBOX_HTTP_PORT``)."""
+    api_key: str | None = None
+    """When set, every ``/api/`` request must carry it in ``x-api-key``."""
+    webhook_timeout: float = Field(default=DEFAULTS.webhook_timeout, gt=0)
+    webhook_cooldown: float = Field(default=DEFAULTS.webhook_cooldown, gt=0)
+    webhook_failures: int = Field(default=DEFAULTS.webhook_failures, ge=1)
+    delivery_retry_base: float = Field(default=DEFAULTS.delivery_retry_base, gt=0)
+    delivery_attempts: int = Field(default=DEFAULTS.delivery_attempts, ge=1)
+    backup_keep: int = Field(default=DEFAULTS.backup_keep, ge=1)
+    backup_at: time = Field(default=time.fromisoformat(DEFAULTS.backup_at))
+    cleanup_at: time = Field(default=time.fromisoformat(DEFAULTS.cleanup_at))
+    keep_runs_days: int = Field(default=DEFAULTS.keep_runs_days, ge=0)
+    keep_audit_days: int = Field(default=DEFAULTS.keep_audit_days, ge=0)
+    stale_check_every: float = Field(default=DEFAULTS.stale_check_every, gt=0)
+    jobs_disabled: str = ""
+    """Comma-separated background jobs not to run on their schedule (``backup,cleanup``)."""
+
+    def disabled_jobs(self) -> frozenset[str]:
+        """The names in ``CRONBOX_JOBS_DISABLED``."""
+        return frozenset(n.strip() for n in self.jobs_disabled.split(",") if n.strip())
 
     def timezone(self) -> str:
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""

@@ -1,9 +1,11 @@
 """``cronbox run``: the host process — one per home, composed in one task group.
 
 Start-up re-derives every session's state from the files and adopts or reaps runners
-a previous host left behind. Shutdown is staged: stop waking sessions, let running
-runners finish within a grace period, then stop them; rows they leave claimed go back
-to ``pending`` with a retry.
+a previous host left behind. Shutdown is staged: the HTTP API stops taking changes (it
+answers 503 to writes, reads still work), the sweep stops waking sessions, running
+runners finish within a grace period (their last replies delivered) and are then
+stopped — rows they leave claimed go back to ``pending`` with a retry — and only then
+does the HTTP server close.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,18 +30,24 @@ from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.policies import parse_quiet, quiet_end
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
-from host.delivery import ConsoleChannel, Delivery
+from host.delivery import ChannelRetry, ConsoleChannel, Delivery
+from host.http import Api, HttpServer, bind, check_bind
+from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
+from host.metrics import Metrics
 from host.runtimes import Runtime, get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
+from host.webhook import WebhookChannel
 from host.writer import Writer
 
 log = logging.getLogger("cronbox.host")
 LOCK = "host.lock"
 STATUS = "host.json"
 CHANGE_POLL = 0.2
+# How long the HTTP server may take to finish open requests once the host has drained.
+HTTP_CLOSE_GRACE = 10.0
 
 
 @contextmanager
@@ -97,12 +106,16 @@ def seed_demo(store: Cronbox) -> None:
     store.send_message(session.id, "Hello! Is anyone there?")
 
 
-def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
+def write_status(
+    store: Cronbox, sweeper: Sweeper, settings: Settings, http: str | None = None,
+    stale: list[dict[str, str]] | None = None,
+) -> None:  # fmt: skip
     """Publish the pool's state for ``cronbox status`` (written atomically)."""
     status = {
         "pid": os.getpid(),
         "updated_at": fmt(store.now()),
         "runtime": settings.runtime,
+        "http": http,
         "max_containers": settings.max_containers,
         "live": [
             {
@@ -121,6 +134,7 @@ def write_status(store: Cronbox, sweeper: Sweeper, settings: Settings) -> None:
             {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
             for sid, p in sorted(sweeper.problems.items())
         ],
+        "stale": stale or [],
     }
     tmp = store.home / (STATUS + ".tmp")
     tmp.write_text(json.dumps(status, indent=2))
@@ -133,10 +147,16 @@ async def run_host(
     clock: Clock | None = None,
     demo: bool = False,
     sweep: SweepConfig | None = None,
+    http_socket: socket.socket | None = None,
     task_status: TaskStatus[Sweeper] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the host until SIGINT/SIGTERM (or cancellation), then shut down in stages."""
+    """Run the host until SIGINT/SIGTERM (or cancellation), then shut down in stages.
+
+    The HTTP API listens on ``http_socket`` when given (tests bind an ephemeral port),
+    else on ``CRONBOX_HTTP_HOST``:``CRONBOX_HTTP_PORT`` unless the port is 0.
+    """
     clock = clock or SystemClock()
+    check_bind(settings)
     with home_lock(settings.home):
         store = await anyio.to_thread.run_sync(
             partial(Cronbox.from_settings, settings, clock=clock)
@@ -144,37 +164,81 @@ async def run_host(
         if demo:
             await anyio.to_thread.run_sync(seed_demo, store)
         runtime = await anyio.to_thread.run_sync(ready_runtime, settings, clock)
+        writer = Writer()
+        metrics = Metrics()
+        webhook = WebhookChannel(
+            timeout=settings.webhook_timeout, threshold=settings.webhook_failures,
+            cooldown=settings.webhook_cooldown, clock=clock,
+        )  # fmt: skip
+        retry = ChannelRetry(
+            base=timedelta(seconds=settings.delivery_retry_base),
+            max_attempts=settings.delivery_attempts,
+        )
+        delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
+        sweeper = Sweeper(
+            store,
+            runtime,
+            delivery,
+            sweep or sweep_config(settings),
+            clock,
+            metrics=metrics,
+        )
+        silent_after = timedelta(seconds=sweeper.config.heartbeat_ceiling / 2)
+        stale: list[dict[str, str]] = []
+
+        async def look_for_stale() -> list[dict[str, str]]:
+            return await check_stale(
+                store, sweeper.live, webhook.open_circuits(), clock.now(), silent_after
+            )
+
+        jobs = JobRunner(
+            store, writer, clock, zone(settings.timezone()),
+            host_jobs(store, settings, writer, look_for_stale, stale), stale,
+        )  # fmt: skip
+        http: HttpServer | None = None
+        if http_socket is not None or settings.http_port:
+            api = Api(store, writer, sweeper, settings, metrics, runtime=runtime, jobs=jobs)
+            if http_socket is None:
+                http_socket = await anyio.to_thread.run_sync(bind, settings)
+            http = HttpServer(api, http_socket)
+        address = http.address if http else None
+        await sweeper.recover()
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
-            writer = Writer()
-            sweeper = Sweeper(
-                store,
-                runtime,
-                Delivery(store, [ConsoleChannel()], writer),
-                sweep or sweep_config(settings),
-                clock,
-            )
-            await sweeper.recover()
+            # The server lives outside the host's task group: it keeps answering (reads,
+            # and 503 for writes) while the host drains, and closes last.
+            serving = await stack.enter_async_context(anyio.create_task_group())
+            if http is not None:
+                serving.start_soon(http.serve)
+                stack.push_async_callback(_close_http, http, serving)
             watcher = store.watch_changes()
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
-            tg.start_soon(_watch, store, sweeper, settings, watcher)
-            tg.start_soon(_signals, sweeper, tg.cancel_scope)
+            await tg.start(jobs.run)
+            tg.start_soon(_watch, store, sweeper, settings, watcher, address, stale)
+            tg.start_soon(_signals, sweeper, tg.cancel_scope, http)
             log.info(
-                "cronbox host running on %s (runtime %s, pool %d)",
+                "cronbox host running on %s (runtime %s, pool %d%s)",
                 settings.home, settings.runtime, settings.max_containers,
+                f", API on {address}" if address else "",
             )  # fmt: skip
             task_status.started(sweeper)
             try:
                 await anyio.sleep_forever()
             finally:
+                if http is not None:
+                    http.stop_writes()
                 sweeper.stop_accepting()
                 log.info("shutting down: waiting for %d runners", len(sweeper.live))
                 await sweeper.drain()
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
-                log.info("cronbox host stopped")
+                    await webhook.aclose()
+                    await anyio.to_thread.run_sync(
+                        write_status, store, sweeper, settings, address, stale
+                    )
+        # Only now: the HTTP server closed last, as the exit stack unwound.
+        log.info("cronbox host stopped")
 
 
 def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
@@ -197,7 +261,23 @@ def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
     return runtime
 
 
-async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed) -> None:
+async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
+    """Last stage: let open requests finish (briefly), then stop listening."""
+    http.close()
+    with anyio.move_on_after(HTTP_CLOSE_GRACE, shield=True) as waited:
+        await http.closed.wait()
+    if waited.cancelled_caught:
+        log.warning("HTTP requests still open after %.0f s; closing them", HTTP_CLOSE_GRACE)
+        http.close(force=True)
+        with anyio.CancelScope(shield=True):
+            await http.closed.wait()
+    serving.cancel_scope.cancel()
+
+
+async def _watch(
+    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed,
+    address: str | None = None, stale: list[dict[str, str]] | None = None,
+) -> None:  # fmt: skip
     """Wake the sweep when another process commits to the store or rings a session's
     doorbell; publish status."""
     last_status = ""
@@ -207,18 +287,20 @@ async def _watch(store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: 
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
-             sorted(sweeper.problems.items()), sweeper.engine_down)
+             sorted(sweeper.problems.items()), sweeper.engine_down, stale)
         )  # fmt: skip
         if snapshot != last_status:
-            await anyio.to_thread.run_sync(write_status, store, sweeper, settings)
+            await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address, stale)
             last_status = snapshot
         await anyio.sleep(CHANGE_POLL)
 
 
-async def _signals(sweeper: Sweeper, scope: anyio.CancelScope) -> None:
+async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: HttpServer | None) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            if http is not None:
+                http.stop_writes()
             sweeper.stop_accepting()
             scope.cancel()
             return
@@ -244,10 +326,12 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
             "max_containers": published.get("max_containers", max_containers),
             "updated_at": published.get("updated_at"),
             "engine_down": published.get("engine_down"),
+            "http": published.get("http"),
         },
         "live": (published or {}).get("live", []),
         "waiting": (published or {}).get("waiting", []),
         "problems": (published or {}).get("problems", []),
+        "stale": (published or {}).get("stale", []),
         "sessions": store.central.session_count(),
         "due_now": len(store.due_sessions(now)),
         "live_tasks": store.live_task_count(),

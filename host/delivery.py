@@ -3,9 +3,12 @@
 Everything in ``outbound.db`` was written by an untrusted runner. Rows are taken in
 strictly in seq order, each exactly once:
 
-* a chat reply is validated, recorded with one delivery row per channel, and sent; a
-  channel that fails keeps its row ``pending`` with a backoff and is retried on later
-  passes (it is ``failed`` after its last attempt), while the other channels are done;
+* a chat reply is validated, recorded with one delivery row per channel that serves its
+  session, and sent; a channel that fails keeps its row ``pending`` with a backoff (and
+  jitter) and is retried on later passes (it is ``failed`` after its last attempt), while
+  the other channels are done. A per-session channel (the webhook) is ordered: a reply
+  waits while an older one of its session is pending on it, so the receiver gets them in
+  seq order; a send its circuit breaker holds back is put off without using an attempt;
 * an agent action is validated completely and applied through the service layer, its
   receipt recorded in the same inbox transaction as its effect;
 * a row that is invalid — a ``CronboxError`` or a validation error — is rejected,
@@ -18,12 +21,12 @@ those after it stay for the next pass, and the error is logged once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-import anyio
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
@@ -40,8 +43,10 @@ from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.logs import session_fields
+from host.metrics import Metrics
 from host.service import Cronbox, Receipt
 from host.store.records import Session
+from host.webhook import CircuitOpen
 from host.writer import Writer, read
 
 log = logging.getLogger("cronbox.delivery")
@@ -67,6 +72,20 @@ class Channel(Protocol):
         ...
 
 
+@runtime_checkable
+class SessionChannel(Channel, Protocol):
+    """A channel configured per session (the webhook), whose replies go out in order.
+
+    Implementers must ensure ``serves`` is a cheap, pure check of the session's settings,
+    and that ``send`` raises :class:`host.webhook.CircuitOpen` (making no request) while
+    it holds sends back; the delivery then puts the reply off without using an attempt.
+    """
+
+    def serves(self, session: Session) -> bool:
+        """Whether this session's replies go to this channel."""
+        ...
+
+
 class ConsoleChannel:
     """Prints replies to the host's log (the terminal when run in the foreground)."""
 
@@ -83,18 +102,22 @@ class ConsoleChannel:
 
 @dataclass(frozen=True)
 class ChannelRetry:
-    """How a failed channel is retried: after ``base * 2**attempts``, ``attempts`` times."""
+    """How a failed channel is retried: after ``base * 2**(attempts-1)`` (capped), less up
+    to ``jitter`` of it at random so that many failed replies do not retry in lockstep;
+    ``max_attempts`` attempts in all."""
 
     base: timedelta = timedelta(seconds=5)
     max_attempts: int = 8
     cap: timedelta = timedelta(minutes=10)
+    jitter: float = 0.2
+    rand: Callable[[], float] = field(default=random.random, compare=False)
 
     def after(self, attempts: int, now: datetime) -> datetime | None:
         """When to try again after ``attempts`` failed attempts; None once they are used up."""
         if attempts >= self.max_attempts:
             return None
-        backoff: timedelta = self.base * 2 ** (attempts - 1)
-        return now + min(self.cap, backoff)
+        backoff: timedelta = min(self.cap, self.base * 2 ** (attempts - 1))
+        return now + backoff * (1 - self.jitter * self.rand())
 
 
 @dataclass(frozen=True)
@@ -143,14 +166,18 @@ class Delivery:
         channels: Sequence[Channel],
         writer: Writer | None = None,
         retry: ChannelRetry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.channels = list(channels)
         self.writer = writer or Writer()
         self.retry = retry or ChannelRetry()
+        self.metrics = metrics or Metrics()
         self._stuck: dict[tuple[str, int], str] = {}
         # Sessions whose deliveries were all final when last looked at.
         self._nothing_pending: set[str] = set()
+        # Sessions with deliveries still pending, and when the earliest is due.
+        self.backlog: dict[str, datetime] = {}
 
     def stuck(self, session_id: str) -> bool:
         """Whether a row of this session is waiting for a failure that was not its own."""
@@ -172,10 +199,7 @@ class Delivery:
             if not isinstance(seq, int):
                 continue  # an id the table's constraints allow no other way; skip it
             try:
-                # A row is taken in whole or not at all: a shutdown (or any cancellation)
-                # waits for the row in hand, so a reply is never recorded but unsent.
-                with anyio.CancelScope(shield=True):
-                    outcome = await self._one(session, seq, raw)
+                outcome = await self._one(session, seq, raw)
             except Exception as exc:
                 self._note_stuck(session, seq, exc)
                 break
@@ -184,39 +208,86 @@ class Delivery:
                 handled.append(outcome)
         return handled
 
+    def channels_for(self, session: Session) -> list[Channel]:
+        """The channels that serve this session (every plain one; per-session ones it set)."""
+        return [c for c in self.channels if not isinstance(c, SessionChannel) or c.serves(session)]
+
     async def retry_due(self, session: Session) -> int:
         """Send again the replies whose failed channels are due for another attempt.
 
         A session known to have nothing pending is not looked at again until one of its
-        channels fails, so a live runner's passes do not open its inbox for this.
+        channels fails, nor one whose earliest pending delivery is not due yet, so a live
+        runner's passes do not open its inbox for this. An ordered channel sends its
+        oldest pending reply first and stops at a failure, so order holds.
         """
         if not self.channels or session.id in self._nothing_pending:
             return 0
+        now_at = self.app.now()
+        due_at = self.backlog.get(session.id)
+        if due_at is not None and due_at > now_at:
+            return 0
         pending = await read(self.app.files.pending_deliveries, session.id)
+        by_name = {c.name: c for c in self.channels}
+        pending = [d for d in pending if d.channel in by_name]
         if not pending:
             self._nothing_pending.add(session.id)
+            self.backlog.pop(session.id, None)
             return 0
-        now = fmt(self.app.now())
-        by_name = {c.name: c for c in self.channels}
-        retried = [
-            d for d in pending
-            if d.channel in by_name and d.next_attempt_at is not None and d.next_attempt_at <= now
-        ]  # fmt: skip
-        if not retried:
-            return 0
-        raw = await read(self.app.files.outbound_rows, session.id, sorted({d.seq for d in retried}))
+        now = fmt(now_at)
+        if any(isinstance(by_name[d.channel], SessionChannel) for d in pending):
+            session = await read(self.app.get_session, session.id)  # its webhook as it is now
+        retried: list[sdb.DeliveryRow] = []
+        ordered: dict[str, list[sdb.DeliveryRow]] = {}
+        for d in pending:
+            if isinstance(by_name[d.channel], SessionChannel):
+                ordered.setdefault(d.channel, []).append(d)
+            elif d.next_attempt_at is not None and d.next_attempt_at <= now:
+                retried.append(d)
+        heads = [rows[0] for rows in ordered.values()]
+        queue_due = [h for h in heads if h.next_attempt_at is None or h.next_attempt_at <= now]
+        wanted = {d.seq for d in retried} | {d.seq for c in queue_due for d in ordered[c.channel]}
+        messages = await self._messages(session, sorted(wanted)) if wanted else {}
+        sent = 0
+        for item in retried:
+            message = messages.get(item.seq)
+            if message is not None:
+                await self._send(session, message, by_name[item.channel], item.attempts)
+                sent += 1
+        for head in queue_due:
+            for item in ordered[head.channel]:
+                message = messages.get(item.seq)
+                if message is None:
+                    continue
+                sent += 1
+                if not await self._send(session, message, by_name[item.channel], item.attempts):
+                    break
+        await self.note_backlog(session)
+        return sent
+
+    async def _messages(self, session: Session, seqs: list[int]) -> dict[int, OutboundMessage]:
+        raw = await read(self.app.files.outbound_rows, session.id, seqs)
         messages = {}
         for row in raw:
             try:
                 messages[int(row["seq"])] = sdb.outbound_from_row(row)
             except (ValueError, ValidationError):
                 continue
-        for item in retried:
-            message = messages.get(item.seq)
-            if message is None:
-                continue
-            await self._send(session, message, by_name[item.channel], item.attempts)
-        return len(retried)
+        return messages
+
+    async def note_backlog(self, session: Session) -> None:
+        """Remember when the session's earliest pending delivery is due (or that none is)."""
+        names = {c.name for c in self.channels}
+        pending = [
+            d for d in await read(self.app.files.pending_deliveries, session.id)
+            if d.channel in names
+        ]  # fmt: skip
+        if not pending:
+            self.backlog.pop(session.id, None)
+            self._nothing_pending.add(session.id)
+            return
+        self._nothing_pending.discard(session.id)
+        times = [d.next_attempt_at for d in pending if d.next_attempt_at is not None]
+        self.backlog[session.id] = min(parse_utc(t) for t in times) if times else self.app.now()
 
     # --- one row -----------------------------------------------------------------------
 
@@ -239,18 +310,38 @@ class Delivery:
             text = sdb.chat_text(message)
         except Rejected as exc:
             return await self._reject(session, seq, message.id, str(exc))
-        names = tuple(c.name for c in self.channels)
+        if any(isinstance(c, SessionChannel) for c in self.channels):
+            session = await read(self.app.get_session, session.id)  # its webhook as it is now
+        channels = self.channels_for(session)
+        names = tuple(c.name for c in channels)
         status = DeliveryStatus.PENDING if names else DeliveryStatus.DELIVERED
         receipt = Receipt(seq, message.id, channels=names or (NO_CHANNEL,), status=status)
+        ordered = [c for c in channels if isinstance(c, SessionChannel)]
+        behind = await self._queued_channels(session, seq, ordered) if ordered else set()
         try:
             await self.writer(self.app.accept_reply, session.id, receipt)
         except AlreadyHandled:
             return None
-        # Until every channel's first attempt is recorded the reply has a pending delivery
-        # (a crash in between leaves it so): retries must look at this session again.
+        # Pending from here until each channel's send is recorded: a pass cancelled in
+        # between (the host shutting down) leaves it to retry_due, which must look.
         self._nothing_pending.discard(session.id)
-        sent = [await self._send(session, message, channel, 0, text) for channel in self.channels]
+        sent = []
+        for channel in channels:
+            if channel.name in behind:
+                sent.append(False)  # waits for the older replies; retry_due sends it in turn
+                continue
+            sent.append(await self._send(session, message, channel, 0, text))
+        if not all(sent):
+            await self.note_backlog(session)
         return Handled(seq, DeliveryStatus.DELIVERED if all(sent) else DeliveryStatus.PENDING)
+
+    async def _queued_channels(
+        self, session: Session, seq: int, channels: Sequence[Channel]
+    ) -> set[str]:
+        """The ordered channels on which an older reply of the session is still pending."""
+        names = {c.name for c in channels}
+        pending = await read(self.app.files.pending_deliveries, session.id)
+        return {d.channel for d in pending if d.channel in names and d.seq < seq}
 
     async def _send(
         self, session: Session, message: OutboundMessage, channel: Channel, attempts: int,
@@ -259,11 +350,20 @@ class Delivery:
         """Send a reply on one channel and record the attempt; whether it was delivered."""
         try:
             await channel.send(session, message, text or sdb.chat_text(message))
+        except CircuitOpen as exc:
+            # No request was made: put it off until the circuit lets a probe through.
+            self.metrics.delivery(channel.name, "held")
+            self._nothing_pending.discard(session.id)
+            await self.writer(
+                self.app.defer_delivery, session.id, message.seq, channel.name, exc.until, str(exc)
+            )
+            return False
         except Exception as exc:  # a channel's failure is recorded, never our crash
             attempt = attempts + 1
             nxt = self.retry.after(attempt, self.app.now())
             status = DeliveryStatus.PENDING if nxt else DeliveryStatus.FAILED
             self._nothing_pending.discard(session.id)
+            self.metrics.delivery(channel.name, "retry" if nxt else "failed")
             log.warning(
                 "session %s: channel %s failed on reply seq %d (attempt %d%s): %s",
                 session.name, channel.name, message.seq, attempt,
@@ -274,6 +374,7 @@ class Delivery:
                 _short(str(exc) or type(exc).__name__, 2000),
             )  # fmt: skip
             return False
+        self.metrics.delivery(channel.name, "delivered")
         await self.writer(
             self.app.record_attempt, session.id, message.seq, channel.name,
             DeliveryStatus.DELIVERED, None, None,

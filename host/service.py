@@ -1,6 +1,6 @@
 """The service layer: cronbox's commands, with their validation and audit.
 
-The CLI, the delivery of agent actions and (later) the HTTP API all call these. A
+The CLI, the delivery of agent actions and the HTTP API all call these. A
 command validates its input (``cronbox_shared.tasks``), changes a session's inbound.db
 in one transaction through the session-file repository, then brings the central view
 up to date from what that transaction left (due index, task mirror, run records, audit
@@ -15,12 +15,14 @@ thread (:mod:`host.writer`); the CLI calls them directly.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -292,11 +294,14 @@ class Cronbox:
     def update_session(
         self, ref: str, *, agent: str | None = None, timezone: str | None = None,
         quiet: str | None = None, max_wakes_per_day: int | None = None,
-        limits: ContainerLimits | None = None, actor: str = "cli",
+        limits: ContainerLimits | None = None, webhook: str | None = None,
+        webhook_secret_env: str | None = None, clear_webhook: bool = False, actor: str = "cli",
     ) -> Session:  # fmt: skip
         """Change a session's agent profile, default timezone (its tasks keep theirs),
-        quiet hours (``22:00-07:00`` in the session's zone; ``off`` clears them), wake cap
-        or container limits (from its next container on).
+        quiet hours (``22:00-07:00`` in the session's zone; ``off`` clears them), wake cap,
+        container limits (from its next container on) or webhook (the URL its replies are
+        also POSTed to, and the host environment variable that holds the secret they are
+        signed with).
 
         New quiet hours (or a new zone they are read in) move every pending task
         occurrence due inside the window to its end, and release those it held before.
@@ -322,10 +327,25 @@ class Cronbox:
             changed = check_limits(limits).stored()
             fields["container"] = {**session.container, **changed}
             detail.update(changed)
+        if clear_webhook:
+            if webhook is not None or webhook_secret_env is not None:
+                raise InvalidInput(
+                    "--clear-webhook contradicts --webhook and --webhook-secret-env; give one"
+                )
+            fields.update(webhook_url=None, webhook_secret_env=None)
+        if webhook is not None:
+            fields["webhook_url"] = check_webhook_url(webhook)
+        if webhook_secret_env is not None:
+            if webhook is None and session.webhook_url is None:
+                raise InvalidInput(
+                    "--webhook-secret-env needs a webhook; give --webhook URL as well"
+                )
+            fields["webhook_secret_env"] = check_env_name(webhook_secret_env)
         if not fields:
             raise InvalidInput(
                 "nothing to change; give --agent, --timezone, --quiet, --max-wakes-per-day, "
-                "--network, --memory, --cpus or --pids"
+                "--network, --memory, --cpus, --pids, --webhook, --webhook-secret-env or "
+                "--clear-webhook"
             )
         if "max_wakes_per_day" in fields:
             self.files.set_info(session.id, WAKES_KEY, fields["max_wakes_per_day"] or "")
@@ -788,6 +808,10 @@ class Cronbox:
         view = self.get_task(ref)
         return self.files.get(view.session_id, view.id)
 
+    def runs_of(self, session_id: str, message_ids: Sequence[str]) -> dict[str, Run]:
+        """The run of each of these occurrences of one session that has one."""
+        return self.central.runs_of(session_id, message_ids)
+
     def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
         """Past runs of a task series, newest first."""
         session, series = self._locate(ref, None)
@@ -904,17 +928,17 @@ class Cronbox:
 
         return self._apply_plan(session_id, plan)
 
-    def prepare_due(self, session_id: str) -> int:
+    def prepare_due(self, session_id: str) -> SettlementPlan:
         """Apply the catch-up rule to a session's due rows before its runner is woken.
 
-        Returns the rows changed.
+        Returns the plan (the occurrences it recorded ``missed`` are in ``finished``).
         """
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
             return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy(tx))
 
-        return len(self._apply_plan(session_id, plan).series)
+        return self._apply_plan(session_id, plan)
 
     def prune_finished(self, session_id: str, keep: timedelta) -> int:
         """Delete a session's finished inbox rows older than ``keep`` (run history stays)."""
@@ -945,6 +969,21 @@ class Cronbox:
                 seq, channel, status, fmt(self.now()),
                 fmt(next_attempt) if next_attempt else None, _cap(error, MAX_DETAIL_CHARS),
             )  # fmt: skip
+
+    def defer_delivery(
+        self, session_id: str, seq: int, channel: str, until: datetime, why: str
+    ) -> None:
+        """Put one channel's delivery of a reply off until ``until`` (no attempt made)."""
+        with self.files.transaction(session_id) as tx:
+            tx.defer_delivery(seq, channel, fmt(self.now()), fmt(until), _cap(why, 500) or why)
+
+    def delivery_attempts(self, session_id: str) -> list[sdb.DeliveryAttempt]:
+        """Every recorded delivery attempt of a session's replies, in the order made."""
+        return self.files.delivery_attempts(session_id)
+
+    def webhook_sessions(self) -> list[Session]:
+        """Sessions with a webhook (whose deliveries may wait for a receiver)."""
+        return [s for s in self.central.sessions() if s.webhook_url]
 
     def reject_outbound(
         self, session: Session, seq: int, message_id: str, reason: str, action: str
@@ -1022,6 +1061,28 @@ def _merged(first: SettlementPlan, then: SettlementPlan) -> SettlementPlan:
         finished=first.finished + then.finished, series=first.series + then.series,
         paused=first.paused + then.paused,
     )  # fmt: skip
+
+
+def check_webhook_url(url: str) -> str:
+    """A webhook URL as given, or InvalidInput: http(s), with a host, at most 2000 chars."""
+    url = url.strip()
+    parts = urlsplit(url) if len(url) <= 2000 else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f'webhook "{url[:80]}" is not an http(s) URL; give one such as '
+            "https://example.com/cronbox-hook"
+        )
+    return url
+
+
+def check_env_name(name: str) -> str:
+    """An environment variable name, or InvalidInput."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise InvalidInput(
+            f'"{name[:80]}" is not an environment variable name; use letters, digits and _, '
+            "such as CRONBOX_WEBHOOK_SECRET"
+        )
+    return name
 
 
 def _session_name(name: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from host.delivery import Delivery
 from host.limits import ContainerLimits
 from host.liveness import Claim, LivenessAction, decide_liveness
 from host.logs import session_fields
+from host.metrics import Metrics
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
 from host.service import UNDELIVERED_BATCH, Cronbox
@@ -138,6 +140,7 @@ class Sweeper:
         clock: Clock,
         runner_env: Callable[[Session], dict[str, str]] | None = None,
         host_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -163,12 +166,26 @@ class Sweeper:
         # Why the runtime's engine cannot be reached, while it cannot (logged once).
         self.engine_down: str | None = None
         self._outbox_seen: dict[str, int | None] = {}
+        self.metrics = metrics or Metrics()
+        self.started_at = clock.now()
+        self.last_pass_at: datetime | None = None
+        """When the loop last completed a pass (for ``/health``)."""
+        self._pass_over = anyio.Event()
+        self._pass_over.set()
 
     # --- plumbing --------------------------------------------------------------------
 
     def wake(self) -> None:
         """Make the loop run a pass now (something changed)."""
         self._wake.set()
+
+    async def between_passes(self) -> None:
+        """Return once no pass is in progress (at once when none is).
+
+        Work that may wait (an HTTP request) waits here, so it never takes the loop, a
+        thread or the GIL from a pass that is waking a session.
+        """
+        await self._pass_over.wait()
 
     def default_runner_env(self, session: Session) -> dict[str, str]:
         """The session's runner settings, rendered for its environment.
@@ -228,6 +245,11 @@ class Sweeper:
                 reason = f"{exc}; fix it with `cronbox session update {session.name} --agent ...`"
                 log.warning("session %s: %s", session.name, reason)
                 self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+        for session in await read(self.store.webhook_sessions):
+            # Replies still owed to a webhook are delivered though no runner is woken.
+            await self.delivery.note_backlog(session)
+            if session.id in self.delivery.backlog:
+                self.watched[session.id] = Watched(session, self.clock.now() + OUTBOX_WATCH)
         for lease in await read(self.store.leases):
             runner = self.live.get(lease.session_id)
             if runner is None or runner.handle.ref != lease.runner_ref:
@@ -251,10 +273,17 @@ class Sweeper:
             try:
                 while self.accepting:
                     self._wake = anyio.Event()
+                    began = time.perf_counter()
+                    self._pass_over = anyio.Event()
                     try:
                         await self.tick()
                     except Exception:
                         log.exception("sweep pass failed; retrying at the next pass")
+                    else:
+                        self.last_pass_at = self.clock.now()
+                    finally:
+                        self._pass_over.set()
+                    self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     delay = await read(self._next_delay)
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
@@ -368,7 +397,9 @@ class Sweeper:
         """
         now = self.clock.now()
         for session_id, watched in list(self.watched.items()):
-            if session_id in self.live or now > watched.until:
+            if session_id in self.live or (
+                now > watched.until and session_id not in self.delivery.backlog
+            ):
                 del self.watched[session_id]
                 continue
             try:
@@ -388,8 +419,9 @@ class Sweeper:
             self.wake()
 
     async def _start(self, session_id: str) -> None:
-        await self.writer(self.store.prepare_due, session_id)
+        caught_up = await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
+        await self._finished(session, caught_up.finished)
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
@@ -407,7 +439,10 @@ class Sweeper:
         self.waiting.pop(session.id, None)
         self.started_total += 1
         self.peak_live = max(self.peak_live, len(self.live))
-        self.starts.append(StartRecord(session.id, due_at, self.clock.now()))
+        start = StartRecord(session.id, due_at, self.clock.now())
+        self.starts.append(start)
+        self.metrics.runner_starts.inc()
+        self.metrics.schedule_lag.observe(max(0.0, start.lateness))
         log.info(
             "session %s: runner %s started", session.name, handle.ref,
             extra=session_fields(session.name, session.id, runner=handle.ref),
@@ -469,7 +504,7 @@ class Sweeper:
             self.store.requeue, session_id, claims, reason, timed_out=timed_out,
             retry_base=timedelta(seconds=self.config.retry_base),
         )  # fmt: skip
-        self._log_finished(runner.session, plan.finished)
+        await self._finished(runner.session, plan.finished)
         del self.live[session_id]
         self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH)
         await self.writer(self.store.release_lease, session_id, runner.handle.ref)
@@ -518,14 +553,16 @@ class Sweeper:
 
     async def _settle(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
         plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
-        self._log_finished(runner.session, plan.finished)
+        await self._finished(runner.session, plan.finished)
         if plan.claims or plan.finished:
             runner.worked = True
             self.problems.pop(runner.session.id, None)
         return list(plan.claims)
 
-    @staticmethod
-    def _log_finished(session: Session, finished: Sequence[Finished]) -> None:
+    async def _finished(self, session: Session, finished: Sequence[Finished]) -> None:
+        """Log the occurrences a settlement finished and count their runs' figures."""
+        if not finished:
+            return
         for done in finished:
             what = done.series_id or done.message_id
             detail = f": {done.error}" if done.error else ""
@@ -538,6 +575,8 @@ class Sweeper:
                 level, "session %s: %s %s%s", session.name, what, done.outcome.value, detail,
                 extra=fields,
             )  # fmt: skip
+        runs = await read(self.store.runs_of, session.id, [d.message_id for d in finished])
+        self.metrics.finished(runs.values())
 
     async def _deliver(self, session: Session) -> None:
         """Take in the runner's new outbound rows, then retry failed channels.

@@ -1,6 +1,6 @@
 """The host's one writer: every write it makes runs here, one at a time, off the loop.
 
-The sweep, delivery and (later) the HTTP handlers all hand their writes to one
+The sweep, delivery, the background jobs and the HTTP handlers all hand their writes to one
 :class:`Writer`. Writes run in a worker thread, strictly one after another in the order
 they were submitted, so no two of the host's own writes ever contend for a SQLite lock
 and the event loop never waits on one. Reads do not need the writer: they run in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.timeutil import Clock
 from host.config import Settings
 from host.daemon import run_host
 from host.service import Cronbox
@@ -29,6 +31,8 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "idle_timeout": 1.0,
         "min_interval": 1.0,
         "max_containers": 5,
+        # Tests that use the HTTP API hand the host a socket on an ephemeral port.
+        "http_port": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -49,14 +53,36 @@ def fast_sweep(settings: Settings, **overrides: Any) -> SweepConfig:
     return SweepConfig(**values)
 
 
+def ephemeral_socket() -> socket.socket:
+    """A socket bound to a free loopback port, for a host's HTTP API."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
 @asynccontextmanager
 async def running_host(
-    settings: Settings, sweep: SweepConfig | None = None
+    settings: Settings,
+    sweep: SweepConfig | None = None,
+    *,
+    http_socket: socket.socket | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Sweeper]:
     """Run ``run_host`` in this event loop; cancelling it performs the staged shutdown."""
     async with anyio.create_task_group() as tg:
         sweeper: Sweeper = await tg.start(
-            partial(run_host, settings, sweep=sweep or fast_sweep(settings))
+            partial(
+                run_host,
+                settings,
+                sweep=sweep or fast_sweep(settings),
+                http_socket=http_socket,
+                clock=clock,
+            )
         )
         try:
             yield sweeper

@@ -16,8 +16,8 @@ from cronbox_shared.models import AckStatus, MessageKind
 from cronbox_shared.policies import due_at
 from cronbox_shared.tasks import wakes_per_day
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc, zone
-from host.cli import iso_local
 from host.service import Cronbox
+from host.views import iso_local
 from tests.cli_harness import Cli, cli_for, fresh_home
 
 

@@ -31,6 +31,7 @@ def host_env(home: Path, runtime: str = "process") -> dict[str, str]:
         CRONBOX_IDLE_TIMEOUT="1",
         CRONBOX_MIN_INTERVAL="1",
         CRONBOX_SWEEP_INTERVAL="60",
+        CRONBOX_HTTP_PORT="0",
     )
     return env
 

@@ -26,7 +26,11 @@ def service_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CRONBOX_")}
     # A misspelt setting: its warning must be a JSON line too.
     env.update(
-        TZ="UTC", CRONBOX_HOME=str(home), CRONBOX_IDLE_TIMEOUT="1", CRONBOX_MAX_CONTAINER="3"
+        TZ="UTC",
+        CRONBOX_HOME=str(home),
+        CRONBOX_IDLE_TIMEOUT="1",
+        CRONBOX_MAX_CONTAINER="3",
+        CRONBOX_HTTP_PORT="0",
     )
     return env
 

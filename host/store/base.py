@@ -14,10 +14,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cronbox_shared.models import DeliveryStatus, InboundMessage
-from cronbox_shared.sessiondb import DeliveryRow
+from cronbox_shared.sessiondb import DeliveryAttempt, DeliveryRow
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
-from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+from host.store.records import (
+    AuditEntry,
+    JobRecord,
+    Lease,
+    Run,
+    RunRecord,
+    Session,
+    SessionView,
+    TaskView,
+)
 
 
 class ChangeFeed(Protocol):
@@ -47,8 +56,9 @@ class CentralRepository(Protocol):
         ...
 
     def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
-        """Set the session's ``agent``, ``timezone``, ``quiet``, ``max_wakes_per_day``
-        and/or ``container`` (a dict of its container limits) with its audit entry."""
+        """Set the session's ``agent``, ``timezone``, ``quiet``, ``max_wakes_per_day``,
+        webhook columns and/or ``container`` (a dict of its container limits) with its
+        audit entry."""
         ...
 
     def delete_session(self, session_id: str, audit: AuditEntry) -> None:
@@ -139,6 +149,30 @@ class CentralRepository(Protocol):
         """One run by its id."""
         ...
 
+    def job_states(self) -> list[JobRecord]:
+        """What is recorded of every background job that has run."""
+        ...
+
+    def job_started(self, name: str, at: Instant) -> bool:
+        """Mark a job running; False (nothing written) when it already is."""
+        ...
+
+    def job_finished(self, name: str, at: Instant, ok: bool, result: str) -> None:
+        """Record how a job's run ended."""
+        ...
+
+    def clear_running_jobs(self) -> int:
+        """Forget the running marks a dead host left behind."""
+        ...
+
+    def prune_runs(self, before: Instant) -> int:
+        """Delete runs that finished before ``before``; how many."""
+        ...
+
+    def prune_audit(self, before: Instant) -> int:
+        """Delete audit entries older than ``before``; how many."""
+        ...
+
     def record_audit(self, entry: AuditEntry) -> None:
         """Append one audit entry."""
         ...
@@ -227,6 +261,10 @@ class InboxTransaction(Protocol):
         """The pending occurrence of every task series (one per series)."""
         ...
 
+    def defer_delivery(self, seq: int, channel: str, at: Instant, until: Instant, why: str) -> None:
+        """Put a pending delivery off until ``until`` without counting an attempt."""
+        ...
+
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session (its zone) for its runner and MCP server."""
         ...
@@ -290,6 +328,10 @@ class SessionFiles(Protocol):
 
     def pending_deliveries(self, session_id: str) -> list[DeliveryRow]:
         """Channel deliveries still to be made, due or waiting for their backoff."""
+        ...
+
+    def delivery_attempts(self, session_id: str) -> list[DeliveryAttempt]:
+        """Every recorded delivery attempt of the session's replies, in order."""
         ...
 
     def get(self, session_id: str, message_id: str) -> InboundMessage | None:

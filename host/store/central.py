@@ -22,7 +22,16 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
 from cronbox_shared.models import MessageStatus, preview
 from cronbox_shared.timeutil import Instant
-from host.store.records import AuditEntry, Lease, Run, RunRecord, Session, SessionView, TaskView
+from host.store.records import (
+    AuditEntry,
+    JobRecord,
+    Lease,
+    Run,
+    RunRecord,
+    Session,
+    SessionView,
+    TaskView,
+)
 
 CENTRAL = "cronbox.db"
 
@@ -153,6 +162,15 @@ def m006_session_zone(db: Database) -> None:
                 sdb.set_session_info(inbox, "timezone", timezone)
 
 
+def _open_every_inbox(db: Database) -> None:
+    """Bring every session's inbox to the current schema (its readers never migrate)."""
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir):
+                pass
+
+
 @central_migrations()
 def m008_policies(db: Database) -> None:
     """Scheduling policies: why a series is paused (task mirror), when a session's
@@ -161,11 +179,7 @@ def m008_policies(db: Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN paused_reason TEXT")
     db.execute("ALTER TABLE sessions ADD COLUMN chat_due_at TEXT")
     db.execute("CREATE INDEX sessions_chat_due ON sessions (chat_due_at)")
-    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
-    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
-        if (session_dir / sdb.INBOUND).is_file():
-            with sdb.inbound(session_dir):
-                pass
+    _open_every_inbox(db)
 
 
 @central_migrations()
@@ -180,8 +194,37 @@ def m008_wake_budget(db: Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN max_wakes_per_day INTEGER")
 
 
+@central_migrations()
+def m009_webhooks(db: Database) -> None:
+    """A webhook per session (its URL and the variable holding its signing secret), and
+    every session's inbox brought to the schema that records each delivery attempt."""
+    db.execute("ALTER TABLE sessions ADD COLUMN webhook_url TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN webhook_secret_env TEXT")
+    _open_every_inbox(db)
+
+
+@central_migrations()
+def m009_jobs(db: Database) -> None:
+    """The host's background jobs (last run and result), and indexes for retention."""
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            name TEXT PRIMARY KEY,
+            running_since TEXT,
+            last_run_at TEXT,
+            last_finished_at TEXT,
+            last_ok INTEGER,
+            last_result TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX runs_finished ON runs (finished_at)")
+    db.execute("CREATE INDEX audit_log_at ON audit_log (at)")
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
-                 "last_active_at", "next_due_at", "quiet", "max_wakes_per_day")  # fmt: skip
+                 "last_active_at", "next_due_at", "quiet", "max_wakes_per_day",
+                 "webhook_url", "webhook_secret_env")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
              "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
 
@@ -274,8 +317,8 @@ class SqliteCentral:
             self._audit(db, audit)
 
     def update_session(self, session_id: str, fields: dict[str, Any], audit: AuditEntry) -> None:
-        """Change a session's agent profile, timezone, quiet hours, wake cap or container
-        settings (a dict)."""
+        """Change a session's agent profile, timezone, quiet hours, wake cap, webhook or
+        container settings (a dict)."""
         values = {k: json.dumps(v) if k == "container" else v for k, v in fields.items()}
         assign = ", ".join(f"{k} = ?" for k in values)
         with self._open() as db, db.atomic():
@@ -527,6 +570,59 @@ class SqliteCentral:
             [entry.at, entry.actor, entry.action, entry.session_id, entry.target,
              json.dumps(entry.detail) if entry.detail is not None else None],
         )  # fmt: skip
+
+    def job_states(self) -> list[JobRecord]:
+        """What is recorded of every background job that has run."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT name, running_since, last_run_at, last_finished_at, last_ok, last_result "
+                "FROM jobs ORDER BY name"
+            ).fetchall()
+        return [
+            JobRecord(name=r[0], running_since=r[1], last_run_at=r[2], last_finished_at=r[3],
+                      last_ok=None if r[4] is None else bool(r[4]), last_result=r[5])
+            for r in rows
+        ]  # fmt: skip
+
+    def job_started(self, name: str, at: Instant) -> bool:
+        """Mark a job running; False (nothing written) when it already is."""
+        with self._open() as db, db.atomic():
+            row = db.execute("SELECT running_since FROM jobs WHERE name = ?", [name]).fetchone()
+            if row is not None and row[0] is not None:
+                return False
+            db.execute(
+                "INSERT INTO jobs (name, running_since, last_run_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET running_since = excluded.running_since, "
+                "last_run_at = excluded.last_run_at",
+                [name, at, at],
+            )
+        return True
+
+    def job_finished(self, name: str, at: Instant, ok: bool, result: str) -> None:
+        """Record how a job's run ended."""
+        with self._open() as db, db.atomic():
+            db.execute(
+                "UPDATE jobs SET running_since = NULL, last_finished_at = ?, last_ok = ?, "
+                "last_result = ? WHERE name = ?",
+                [at, int(ok), result, name],
+            )
+
+    def clear_running_jobs(self) -> int:
+        """Forget the running marks a dead host left behind."""
+        with self._open() as db, db.atomic():
+            return db.execute(
+                "UPDATE jobs SET running_since = NULL WHERE running_since IS NOT NULL"
+            ).rowcount
+
+    def prune_runs(self, before: Instant) -> int:
+        """Delete runs that finished before ``before``."""
+        with self._open() as db, db.atomic():
+            return db.execute("DELETE FROM runs WHERE finished_at < ?", [before]).rowcount
+
+    def prune_audit(self, before: Instant) -> int:
+        """Delete audit entries older than ``before``."""
+        with self._open() as db, db.atomic():
+            return db.execute("DELETE FROM audit_log WHERE at < ?", [before]).rowcount
 
     def record_audit(self, entry: AuditEntry) -> None:
         """Append one audit entry in its own transaction."""

@@ -103,6 +103,10 @@ class InboxTx:
         """The pending occurrence of every task series (one per series)."""
         return sdb.live_tasks(self.db, (MessageStatus.PENDING,))
 
+    def defer_delivery(self, seq: int, channel: str, at: Instant, until: Instant, why: str) -> None:
+        """Put a pending delivery off until ``until`` without counting an attempt."""
+        sdb.defer_delivery(self.db, seq, channel, at, until, why)
+
     def set_info(self, key: str, value: str) -> None:
         """Record one fact about the session for its runner and MCP server."""
         sdb.set_session_info(self.db, key, value)
@@ -269,6 +273,11 @@ class SqliteSessionFiles:
         """Channel deliveries still to be made, due or waiting for their backoff."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
             return sdb.pending_deliveries(db)
+
+    def delivery_attempts(self, session_id: str) -> list[sdb.DeliveryAttempt]:
+        """Every recorded delivery attempt of the session's replies, in order."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return sdb.delivery_attempts(db)
 
     def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
         """Raw outbound rows with these seqs (to retry a delivery)."""

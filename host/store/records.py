@@ -23,6 +23,10 @@ class Session(Record):
     """Quiet hours such as ``22:00-07:00`` in the session's zone (None: none)."""
     max_wakes_per_day: int | None = None
     """How often a day its tasks may wake the agent, counted when scheduling (None: no limit)."""
+    webhook_url: str | None = None
+    """Where the webhook channel POSTs this session's replies (none: console only)."""
+    webhook_secret_env: str | None = None
+    """The host environment variable holding the webhook's HMAC-SHA256 signing secret."""
 
 
 class TaskView(Record):
@@ -128,3 +132,14 @@ class SessionView(Record):
     """The earliest ``process_after`` of pending chat rows that wake the agent."""
     tasks: tuple[InboundMessage, ...] = ()
     full: bool = False
+
+
+class JobRecord(Record):
+    """What ``cronbox.db`` records of one background job's runs."""
+
+    name: str
+    running_since: Instant | None
+    last_run_at: Instant | None
+    last_finished_at: Instant | None
+    last_ok: bool | None
+    last_result: str | None

@@ -29,3 +29,5 @@ echo "== next fire: cronbox beside cronsim, croniter and the old evaluation =="
 echo
 echo "== docker runtime: cold and warm wake beside docker run (needs scripts/docker-setup) =="
 if docker info >/dev/null 2>&1; then "$python" "$here/docker_wake.py"; else echo "skipped: no Docker engine"; fi
+echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, beside none =="
+"$python" "$here/http_load.py"

@@ -1,0 +1,643 @@
+"""The host's HTTP API (SPEC §6.3): health, version, metrics, and the service's commands.
+
+Served by ``cronbox run`` in the host's own event loop, so it never slows the sweep:
+
+* every read runs in a worker thread drawn from a small limiter of its own, so a flood
+  of ``GET /api/tasks`` can neither block the loop nor take the threads the sweep reads
+  with;
+* every write goes through the host's one writer (:mod:`host.writer`), like the sweep's
+  own, and wakes the sweep afterwards;
+* handlers call the same :class:`~host.service.Cronbox` methods as the CLI and return the
+  same response models (:mod:`host.views`), so ``cronbox --json`` and the API agree.
+
+Errors are one sentence in ``{"error": ...}``: a ``CronboxError`` keeps its own sentence
+and gets 400 (bad input), 404 (unknown session, task or run) or 409 (a state that does
+not allow the action); nothing is written for a refused request. With ``CRONBOX_API_KEY``
+set every ``/api/`` request needs the ``x-api-key`` header (compared in constant time);
+``/health``, ``/version`` and ``/metrics`` stay open for probes and scrapers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import platform
+import socket
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from functools import partial
+from importlib.metadata import version as package_version
+from typing import Annotated, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
+import uvicorn
+from fastapi import FastAPI, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cronbox_shared.defaults import DEFAULTS
+from cronbox_shared.errors import (
+    AlreadyHandled,
+    CronboxError,
+    HttpUnavailable,
+    InsecureBind,
+    InvalidInput,
+    SessionExists,
+    TaskIdTaken,
+    TaskStateError,
+    TooManyTasks,
+)
+from cronbox_shared.models import MessageStatus
+from cronbox_shared.tasks import OperatorUpdateRequest, ScheduleRequest, validation_sentence
+from cronbox_shared.timeutil import fmt
+from host.config import Settings
+from host.jobs import JobRunner
+from host.metrics import CONTENT_TYPE, Metrics
+from host.service import Cronbox
+from host.store.records import LogEntry, Session
+from host.views import (
+    ErrorOut,
+    HealthOut,
+    JobOut,
+    JobTrigger,
+    MessageOut,
+    RunOut,
+    RunQueued,
+    TaskOut,
+    VersionOut,
+)
+from host.writer import Writer
+
+log = logging.getLogger("cronbox.http")
+P = ParamSpec("P")
+T = TypeVar("T")
+API_KEY_HEADER = "x-api-key"
+ACTOR = "http"
+# /health reports the sweep stalled when no pass completed within this many intervals.
+STALL_INTERVALS = 3
+MAX_LIMIT = 1000
+
+
+class ShuttingDown(CronboxError, RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the host is shutting down and takes no more changes; retry once it is back"
+        )
+
+
+class Unauthorized(CronboxError, PermissionError):
+    def __init__(self) -> None:
+        super().__init__(
+            f"this API needs the {API_KEY_HEADER} header with the host's CRONBOX_API_KEY"
+        )
+
+
+class SweepState(Protocol):
+    """What the API reads of the running sweep (a :class:`host.sweep.Sweeper`)."""
+
+    started_at: datetime
+    last_pass_at: datetime | None
+    accepting: bool
+
+    @property
+    def live(self) -> Any: ...
+
+    @property
+    def waiting(self) -> Any: ...
+
+    @property
+    def problems(self) -> Any: ...
+
+    def wake(self) -> None: ...
+
+    async def between_passes(self) -> None: ...
+
+
+@runtime_checkable
+class EngineRuntime(Protocol):
+    """A runtime backed by an engine (docker) that can say which version it talks to."""
+
+    async def engine_version(self) -> str:
+        """The engine's version string; raises when the engine cannot be reached."""
+        ...
+
+
+@dataclass
+class Api:
+    """Everything the handlers use: the service, the one writer, the sweep, the metrics."""
+
+    store: Cronbox
+    writer: Writer
+    sweep: SweepState
+    settings: Settings
+    metrics: Metrics
+    runtime: object = None
+    accepting_writes: bool = True
+    read_limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(DEFAULTS.http_read_threads)
+    )
+    jobs: JobRunner | None = None
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking read in one of the API's own worker threads, between passes."""
+        await self.sweep.between_passes()
+        return await anyio.to_thread.run_sync(
+            partial(fn, *args, **kwargs), limiter=self.read_limiter
+        )
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a write through the host's one writer, then wake the sweep."""
+        if not self.accepting_writes:
+            raise ShuttingDown
+        await self.sweep.between_passes()
+        result = await self.writer(fn, *args, **kwargs)
+        self.sweep.wake()
+        return result
+
+    def health(self) -> tuple[HealthOut, int]:
+        """The health report and its status code (503 when the sweep has stalled)."""
+        now = self.store.now()
+        since = self.sweep.last_pass_at or self.sweep.started_at
+        lag = max(0.0, (now - since).total_seconds())
+        stalled = lag > STALL_INTERVALS * self.settings.sweep_interval
+        status = "stopping" if not self.sweep.accepting else "stalled" if stalled else "ok"
+        problems = [
+            {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
+            for sid, p in sorted(self.sweep.problems.items())
+        ]
+        if self.jobs is not None:
+            problems += self.jobs.stale
+        report = HealthOut(
+            status=status, uptime_seconds=(now - self.sweep.started_at).total_seconds(),
+            sweep_lag_seconds=lag,
+            last_sweep=fmt(self.sweep.last_pass_at) if self.sweep.last_pass_at else None,
+            live_runners=len(self.sweep.live), pool_size=self.settings.max_containers,
+            waiting=len(self.sweep.waiting), problems=tuple(problems),
+        )  # fmt: skip
+        return report, 200 if status == "ok" else 503
+
+    def refresh_gauges(self) -> None:
+        """Set the gauges read at scrape time (runs in a worker thread)."""
+        now = self.store.now()
+        due = self.store.due_sessions(now)
+        self.metrics.due_rows.set(sum(len(self.store.due_ids(sid)) for sid, _ in due))
+        self.metrics.pool_in_use.set(len(self.sweep.live))
+        self.metrics.pool_waiting.set(len(self.sweep.waiting))
+
+
+def status_code(exc: CronboxError) -> int:
+    """The HTTP status of a refused request."""
+    if isinstance(exc, ShuttingDown):
+        return 503
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, LookupError):
+        return 404
+    if isinstance(
+        exc, TaskStateError | TaskIdTaken | SessionExists | TooManyTasks | AlreadyHandled
+    ):
+        return 409
+    if isinstance(exc, ValueError):
+        return 400
+    return 500
+
+
+class TaskFilter(StrEnum):
+    """Which task series ``GET /api/tasks`` lists: live ones (the default), all, or one state."""
+
+    LIVE = "live"
+    ALL = "all"
+    PENDING = "pending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class ScheduleBody(ScheduleRequest):
+    """``POST /api/tasks``: a schedule request plus the session it belongs to."""
+
+    session: str
+
+
+class UpdateBody(OperatorUpdateRequest):
+    """``PATCH /api/tasks/{id}``: the fields to change; left out stays, null clears."""
+
+    # The path names the task; the body may repeat it.
+    task_id: str | None = Field(default=None, alias="taskId")  # type: ignore[assignment]
+
+
+class MessageBody(BaseModel):
+    """``POST /api/sessions/{name}/messages``: a chat message for the session's agent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    text: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> MessageBody:
+        """Validate the body, turning type errors into one InvalidInput sentence."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_sentence(exc) from None
+
+
+# Documents the header in the OpenAPI document; the middleware in build_app enforces it
+# on every /api/ path, known or not.
+ApiKey = Annotated[str | None, Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))]
+TaskId = Annotated[str, Path(description="Task id, occurrence id or series id.")]
+SessionRef = Annotated[str, Path(description="Session name or id.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+_TASKS = TypeAdapter(list[TaskOut])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": words}
+    for code, words in (
+        (400, "Bad input, in one sentence; nothing was written"),
+        (401, "The x-api-key header is missing or wrong"),
+        (404, "No such session, task or run"),
+        (409, "The task's state does not allow this"),
+        (503, "The host is shutting down"),
+    )
+}
+
+
+def _body_schema(model: type[Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
+        }
+    }
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or InvalidInput in one sentence."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON; send a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return body
+
+
+def _cronbox_version() -> str:
+    try:
+        return package_version("cronbox")
+    except Exception:  # not installed as a distribution (a source checkout)
+        return "unknown"
+
+
+class ApiKeyGuard:
+    """Pure ASGI middleware: with an API key set, ``/api/`` paths need ``x-api-key``
+    (compared in constant time), whether or not the path exists."""
+
+    def __init__(self, app: ASGIApp, api: Api) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wanted = self.api.settings.api_key
+        if wanted and scope["type"] == "http" and scope["path"].startswith("/api/"):
+            given = b""
+            for name, value in scope["headers"]:
+                if name == API_KEY_HEADER.encode():
+                    given = value
+            if not hmac.compare_digest(given, wanted.encode()):
+                refused = JSONResponse({"error": str(Unauthorized())}, status_code=401)
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(api: Api) -> FastAPI:
+    """The ASGI application over ``api``."""
+    app = FastAPI(
+        title="cronbox",
+        version=_cronbox_version(),
+        description="The cronbox host's API: the same commands and shapes as `cronbox --json`.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(CronboxError)
+    async def _cronbox_error(request: Request, exc: CronboxError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=status_code(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("HTTP %s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            {"error": f"the host could not do this ({type(exc).__name__}); its log has the detail"},
+            status_code=500,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
+        return JSONResponse({"error": f"{where or 'request'}: {err.get('msg')}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        words = {404: f"no such endpoint {request.url.path}; /openapi.json lists them",
+                 405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
+        return JSONResponse(
+            {"error": words.get(exc.status_code, str(exc.detail))},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    app.add_middleware(ApiKeyGuard, api=api)
+
+    # --- open: probes and scrapers ------------------------------------------------------
+
+    @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def health() -> JSONResponse:
+        """Whether the sweep is keeping up: 503 when no pass completed within 3 intervals."""
+        report, code = api.health()
+        return JSONResponse(report.model_dump(mode="json"), status_code=code)
+
+    @app.get("/version", response_model=VersionOut)
+    async def version() -> VersionOut:
+        """cronbox, Python and runtime versions (and the engine's, with docker)."""
+        engine = None
+        if isinstance(api.runtime, EngineRuntime):
+            try:
+                engine = await api.runtime.engine_version()
+            except Exception as exc:  # an engine that is down is reported, not fatal
+                engine = f"unavailable: {exc}"
+        return VersionOut(
+            cronbox=_cronbox_version(), python=platform.python_version(),
+            runtime=api.settings.runtime, engine=engine,
+        )  # fmt: skip
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+    async def metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        body = await api.read(api.metrics.render, api.refresh_gauges)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    # --- /api: sessions --------------------------------------------------------------------
+
+    @app.get("/api/sessions", response_model=list[Session], responses=ERRORS)
+    async def list_sessions(key: ApiKey = None) -> list[Session]:
+        """Every session (as ``cronbox session list --json``)."""
+        return await api.read(api.store.list_sessions)
+
+    @app.get("/api/sessions/{session}/log", response_model=list[LogEntry], responses=ERRORS)
+    async def session_log(
+        session: SessionRef, limit: Limit = 50, key: ApiKey = None
+    ) -> list[LogEntry]:
+        """A session's conversation, oldest first (as ``cronbox log --json``)."""
+        return await api.read(api.store.conversation, session, limit)
+
+    @app.post(
+        "/api/sessions/{session}/messages", status_code=201, response_model=MessageOut,
+        responses=ERRORS, openapi_extra=_body_schema(MessageBody),
+    )  # fmt: skip
+    async def send_message(session: SessionRef, request: Request, key: ApiKey = None) -> MessageOut:
+        """Send a chat message to the session's agent, due at once (as ``cronbox send``)."""
+        body = MessageBody.parse(await json_object(request))
+        target = await api.read(api.store.get_session, session)
+        message = await api.write(api.store.send_message, target.id, body.text, actor=ACTOR)
+        return MessageOut(**message.model_dump(), session=target.name)
+
+    # --- /api: tasks -----------------------------------------------------------------------
+
+    @app.get("/api/tasks", response_model=list[TaskOut], responses=ERRORS)
+    async def list_tasks(
+        session: Annotated[str | None, Query(description="Only this session's tasks.")] = None,
+        status: Annotated[
+            TaskFilter, Query(description="live (default), all, or one state.")
+        ] = TaskFilter.LIVE,
+        key: ApiKey = None,
+    ) -> Response:
+        """Task series, soonest next run first (as ``cronbox task list --json``)."""
+
+        def rendered() -> bytes:
+            views = api.store.list_tasks(session, include_all=status is not TaskFilter.LIVE)
+            if status not in (TaskFilter.LIVE, TaskFilter.ALL):
+                views = [v for v in views if v.status is MessageStatus(status.value)]
+            return _TASKS.dump_json([TaskOut.of(v) for v in views])
+
+        # Read, shaped and encoded in the worker thread: the loop only sends the bytes.
+        return Response(await api.read(rendered), media_type="application/json")
+
+    @app.post(
+        "/api/tasks", status_code=201, response_model=TaskOut, responses=ERRORS,
+        openapi_extra=_body_schema(ScheduleBody),
+    )  # fmt: skip
+    async def schedule_task(request: Request, key: ApiKey = None) -> TaskOut:
+        """Schedule a task (as ``cronbox task schedule``); the same task id again is a no-op."""
+        body = ScheduleBody.parse(await json_object(request))
+        fields = body.model_dump(by_alias=True, exclude={"session"}, exclude_unset=True)
+        schedule = ScheduleRequest.parse(fields)
+        view = await api.write(api.store.schedule_task, body.session, schedule, actor=ACTOR)
+        return TaskOut.of(view)
+
+    @app.get("/api/tasks/{task}", response_model=TaskOut, responses=ERRORS)
+    async def get_task(task: TaskId, key: ApiKey = None) -> TaskOut:
+        """One task series."""
+        return TaskOut.of(await api.read(api.store.get_task, task))
+
+    @app.patch(
+        "/api/tasks/{task}", response_model=TaskOut, responses=ERRORS,
+        openapi_extra=_body_schema(UpdateBody),
+    )  # fmt: skip
+    async def update_task(task: TaskId, request: Request, key: ApiKey = None) -> TaskOut:
+        """Change a task (as ``cronbox task update``): a left-out field stays, null clears it."""
+        body = UpdateBody.parse(await json_object(request))
+        if body.task_id is not None and body.task_id != task:
+            raise InvalidInput("taskId in the body differs from the task in the path; drop it")
+        changes = body.model_dump(by_alias=True, exclude={"task_id"}, exclude_unset=True)
+        if not changes:
+            raise InvalidInput(
+                "nothing to update; give prompt, processAfter, recurrence, script, timeout, "
+                "misfireGrace or timezone"
+            )
+        request_ = OperatorUpdateRequest.parse({**changes, "taskId": task})
+        return TaskOut.of(await api.write(api.store.update_task, request_, actor=ACTOR))
+
+    def _status_route(name: str, fn: Callable[..., Any], doc: str) -> None:
+        async def change(task: TaskId, key: ApiKey = None) -> TaskOut:
+            return TaskOut.of(await api.write(fn, task, actor=ACTOR))
+
+        change.__doc__ = doc
+        app.post(
+            f"/api/tasks/{{task}}/{name}", response_model=TaskOut, responses=ERRORS,
+            name=f"{name}_task",
+        )(change)  # fmt: skip
+
+    _status_route("cancel", api.store.cancel_task, "Cancel a task; a recurring one stops for good.")
+    _status_route("pause", api.store.pause_task, "Pause a task; it does not run until resumed.")
+    _status_route("resume", api.store.resume_task, "Resume a paused task from its next slot.")
+
+    @app.post("/api/tasks/{task}/run", status_code=202, response_model=RunQueued, responses=ERRORS)
+    async def run_task(task: TaskId, key: ApiKey = None) -> RunQueued:
+        """Run a task now, once, outside its schedule (as ``cronbox task run``)."""
+        row = await api.write(api.store.run_now, task, actor=ACTOR)
+        return RunQueued(id=row.id, series_id=row.series_id, process_after=row.process_after)
+
+    @app.get("/api/tasks/{task}/runs", response_model=list[RunOut], responses=ERRORS)
+    async def task_runs(task: TaskId, limit: Limit = 50, key: ApiKey = None) -> list[RunOut]:
+        """A task's past runs, newest first (as ``cronbox task history --json``)."""
+        view = await api.read(api.store.get_task, task)
+        return [RunOut.of(r) for r in await api.read(api.store.runs_for, view.series_id, limit)]
+
+    # --- /api: the host's background jobs ------------------------------------------------
+
+    @app.get("/api/scheduler", response_model=list[JobOut], responses=ERRORS)
+    async def list_jobs(key: ApiKey = None) -> list[JobOut]:
+        """Each background job: schedule, enabled, running, last run and result, next run."""
+        return await _jobs().views()
+
+    @app.post(
+        "/api/scheduler", response_model=JobOut, responses=ERRORS,
+        openapi_extra=_body_schema(JobTrigger),
+    )  # fmt: skip
+    async def trigger_job(request: Request, key: ApiKey = None) -> JobOut:
+        """``{"action": "trigger", "job": NAME}`` runs the job now; its state after the run."""
+        body = await json_object(request)
+        try:
+            trigger = JobTrigger.model_validate(body)
+        except ValidationError as exc:
+            raise validation_sentence(exc) from None
+        if not api.accepting_writes:
+            raise ShuttingDown
+        return await _jobs().trigger(trigger.job)
+
+    def _jobs() -> JobRunner:
+        if api.jobs is None:
+            raise ShuttingDown
+        return api.jobs
+
+    _finish_document(app, keyed=bool(api.settings.api_key))
+    return app
+
+
+def _finish_document(app: FastAPI, keyed: bool) -> None:
+    """Make the generated document say what the handlers do: validation errors answer 400
+    with one sentence (not 422), and the API key is required only when one is set."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            for methods in schema.get("paths", {}).values():
+                for operation in methods.values():
+                    operation.get("responses", {}).pop("422", None)
+                    if not keyed:
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+            components = schema.get("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if not keyed:
+                components.pop("securitySchemes", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a listening address beyond this machine when no API key guards it."""
+    if settings.api_key:
+        return
+    host = settings.http_host
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a name that may resolve anywhere
+    if not loopback:
+        raise InsecureBind(host)
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound now so a busy port fails the start in one sentence."""
+    check_bind(settings)
+    host, port = settings.http_host, settings.http_port
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as exc:
+        raise HttpUnavailable(host, port, exc.strerror or str(exc)) from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the host's staged shutdown owns SIGTERM."""
+
+    @contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class HttpServer:
+    """The API served on one socket, stopped by :meth:`close`."""
+
+    def __init__(self, api: Api, sock: socket.socket) -> None:
+        self.api = api
+        self.sock = sock
+        # Accepted connections inherit this; asyncio only sets it itself on sockets made
+        # with proto=IPPROTO_TCP, and without it every answer waits ~40 ms (Nagle with
+        # delayed ACKs) for the second segment.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        config = uvicorn.Config(
+            build_app(api), lifespan="off", log_config=None, access_log=False,
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        self._server = _Server(config)
+        self.closed = anyio.Event()
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def serve(self) -> None:
+        """Serve until :meth:`close`.
+
+        Shielded: cancelling uvicorn mid-loop skips its own shutdown and leaves the loop
+        unable to serve another app, so the server only ends through :meth:`close`.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._server.serve(sockets=[self.sock])
+        finally:
+            self.closed.set()
+            self.sock.close()
+
+    def stop_writes(self) -> None:
+        """Shutdown stage one: refuse changes (503) while reads still answer."""
+        self.api.accepting_writes = False
+
+    def close(self, force: bool = False) -> None:
+        """Last shutdown stage: stop listening and finish open requests; with ``force``,
+        drop them."""
+        self._server.should_exit = True
+        if force:
+            self._server.force_exit = True
