@@ -175,6 +175,7 @@ def m004_quiet_hours(db: Database) -> None:
     db.execute("ALTER TABLE messages_in ADD COLUMN ignore_quiet INTEGER NOT NULL DEFAULT 0")
 
 
+@inbound_migrations()
 def m005_delivery_attempts(db: Database) -> None:
     """Every attempt a channel made at a reply: when, what came of it, the error."""
     db.execute(
