@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from datetime import datetime, timedelta
@@ -46,6 +47,7 @@ log = logging.getLogger("cronbox.host")
 LOCK = "host.lock"
 STATUS = "host.json"
 CHANGE_POLL = 0.2
+_STATUS_LOCK = threading.Lock()
 # How long the HTTP server may take to finish open requests once the host has drained.
 HTTP_CLOSE_GRACE = 10.0
 
@@ -137,8 +139,11 @@ def write_status(
         "stale": stale or [],
     }
     tmp = store.home / (STATUS + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    tmp.replace(store.home / STATUS)
+    # The status loop's last write may still be running in its thread when shutdown
+    # writes the final one: one at a time, so neither renames the other's file away.
+    with _STATUS_LOCK:
+        tmp.write_text(json.dumps(status, indent=2))
+        tmp.replace(store.home / STATUS)
 
 
 async def run_host(

@@ -47,7 +47,7 @@ from host.writer import Writer
 
 log = logging.getLogger("cronbox.jobs")
 BACKUPS = "backups"
-ARCHIVE_RE = re.compile(r"cronbox-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d+)?\.tar\.gz")
+ARCHIVE_RE = re.compile(r"cronbox-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})(?:-(\d+))?\.tar\.gz")
 # What an archive may hold: the central database, the agent profiles, each session's two.
 _MEMBER = re.compile(
     r"cronbox\.db|agents\.toml|sessions/s-[0-9a-f]{12}/(inbox/inbound\.db|outbox/outbound\.db)"
@@ -151,9 +151,17 @@ def backup_home(store: Cronbox, keep: int) -> str:
     return f"{BACKUPS}/{target.name}: {len(sessions)} sessions; {removed} older archives removed"
 
 
+def _age(path: Path) -> tuple[str, int]:
+    """Oldest first: by the instant in the name, then by the suffix a second archive made
+    within the same second gets (``-1``, ``-2``...)."""
+    match = ARCHIVE_RE.fullmatch(path.name)
+    assert match is not None
+    return match.group(1), int(match.group(2) or 0)
+
+
 def prune_backups(folder: Path, keep: int) -> int:
     """Delete all but the newest ``keep`` archives; how many went."""
-    archives = sorted(p for p in folder.iterdir() if ARCHIVE_RE.fullmatch(p.name))
+    archives = sorted((p for p in folder.iterdir() if ARCHIVE_RE.fullmatch(p.name)), key=_age)
     old = archives[:-keep] if keep > 0 else archives
     for path in old:
         path.unlink()

@@ -22,6 +22,7 @@ from host.jobs import (
     HomeNotEmpty,
     Retention,
     Schedule,
+    backup_home,
     cleanup_home,
     list_jobs,
     next_run,
@@ -241,7 +242,7 @@ async def test_a_backup_taken_while_the_host_works_restores_to_a_home_that_runs(
     session = store.create_session("alpha")
     sock = ephemeral_socket()
     async with (
-        running_host(settings, http_socket=sock),
+        running_host(settings, http_socket=sock) as sweeper,
         httpx2.AsyncClient(base_url=base_url(sock)) as client,
     ):
         sent = 0
@@ -264,6 +265,15 @@ async def test_a_backup_taken_while_the_host_works_restores_to_a_home_that_runs(
             taken = await client.post("/api/scheduler", json={"action": "trigger", "job": "backup"})
             after = sent
             await wait_for(lambda: sent >= after + 2)  # the work goes on after the snapshot
+
+            def backup_and_look() -> tuple[str, dict[str, Any]]:
+                return backup_home(store, 10), snapshot_of(store)
+
+            # The same backup as one write of the host's writer, with the source read in
+            # that same write: what it held at the snapshot, while the work goes on.
+            exact, at_snapshot = await sweeper.writer(backup_and_look)
+            after = sent
+            await wait_for(lambda: sent >= after + 2)
             busy.cancel_scope.cancel()
         assert taken.status_code == 200, taken.text
         assert taken.json()["last_ok"] is True, taken.json()
@@ -274,7 +284,22 @@ async def test_a_backup_taken_while_the_host_works_restores_to_a_home_that_runs(
         bad = await client.post("/api/scheduler", json={"action": "explode", "job": "backup"})
         assert bad.status_code == 400
     source = snapshot_of(store)
-    [archive] = (tmp_path / "home" / "backups").iterdir()
+    made = {p.name: p for p in (tmp_path / "home" / "backups").iterdir()}
+    second = made.pop(exact.split(":")[0].removeprefix("backups/"))
+    [first] = made.values()
+    # Restored, the exact backup holds the source's tasks and runs at its snapshot, and
+    # the replies the runner had written by then (it writes beside the host's writer),
+    # every one the host had delivered among them.
+    assert restore_home(second, tmp_path / "exact") == 1
+    again = snapshot_of(Cronbox.from_settings(make_settings(tmp_path / "exact")))
+    assert (again["tasks"], again["runs"]) == (at_snapshot["tasks"], at_snapshot["runs"])
+    assert at_snapshot["tasks"] != source["tasks"]  # the work went on after it
+    held = again["replies"][session.id]
+    assert held == source["replies"][session.id][: len(held)]
+    assert len(held) <= len(at_snapshot["replies"][session.id])  # read just after it
+    with sdb.inbound(tmp_path / "exact" / "sessions" / session.id, readonly=True) as db:
+        assert sdb.delivered_seqs(db, list(range(1, 20_001, 2))) <= set(held)
+    archive = first
     copy = tmp_path / "copy"
     assert restore_home(archive, copy) == 1
     restored = Cronbox.from_settings(make_settings(copy))
@@ -338,3 +363,14 @@ def test_a_disabled_job_has_no_next_run_but_can_still_be_run_by_hand(tmp_path: P
     assert not jobs["stale-check"].enabled
     assert jobs["cleanup"].enabled and jobs["cleanup"].next_run_at is not None
     assert run_here(store, settings, "backup").last_ok
+
+
+def test_two_backups_within_one_second_both_count_and_the_newer_is_kept(tmp_path: Path) -> None:
+    clock = ManualClock("2026-01-15T08:00:00Z")
+    settings = make_settings(tmp_path / "home", backup_keep=1)
+    store = Cronbox.from_settings(settings, clock=clock)
+    assert run_here(store, settings, "backup").last_ok
+    newer = run_here(store, settings, "backup")  # the same second: its name gets "-1"
+    assert newer.last_result and "cronbox-2026-01-15_08-00-00-1.tar.gz" in newer.last_result
+    kept = [p.name for p in (tmp_path / "home" / "backups").iterdir()]
+    assert kept == ["cronbox-2026-01-15_08-00-00-1.tar.gz"]
