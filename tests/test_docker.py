@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from docker import DockerClient
 
@@ -41,7 +42,14 @@ from host.runtimes.docker import (
 from host.service import Cronbox
 from host.store.records import Session
 from tests.docker_support import EngineProxy, containers_of, no_strays, ready_engine
-from tests.hosting import make_settings, replies, running_host, wait_for
+from tests.hosting import (
+    base_url,
+    ephemeral_socket,
+    make_settings,
+    replies,
+    running_host,
+    wait_for,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 CANARY = "CRONBOX_TEST_CANARY_SECRET"
@@ -390,3 +398,18 @@ def test_image_build_makes_a_non_root_image_without_build_tools(engine: DockerCl
         assert bytes(found).decode().split() == ["/usr/bin/bash"]
     finally:
         engine.images.remove(tag)
+
+
+@pytest.mark.docker
+async def test_version_over_http_names_the_engine_the_docker_runtime_talks_to(
+    tmp_path: Path, engine: DockerClient
+) -> None:
+    settings = make_settings(tmp_path / "home", runtime="docker")
+    sock = ephemeral_socket()
+    async with (
+        running_host(settings, http_socket=sock),
+        httpx2.AsyncClient(base_url=base_url(sock)) as client,
+    ):
+        report = (await client.get("/version")).json()
+    assert report["runtime"] == "docker"
+    assert report["engine"] == engine.version()["Version"]

@@ -175,6 +175,10 @@ class DockerRuntime:
     async def list_own(self, home: Path) -> list[RunnerHandle]:
         return await _engine_call(self._list_own_sync, home)
 
+    async def engine_version(self) -> str:
+        """The engine's version (``/version`` of the HTTP API shows it)."""
+        return await _engine_call(lambda: str(self.client.version().get("Version", "unknown")))
+
     def close(self) -> None:
         """Close the engine client's connections; the containers keep running."""
         if self._client is not None:
