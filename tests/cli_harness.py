@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -32,3 +34,14 @@ def cli_for(home: Path) -> Cli:
         return runner.invoke(app, [*args, "--home", str(home)], input=input)
 
     return invoke
+
+
+def ok(result: Result) -> Result:
+    """The result of a command that must have succeeded."""
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def as_json(result: Result) -> Any:
+    """The ``--json`` output of a command that must have succeeded."""
+    return json.loads(ok(result).stdout)

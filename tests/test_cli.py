@@ -15,14 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import typer
 from typer.core import TyperGroup
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt, is_canonical, parse_utc
 from host.cli import app
 from host.service import Cronbox
-from tests.cli_harness import Cli, cli_for, fresh_home
+from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
 HOST_TZ = "America/New_York"
 # Far enough ahead that "in the past" never applies, whatever today's date is.
@@ -44,15 +44,6 @@ def session(cli: Cli) -> str:
     result = cli("session", "create", "work")
     assert result.exit_code == 0, result.output
     return "work"
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 def schedule(cli: Cli, *args: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import pty
 import re
@@ -20,14 +19,13 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 from rich.console import Console
-from typer.testing import Result
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt
 from host.cli import render_history, render_tasks
 from host.service import Cronbox
-from tests.cli_harness import Cli, cli_for, fresh_home
+from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 from tests.hosting import make_settings, running_host, wait_for
 
 HOST_TZ = "America/New_York"
@@ -42,15 +40,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def cli(home: Path) -> Cli:
     return cli_for(home)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 @pytest.fixture

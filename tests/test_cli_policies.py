@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -18,7 +17,7 @@ from cronbox_shared.tasks import wakes_per_day
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc, zone
 from host.service import Cronbox
 from host.views import iso_local
-from tests.cli_harness import Cli, cli_for, fresh_home
+from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
 
 @pytest.fixture
@@ -35,15 +34,6 @@ def cli(home: Path) -> Cli:
 def session(cli: Cli) -> str:
     ok(cli("session", "create", "work", "--timezone", "UTC"))
     return "work"
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 def refused(result: Result) -> str:

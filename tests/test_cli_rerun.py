@@ -25,7 +25,7 @@ from host import cli as cli_module
 from host.runtimes.base import RunnerSpec
 from host.runtimes.process import PID_FILE, ProcessRuntime
 from host.service import Cronbox
-from tests.cli_harness import Cli, cli_for, fresh_home
+from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
 HANG_GUARD = 30
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -45,15 +45,6 @@ def cli(home: Path) -> Cli:
 def session(cli: Cli) -> str:
     ok(cli("session", "create", "work", "--timezone", "UTC"))
     return "work"
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(ok(result).stdout)
 
 
 def refused(result: Result) -> str:

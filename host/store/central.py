@@ -137,17 +137,22 @@ def m004_leases(db: Database) -> None:
     )
 
 
+def _open_every_inbox(db: Database) -> None:
+    """Bring every session's inbox to the current schema (its readers never migrate)."""
+    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
+        if (session_dir / sdb.INBOUND).is_file():
+            with sdb.inbound(session_dir):
+                pass
+
+
 @central_migrations()
 def m005_inbound_schema(db: Database) -> None:
     """Bring every session's inbound.db to the current schema (per-channel deliveries).
 
     Readers never migrate, so the host does it for every session once, here.
     """
-    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
-    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
-        if (session_dir / sdb.INBOUND).is_file():
-            with sdb.inbound(session_dir):
-                pass
+    _open_every_inbox(db)
 
 
 @central_migrations()
@@ -160,15 +165,6 @@ def m006_session_zone(db: Database) -> None:
         if (session_dir / sdb.INBOUND).is_file():
             with sdb.inbound(session_dir) as inbox, inbox.atomic():
                 sdb.set_session_info(inbox, "timezone", timezone)
-
-
-def _open_every_inbox(db: Database) -> None:
-    """Bring every session's inbox to the current schema (its readers never migrate)."""
-    (path,) = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
-    for session_dir in sorted((Path(path).parent / sdb.SESSIONS).glob("*/")):
-        if (session_dir / sdb.INBOUND).is_file():
-            with sdb.inbound(session_dir):
-                pass
 
 
 @central_migrations()
