@@ -33,6 +33,14 @@ class Defaults:
     failure_backoff: float = 120.0
     """Seconds a series waits after a failed occurrence at least; doubles with each
     failure in a row, up to 30 times this (2, 4, 8, 16, 32, then 60 minutes)."""
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    """Bytes a session's ``outbox/outbound.db`` may hold before the host stops reading it
+    and quarantines the session (64 MiB)."""
+    outbox_read_limit: float = 2.0
+    """Seconds one read of a session's outbox may take before it is abandoned."""
+    outbox_stall: float = 30.0
+    """Seconds a session's outbox may stay locked by its writer before the session is
+    quarantined."""
     gate_timeout: float = 30.0
     """Seconds a gate script may run."""
     gate_output_cap: int = 1024 * 1024

@@ -265,3 +265,16 @@ class HttpUnavailable(CronboxError, OSError):
             f"cannot serve the HTTP API on {host}:{port} ({why}); set CRONBOX_HTTP_PORT "
             "to a free port, or 0 to turn the API off"
         )
+
+
+class OutboxUnreadable(CronboxError, OSError):
+    """A session's ``outbox/`` cannot be read safely: it was written by an untrusted
+    runner and is corrupt, of the wrong type, a symbolic link, oversize, locked or left
+    mid-write. ``transient`` marks a state a live writer passes through (a lock held
+    for a moment), which is retried before it counts against the session."""
+
+    def __init__(self, reason: str, *, transient: bool = False, hot_journal: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.hot_journal = hot_journal

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from cronbox_shared.errors import Rejected
+from cronbox_shared.defaults import DEFAULTS
+from cronbox_shared.errors import OutboxUnreadable, Rejected
 from cronbox_shared.models import (
     MAX_CHAT_BYTES,
     Ack,
@@ -45,6 +48,11 @@ INBOUND = f"{INBOX}/inbound.db"
 OUTBOUND = f"{OUTBOX}/outbound.db"
 HEARTBEAT = f"{OUTBOX}/.heartbeat"
 BUSY_TIMEOUT_MS = 10_000
+# A read-only reader of an untrusted outbox waits this long for its writer's lock, then
+# gives up for this pass: a lock held by one runner must never stall the host's sweep.
+OUTBOX_BUSY_MS = 50
+# The session_state key that keeps a reset outbox's seqs above its predecessor's.
+SEQ_FLOOR = "seq_floor"
 # A cronbox home holds each session at ``sessions/<id>``, and the host's ``doorbell/``:
 # a process outside the session's runner (an MCP server run by hand) that writes to an
 # outbox leaves an empty file named by the session id there, so a running host takes the
@@ -236,14 +244,165 @@ def change_counter(path: Path) -> int | None:
 
     In rollback-journal mode (``journal_mode=DELETE``, which session files use) every
     committed transaction increments it, so it tells whether a file changed without
-    opening it as a database.
+    opening it as a database. A symbolic link, a pipe or a device is never opened (it is
+    None: a reader that looks closer reports why).
     """
     try:
-        with path.open("rb") as f:
-            header = f.read(28)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        header = os.pread(fd, 28, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return int.from_bytes(header[24:28], "big") if len(header) == 28 else None
+
+
+def check_outbox(session_dir: Path, max_bytes: int = DEFAULTS.outbox_max_bytes) -> bool:
+    """Whether ``outbox/outbound.db`` exists, after checking it may be read at all.
+
+    The outbox is written by an untrusted runner: ``outbox/`` must be a real directory
+    (no symbolic link) and ``outbound.db`` a regular file with one link, owned by the
+    host or by the outbox's owner (the container's user), no larger than ``max_bytes``;
+    its journal, when there is one, a regular file too. Raises OutboxUnreadable with the
+    reason otherwise. Nothing is followed, so nothing of another session is looked at.
+    """
+    outbox = session_dir / OUTBOX
+    try:
+        box = os.lstat(outbox)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OutboxUnreadable(f"outbox/ cannot be examined: {exc.strerror}") from None
+    if stat.S_ISLNK(box.st_mode):
+        raise OutboxUnreadable("outbox/ is a symbolic link")
+    if not stat.S_ISDIR(box.st_mode):
+        raise OutboxUnreadable("outbox/ is not a directory")
+    owners = {os.geteuid(), box.st_uid}
+    try:
+        st = os.lstat(session_dir / OUTBOUND)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OutboxUnreadable(f"outbound.db cannot be examined: {exc.strerror}") from None
+    _check_file("outbound.db", st, owners)
+    if st.st_size > max_bytes:
+        raise OutboxUnreadable(
+            f"outbound.db holds {st.st_size} bytes, over the {max_bytes}-byte cap "
+            "(CRONBOX_OUTBOX_MAX_BYTES)"
+        )
+    try:
+        journal = os.lstat(session_dir / f"{OUTBOUND}-journal")
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise OutboxUnreadable(f"outbound.db-journal cannot be examined: {exc.strerror}") from None
+    _check_file("outbound.db-journal", journal, owners)
+    if journal.st_size > max_bytes:
+        raise OutboxUnreadable(f"outbound.db-journal holds {journal.st_size} bytes, over the cap")
+    return True
+
+
+def _check_file(name: str, st: os.stat_result, owners: set[int]) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise OutboxUnreadable(f"{name} is a symbolic link")
+    if stat.S_ISDIR(st.st_mode):
+        raise OutboxUnreadable(f"{name} is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutboxUnreadable(f"{name} is not a regular file")
+    if st.st_nlink != 1:
+        raise OutboxUnreadable(f"{name} has {st.st_nlink} hard links")
+    if st.st_uid not in owners:
+        raise OutboxUnreadable(f"{name} is owned by uid {st.st_uid}")
+
+
+@contextmanager
+def read_outbox(
+    session_dir: Path,
+    max_bytes: int = DEFAULTS.outbox_max_bytes,
+    time_limit: float | None = None,
+    busy_ms: int = BUSY_TIMEOUT_MS,
+) -> Iterator[OutboundDb]:
+    """``outbox/outbound.db`` opened read-only for one read, as untrusted input.
+
+    After :func:`check_outbox`, the file is opened with ``O_NOFOLLOW`` and held open;
+    SQLite must have opened that same path (no link followed) and the path must still
+    name the same file when the read is over, else the read is discarded. A lock is
+    waited for ``busy_ms`` (the host waits only briefly) and a read is interrupted after
+    ``time_limit`` seconds (when given).
+    Every failure raises OutboxUnreadable with a reason; a missing file raises
+    FileNotFoundError.
+    """
+    path = session_dir / OUTBOUND
+    if not check_outbox(session_dir, max_bytes):
+        raise FileNotFoundError(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise OutboxUnreadable(f"outbound.db cannot be opened: {exc.strerror}") from None
+    try:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode):
+            raise OutboxUnreadable("outbound.db is not a regular file")
+        expected = os.path.join(os.path.realpath(session_dir / OUTBOX), "outbound.db")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_ms / 1000)
+        try:
+            if time_limit is not None:
+                deadline = time.monotonic() + time_limit
+                conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            try:
+                conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+                opened = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
+                if opened != [expected]:
+                    raise OutboxUnreadable("outbound.db was swapped for another file")
+                yield OutboundDb(conn)
+            except sqlite3.Error as exc:
+                raise _unreadable(exc, time_limit or 0) from None
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                raise OutboxUnreadable("outbound.db was replaced while it was read")
+        finally:
+            conn.close()
+    finally:
+        os.close(fd)
+
+
+def _unreadable(exc: sqlite3.Error, time_limit: float) -> OutboxUnreadable:
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if code == sqlite3.SQLITE_READONLY_ROLLBACK:
+        return OutboxUnreadable(
+            "outbound.db has a hot journal (its writer was killed mid-write)", hot_journal=True
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return OutboxUnreadable("outbound.db is locked by its writer", transient=True)
+    if name == "SQLITE_INTERRUPT":
+        return OutboxUnreadable(f"reading outbound.db took longer than {time_limit:g} s")
+    return OutboxUnreadable(f"outbound.db is unreadable: {exc}")
+
+
+def roll_back_journal(session_dir: Path, max_bytes: int = DEFAULTS.outbox_max_bytes) -> None:
+    """Roll back the hot journal a killed writer left beside ``outbound.db``.
+
+    Only for a session none of whose processes is running (the host calls it after its
+    runner is gone): the one time the host opens the outbox for writing, after the same
+    checks as every read, and without migrating or changing anything else.
+    """
+    if not check_outbox(session_dir, max_bytes):
+        return
+    conn = sqlite3.connect(session_dir / OUTBOUND, timeout=OUTBOX_BUSY_MS / 1000)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as exc:
+        raise _unreadable(exc, DEFAULTS.outbox_read_limit) from None
+    finally:
+        conn.close()
 
 
 def ring_doorbell(session_dir: Path) -> bool:
@@ -340,7 +499,13 @@ def inbound(session_dir: Path, readonly: bool = False) -> AbstractContextManager
 
 
 def outbound(session_dir: Path, readonly: bool = False) -> AbstractContextManager[OutboundDb]:
-    """Context manager over ``outbox/outbound.db`` (container: read-write; host: read-only)."""
+    """Context manager over ``outbox/outbound.db`` (container: read-write; host: read-only).
+
+    Read-only, it is :func:`read_outbox` with the default limits: every reader treats
+    the file as untrusted.
+    """
+    if readonly:
+        return read_outbox(session_dir)
     return open_db(OutboundDb, session_dir / OUTBOUND, outbound_migrations, readonly)
 
 
@@ -644,7 +809,13 @@ def insert_outbound(
 ) -> int:
     """Append to ``messages_out`` with the next odd seq; returns the seq."""
     with db.atomic():
-        (max_seq,) = db.execute("SELECT coalesce(max(seq), -1) FROM messages_out").fetchone()
+        # After ``cronbox session reset`` the new file carries the old one's last seq, so
+        # seqs keep growing across files and the host takes the new rows in.
+        (max_seq,) = db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM messages_out), -1), "
+            "coalesce((SELECT CAST(value AS INTEGER) FROM session_state "
+            f"WHERE key = '{SEQ_FLOOR}'), -1))"
+        ).fetchone()
         seq = int(max_seq) + 2
         db.execute(
             "INSERT INTO messages_out (id, seq, kind, created_at, in_reply_to, content) "
@@ -652,6 +823,14 @@ def insert_outbound(
             [message_id, seq, kind.value, created_at, in_reply_to, json.dumps(content)],
         )
     return seq
+
+
+def fresh_outbox(session_dir: Path, seq_floor: int) -> None:
+    """A new, empty ``outbound.db`` whose seqs continue above ``seq_floor`` (an odd seq,
+    or 0); ``outbox/`` must not hold one."""
+    with outbound(session_dir) as db, db.atomic():
+        if seq_floor > 0:
+            set_state(db, SEQ_FLOOR, str(seq_floor))
 
 
 def _raw_rows(db: Database, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
@@ -891,15 +1070,21 @@ def outbound_ready(db: OutboundDb) -> bool:
     return not outbound_migrations.pending(db)
 
 
-def undelivered(session_dir: Path, limit: int = 500) -> list[dict[str, Any]]:
+def undelivered(
+    session_dir: Path,
+    limit: int = 500,
+    max_bytes: int = DEFAULTS.outbox_max_bytes,
+    time_limit: float | None = None,
+    busy_ms: int = BUSY_TIMEOUT_MS,
+) -> list[dict[str, Any]]:
     """Raw ``messages_out`` rows the host has not handled yet, oldest first (untrusted).
 
     Read-only on both files: the host uses it to deliver, the MCP server to see which
     of the agent's requests are still on their way.
     """
-    if not (session_dir / OUTBOUND).exists():
+    if not check_outbox(session_dir, max_bytes):
         return []
     with inbound(session_dir, readonly=True) as inbound_db:
         after = delivered_max_seq(inbound_db)
-    with outbound(session_dir, readonly=True) as out:
+    with read_outbox(session_dir, max_bytes, time_limit, busy_ms) as out:
         return outbound_after(out, after, limit) if outbound_ready(out) else []

@@ -904,6 +904,25 @@ def session_delete(
     show_session("deleted", store.delete_session(found.id, stopped_runner=stopped), as_json)
 
 
+@session_app.command("reset")
+def session_reset(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a session's outbox clean, stopping its runner first: the old outbox (a
+    quarantined session's bad files) moves to quarantine/ for inspection; the inbox,
+    tasks and history stay. A running host lifts the quarantine at its next pass."""
+    store = open_store(home)
+    found = store.get_session(session)
+    stop_runners(store, found)
+    aside = store.reset_session(found.id)
+    if as_json:
+        print_json({"session": found.name, "id": found.id, "kept": str(aside)})
+    else:
+        typer.echo(f"reset session {found.name}; its old outbox is kept at {aside}")
+
+
 MAX_WAIT = 86400
 POLL_SECONDS = 0.5
 

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     cleanup_at: time = Field(default=time.fromisoformat(DEFAULTS.cleanup_at))
     keep_runs_days: int = Field(default=DEFAULTS.keep_runs_days, ge=0)
     keep_audit_days: int = Field(default=DEFAULTS.keep_audit_days, ge=0)
+    outbox_max_bytes: int = Field(default=DEFAULTS.outbox_max_bytes, ge=64 * 1024)
+    """Bytes a session's outbound.db may hold before the session is quarantined."""
+    outbox_read_limit: float = Field(default=DEFAULTS.outbox_read_limit, gt=0)
+    """Seconds one read of an outbox may take before the session is quarantined."""
+    outbox_stall: float = Field(default=DEFAULTS.outbox_stall, gt=0)
+    """Seconds an outbox may stay locked by its writer before the session is quarantined."""
     stale_check_every: float = Field(default=DEFAULTS.stale_check_every, gt=0)
     jobs_disabled: str = ""
     """Comma-separated background jobs not to run on their schedule (``backup,cleanup``)."""

@@ -74,6 +74,13 @@ def home_lock(home: Path) -> Iterator[None]:
         os.close(fd)
 
 
+PROCESS_TRUST = (
+    "the process runtime gives no isolation: runners run as this host's own uid and can "
+    "write cronbox.db and every session's files; use CRONBOX_RUNTIME=docker for agents "
+    "you do not trust"
+)
+
+
 def sweep_config(settings: Settings) -> SweepConfig:
     return SweepConfig(
         sweep_interval=settings.sweep_interval,
@@ -81,6 +88,7 @@ def sweep_config(settings: Settings) -> SweepConfig:
         idle_timeout=settings.idle_timeout,
         task_timeout=settings.task_timeout,
         keep_finished=settings.keep_finished,
+        outbox_stall=settings.outbox_stall,
     )
 
 
@@ -228,6 +236,8 @@ async def run_host(
                 settings.home, settings.runtime, settings.max_containers,
                 f", API on {address}" if address else "",
             )  # fmt: skip
+            if settings.runtime == "process":
+                log.warning(PROCESS_TRUST)
             task_status.started(sweeper)
             try:
                 await anyio.sleep_forever()

@@ -167,6 +167,8 @@ class Cronbox:
         default_timezone: str = "UTC",
         limits: Limits | None = None,
         create: bool = True,
+        outbox_max_bytes: int = DEFAULTS.outbox_max_bytes,
+        outbox_read_limit: float = DEFAULTS.outbox_read_limit,
     ) -> None:
         """The service over ``home``; without ``create`` a missing home raises HomeNotFound."""
         self.home = Path(home)
@@ -174,7 +176,9 @@ class Cronbox:
         self.default_timezone = zone(default_timezone, "the host timezone").key
         self.limits = limits or Limits()
         self.central: CentralRepository = SqliteCentral(self.home, create=create)
-        self.files: SessionFiles = SqliteSessionFiles(self.home)
+        self.files: SessionFiles = SqliteSessionFiles(
+            self.home, outbox_max_bytes=outbox_max_bytes, outbox_read_limit=outbox_read_limit
+        )
 
     @classmethod
     def from_settings(
@@ -191,6 +195,8 @@ class Cronbox:
                 max_tasks_per_session=settings.max_tasks_per_session,
                 failure_backoff=timedelta(seconds=settings.failure_backoff),
             ),
+            outbox_max_bytes=settings.outbox_max_bytes,
+            outbox_read_limit=settings.outbox_read_limit,
         )
 
     # --- plumbing ----------------------------------------------------------------------
@@ -397,6 +403,26 @@ class Cronbox:
             ),
         )  # fmt: skip
         return session
+
+    def reset_session(self, ref: str, *, actor: str = "cli") -> Path:
+        """Move a session's outbox aside (under ``quarantine/``, kept for inspection) and
+        start it clean; its inbox, tasks and history stay. Returns where the old outbox is.
+
+        The session must have no live runner. Rows its old runner left claimed are taken
+        up again by the next runner; a running host lifts its quarantine at its next pass.
+        """
+        session = self.get_session(ref)
+        if any(lease.session_id == session.id for lease in self.central.leases()):
+            raise TaskStateError(
+                f"session {session.name} has a runner working right now; "
+                "stop it (or the host) first, then reset the session"
+            )
+        stamp = self.now().strftime("%Y%m%dT%H%M%SZ")
+        aside = self.home / "quarantine" / f"{session.id}-{stamp}-{secrets.token_hex(3)}"
+        self.files.reset_outbox(session.id, aside)
+        self.record_audit(actor, "session.reset", session.id, session.name,
+                          {"kept": str(aside)})  # fmt: skip
+        return aside
 
     def get_session(self, ref: str) -> Session:
         """A session by id or name."""

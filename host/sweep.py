@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import check_agent
 from cronbox_shared.defaults import DEFAULTS
-from cronbox_shared.errors import EngineUnavailable, UnknownAgent
+from cronbox_shared.errors import EngineUnavailable, OutboxUnreadable, UnknownAgent
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
@@ -84,6 +84,7 @@ class SweepConfig:
     runner_poll: float = DEFAULTS.runner_poll
     retry_base: float = 5.0
     keep_finished: float = DEFAULTS.keep_finished
+    outbox_stall: float = DEFAULTS.outbox_stall
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ class LiveRunner:
     """The due rows that woke it (what its failure to start counts against)."""
     worked: bool = False
     """Whether it has claimed or finished anything."""
+
+
+@dataclass
+class Quarantined:
+    """A session whose outbox cannot be read safely: not woken, not read, until it is sane.
+
+    What its runner left claimed is held here and settled when the quarantine lifts (its
+    acks may be readable by then), so a quarantine neither loses nor repeats a run.
+    """
+
+    session: Session
+    reason: str
+    since: datetime
+    claims: list[Claim] = field(default_factory=list)
+    timed_out: tuple[str, ...] = ()
+    hot_journal: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,9 @@ class Sweeper:
         self.peak_live = 0
         self.starts: deque[StartRecord] = deque(maxlen=10_000)
         self.quarantine: dict[str, tuple[datetime, int]] = {}
+        self.sick: dict[str, Quarantined] = {}
+        """Sessions quarantined because their outbox cannot be read safely."""
+        self._locked_since: dict[str, datetime] = {}
         self._pruned: dict[str, datetime] = {}
         self.problems: dict[str, Problem] = {}
         self._names: dict[str, str] = {}
@@ -305,11 +325,14 @@ class Sweeper:
 
     async def tick(self) -> None:
         """One pass: tend live runners, then wake sessions with due work."""
+        await self._check_sick()
         for session_id in list(self.live):
             try:
                 await self._tend(session_id)
             except EngineUnavailable as exc:
                 self._engine_lost(exc)
+            except OutboxUnreadable as exc:
+                await self._outbox_fault(self.live[session_id].session, exc)
             except Exception:
                 log.exception(
                     "session %s: tending its runner failed", self.live[session_id].session.name
@@ -324,7 +347,9 @@ class Sweeper:
         self.waiting = {
             sid: parse_utc(at)
             for sid, at in due
-            if sid not in self.live and self.quarantine.get(sid, (now, 0))[0] <= now
+            if sid not in self.live
+            and sid not in self.sick
+            and self.quarantine.get(sid, (now, 0))[0] <= now
         }
         chat = await read(self.store.chat_due_sessions, now) if self.waiting else set()
         plan = plan_pool(
@@ -397,6 +422,8 @@ class Sweeper:
         """
         now = self.clock.now()
         for session_id, watched in list(self.watched.items()):
+            if session_id in self.sick:
+                continue  # read again once its quarantine lifts
             if session_id in self.live or (
                 now > watched.until and session_id not in self.delivery.backlog
             ):
@@ -404,6 +431,9 @@ class Sweeper:
                 continue
             try:
                 await self._deliver(watched.session)
+                self._locked_since.pop(session_id, None)
+            except OutboxUnreadable as exc:
+                await self._outbox_fault(watched.session, exc)
             except Exception:
                 log.exception("session %s: delivering late requests failed", watched.session.name)
 
@@ -450,15 +480,25 @@ class Sweeper:
         await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
 
     async def _tend(self, session_id: str) -> None:
-        """Settle acks and replies of one live runner, enforce liveness, notice its exit."""
+        """Notice a runner's exit, settle its acks and replies, enforce liveness.
+
+        Whether the runner still runs is asked first, so no error reading its files can
+        keep a dead runner "live" (holding a slot); an outbox that cannot be read now is
+        raised after the liveness check, with the claims of the last good read.
+        """
         runner = self.live[session_id]
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        runner.claims = await self._settle(runner, default_timeout)
-        await self._deliver(runner.session)
-        now = self.clock.now()
         if not await self.runtime.is_running(runner.handle):
             await self._after_exit(runner, reason="runner exited while working")
             return
+        fault: OutboxUnreadable | None = None
+        try:
+            runner.claims = await self._settle(runner, default_timeout)
+            await self._deliver(runner.session)
+            self._locked_since.pop(session_id, None)
+        except OutboxUnreadable as exc:
+            fault = exc
+        now = self.clock.now()
         heartbeat = await read(_mtime, self.store.session_dir(session_id) / sdb.HEARTBEAT)
         verdict = decide_liveness(
             now,
@@ -478,6 +518,8 @@ class Sweeper:
                 runner, reason=f"runner killed: {verdict.reason}", timed_out=verdict.timed_out
             )
             return
+        if fault is not None:
+            raise fault
         session = await read(self.store.get_session, session_id)
         due_now = session.next_due_at is not None and parse_utc(session.next_due_at) <= now
         busy = bool(runner.claims) or due_now
@@ -496,8 +538,15 @@ class Sweeper:
         """
         session_id = runner.session.id
         default_timeout = timedelta(seconds=self.config.task_timeout)
-        claims = await self._settle(runner, default_timeout)
-        await self._deliver(runner.session)
+        try:
+            claims = await self._settle_gone(runner, default_timeout)
+        except OutboxUnreadable as exc:
+            # The runner is gone whatever its files say: it leaves the pool now, and what
+            # it held waits in the quarantine, to be settled once its acks can be read.
+            await self._forget_runner(runner)
+            await self._quarantine(runner.session, exc.reason, runner.claims, timed_out,
+                                   hot_journal=exc.hot_journal)  # fmt: skip
+            return
         if not runner.worked and not claims and runner.woken_for and self.accepting:
             claims, reason = await self._failed_start(runner, reason)
         plan = await self.writer(
@@ -505,9 +554,8 @@ class Sweeper:
             retry_base=timedelta(seconds=self.config.retry_base),
         )  # fmt: skip
         await self._finished(runner.session, plan.finished)
-        del self.live[session_id]
+        await self._forget_runner(runner)
         self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH)
-        await self.writer(self.store.release_lease, session_id, runner.handle.ref)
         if claims:
             ended = len(plan.finished)
             retried = len(plan.runs) - ended
@@ -520,6 +568,130 @@ class Sweeper:
                 "session %s: runner finished", runner.session.name, extra=_runner_fields(runner)
             )
         await self._prune(runner.session)
+        self.wake()
+
+    async def _forget_runner(self, runner: LiveRunner) -> None:
+        """A runner that is gone leaves the pool and its lease."""
+        self.live.pop(runner.session.id, None)
+        await self.writer(self.store.release_lease, runner.session.id, runner.handle.ref)
+
+    async def _settle_gone(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
+        """The last settlement of a runner that is gone; a hot journal it left by dying
+        mid-write is rolled back first (nothing else writes that file any more)."""
+        try:
+            claims = await self._settle(runner, default_timeout)
+            await self._deliver(runner.session)
+        except OutboxUnreadable as exc:
+            if not exc.hot_journal:
+                raise
+            log.warning(
+                "session %s: rolling back the journal its killed runner left",
+                runner.session.name, extra=_runner_fields(runner),
+            )  # fmt: skip
+            await read(self.store.files.roll_back_outbox, runner.session.id)
+            claims = await self._settle(runner, default_timeout)
+            await self._deliver(runner.session)
+        return claims
+
+    # --- quarantine --------------------------------------------------------------------
+
+    async def _outbox_fault(self, session: Session, exc: OutboxUnreadable) -> None:
+        """A read of one session's outbox failed: quarantine that session (a lock its
+        writer holds only after ``outbox_stall``); no other session waits for it."""
+        now = self.clock.now()
+        if exc.transient:
+            since = self._locked_since.setdefault(session.id, now)
+            if (now - since).total_seconds() < self.config.outbox_stall:
+                return
+            reason = f"{exc.reason} for more than {self.config.outbox_stall:g} s"
+        else:
+            reason = exc.reason
+        runner = self.live.get(session.id)
+        claims: list[Claim] = []
+        if runner is not None:
+            runner.stopping = True
+            await self.runtime.kill(runner.handle)
+            await self._forget_runner(runner)
+            claims = runner.claims
+        await self._quarantine(session, reason, claims, hot_journal=exc.hot_journal)
+
+    async def _quarantine(
+        self, session: Session, reason: str, claims: Sequence[Claim],
+        timed_out: tuple[str, ...] = (), *, hot_journal: bool = False,
+    ) -> None:  # fmt: skip
+        """Put a session (its runner gone) in quarantine: logged, audited, in the status."""
+        self._locked_since.pop(session.id, None)
+        self._outbox_seen.pop(session.id, None)
+        known = self.sick.get(session.id)
+        if known is not None:
+            known.claims += [c for c in claims if c not in known.claims]
+            known.hot_journal = hot_journal
+            return
+        now = self.clock.now()
+        self.sick[session.id] = Quarantined(
+            session, reason, now, list(claims), timed_out, hot_journal
+        )
+        shown = (
+            f"quarantined: {reason}; it lifts by itself once its outbox is sane, or run "
+            f"`cronbox session reset {session.name}`"
+        )
+        self.problems[session.id] = Problem(session.name, shown, now)
+        log.error(
+            "session %s: %s", session.name, shown, extra=session_fields(session.name, session.id)
+        )
+        await self.writer(
+            self.store.record_audit, "cronbox", "session.quarantine", session.id, session.name,
+            {"reason": reason[:500], "held": len(claims)},
+        )  # fmt: skip
+
+    async def _check_sick(self) -> None:
+        """Lift the quarantine of each session whose outbox reads cleanly again, then
+        settle what its runner had left claimed."""
+        for session_id, sick in list(self.sick.items()):
+            if session_id in self.live:
+                continue
+            try:
+                if sick.hot_journal:
+                    await read(self.store.files.roll_back_outbox, session_id)
+                await read(self.store.files.probe_outbox, session_id)
+            except OutboxUnreadable as exc:
+                sick.hot_journal = exc.hot_journal
+                continue
+            except Exception:
+                log.exception("session %s: checking its outbox failed", sick.session.name)
+                continue
+            try:
+                await self._lift(sick)
+            except OutboxUnreadable:
+                continue
+            except Exception:
+                log.exception("session %s: lifting its quarantine failed", sick.session.name)
+
+    async def _lift(self, sick: Quarantined) -> None:
+        session = sick.session
+        default_timeout = timedelta(seconds=self.config.task_timeout)
+        plan = await self.writer(self.store.settle_acks, session.id, default_timeout)
+        await self._finished(session, plan.finished)
+        has_outbox = await read(self.store.files.has_outbox, session.id)
+        settled = {f.message_id for f in plan.finished}
+        claims = list(plan.claims) if has_outbox else sick.claims
+        claims = [c for c in claims if c.message_id not in settled]
+        requeued = await self.writer(
+            self.store.requeue, session.id, claims, f"session quarantined: {sick.reason}",
+            timed_out=sick.timed_out, retry_base=timedelta(seconds=self.config.retry_base),
+        )  # fmt: skip
+        await self._finished(session, requeued.finished)
+        del self.sick[session.id]
+        self.problems.pop(session.id, None)
+        self.watched[session.id] = Watched(session, self.clock.now() + OUTBOX_WATCH)
+        log.info(
+            "session %s: quarantine lifted, its outbox is sane again; %d rows to retry",
+            session.name, len(claims), extra=session_fields(session.name, session.id),
+        )  # fmt: skip
+        await self.writer(
+            self.store.record_audit, "cronbox", "session.release", session.id, session.name,
+            {"reason": sick.reason[:500]},
+        )  # fmt: skip
         self.wake()
 
     async def _failed_start(self, runner: LiveRunner, why: str) -> tuple[list[Claim], str]:
@@ -584,7 +756,7 @@ class Sweeper:
         The outbox's change counter (a header read, no database opened) says whether
         anything was written since everything was last taken in; only then is it read.
         """
-        counter = await read(_outbox_counter, self.store.session_dir(session.id))
+        counter = await read(self._outbox_counter, session.id)
         if counter is None or self._outbox_seen.get(session.id) != counter:
             rows = await read(self.delivery.pending, session.id)
             handled = await self.delivery.deliver(session, rows) if rows else []
@@ -595,6 +767,12 @@ class Sweeper:
             else:
                 self._outbox_seen.pop(session.id, None)  # more to read next pass
         await self.delivery.retry_due(session)
+
+    def _outbox_counter(self, session_id: str) -> int | None:
+        """The outbox's change counter, after the checks every read makes (so a link is
+        reported, not followed to another session's file)."""
+        self.store.files.check_outbox(session_id)
+        return sdb.change_counter(self.store.session_dir(session_id) / sdb.OUTBOUND)
 
     # --- shutdown --------------------------------------------------------------------
 
@@ -626,10 +804,6 @@ class Sweeper:
                 "shutdown drain gave up after %.0f s with %d runners unsettled",
                 limit, len(self.live),
             )  # fmt: skip
-
-
-def _outbox_counter(session_dir: Path) -> int | None:
-    return sdb.change_counter(session_dir / sdb.OUTBOUND)
 
 
 def _runner_fields(runner: LiveRunner) -> dict[str, str]:

@@ -346,6 +346,27 @@ class SessionFiles(Protocol):
         """Whether the runner has created its outbox yet."""
         ...
 
+    def check_outbox(self, session_id: str) -> bool:
+        """Whether the outbox file exists; raises OutboxUnreadable when it may not be read
+        (a link, the wrong type, oversize, another owner). Opens nothing."""
+        ...
+
+    def probe_outbox(self, session_id: str) -> None:
+        """Open the outbox once as every read does; raises OutboxUnreadable with the reason.
+
+        Implementers must make every outbox read bounded in bytes and time, follow no
+        link and wait for a writer's lock only briefly."""
+        ...
+
+    def reset_outbox(self, session_id: str, aside: Path) -> None:
+        """Move the session's outbox to ``aside`` and start a clean one whose seqs continue
+        above every seq already taken in."""
+        ...
+
+    def roll_back_outbox(self, session_id: str) -> None:
+        """Roll back the hot journal a killed runner left; only once its runner is gone."""
+        ...
+
     def due_ids(self, session_id: str, now: Instant) -> tuple[str, ...]:
         """Ids of due pending rows that wake the agent, oldest first."""
         ...

@@ -12,11 +12,12 @@ import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
@@ -151,9 +152,51 @@ _SESSION_ID = re.compile(r"s-[0-9a-f]{12}")
 class SqliteSessionFiles:
     """Every session directory under ``$CRONBOX_HOME/sessions``."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(
+        self,
+        home: Path,
+        outbox_max_bytes: int = DEFAULTS.outbox_max_bytes,
+        outbox_read_limit: float = DEFAULTS.outbox_read_limit,
+    ) -> None:
         self.root = Path(home) / sdb.SESSIONS
         self.doorbell = Path(home) / sdb.DOORBELL
+        self.outbox_max_bytes = outbox_max_bytes
+        self.outbox_read_limit = outbox_read_limit
+
+    def _outbox(self, session_id: str) -> AbstractContextManager[sdb.OutboundDb]:
+        """A session's outbox opened for one read as untrusted input: bounded in size and
+        time, a lock waited for only briefly (see ``sessiondb.read_outbox``)."""
+        return sdb.read_outbox(
+            self.directory(session_id), self.outbox_max_bytes, self.outbox_read_limit,
+            sdb.OUTBOX_BUSY_MS,
+        )  # fmt: skip
+
+    def check_outbox(self, session_id: str) -> bool:
+        """Whether the session has an outbound.db; raises OutboxUnreadable when it may not
+        be read (a link, the wrong type, oversize). Opens nothing."""
+        return sdb.check_outbox(self.directory(session_id), self.outbox_max_bytes)
+
+    def probe_outbox(self, session_id: str) -> None:
+        """Read the outbox's schema once, as every read would; raises OutboxUnreadable."""
+        if self.check_outbox(session_id):
+            with self._outbox(session_id) as out:
+                sdb.outbound_ready(out)
+
+    def reset_outbox(self, session_id: str, aside: Path) -> None:
+        """Move the session's whole ``outbox/`` to ``aside`` (kept for inspection) and
+        start a clean one whose seqs continue above every seq already taken in."""
+        directory = self.directory(session_id)
+        with sdb.inbound(directory, readonly=True) as db:
+            floor = sdb.delivered_max_seq(db)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(directory / sdb.OUTBOX):
+            os.rename(directory / sdb.OUTBOX, aside)
+        (directory / sdb.OUTBOX).mkdir()
+        sdb.fresh_outbox(directory, floor)
+
+    def roll_back_outbox(self, session_id: str) -> None:
+        """Roll back a hot journal a killed runner left (its runner must be gone)."""
+        sdb.roll_back_journal(self.directory(session_id), self.outbox_max_bytes)
 
     def rung(self, limit: int) -> list[str]:
         """Ids of sessions whose doorbell rang since the last call, each once, at most ``limit``.
@@ -242,7 +285,7 @@ class SqliteSessionFiles:
             rows = sdb.recent_rows(db, now, limit)
         if not self.has_outbox(session_id):
             return rows, []
-        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+        with self._outbox(session_id) as out:
             if not sdb.outbound_ready(out):
                 return rows, []
             return rows, sdb.recent_outbound(out, MessageKind.CHAT, limit)
@@ -251,23 +294,27 @@ class SqliteSessionFiles:
         """Raw chat replies the runner wrote to one inbound row (untrusted)."""
         if not self.has_outbox(session_id):
             return []
-        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+        with self._outbox(session_id) as out:
             return sdb.replies_to(out, message_id) if sdb.outbound_ready(out) else []
 
     def has_outbox(self, session_id: str) -> bool:
-        """Whether the runner has created its outbound.db yet."""
-        return (self.directory(session_id) / sdb.OUTBOUND).exists()
+        """Whether the runner has created its outbound.db yet (a link counts: reading it
+        then says why it may not be read)."""
+        return os.path.lexists(self.directory(session_id) / sdb.OUTBOUND)
 
     def acks(self, session_id: str, message_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Raw ack rows for these inbound ids (untrusted; settlement validates them)."""
         if not message_ids or not self.has_outbox(session_id):
             return []
-        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+        with self._outbox(session_id) as out:
             return sdb.acks_for(out, message_ids) if sdb.outbound_ready(out) else []
 
     def undelivered(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """Raw outbound rows not taken in yet, oldest first (untrusted)."""
-        return sdb.undelivered(self.directory(session_id), limit)
+        return sdb.undelivered(
+            self.directory(session_id), limit, self.outbox_max_bytes, self.outbox_read_limit,
+            sdb.OUTBOX_BUSY_MS,
+        )  # fmt: skip
 
     def pending_deliveries(self, session_id: str) -> list[sdb.DeliveryRow]:
         """Channel deliveries still to be made, due or waiting for their backoff."""
@@ -283,5 +330,5 @@ class SqliteSessionFiles:
         """Raw outbound rows with these seqs (to retry a delivery)."""
         if not seqs or not self.has_outbox(session_id):
             return []
-        with sdb.outbound(self.directory(session_id), readonly=True) as out:
+        with self._outbox(session_id) as out:
             return sdb.outbound_by_seqs(out, seqs) if sdb.outbound_ready(out) else []
