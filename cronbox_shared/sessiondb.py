@@ -1070,6 +1070,55 @@ def outbound_ready(db: OutboundDb) -> bool:
     return not outbound_migrations.pending(db)
 
 
+def strays(
+    session_dir: Path,
+    limit: int = 100,
+    max_bytes: int = DEFAULTS.outbox_max_bytes,
+    time_limit: float | None = None,
+    busy_ms: int = BUSY_TIMEOUT_MS,
+) -> list[dict[str, Any]]:
+    """Raw ``messages_out`` rows at or below the highest seq taken in that were never
+    taken in themselves (written "backwards", or sharing a seq with another row).
+
+    The host reads rows above that seq only, so without this such a row would be
+    skipped silently. Costs two counts unless the counts disagree.
+    """
+    if not check_outbox(session_dir, max_bytes):
+        return []
+    with inbound(session_dir, readonly=True) as inbound_db:
+        after = delivered_max_seq(inbound_db)
+        (known,) = inbound_db.execute(
+            "SELECT count(DISTINCT seq) FROM deliveries WHERE seq <= ?", [after]
+        ).fetchone()
+        with read_outbox(session_dir, max_bytes, time_limit, busy_ms) as out:
+            if not outbound_ready(out):
+                return []
+            (written,) = out.execute(
+                "SELECT count(*) FROM messages_out WHERE seq <= ?", [after]
+            ).fetchone()
+            if int(written) <= int(known):
+                return []
+            pairs = out.execute(
+                "SELECT seq, id FROM messages_out WHERE seq <= ? ORDER BY seq", [after]
+            ).fetchall()
+            taken = dict(
+                inbound_db.execute(
+                    "SELECT seq, message_id FROM deliveries WHERE seq <= ? GROUP BY seq", [after]
+                ).fetchall()
+            )
+            odd = [
+                (seq, mid) for seq, mid in pairs
+                if taken.get(seq) != (str(mid)[:200] if mid is not None else None)
+            ][:limit]  # fmt: skip
+            if not odd:
+                return []
+            values = ", ".join("(?, ?)" for _ in odd)
+            return _raw_rows(
+                out, f"{_OUT_SELECT} WHERE (seq, id) IN (VALUES {values}) ORDER BY seq",
+                [v for pair in odd for v in pair],
+            )  # fmt: skip
+
+
 def undelivered(
     session_dir: Path,
     limit: int = 500,

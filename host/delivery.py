@@ -39,7 +39,7 @@ from cronbox_shared.actions import (
     UpdateTask,
     parse_action,
 )
-from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected
+from cronbox_shared.errors import AlreadyHandled, CronboxError, Rejected, shown
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.logs import session_fields
@@ -174,6 +174,8 @@ class Delivery:
         self.retry = retry or ChannelRetry()
         self.metrics = metrics or Metrics()
         self._stuck: dict[tuple[str, int], str] = {}
+        # Rows refused without a receipt (no usable seq), so each is refused once.
+        self._refused: set[tuple[str, str, str]] = set()
         # Sessions whose deliveries were all final when last looked at.
         self._nothing_pending: set[str] = set()
         # Sessions with deliveries still pending, and when the earliest is due.
@@ -194,10 +196,22 @@ class Delivery:
         that row and the rest wait for the next pass, so order and exactly-once hold.
         """
         handled: list[Handled] = []
+        last: int | None = None
         for raw in rows:
             seq = raw.get("seq")
-            if not isinstance(seq, int):
-                continue  # an id the table's constraints allow no other way; skip it
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                # Only a runner that rebuilt its table can write one; it is never taken in.
+                await self._refuse(session, raw, f"seq {shown(seq)} is not an integer")
+                continue
+            if last is not None and seq <= last:
+                await self._refuse(session, raw, f"seq {seq} repeats an earlier row's seq")
+                continue
+            last = seq
+            if seq % 2 == 0:
+                handled.append(await self._reject(
+                    session, seq, str(raw.get("id")), f"seq {seq} is even; outbound seqs are odd"
+                ))  # fmt: skip
+                continue
             try:
                 outcome = await self._one(session, seq, raw)
             except Exception as exc:
@@ -207,6 +221,28 @@ class Delivery:
             if outcome is not None:
                 handled.append(outcome)
         return handled
+
+    async def refuse_strays(self, session: Session) -> int:
+        """Reject (and audit) rows written at or below the last seq taken in, which the
+        in-order read never sees; each once per host. Returns how many were refused."""
+        rows = await read(self.app.files.strays, session.id)
+        for raw in rows:
+            await self._refuse(
+                session, raw, f"seq {shown(raw.get('seq'))} is not above the seqs already taken in"
+            )
+        return len(rows)
+
+    async def _refuse(self, session: Session, raw: dict[str, Any], reason: str) -> None:
+        """Reject a row whose seq cannot be recorded as taken in: audited, explained."""
+        key = (session.id, shown(raw.get("seq"), 60), shown(raw.get("id"), 200))
+        if key in self._refused:
+            return
+        self._refused.add(key)
+        log.warning("session %s: rejected outbound row %s: %s", session.name, key[2], reason)
+        await self.writer(
+            self.app.reject_outbound, session, 0, shown(raw.get("id"), 200), reason, "row",
+            record=False,
+        )  # fmt: skip
 
     def channels_for(self, session: Session) -> list[Channel]:
         """The channels that serve this session (every plain one; per-session ones it set)."""

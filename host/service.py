@@ -1012,9 +1012,14 @@ class Cronbox:
         return [s for s in self.central.sessions() if s.webhook_url]
 
     def reject_outbound(
-        self, session: Session, seq: int, message_id: str, reason: str, action: str
-    ) -> bool:
-        """Record a rejected outbound row, audit it and tell the agent why (exactly once)."""
+        self, session: Session, seq: int, message_id: str, reason: str, action: str,
+        *, record: bool = True,
+    ) -> bool:  # fmt: skip
+        """Record a rejected outbound row, audit it and tell the agent why (exactly once).
+
+        Without ``record`` the row's seq cannot be recorded as taken in (it is no
+        integer, or another row holds it): it is audited and explained only.
+        """
         note = self._simple_row(
             session, MessageKind.SYSTEM,
             {"text": f"Your {action} request (seq {seq}) was rejected: {reason}",
@@ -1032,7 +1037,7 @@ class Cronbox:
             )  # fmt: skip
 
         try:
-            self._commit(session.id, reject, receipt)
+            self._commit(session.id, reject, receipt if record else None)
         except AlreadyHandled:
             return False
         return True

@@ -760,6 +760,7 @@ class Sweeper:
         if counter is None or self._outbox_seen.get(session.id) != counter:
             rows = await read(self.delivery.pending, session.id)
             handled = await self.delivery.deliver(session, rows) if rows else []
+            await self.delivery.refuse_strays(session)
             if any(h.status is DeliveryStatus.APPLIED for h in handled):
                 self.wake()
             if len(rows) < UNDELIVERED_BATCH and not self.delivery.stuck(session.id):

@@ -322,6 +322,11 @@ class SessionFiles(Protocol):
         """Raw outbound rows not taken in yet, oldest first."""
         ...
 
+    def strays(self, session_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Raw outbound rows at or below the last seq taken in that were never taken in
+        (written out of order or sharing a seq): they are rejected, never skipped silently."""
+        ...
+
     def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
         """Raw outbound rows with these seqs."""
         ...

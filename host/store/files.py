@@ -316,6 +316,13 @@ class SqliteSessionFiles:
             sdb.OUTBOX_BUSY_MS,
         )  # fmt: skip
 
+    def strays(self, session_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Raw outbound rows at or below the last seq taken in that were never taken in."""
+        return sdb.strays(
+            self.directory(session_id), limit, self.outbox_max_bytes, self.outbox_read_limit,
+            sdb.OUTBOX_BUSY_MS,
+        )  # fmt: skip
+
     def pending_deliveries(self, session_id: str) -> list[sdb.DeliveryRow]:
         """Channel deliveries still to be made, due or waiting for their backoff."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
