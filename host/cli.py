@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,8 @@ from cronbox_shared.errors import (
     shown,
 )
 from cronbox_shared.models import (
+    MAX_PROMPT_BYTES,
+    MAX_SCRIPT_BYTES,
     InboundMessage,
     MessageKind,
     MessageStatus,
@@ -504,28 +507,55 @@ def note_if_no_host(home: Path) -> None:
         typer.echo(NO_HOST_NOTE, err=True)
 
 
-def read_text_file(path: Path, flag: str, noun: str, wanted: tuple[str, str]) -> str:
+def read_text_file(
+    path: Path, flag: str, noun: str, wanted: tuple[str, str], limit: int = MAX_PROMPT_BYTES
+) -> str:
     """The UTF-8 text of the ``noun`` file ``flag`` names; an unusable file is a user mistake.
 
-    ``wanted`` says what to give instead of a directory, and of a file that is not UTF-8.
+    At most ``limit`` bytes are read, and only from a regular file: a device or a named
+    pipe is refused before anything is read from it (``/dev/zero`` would never end, a
+    pipe with no writer would hang). ``wanted`` says what to give instead of a
+    directory, and of a file that is not UTF-8.
     """
-    if path.is_dir():
-        raise InvalidInput(f'{flag} "{path}" is a directory; give {wanted[0]}')
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise InvalidInput(f'{flag} "{path}" is a directory; give {wanted[0]}') from None
     except OSError as exc:
         raise InvalidInput(
             f'cannot read {noun} file "{path}": {exc.strerror or exc}; give a readable file'
         ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InvalidInput(f'{flag} "{path}" is a directory; give {wanted[0]}')
+        if not stat.S_ISREG(mode):
+            raise InvalidInput(
+                f'{flag} "{path}" is not a regular file (a device or a pipe); give {wanted[0]}'
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(
+            f'cannot read {noun} file "{path}": {exc.strerror or exc}; give a readable file'
+        ) from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise InvalidInput(f'{noun} file "{path}" is over {limit // 1024} KiB; shorten it')
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f'{noun} file "{path}" is not UTF-8 text; give {wanted[1]}') from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 def read_script(path: Path) -> str:
     """The text of a gate script file."""
     return read_text_file(
-        path, "--script", "script", ("the path of a bash script file", "a bash script")
-    )
+        path, "--script", "script", ("the path of a bash script file", "a bash script"),
+        MAX_SCRIPT_BYTES,
+    )  # fmt: skip
 
 
 def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool) -> str | None:
@@ -541,7 +571,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool)
         return prompt
     if str(prompt_file) == "-":
         try:
-            return sys.stdin.read()
+            return sys.stdin.read(MAX_PROMPT_BYTES + 1)  # the check says when it is over
         except UnicodeDecodeError:
             raise InvalidInput("the prompt on stdin is not UTF-8 text; give it in UTF-8") from None
     return read_text_file(prompt_file, "--prompt-file", "prompt", ("a text file", "a text file"))

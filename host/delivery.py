@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,8 +87,27 @@ class SessionChannel(Channel, Protocol):
         ...
 
 
+def escaped(text: str) -> str:
+    """``text`` with every control, format and line-separator character escaped
+    (``\\x1b``, ``\\n``, ``\\u202e``), so a reply printed to a terminal or a log can
+    neither send escape sequences nor forge a log line of its own."""
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) in _UNPRINTED:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_UNPRINTED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
 class ConsoleChannel:
-    """Prints replies to the host's log (the terminal when run in the foreground)."""
+    """Prints replies to the host's log (the terminal when run in the foreground), one
+    line each, control characters escaped."""
 
     name = "console"
 
@@ -96,8 +116,9 @@ class ConsoleChannel:
 
     async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
         self._log.info(
-            "[%s] %s", session.name, text, extra=session_fields(session.name, session.id)
-        )
+            "[%s] %s", escaped(session.name), escaped(text),
+            extra=session_fields(session.name, session.id),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
