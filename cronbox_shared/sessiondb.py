@@ -544,6 +544,15 @@ def update_inbound(db: InboundDb, message_id: str, **fields: Any) -> None:
     db.execute(f"UPDATE messages_in SET {assign} WHERE id = ?", [*fields.values(), message_id])
 
 
+def unread_rejection_note(db: InboundDb) -> InboundMessage | None:
+    """The newest rejection note the agent has not been handed yet (None if there is none)."""
+    row = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE kind = 'system' AND status = 'pending' "
+        "AND json_extract(content, '$.rejections') IS NOT NULL ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    return _row_to_inbound(row) if row else None
+
+
 def get_inbound(db: InboundDb, message_id: str) -> InboundMessage | None:
     """One row by id."""
     row = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in WHERE id = ?", [message_id]).fetchone()

@@ -1020,15 +1020,25 @@ class Cronbox:
         Without ``record`` the row's seq cannot be recorded as taken in (it is no
         integer, or another row holds it): it is audited and explained only.
         """
+        latest = f"Your {action} request (seq {seq}) was rejected: {reason}"
         note = self._simple_row(
-            session, MessageKind.SYSTEM,
-            {"text": f"Your {action} request (seq {seq}) was rejected: {reason}",
-             "sender": "cronbox"}, False,
+            session, MessageKind.SYSTEM, {"text": latest, "sender": "cronbox", "rejections": 1},
+            False,
         )  # fmt: skip
         receipt = Receipt(seq, message_id, status=DeliveryStatus.REJECTED, detail=reason)
 
         def reject(tx: InboxTransaction, done: _Work) -> None:
-            tx.insert(note)
+            # Rejections between two agent turns share one note (a flood of bad rows must
+            # not become a flood of notes, each one fed to the model).
+            unread = tx.unread_rejection_note()
+            if unread is None:
+                tx.insert(note)
+            else:
+                count = int(unread.content.get("rejections", 1)) + 1
+                tx.update(unread.id, updated_at=fmt(self.now()), content={
+                    "text": f"{count} of your requests were rejected; the latest: {latest}",
+                    "sender": "cronbox", "rejections": count,
+                })  # fmt: skip
             done.audit.append(
                 self._entry(
                     f"agent:{session.id}", "outbound.reject", session.id, message_id[:200],

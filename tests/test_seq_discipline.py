@@ -105,3 +105,20 @@ async def test_an_even_or_non_integer_seq_is_rejected_and_audited(
     assert [t.series_id for t in store.list_tasks(include_all=True)] == ["later"]
     [reason] = rejections(store, session.id)
     assert why in reason
+
+
+async def test_a_flood_of_invalid_rows_becomes_one_note_to_the_agent(store: Cronbox) -> None:
+    session = store.create_session("flood")
+    with sdb.outbound(store.session_dir(session.id)) as db, db.atomic():
+        db.conn.executemany(
+            "INSERT INTO messages_out (id, seq, kind, created_at, content) VALUES (?, ?, ?, ?, ?)",
+            [(f"bad-{i}", 2 * i + 1, "system", fmt(store.now()), "{not json")
+             for i in range(300)],
+        )  # fmt: skip
+    delivery = Delivery(store, [])
+    while rows := store.undelivered(session.id):
+        await delivery.deliver(session, rows)
+    assert len(rejections(store, session.id)) == 300
+    [note] = [r for r in store.inbound_rows(session.id) if r.kind.value == "system"]
+    assert note.content["rejections"] == 300
+    assert note.content["text"].startswith("300 of your requests were rejected")

@@ -203,6 +203,10 @@ class InboxTransaction(Protocol):
     session's history: nothing scans finished rows.
     """
 
+    def unread_rejection_note(self) -> InboundMessage | None:
+        """The newest note about rejected requests the agent has not been handed yet."""
+        ...
+
     def insert(self, row: InboundMessage) -> int:
         """Insert a new row; return its seq."""
         ...

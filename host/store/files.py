@@ -50,6 +50,10 @@ class InboxTx:
         """One row by id."""
         return sdb.get_inbound(self.db, message_id)
 
+    def unread_rejection_note(self) -> InboundMessage | None:
+        """The newest rejection note not handed to the agent yet."""
+        return sdb.unread_rejection_note(self.db)
+
     def current(self, ref: str) -> InboundMessage | None:
         """The live (or, for an ended series, newest) occurrence of the series ``ref`` names."""
         return sdb.series_current(self.db, sdb.series_of_ref(self.db, ref))
