@@ -26,7 +26,14 @@ from cronbox_shared.timeutil import fmt, parse_utc
 from host.service import Cronbox
 from host.sweep import Sweeper
 from tests.cli_harness import cli_for, ok
-from tests.hosting import fast_sweep, make_settings, running_host, wait_for
+from tests.hosting import (
+    fast_sweep,
+    kill_group,
+    make_settings,
+    runner_pids,
+    running_host,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -321,3 +328,20 @@ async def test_the_process_runtime_states_its_trust_model_once_at_start(
         pass
     said = [r for r in caplog.records if "gives no isolation" in r.getMessage()]
     assert len(said) == 1
+
+
+async def test_no_gate_script_outlives_its_killed_runner(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("gated")
+    marker = tmp_path / "gate-started"
+    script = f"touch {marker}; sleep 600; echo '{{\"wakeAgent\": false}}'"
+    store.schedule_task(session.id, {"prompt": "p", "processAfter": "+1s", "script": script})
+    async with running_host(settings) as sweeper:
+        await wait_for(marker.exists)
+        [runner] = list(sweeper.live.values())
+        gates = [p for p in runner_pids(settings.home) if p != int(runner.handle.ref)]
+        assert gates, "the gate script runs beside its runner"
+        kill_group(int(runner.handle.ref))  # the runner's group only, as a crash would
+        await wait_for(lambda: session.id not in sweeper.live)
+        await wait_for(lambda: not runner_pids(settings.home))

@@ -117,7 +117,9 @@ class ProcessRuntime:
         alive = await anyio.to_thread.run_sync(self._foreign_alive_sync, handle)
         if not alive:
             with self._lock:
-                self._adopted.pop(handle, None)
+                adopted = self._adopted.pop(handle, None)
+            if adopted is not None:
+                await anyio.to_thread.run_sync(_kill_session_strays, adopted.session_dir)
         return alive
 
     async def exit_code(self, handle: RunnerHandle) -> int | None:
@@ -215,6 +217,9 @@ class ProcessRuntime:
         # The group outlives its leader while a spawned gate script or tool still runs;
         # while any member lives the kernel does not reuse the group id.
         _killpg(child.popen.pid, signal.SIGKILL)
+        # Gate scripts run in sessions (and groups) of their own: find them by their
+        # environment, so none outlives its runner or overlaps the next attempt's gate.
+        _kill_session_strays(child.session_dir)
         _remove_pid_file(child.session_dir, child.popen.pid)
 
     def _foreign_alive_sync(self, handle: RunnerHandle) -> bool:
@@ -340,6 +345,32 @@ def _last_line(path: Path) -> str | None:
     lines = [line.strip() for line in tail.decode("utf-8", "replace").splitlines()]
     lines = [line for line in lines if line and not line.startswith("--- runner started")]
     return lines[-1][:500] if lines else None
+
+
+def _kill_session_strays(session_dir: Path) -> None:
+    """SIGKILL the process group of every process left running for this session (its
+    runner's environment names the session directory): gate scripts start sessions of
+    their own, so killing the runner's group does not reach them. Never the host's own
+    group."""
+    own = os.getpgrp()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        env = _proc_environ(pid)
+        if env is None or HOME_LABEL not in env or SESSION_DIR_VAR not in env:
+            continue
+        if not _same_path(env[SESSION_DIR_VAR], session_dir):
+            continue
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if pgid != own:
+            _killpg(pgid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
