@@ -202,6 +202,12 @@ def m005_delivery_attempts(db: Database) -> None:
     db.execute("CREATE INDEX delivery_attempts_seq ON delivery_attempts (seq, channel)")
 
 
+@inbound_migrations()
+def m006_run_journal(db: Database) -> None:
+    """The run records of the last inbox transaction, until the central history has them."""
+    db.execute("CREATE TABLE run_journal (id INTEGER PRIMARY KEY, record TEXT NOT NULL)")
+
+
 @outbound_migrations()
 def m001_outbound(db: Database) -> None:
     """messages_out, processing_ack and session_state."""
@@ -542,6 +548,20 @@ def update_inbound(db: InboundDb, message_id: str, **fields: Any) -> None:
         fields["content"] = json.dumps(fields["content"])
     assign = ", ".join(f'"{k}" = ?' for k in fields)
     db.execute(f"UPDATE messages_in SET {assign} WHERE id = ?", [*fields.values(), message_id])
+
+
+def carry_run_journal(db: InboundDb, records: Sequence[str]) -> list[str]:
+    """Replace the run journal with ``records`` (JSON); returns what it held before.
+
+    Runs inside the caller's transaction: the inbox keeps the run records of its last
+    transaction, so a crash before they reach ``cronbox.db`` loses none of them.
+    """
+    held = [r[0] for r in db.execute("SELECT record FROM run_journal ORDER BY id")]
+    if held:
+        db.execute("DELETE FROM run_journal")
+    if records:
+        db.conn.executemany("INSERT INTO run_journal (record) VALUES (?)", [(r,) for r in records])
+    return held
 
 
 def unread_rejection_note(db: InboundDb) -> InboundMessage | None:

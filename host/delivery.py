@@ -110,6 +110,8 @@ class ConsoleChannel:
     line each, control characters escaped."""
 
     name = "console"
+    records_first = True
+    """Printing cannot fail, so the delivery is recorded before it (at most once)."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger("cronbox.reply")
@@ -404,7 +406,19 @@ class Delivery:
         self, session: Session, message: OutboundMessage, channel: Channel, attempts: int,
         text: str | None = None,
     ) -> bool:  # fmt: skip
-        """Send a reply on one channel and record the attempt; whether it was delivered."""
+        """Send a reply on one channel and record the attempt; whether it was delivered.
+
+        A channel that cannot fail (the console) is recorded delivered first: a crash
+        between the two then loses one printed line instead of printing it twice.
+        """
+        if getattr(channel, "records_first", False):
+            self.metrics.delivery(channel.name, "delivered")
+            await self.writer(
+                self.app.record_attempt, session.id, message.seq, channel.name,
+                DeliveryStatus.DELIVERED, None, None,
+            )  # fmt: skip
+            await channel.send(session, message, text or sdb.chat_text(message))
+            return True
         try:
             await channel.send(session, message, text or sdb.chat_text(message))
         except CircuitOpen as exc:

@@ -254,9 +254,12 @@ class Cronbox:
                 raise AlreadyHandled(receipt.seq)
             result = work(tx, done)
             view = tx.view(done.series)
+            # Merging a run record again is harmless, losing one is not: the last
+            # transaction's records are merged again with this one's.
+            carried = tx.carry_runs(done.runs)
         self.central.apply_view(
-            session_id, view, self.files.version(session_id), now=now, runs=done.runs,
-            audit=done.audit,
+            session_id, view, self.files.version(session_id), now=now,
+            runs=[*carried, *done.runs], audit=done.audit,
         )  # fmt: skip
         return result
 

@@ -203,6 +203,12 @@ class InboxTransaction(Protocol):
     session's history: nothing scans finished rows.
     """
 
+    def carry_runs(self, runs: Sequence[RunRecord]) -> list[RunRecord]:
+        """Keep this transaction's run records in the inbox until the next transaction,
+        and return the previous transaction's (which the central history may lack, if a
+        crash came between the inbox's commit and its own)."""
+        ...
+
     def unread_rejection_note(self) -> InboundMessage | None:
         """The newest note about rejected requests the agent has not been handed yet."""
         ...

@@ -21,7 +21,7 @@ from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
-from host.store.records import SessionView
+from host.store.records import RunRecord, SessionView
 
 
 def row_values(row: InboundMessage) -> dict[str, Any]:
@@ -49,6 +49,11 @@ class InboxTx:
     def get(self, message_id: str) -> InboundMessage | None:
         """One row by id."""
         return sdb.get_inbound(self.db, message_id)
+
+    def carry_runs(self, runs: Sequence[RunRecord]) -> list[RunRecord]:
+        """Journal this transaction's run records; returns the last transaction's."""
+        held = sdb.carry_run_journal(self.db, [r.model_dump_json() for r in runs])
+        return [RunRecord.model_validate_json(r) for r in held]
 
     def unread_rejection_note(self) -> InboundMessage | None:
         """The newest rejection note not handed to the agent yet."""
