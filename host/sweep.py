@@ -247,9 +247,7 @@ class Sweeper:
             try:
                 await read(self.store.agent_profile, session.agent)
             except InvalidInput as exc:
-                reason = f"{exc}; fix it with `cronbox session update {session.name} --agent ...`"
-                log.warning("session %s: %s", session.name, reason)
-                self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+                self._profile_problem(session, exc)
         for session in await read(self.store.webhook_sessions):
             # Replies still owed to a webhook are delivered though no runner is woken.
             await self.delivery.note_backlog(session)
@@ -423,6 +421,12 @@ class Sweeper:
         finally:
             self.wake()
 
+    def _profile_problem(self, session: Session, exc: InvalidInput) -> None:
+        """Report a session whose agent profile no runner can serve."""
+        reason = f"{exc}; fix agents.toml or `cronbox session update {session.name} --agent ...`"
+        log.warning("session %s: %s", session.name, reason)
+        self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+
     async def _start(self, session_id: str) -> None:
         caught_up = await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
@@ -430,7 +434,13 @@ class Sweeper:
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
-        profile = await read(self.store.agent_profile, session.agent)
+        try:
+            profile = await read(self.store.agent_profile, session.agent)
+        except InvalidInput as exc:
+            # The runner refuses the name and the rows' tries run out, as for any runner
+            # that fails before taking work; the problem says why in the host's words.
+            self._profile_problem(session, exc)
+            profile = AgentProfile.model_construct(provider=session.agent)
         key = profile.api_key_env
         spec = RunnerSpec(
             session_id=session.id,
