@@ -172,3 +172,13 @@ api_key_env = "CHECK_KEY"
     assert "tools" not in fake.requests[0]  # a minimal call
     missing = cli("agent", "check", "nope")
     assert missing.exit_code == 2 and 'unknown agent profile "nope"' in missing.stderr
+
+
+def test_every_agents_toml_block_of_the_readme_is_a_valid_profile_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    names: set[str] = set()
+    for block in blocks:
+        write(tmp_path, block)
+        names |= set(load_profiles(tmp_path))
+    assert {"local", "ollama", "claude", "gpt", "shell"} <= names
