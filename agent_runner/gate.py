@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteReceiveStream
+from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from cronbox_shared.defaults import DEFAULTS
 
@@ -64,10 +64,13 @@ class GateResult:
 
 
 @dataclass
-class _Capture:
+class Capture:
+    """What a bounded program printed: stdout, the tail of stderr, and the limit it hit."""
+
     stdout: bytearray
     stderr_tail: bytearray
     overflowed: bool = False
+    timed_out: bool = False
 
 
 async def run_gate(
@@ -89,16 +92,48 @@ async def run_gate(
     verdict ``ERROR``. Cancellation of the caller propagates, after the process group
     has been killed.
     """
-    capture = _Capture(stdout=bytearray(), stderr_tail=bytearray())
     ooms_before = _oom_kills()
+    capture, returncode = await run_bounded(
+        ["bash", "-c", script], cwd=cwd, env=env, timeout=timeout, output_cap=output_cap
+    )
+    preview = _decode(bytes(capture.stdout))[-_PREVIEW_CHARS:]
+    if capture.overflowed:
+        return _error(f"gate script output exceeded {_format_size(output_cap)}", preview)
+    if capture.timed_out:
+        return _error(f"gate script timed out after {timeout:g} s", preview)
+    assert returncode is not None
+    result = judge_gate_output(returncode, bytes(capture.stdout), bytes(capture.stderr_tail))
+    killed = returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    if killed and result.reason and _oom_kills() > ooms_before:
+        result = _error(f"{result.reason} (out of memory: the container's memory limit)", preview)
+    return result
+
+
+async def run_bounded(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None,
+    timeout: float,  # noqa: ASYNC109 - the program's own budget, reported by the caller
+    output_cap: int,
+    stdin: bytes | None = None,
+) -> tuple[Capture, int | None]:
+    """Run ``argv`` in its own process group, ``stdin`` fed to it (``/dev/null`` if None).
+
+    It is killed, with its whole group, once it runs longer than ``timeout`` seconds or
+    prints more than ``output_cap`` bytes to stdout (the capture says which). Returns
+    the capture and the exit status (None when it was killed for a limit).
+    Cancellation of the caller propagates, after the process group has been killed.
+    """
+    capture = Capture(stdout=bytearray(), stderr_tail=bytearray())
     # Shielded: a cancellation landing while the process is being created would leave it
     # running with nobody to kill it or close its pipes. It is honoured right after.
     with anyio.CancelScope(shield=True):
         process = await anyio.open_process(
-            ["bash", "-c", script],
+            list(argv),
             cwd=cwd,
             env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -118,12 +153,22 @@ async def run_gate(
                             tg.cancel_scope.cancel()
                             return
 
+                async def feed(stream: ByteSendStream, data: bytes) -> None:
+                    # A program that exits without reading all of it is no error of ours.
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        await stream.send(data)
+                    with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                        await stream.aclose()
+
+                if stdin is not None and process.stdin is not None:
+                    tg.start_soon(feed, process.stdin, stdin)
                 tg.start_soon(read_stdout, process.stdout)
                 tg.start_soon(_read_stderr_tail, process.stderr, capture.stderr_tail)
                 await process.wait()
-                # Children the script left behind still hold the pipes; without this
+                # Children the program left behind still hold the pipes; without this
                 # the readers would wait for them until the timeout.
                 _kill_group(process.pid)
+        capture.timed_out = deadline.cancelled_caught
     finally:
         with anyio.CancelScope(shield=True):
             if process.returncode is None:
@@ -133,20 +178,8 @@ async def run_gate(
             # A pipe finishes closing on the loop's next turn: give it that turn, so a
             # runner that exits right after its last gate leaves no pipe open behind it.
             await anyio.lowlevel.checkpoint()
-
-    preview = _decode(bytes(capture.stdout))[-_PREVIEW_CHARS:]
-    if capture.overflowed:
-        return _error(f"gate script output exceeded {_format_size(output_cap)}", preview)
-    if deadline.cancelled_caught:
-        return _error(f"gate script timed out after {timeout:g} s", preview)
-    assert process.returncode is not None
-    result = judge_gate_output(
-        process.returncode, bytes(capture.stdout), bytes(capture.stderr_tail)
-    )
-    killed = process.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
-    if killed and result.reason and _oom_kills() > ooms_before:
-        result = _error(f"{result.reason} (out of memory: the container's memory limit)", preview)
-    return result
+    limited = capture.overflowed or capture.timed_out
+    return capture, None if limited else process.returncode
 
 
 def judge_gate_output(returncode: int, stdout: bytes, stderr: bytes) -> GateResult:
@@ -224,6 +257,16 @@ def _exit_reason(returncode: int, stderr: str) -> str:
 
 def _error(reason: str, preview: str) -> GateResult:
     return GateResult(GateVerdict.ERROR, None, reason, preview)
+
+
+def decode_output(raw: bytes) -> str:
+    """A program's output as text, undecodable bytes replaced."""
+    return _decode(raw)
+
+
+def exit_reason(what: str, returncode: int, stderr: bytes) -> str:
+    """``<what> exited with status N: <last stderr line>`` (or killed by a signal)."""
+    return _exit_reason(returncode, _decode(stderr)).replace("gate script", what, 1)
 
 
 def _decode(raw: bytes) -> str:

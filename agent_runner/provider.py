@@ -138,3 +138,21 @@ class Provider(Protocol):
     async def run(self, batch: Batch) -> ProviderResult:
         """Let the agent handle ``batch`` and report how each row went."""
         ...
+
+
+def one_reply(batch: Batch, reply: str | None) -> ProviderResult:
+    """A batch the agent answered as a whole: one reply, however many rows it held.
+
+    The reply goes with the last row that woke the agent (the last row when none did),
+    so it is delivered once, in reply to what asked for it; the other rows are handled
+    without a reply of their own.
+    """
+    items = batch.items
+    woke = [item for item in items if item.message.trigger] or list(items)
+    answered = woke[-1].message.id if woke else None
+    return ProviderResult(
+        {
+            item.message.id: RowOutcome.success(reply if item.message.id == answered else None)
+            for item in items
+        }
+    )

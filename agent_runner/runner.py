@@ -286,7 +286,7 @@ async def run_runner(
     UnknownProvider or RunnerConfigError before touching any file when the provider name
     or the session is wrong.
     """
-    provider = get_provider(config.provider)
+    provider = get_provider(config.provider, config)
     mailbox = mailbox or SqliteMailbox(config.session_dir)
     env = os.environ if environ is None else environ
     return await _Runner(config, clock, provider, mailbox, env).run(stop or anyio.Event())

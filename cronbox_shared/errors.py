@@ -240,6 +240,26 @@ class UnknownAgent(InvalidInput):
         self.name = name
 
 
+class AgentConfigError(InvalidInput):
+    """``agents.toml`` cannot be read, or one of its profiles is not valid."""
+
+
+class MissingAgentKey(InvalidInput):
+    """A profile names a key variable the host's environment does not set."""
+
+    def __init__(self, name: str, variable: str) -> None:
+        super().__init__(
+            f"agent profile {shown(name)} reads its API key from {variable}, which is not set "
+            "in the host's environment; export it before starting the host"
+        )
+        self.name = name
+        self.variable = variable
+
+
+class ProviderError(CronboxError, RuntimeError):
+    """A model or agent program failed to answer (its own error text, one sentence)."""
+
+
 class RunNotFound(CronboxError, LookupError):
     def __init__(self, run_id: int) -> None:
         super().__init__(f"no run with id {run_id}; `cronbox task history ID` shows a task's runs")

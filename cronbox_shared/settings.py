@@ -73,8 +73,10 @@ class RunnerSettings(BaseSettings):
 
     Seconds are floats; ``secret_names`` are the environment variables the agent
     profile grants as secrets (the runner keeps them from its gate scripts and MCP
-    server). ``min_interval`` and ``max_tasks`` mirror the host's limits, so the MCP
-    tools refuse what the host would, while the agent can still fix it.
+    server). ``model`` … ``command_timeout`` are the agent profile's settings;
+    ``api_key_env`` names the secret that holds the model's key, ``command`` is a JSON
+    list of program and arguments. ``min_interval`` and ``max_tasks`` mirror the host's
+    limits, so the MCP tools refuse what the host would, while the agent can still fix it.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
@@ -89,6 +91,15 @@ class RunnerSettings(BaseSettings):
     min_interval: Seconds = DEFAULTS.min_interval
     max_tasks: Count = DEFAULTS.max_tasks_per_session
     secret_names: Names = ()
+    # The session's agent profile (cronbox_shared.agents), beyond its provider.
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    system: str = ""
+    max_turns: Count = 8
+    max_tokens: Count = 4096
+    command: str = ""
+    command_timeout: Seconds = DEFAULTS.gate_timeout
 
     @classmethod
     def settings_customise_sources(

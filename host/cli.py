@@ -46,6 +46,7 @@ from typer._click.exceptions import (
 )
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from cronbox_shared.agents import BUILTIN_AGENTS
 from cronbox_shared.errors import (
     CronboxError,
     InvalidInput,
@@ -371,6 +372,12 @@ image_app = CronboxTyper(
     cls=CommandGroup, help="Build the agent image the docker runtime starts.", no_args_is_help=True
 )
 app.add_typer(image_app, name="image")
+agent_app = CronboxTyper(
+    cls=CommandGroup,
+    help="Agent profiles of $CRONBOX_HOME/agents.toml: list them, try one.",
+    no_args_is_help=True,
+)
+app.add_typer(agent_app, name="agent")
 app.add_typer(jobs_app, name="jobs")
 
 HomeOption = Annotated[
@@ -814,6 +821,56 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
                  when_cell(s.next_due_at, zone(s.timezone), now))  # fmt: skip
         table.add_row(*(Text(c, no_wrap=True) for c in cells))
     console.print(table)
+
+
+@agent_app.command("list")
+def agent_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List the agent profiles of agents.toml and the built-in ones."""
+    store = open_store(home, create=True)
+    profiles = store.agent_profiles()
+    rows = [
+        {"name": name, "provider": p.provider, "model": p.model, "base_url": p.base_url,
+         "api_key_env": p.api_key_env,
+         "key_set": bool(p.api_key_env and os.environ.get(p.api_key_env, "").strip()),
+         "builtin": False}
+        for name, p in sorted(profiles.items())
+    ]  # fmt: skip
+    rows += [
+        {"name": name, "provider": name, "model": None, "base_url": None,
+         "api_key_env": None, "key_set": False, "builtin": True}
+        for name in BUILTIN_AGENTS if name not in profiles
+    ]  # fmt: skip
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("name", "provider", "model", "base url", "key")
+    for row in rows:
+        key = row["api_key_env"]
+        key_cell = f"{key} ({'set' if row['key_set'] else 'NOT SET'})" if key else NOTHING
+        model = row["model"] or ("built in" if row["builtin"] else NOTHING)
+        cells = (row["name"], row["provider"], model, row["base_url"] or NOTHING, key_cell)
+        table.add_row(*(Text(str(c), no_wrap=True) for c in cells))
+    stdout_console().print(table)
+
+
+@agent_app.command("check")
+def agent_check(
+    profile: Annotated[str, typer.Argument(help="Profile name from agents.toml.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make one minimal call through the profile and say whether it answered."""
+    import anyio
+
+    from agent_runner.check import check_profile
+
+    store = open_store(home, create=True)
+    agent = store.agent_profile(profile)
+    sentence = anyio.run(check_profile, agent, dict(os.environ))
+    if as_json:
+        print_json({"profile": profile.strip(), "ok": True, "detail": sentence})
+        return
+    stdout_console().print(f"profile {profile.strip()}: {sentence}", markup=False)
 
 
 @session_app.command("update")

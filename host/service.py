@@ -15,9 +15,10 @@ thread (:mod:`host.writer`); the CLI calls them directly.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import ActionKind, TaskChange, transition
-from cronbox_shared.agents import check_agent
+from cronbox_shared.agents import AgentProfile, check_agent, load_profiles, resolve_agent
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
@@ -274,6 +275,22 @@ class Cronbox:
         """The newest audit entries, newest first."""
         return self.central.audit_entries(session_id, limit)
 
+    # --- agent profiles ----------------------------------------------------------------
+
+    def agent_profiles(self) -> dict[str, AgentProfile]:
+        """The profiles of ``$CRONBOX_HOME/agents.toml`` (AgentConfigError for a bad file)."""
+        return load_profiles(self.home)
+
+    def agent_profile(self, name: str, environ: Mapping[str, str] | None = None) -> AgentProfile:
+        """The profile a session named ``name`` runs with, its key variable checked in
+        ``environ`` (the host's environment by default)."""
+        env = os.environ if environ is None else environ
+        return resolve_agent(name.strip(), self.agent_profiles(), env)
+
+    def check_agent(self, name: str) -> str:
+        """``name`` stripped, when a runner could serve it with the host's environment."""
+        return check_agent(name, self.agent_profiles(), os.environ)
+
     # --- sessions ----------------------------------------------------------------------
 
     def create_session(
@@ -285,7 +302,7 @@ class Cronbox:
         ``limits`` are its container's own (the docker runtime's defaults otherwise).
         """
         name = _session_name(name)
-        agent = check_agent(agent)
+        agent = self.check_agent(agent)
         tz = zone(timezone, "--timezone").key if timezone else self.default_timezone
         container = check_limits(limits or ContainerLimits()).stored()
         if self.central.name_taken(name):
@@ -319,7 +336,7 @@ class Cronbox:
         fields: dict[str, Any] = {}
         detail: dict[str, Any] = {}
         if agent is not None:
-            fields["agent"] = check_agent(agent)
+            fields["agent"] = self.check_agent(agent)
         if timezone is not None:
             fields["timezone"] = zone(timezone, "--timezone").key
         if quiet is not None:

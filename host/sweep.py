@@ -27,9 +27,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.agents import check_agent
+from cronbox_shared.agents import AgentProfile
 from cronbox_shared.defaults import DEFAULTS
-from cronbox_shared.errors import EngineUnavailable, OutboxUnreadable, UnknownAgent
+from cronbox_shared.errors import EngineUnavailable, InvalidInput, OutboxUnreadable
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
@@ -155,7 +155,7 @@ class Sweeper:
         delivery: Delivery,
         config: SweepConfig,
         clock: Clock,
-        runner_env: Callable[[Session], dict[str, str]] | None = None,
+        runner_env: Callable[[Session, AgentProfile], dict[str, str]] | None = None,
         host_id: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -207,18 +207,23 @@ class Sweeper:
         """
         await self._pass_over.wait()
 
-    def default_runner_env(self, session: Session) -> dict[str, str]:
+    def default_runner_env(
+        self, session: Session, profile: AgentProfile | None = None
+    ) -> dict[str, str]:
         """The session's runner settings, rendered for its environment.
 
-        What the host knows (the session's agent and zone, the sweep's timings, the
-        store's limits) is set here; the rest (``gate_timeout``, ``max_batch``) an
+        What the host knows (the session's agent ``profile`` and zone, the sweep's
+        timings, the store's limits) is set here; the rest (``gate_timeout``, ``max_batch``) an
         operator may set in the host's own environment, and the default applies
-        otherwise. Raises RunnerConfigError for a bad value there.
+        otherwise. Raises RunnerConfigError for a bad value there. ``profile`` is read
+        from agents.toml when not given.
         """
+        if profile is None:
+            profile = self.store.agent_profile(session.agent)
         settings = RunnerSettings.from_env(
             os.environ,
             session_dir=self.store.session_dir(session.id).resolve(),
-            provider=session.agent,
+            **_profile_fields(profile),
             timezone=session.timezone,
             idle_timeout=self.config.idle_timeout,
             poll_interval=self.config.runner_poll,
@@ -260,11 +265,9 @@ class Sweeper:
             await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
         for session in known.values():
             try:
-                check_agent(session.agent)
-            except UnknownAgent as exc:
-                reason = f"{exc}; fix it with `cronbox session update {session.name} --agent ...`"
-                log.warning("session %s: %s", session.name, reason)
-                self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+                await read(self.store.agent_profile, session.agent)
+            except InvalidInput as exc:
+                self._profile_problem(session, exc)
         for session in await read(self.store.webhook_sessions):
             # Replies still owed to a webhook are delivered though no runner is woken.
             await self.delivery.note_backlog(session)
@@ -448,6 +451,12 @@ class Sweeper:
         finally:
             self.wake()
 
+    def _profile_problem(self, session: Session, exc: InvalidInput) -> None:
+        """Report a session whose agent profile no runner can serve."""
+        reason = f"{exc}; fix agents.toml or `cronbox session update {session.name} --agent ...`"
+        log.warning("session %s: %s", session.name, reason)
+        self.problems[session.id] = Problem(session.name, reason, self.clock.now())
+
     async def _start(self, session_id: str) -> None:
         caught_up = await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
@@ -455,11 +464,20 @@ class Sweeper:
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
+        try:
+            profile = await read(self.store.agent_profile, session.agent)
+        except InvalidInput as exc:
+            # The runner refuses the name and the rows' tries run out, as for any runner
+            # that fails before taking work; the problem says why in the host's words.
+            self._profile_problem(session, exc)
+            profile = AgentProfile.model_construct(provider=session.agent)
+        key = profile.api_key_env
         spec = RunnerSpec(
             session_id=session.id,
             session_dir=self.store.session_dir(session.id).resolve(),
             home=self.store.home.resolve(),
-            env=self.runner_env(session),
+            env=self.runner_env(session, profile),
+            secrets={key: os.environ[key]} if key else {},
             limits=ContainerLimits.of(session.container),
         )
         due_at = parse_utc(session.next_due_at)
@@ -817,3 +835,12 @@ def _mtime(path: Path) -> datetime | None:
     except OSError:
         return None
     return datetime.fromtimestamp(stamp, UTC)
+
+
+def _profile_fields(profile: AgentProfile) -> dict[str, Any]:
+    """Every profile field of RunnerSettings, so a host variable never fills one in."""
+    defaults = {
+        name: RunnerSettings.model_fields[name].default
+        for name in ("model", "base_url", "api_key_env", "system", "command")
+    }
+    return {**defaults, **profile.runner_fields()}

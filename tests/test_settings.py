@@ -23,6 +23,8 @@ def test_every_setting_has_one_cronbox_variable() -> None:
         "CRONBOX_SESSION_DIR", "CRONBOX_PROVIDER", "CRONBOX_TIMEZONE", "CRONBOX_IDLE_TIMEOUT",
         "CRONBOX_POLL_INTERVAL", "CRONBOX_MAX_BATCH", "CRONBOX_GATE_TIMEOUT",
         "CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS", "CRONBOX_SECRET_NAMES",
+        "CRONBOX_MODEL", "CRONBOX_BASE_URL", "CRONBOX_API_KEY_ENV", "CRONBOX_SYSTEM",
+        "CRONBOX_MAX_TURNS", "CRONBOX_MAX_TOKENS", "CRONBOX_COMMAND", "CRONBOX_COMMAND_TIMEOUT",
     )  # fmt: skip
     with pytest.raises(KeyError):
         RunnerSettings.env_name("no_such_setting")

@@ -1,0 +1,140 @@
+"""The ``openai`` provider: Chat Completions with function calling, through the official SDK.
+
+Chat Completions is the surface OpenAI, Ollama, vLLM, LM Studio and OpenRouter all serve
+with tools, so ``base_url`` picks the server and the rest is the same. The session's MCP
+tools are offered as functions; the shared tool loop (:mod:`agent_runner.toolloop`)
+runs the calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import openai
+
+from agent_runner.mcp_client import ToolOutcome, ToolSpec
+from agent_runner.provider import Batch, ProviderResult
+from agent_runner.toolloop import ModelTurn, ToolUse, answer_batch, api_key, decode_arguments
+from cronbox_shared.errors import ProviderError
+from cronbox_shared.settings import RunnerSettings
+
+# Servers such as Ollama take any key but the SDK insists on one.
+NO_KEY = "no-key"
+
+
+def function_tool(tool: ToolSpec) -> dict[str, Any]:
+    """An MCP tool as a Chat Completions function tool."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.input_schema,
+        },
+    }
+
+
+def api_error(exc: openai.OpenAIError, base_url: str) -> ProviderError:
+    """The SDK's error as one sentence: the server's own message where it sent one."""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        detail = body.get("message") if isinstance(body, dict) else None
+        text = str(detail or exc.message).strip().splitlines()[0][:500]
+        return ProviderError(f"the model API answered {exc.status_code}: {text}")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(f"the model API at {base_url} could not be reached: {exc}")
+    return ProviderError(f"the model API call failed: {exc}")
+
+
+class ChatCompletions:
+    """The tool loop's dialect for Chat Completions."""
+
+    def __init__(self, client: openai.AsyncOpenAI, settings: RunnerSettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def opening(self, prompt: str) -> list[Any]:
+        messages: list[Any] = []
+        if self.settings.system:
+            messages.append({"role": "system", "content": self.settings.system})
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    async def call(self, messages: Sequence[Any], tools: Sequence[ToolSpec]) -> ModelTurn:
+        # Some servers refuse an empty tools list: offer none then.
+        offered: dict[str, Any] = {"tools": [function_tool(t) for t in tools]} if tools else {}
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.settings.model,
+                messages=list(messages),
+                max_tokens=self.settings.max_tokens,
+                **offered,
+            )
+        except openai.OpenAIError as exc:
+            raise api_error(exc, str(self.client.base_url)) from None
+        if not response.choices:
+            raise ProviderError("the model API answered with no choices")
+        message = response.choices[0].message
+        calls = tuple(
+            ToolUse(call.id, call.function.name, decode_arguments(call.function.arguments))
+            for call in message.tool_calls or []
+            if call.type == "function"
+        )
+        kept: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
+        if calls:
+            kept["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+                for call in message.tool_calls or []
+                if call.type == "function"
+            ]
+        usage = response.usage
+        return ModelTurn(
+            text=message.content or "",
+            calls=calls,
+            message=kept,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    def results(self, calls: Sequence[tuple[ToolUse, ToolOutcome]]) -> list[Any]:
+        return [
+            {
+                "role": "tool",
+                "tool_call_id": use.id,
+                "content": f"error: {outcome.text}" if outcome.is_error else outcome.text,
+            }
+            for use, outcome in calls
+        ]
+
+
+class OpenAIProvider:
+    """Answers each batch with one Chat Completions tool loop."""
+
+    def __init__(self, settings: RunnerSettings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.key = api_key(settings.api_key_env, os.environ if environ is None else environ)
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=self.key or NO_KEY,
+            base_url=self.settings.base_url or None,
+            timeout=self.settings.command_timeout,
+        )
+
+    async def run(self, batch: Batch) -> ProviderResult:
+        async with self.client() as client:
+            dialect = ChatCompletions(client, self.settings)
+            return await answer_batch(dialect, batch, self.settings.max_turns)
+
+    async def ask(self, prompt: str) -> str:
+        """One call without tools (``cronbox agent check``): the model's text."""
+        async with self.client() as client:
+            dialect = ChatCompletions(client, self.settings)
+            turn = await dialect.call(dialect.opening(prompt), ())
+        return turn.text.strip()

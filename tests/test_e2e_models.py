@@ -1,0 +1,185 @@
+"""Natural-language scheduling end to end: a real host and runner, the official SDKs
+against local servers that speak the vendors' wire protocols, the real MCP server.
+
+The fake model is scripted per call; what the runner sends it (prompts, tool results)
+and what the host ends up with (the task, its runs, the replies) are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cronbox_shared.models import RunOutcome
+from host.service import Cronbox
+from tests.fake_models import FakeModel, call, fail, fake_model, say
+from tests.hosting import make_settings, running_host, wait_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+LOOP_GUARD = 60.0
+KEY_VAR = "FAKE_MODEL_KEY"
+KEY = "sk-test-0123456789"
+WEEKDAYS_AT_9 = "0 9 * * MON-FRI"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("CRONBOX_MIN_INTERVAL", "1")
+    monkeypatch.setenv(KEY_VAR, KEY)
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def provider(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
+    base_url = f"{base}/v1" if provider == "openai" else base
+    lines = [
+        "[agents.model]",
+        f'provider = "{provider}"',
+        'model = "test-model"',
+        f'base_url = "{base_url}"',
+        f'api_key_env = "{KEY_VAR}"',
+        'system = "You schedule things."',
+        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+    ]
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "agents.toml").write_text("\n".join(lines) + "\n")
+
+
+def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
+    return store.replies(session_id, message_id)
+
+
+def tool_results(fake: FakeModel, request: int) -> list[str]:
+    """The tool results the runner sent with one request (0-based), as text."""
+    texts = []
+    for message in fake.requests[request]["messages"]:
+        if message["role"] == "tool":
+            texts.append(message["content"])
+        elif message["role"] == "user" and isinstance(message["content"], list):
+            texts += [
+                f"error: {b['content']}" if b.get("is_error") else b["content"]
+                for b in message["content"]
+                if b.get("type") == "tool_result"
+            ]
+    return texts
+
+
+def finished_run(store: Cronbox, task_id: str) -> Any:
+    runs = [r for r in store.runs_for(task_id) if r.outcome is not None]
+    return runs[0] if runs else None
+
+
+async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_prompt(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    turns = [
+        call("schedule_task", {"prompt": "check the build", "recurrence": WEEKDAYS_AT_9}),
+        say("Done: every weekday at 9 I will remind you to check the build."),
+        say("Reminder: check the build."),
+    ]
+    with fake_model(turns) as fake:
+        write_profile(home, provider, fake.base)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("nl", agent="model", timezone="Europe/Berlin")
+        async with running_host(settings):
+            ask = store.send_message(session.id, "remind me every weekday at 9 to check the build")
+            answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
+            assert answer == ["Done: every weekday at 9 I will remind you to check the build."]
+            [task] = store.list_tasks(session.id)
+            assert (task.recurrence, task.timezone, task.prompt) == (
+                WEEKDAYS_AT_9, "Europe/Berlin", "check the build",
+            )  # fmt: skip
+            # The tool's own answer went back to the model before it answered.
+            assert "Scheduled task" in tool_results(fake, 1)[0]
+
+            run = store.run_now(task.id)
+            reminded = await wait_for(lambda: replies_to(store, session.id, run.id), LOOP_GUARD)
+            assert reminded == ["Reminder: check the build."]
+            done = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
+            assert done.outcome is RunOutcome.OK
+    first, _, third = fake.user_texts()
+    assert "[chat from" in first and "remind me every weekday at 9" in first
+    assert "Timezone: Europe/Berlin." in first
+    assert "[scheduled task" in third and "check the build" in third
+    # The key reached the vendor, through the SDK's own header.
+    assert all(KEY in h.get("authorization", "") + h.get("x-api-key", "") for h in fake.headers)
+    system = fake.requests[0].get("system") or fake.requests[0]["messages"][0]["content"]
+    assert system == "You schedule things."
+    offered = {t.get("name") or t["function"]["name"] for t in fake.requests[0]["tools"]}
+    assert offered >= {"schedule_task", "list_tasks", "cancel_task"}
+
+
+async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    turns = [
+        call("schedule_task", {"prompt": "stand up", "recurrence": "61 9 * * *"}),
+        call("schedule_task", {"prompt": "stand up", "recurrence": "30 9 * * *"}),
+        say("Scheduled for 09:30 daily."),
+    ]
+    with fake_model(turns) as fake:
+        write_profile(home, provider, fake.base)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("cron", agent="model")
+        async with running_host(settings):
+            ask = store.send_message(session.id, "stand-up reminder every day at 9:30")
+            answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
+            assert answer == ["Scheduled for 09:30 daily."]
+            [task] = store.list_tasks(session.id)
+            assert task.recurrence == "30 9 * * *"
+    [refusal] = tool_results(fake, 1)
+    assert refusal.startswith("error:") and "61" in refusal
+
+
+async def test_an_api_error_fails_the_run_with_the_vendors_text(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    with fake_model([fail(404, "model 'test-model' not found")], repeat_last=True) as fake:
+        write_profile(home, provider, fake.base)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("err", agent="model")
+        task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
+        async with running_host(settings):
+            store.run_now(task.id)
+            run = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
+    assert run.outcome is RunOutcome.ERROR
+    assert run.error == "the model API answered 404: model 'test-model' not found"
+
+
+async def test_a_model_still_calling_tools_at_max_turns_fails_the_run_with_that_reason(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    looping = [call("list_tasks", {})]
+    with fake_model(looping, repeat_last=True) as fake:
+        write_profile(home, provider, fake.base, max_turns=3)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("loop", agent="model")
+        task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
+        async with running_host(settings):
+            store.run_now(task.id)
+            run = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
+    assert run.outcome is RunOutcome.ERROR
+    assert "after 3 model call(s) (max_turns)" in (run.error or "")
+    assert len(fake.requests) == 3
