@@ -52,6 +52,7 @@ class AgentProfile(BaseModel):
     max_tokens: int = Field(default=4096, ge=1)
     command: tuple[str, ...] = ()
     timeout: float = Field(default=DEFAULTS.gate_timeout, gt=0)
+    daily_token_budget: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _coherent(self) -> AgentProfile:

@@ -43,6 +43,9 @@ from cronbox_shared.timeutil import Instant
 INBOX = "inbox"
 OUTBOX = "outbox"
 WORKSPACE = "workspace"
+GATEWAY = "gateway"
+"""The directory of the session's model gateway socket (host/gateway.py)."""
+GATEWAY_SOCKET = "model.sock"
 # Paths relative to a session directory.
 INBOUND = f"{INBOX}/inbound.db"
 OUTBOUND = f"{OUTBOX}/outbound.db"

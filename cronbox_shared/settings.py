@@ -75,7 +75,9 @@ class RunnerSettings(BaseSettings):
     profile grants as secrets (the runner keeps them from its gate scripts and MCP
     server). ``model`` … ``command_timeout`` are the agent profile's settings;
     ``api_key_env`` names the secret that holds the model's key, ``command`` is a JSON
-    list of program and arguments. ``min_interval`` and ``max_tasks`` mirror the host's
+    list of program and arguments; ``gateway`` is the model gateway's socket, relative
+    to the session directory (the model is then reached through it, with no key in the
+    runner). ``min_interval`` and ``max_tasks`` mirror the host's
     limits, so the MCP tools refuse what the host would, while the agent can still fix it.
     """
 
@@ -100,6 +102,7 @@ class RunnerSettings(BaseSettings):
     max_tokens: Count = 4096
     command: str = ""
     command_timeout: Seconds = DEFAULTS.gate_timeout
+    gateway: str = ""
 
     @classmethod
     def settings_customise_sources(

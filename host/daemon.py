@@ -32,6 +32,7 @@ from cronbox_shared.policies import parse_quiet, quiet_end
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
+from host.gateway import Gateways
 from host.http import Api, HttpServer, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
@@ -188,6 +189,7 @@ async def run_host(
             max_attempts=settings.delivery_attempts,
         )
         delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
+        gateways = Gateways(lambda: clock.now().date())
         sweeper = Sweeper(
             store,
             runtime,
@@ -195,6 +197,7 @@ async def run_host(
             sweep or sweep_config(settings),
             clock,
             metrics=metrics,
+            gateways=gateways,
         )
         silent_after = timedelta(seconds=sweeper.config.heartbeat_ceiling / 2)
         stale: list[dict[str, str]] = []
@@ -224,6 +227,9 @@ async def run_host(
             if http is not None:
                 serving.start_soon(http.serve)
                 stack.push_async_callback(_close_http, http, serving)
+            # Model gateways close after the runners they serve have drained.
+            await serving.start(gateways.run)
+            stack.callback(gateways.close)
             watcher = store.watch_changes()
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())

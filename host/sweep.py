@@ -34,6 +34,8 @@ from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
 from host.delivery import Delivery
+from host.gateway import ROUTES as GATEWAY_ROUTES
+from host.gateway import Gateways
 from host.limits import ContainerLimits
 from host.liveness import Claim, LivenessAction, decide_liveness
 from host.logs import session_fields
@@ -158,6 +160,7 @@ class Sweeper:
         runner_env: Callable[[Session, AgentProfile], dict[str, str]] | None = None,
         host_id: str | None = None,
         metrics: Metrics | None = None,
+        gateways: Gateways | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -166,6 +169,8 @@ class Sweeper:
         self.config = config
         self.clock = clock
         self.runner_env = runner_env or self.default_runner_env
+        # None: a profile's key goes to its runner as a secret (no gateway served).
+        self.gateways = gateways
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}"
         self.live: dict[str, LiveRunner] = {}
         self.waiting: dict[str, datetime] = {}
@@ -451,6 +456,13 @@ class Sweeper:
         finally:
             self.wake()
 
+    def _gateway_profile(self, session_id: str) -> tuple[AgentProfile, str | None]:
+        """What the session's gateway forwards with, read again for every model call."""
+        session = self.store.get_session(session_id)
+        profile = self.store.agent_profile(session.agent)
+        key = os.environ.get(profile.api_key_env) if profile.api_key_env else None
+        return profile, key
+
     def _profile_problem(self, session: Session, exc: InvalidInput) -> None:
         """Report a session whose agent profile no runner can serve."""
         reason = f"{exc}; fix agents.toml or `cronbox session update {session.name} --agent ...`"
@@ -471,13 +483,23 @@ class Sweeper:
             # that fails before taking work; the problem says why in the host's words.
             self._profile_problem(session, exc)
             profile = AgentProfile.model_construct(provider=session.agent)
+        session_dir = self.store.session_dir(session.id).resolve()
+        env = self.runner_env(session, profile)
         key = profile.api_key_env
+        secrets = {key: os.environ[key]} if key else {}
+        if self.gateways is not None and profile.provider in GATEWAY_ROUTES:
+            # The model is reached through the host: the runner holds no key, nor its name.
+            resolve = partial(self._gateway_profile, session.id)
+            socket_path = await self.gateways.ensure(session.id, session_dir, resolve)
+            env[RunnerSettings.env_name("gateway")] = socket_path
+            env[RunnerSettings.env_name("api_key_env")] = ""
+            secrets = {}
         spec = RunnerSpec(
             session_id=session.id,
-            session_dir=self.store.session_dir(session.id).resolve(),
+            session_dir=session_dir,
             home=self.store.home.resolve(),
-            env=self.runner_env(session, profile),
-            secrets={key: os.environ[key]} if key else {},
+            env=env,
+            secrets=secrets,
             limits=ContainerLimits.of(session.container),
         )
         due_at = parse_utc(session.next_due_at)

@@ -116,6 +116,8 @@ async def test_a_session_container_is_hardened_as_docker_inspect_shows(
         "/session/inbox": (str(session_dir / "inbox"), False),
         "/session/outbox": (str(session_dir / "outbox"), True),
         "/session/workspace": (str(session_dir / "workspace"), True),
+        # The model gateway's socket: the runner connects, it cannot replace it.
+        "/session/gateway": (str(session_dir / "gateway"), False),
     }
     env = dict(item.split("=", 1) for item in config["Env"])
     assert CANARY not in env
@@ -177,11 +179,11 @@ async def test_from_inside_the_inbox_is_untouchable_and_nothing_else_of_the_host
     }  # fmt: skip
     assert (workspace / "uid.txt").read_text().strip() != "0"
     assert sorted((workspace / "session-ls.txt").read_text().split()) == [
-        "inbox", "outbox", "workspace",
+        "gateway", "inbox", "outbox", "workspace",
     ]  # fmt: skip
     env = (workspace / "env.txt").read_text()
     assert CANARY not in env and "host-only-value" not in env
-    # Of the host's filesystem, only the three session directories are mounted (plus the
+    # Of the host's filesystem, only the session directories are mounted (plus the
     # engine's own resolv.conf, hostname and hosts files and its init).
     mounts = [line.split() for line in (workspace / "mounts.txt").read_text().splitlines()]
     # mountinfo: id parent dev root mountpoint options [optional...] - fstype source ...
@@ -191,7 +193,7 @@ async def test_from_inside_the_inbox_is_untouchable_and_nothing_else_of_the_host
         f[4] for f in mounts if f[2] == host_dev and not f[4].endswith("/docker-init")
     )
     assert from_host == sorted(
-        ["/session/inbox", "/session/outbox", "/session/workspace",
+        ["/session/gateway", "/session/inbox", "/session/outbox", "/session/workspace",
          "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"]
     ), from_host  # fmt: skip
     inbox = sorted(p.name for p in (store.session_dir(session.id) / "inbox").iterdir())

@@ -15,7 +15,7 @@ import pytest
 
 from cronbox_shared.models import RunOutcome
 from host.service import Cronbox
-from tests.fake_models import FakeModel, call, fail, fake_model, say
+from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
 from tests.hosting import make_settings, running_host, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -183,3 +183,52 @@ async def test_a_model_still_calling_tools_at_max_turns_fails_the_run_with_that_
     assert run.outcome is RunOutcome.ERROR
     assert "after 3 model call(s) (max_turns)" in (run.error or "")
     assert len(fake.requests) == 3
+
+
+async def test_the_runner_holds_no_key_and_its_gate_scripts_never_see_it(tmp_path: Path) -> None:
+    """The host's gateway adds the key: neither it nor its variable's name is in the
+    runner's world (a gate script's environment reaches the model here), nor in any file."""
+    home = tmp_path / "home"
+    with fake_model([say("seen")]) as fake:
+        write_profile(home, "openai", fake.base)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("keys", agent="model")
+        script = "jq -nc --arg env \"$(env)\" '{wakeAgent: true, data: $env}'"
+        task = store.schedule_task(
+            session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9, "script": script}
+        )
+        async with running_host(settings):
+            store.run_now(task.id)
+            run = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
+    assert run.outcome is RunOutcome.OK, run.error
+    [prompt] = fake.user_texts()
+    assert "CRONBOX_GATEWAY=gateway/model.sock" in prompt  # the script's env did arrive
+    assert KEY not in prompt and KEY_VAR not in prompt
+    assert KEY in fake.headers[0]["authorization"]  # added by the gateway
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with fake_model([Turn(text="first", input_tokens=30, output_tokens=10)]) as fake:
+        write_profile(home, "anthropic", fake.base, daily_token_budget=25)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("budget", agent="model")
+        first = store.schedule_task(session.id, {"prompt": "a", "recurrence": WEEKDAYS_AT_9})
+        second = store.schedule_task(session.id, {"prompt": "b", "recurrence": WEEKDAYS_AT_9})
+        async with running_host(settings) as sweeper:
+            store.run_now(first.id)
+            assert (await wait_for(lambda: finished_run(store, first.id))).outcome is RunOutcome.OK
+            store.run_now(second.id)
+            refused = await wait_for(lambda: finished_run(store, second.id), LOOP_GUARD)
+            assert sweeper.gateways is not None
+            assert sweeper.gateways.tokens_today(session.id) == 40
+    assert refused.outcome is RunOutcome.ERROR
+    assert refused.error == (
+        "the model API answered 403: the session's daily token budget of 25 tokens is used up"
+    )
+    assert len(fake.requests) == 1  # the refused call never reached the vendor

@@ -13,6 +13,7 @@ from typing import Any
 
 import anthropic
 
+from agent_runner.gatewayed import GATEWAY_URL, PLACEHOLDER_KEY, gateway_transport
 from agent_runner.mcp_client import ToolOutcome, ToolSpec
 from agent_runner.provider import Batch, ProviderResult
 from agent_runner.toolloop import ModelTurn, ToolUse, answer_batch, api_key
@@ -105,8 +106,17 @@ class AnthropicProvider:
     def __init__(self, settings: RunnerSettings, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.key = api_key(settings.api_key_env, os.environ if environ is None else environ)
+        self.transport = gateway_transport(settings)
 
     def client(self) -> anthropic.AsyncAnthropic:
+        if self.transport is not None:
+            # Through the host's gateway, which adds the key and knows the real URL.
+            return anthropic.AsyncAnthropic(
+                api_key=PLACEHOLDER_KEY,
+                base_url=GATEWAY_URL,
+                timeout=self.settings.command_timeout,
+                http_client=anthropic.DefaultAsyncHttpxClient(transport=self.transport),
+            )
         return anthropic.AsyncAnthropic(
             api_key=self.key,
             base_url=self.settings.base_url or None,

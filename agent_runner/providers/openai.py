@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 
+from agent_runner.gatewayed import GATEWAY_URL, PLACEHOLDER_KEY, gateway_transport
 from agent_runner.mcp_client import ToolOutcome, ToolSpec
 from agent_runner.provider import Batch, ProviderResult
 from agent_runner.toolloop import ModelTurn, ToolUse, answer_batch, api_key, decode_arguments
@@ -119,8 +120,17 @@ class OpenAIProvider:
     def __init__(self, settings: RunnerSettings, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.key = api_key(settings.api_key_env, os.environ if environ is None else environ)
+        self.transport = gateway_transport(settings)
 
     def client(self) -> openai.AsyncOpenAI:
+        if self.transport is not None:
+            # Through the host's gateway, which adds the key and knows the real URL.
+            return openai.AsyncOpenAI(
+                api_key=PLACEHOLDER_KEY,
+                base_url=GATEWAY_URL,
+                timeout=self.settings.command_timeout,
+                http_client=openai.DefaultAsyncHttpxClient(transport=self.transport),
+            )
         return openai.AsyncOpenAI(
             api_key=self.key or NO_KEY,
             base_url=self.settings.base_url or None,

@@ -41,7 +41,7 @@ from docker.types import LogConfig, Mount
 
 from cronbox_shared.environment import runner_environment
 from cronbox_shared.errors import CronboxError, EngineUnavailable, ImageMissing
-from cronbox_shared.sessiondb import INBOX, OUTBOX, WORKSPACE
+from cronbox_shared.sessiondb import GATEWAY, INBOX, OUTBOX, WORKSPACE
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc
 from host.limits import DEFAULT_LIMITS, ContainerLimits, memory_bytes
@@ -235,6 +235,8 @@ class DockerRuntime:
                     _bind(spec.session_dir / INBOX, read_only=True),
                     _bind(spec.session_dir / OUTBOX, read_only=False),
                     _bind(spec.session_dir / WORKSPACE, read_only=False),
+                    # The model gateway's socket (a socket on a read-only mount connects).
+                    _bind(spec.session_dir / GATEWAY, read_only=True),
                 ],
                 labels={
                     HOME_LABEL: label, SESSION_LABEL: spec.session_id, STARTED_LABEL: fmt(started),
@@ -267,6 +269,7 @@ class DockerRuntime:
 
     def _prepare_files(self, session_dir: Path) -> str:
         """The container's uid:gid; as root, hand it the outbox and workspace (only)."""
+        (session_dir / GATEWAY).mkdir(mode=0o755, exist_ok=True)  # mounted, so it must exist
         if os.geteuid() != 0:
             return f"{os.getuid()}:{os.getgid()}"
         uid, gid = (int(part) for part in self.config.user.split(":"))

@@ -1,0 +1,228 @@
+"""The model gateway: secrets stay in the host (SPEC §8).
+
+Each session whose agent calls a model API gets an HTTP server on a unix socket inside
+its directory (``gateway/model.sock``, mounted into its container). The runner's SDK
+client talks to that socket; the gateway adds the key from the profile's
+``api_key_env``, forwards the call to the profile's ``base_url`` only, caps the request
+size, counts the tokens the vendor reports (figures the runner cannot forge) and refuses
+calls once the session has used its ``daily_token_budget`` for the day (UTC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cronbox_shared.agents import AgentProfile
+from cronbox_shared.sessiondb import GATEWAY, GATEWAY_SOCKET
+
+log = logging.getLogger("cronbox.gateway")
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+VENDOR_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+# The one call each provider makes; nothing else is forwarded.
+ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
+PASSED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta")
+UPSTREAM_TIMEOUT = 600.0
+
+Resolve = Callable[[], tuple[AgentProfile, str | None]]
+"""The session's current profile and key (read again for every call)."""
+
+
+def gateway_error(status: int, message: str) -> Response:
+    """An error both SDKs read: ``{"error": {"message": ...}}``."""
+    body = {"type": "error", "error": {"type": "gateway_error", "message": message}}
+    return JSONResponse(body, status_code=status)
+
+
+def usage_of(provider: str, body: bytes) -> tuple[int, int]:
+    """Input and output tokens a vendor's JSON response reports (0, 0 when none)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return 0, 0
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    keys = ("prompt_tokens", "completion_tokens") if provider == "openai" else (
+        "input_tokens", "output_tokens")  # fmt: skip
+    counts = [usage.get(k) for k in keys]
+    return tuple(c if isinstance(c, int) and c >= 0 else 0 for c in counts)  # type: ignore[return-value]
+
+
+def key_headers(provider: str, key: str | None) -> dict[str, str]:
+    if not key:
+        return {}
+    if provider == "anthropic":
+        return {"x-api-key": key}
+    return {"authorization": f"Bearer {key}"}
+
+
+@dataclass
+class Usage:
+    """Tokens one session used through its gateway, by UTC day."""
+
+    by_day: dict[date, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, day: date, tokens: tuple[int, int]) -> None:
+        old = self.by_day.get(day, (0, 0))
+        self.by_day[day] = (old[0] + tokens[0], old[1] + tokens[1])
+
+    def total(self, day: date) -> int:
+        return sum(self.by_day.get(day, (0, 0)))
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        return
+
+    def capture_signals(self) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+class SessionGateway:
+    """One session's gateway: a uvicorn app on its socket."""
+
+    def __init__(self, session_id: str, session_dir: Path, resolve: Resolve,
+                 today: Callable[[], date]) -> None:  # fmt: skip
+        self.session_id = session_id
+        self.path = session_dir / GATEWAY / GATEWAY_SOCKET
+        self.resolve = resolve
+        self.today = today
+        self.usage = Usage()
+        self.client = httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False)
+        app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["POST"])])
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+        self._server = _Server(config)
+        self._inode = -1
+
+    def bind(self) -> socket.socket:
+        self.path.parent.mkdir(exist_ok=True)
+        self.path.parent.chmod(0o755)
+        if self.path.is_socket():
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A path relative to its directory: socket paths are limited to 108 bytes.
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            sock.bind(f"/proc/self/fd/{fd}/{GATEWAY_SOCKET}")
+        finally:
+            os.close(fd)
+        # The container's user (another uid when the host is root) must connect.
+        self.path.chmod(0o666)
+        sock.listen(64)  # calls made before uvicorn is up wait in the backlog
+        self._inode = self.path.stat().st_ino
+        return sock
+
+    async def serve(self, sock: socket.socket) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._server.serve(sockets=[sock])
+        finally:
+            sock.close()
+            await self.client.aclose()
+            # Only our own socket: a successor may have bound the path since.
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_ino == self._inode:
+                    self.path.unlink()
+
+    def close(self) -> None:
+        self._server.should_exit = True
+
+    async def forward(self, request: Request) -> Response:
+        profile, key = await anyio.to_thread.run_sync(self.resolve)
+        provider = profile.provider
+        route = ROUTES.get(provider)
+        if route is None or request.url.path != route:
+            return gateway_error(404, f"the model gateway forwards only POST {route}")
+        body = await request.body()
+        if len(body) > MAX_REQUEST_BYTES:
+            return gateway_error(413, f"the model request is over {MAX_REQUEST_BYTES} bytes")
+        today = self.today()
+        budget = profile.daily_token_budget
+        if budget is not None and self.usage.total(today) >= budget:
+            return gateway_error(
+                403, f"the session's daily token budget of {budget} tokens is used up"
+            )
+        base = (profile.base_url or VENDOR_URLS[provider]).rstrip("/")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED_HEADERS}
+        headers.update(key_headers(provider, key))
+        try:
+            upstream = await self.client.post(base + route, content=body, headers=headers)
+        except httpx2.HTTPError as exc:
+            return gateway_error(502, f"the model API at {base} could not be reached: {exc}")
+        tokens = usage_of(provider, upstream.content)
+        self.usage.add(today, tokens)
+        log.info("session %s: model call %d, %d/%d tokens", self.session_id,
+                 upstream.status_code, *tokens)  # fmt: skip
+        return Response(
+            upstream.content, status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "application/json"),
+        )  # fmt: skip
+
+
+class Gateways:
+    """The gateways of every session that uses one, for as long as the host runs."""
+
+    def __init__(self, today: Callable[[], date]) -> None:
+        self.today = today
+        self.running: dict[str, SessionGateway] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = anyio.Event()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until :meth:`close`; each gateway finishes its open calls first."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await self._closed.wait()
+            finally:
+                # Also when cancelled: each server is shielded and ends only when told.
+                for gateway in self.running.values():
+                    gateway.close()
+        self._tg = None
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def ensure(self, session_id: str, session_dir: Path, resolve: Resolve) -> str:
+        """The session's gateway socket, relative to its directory, started if need be."""
+        gateway = self.running.get(session_id)
+        if gateway is None or not gateway.path.is_socket():
+            if self._tg is None:
+                raise RuntimeError("the model gateways are not running")
+            gateway = SessionGateway(session_id, session_dir, resolve, self.today)
+            sock = await anyio.to_thread.run_sync(gateway.bind)
+            old = self.running.get(session_id)
+            if old is not None:
+                gateway.usage = old.usage
+                old.close()
+            self.running[session_id] = gateway
+            self._tg.start_soon(gateway.serve, sock)
+        return f"{GATEWAY}/{GATEWAY_SOCKET}"
+
+    def tokens_today(self, session_id: str) -> int:
+        gateway = self.running.get(session_id)
+        return gateway.usage.total(self.today()) if gateway else 0
