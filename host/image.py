@@ -35,7 +35,7 @@ DEFAULT_BASE = "python:3.12-slim"
 PACKAGES = ("agent_runner", "mcp_tools", "cronbox_shared")
 REQUIREMENTS = (
     "sqlite-utils", "croniter", "cron-descriptor", "pydantic", "pydantic-settings",
-    "python-dotenv", "anyio", "mcp", "tzdata",
+    "python-dotenv", "anyio", "mcp", "tzdata", "openai", "anthropic",
 )  # fmt: skip
 _PROBE = (
     "import json, platform, sys, sysconfig; print(json.dumps({'python': '%d.%d' % "
