@@ -368,7 +368,9 @@ def read_outbox(
             try:
                 conn.execute(f"PRAGMA busy_timeout={busy_ms}")
                 opened = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
-                if opened != [expected]:
+                # SQLite names the file it opened with links resolved; one that does not
+                # resolve them names the path itself (the checks after the read apply).
+                if opened not in ([expected], [os.path.abspath(path)]):
                     raise OutboxUnreadable("outbound.db was swapped for another file")
                 yield OutboundDb(conn)
             except sqlite3.Error as exc:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+import anyio
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
@@ -45,7 +46,7 @@ from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.logs import session_fields
 from host.metrics import Metrics
-from host.service import Cronbox, Receipt
+from host.service import Cronbox, Receipt, Rejection
 from host.store.records import Session
 from host.webhook import CircuitOpen
 from host.writer import Writer, read
@@ -54,6 +55,8 @@ log = logging.getLogger("cronbox.delivery")
 
 # A rejection quotes at most this much of its reason back to the agent.
 MAX_REASON_CHARS = 500
+# Rejections written in one transaction at most (a flood is rejected in batches).
+REJECT_BATCH = 500
 # Recorded for a reply when no channel is configured, so it is still taken in once.
 NO_CHANNEL = "none"
 
@@ -197,6 +200,8 @@ class Delivery:
         self.retry = retry or ChannelRetry()
         self.metrics = metrics or Metrics()
         self._stuck: dict[tuple[str, int], str] = {}
+        # Rejections queued to be written together, per session.
+        self._rejected: dict[str, list[Rejection]] = {}
         # Rows refused without a receipt (no usable seq), so each is refused once.
         self._refused: set[tuple[str, str, str]] = set()
         # Sessions whose deliveries were all final when last looked at.
@@ -218,6 +223,15 @@ class Delivery:
         Stops at a row whose handling failed for a reason other than the row itself:
         that row and the rest wait for the next pass, so order and exactly-once hold.
         """
+        try:
+            return await self._deliver_rows(session, rows)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._flush(session)
+
+    async def _deliver_rows(
+        self, session: Session, rows: Sequence[dict[str, Any]]
+    ) -> list[Handled]:
         handled: list[Handled] = []
         last: int | None = None
         for raw in rows:
@@ -377,6 +391,7 @@ class Delivery:
         receipt = Receipt(seq, message.id, channels=names or (NO_CHANNEL,), status=status)
         ordered = [c for c in channels if isinstance(c, SessionChannel)]
         behind = await self._queued_channels(session, seq, ordered) if ordered else set()
+        await self._flush(session)  # older rejections are written first
         try:
             await self.writer(self.app.accept_reply, session.id, receipt)
         except AlreadyHandled:
@@ -456,6 +471,7 @@ class Delivery:
         receipt = Receipt(seq, message.id, asked_at=_instant(message.created_at))
         try:
             action = parse_action(message.content)
+            await self._flush(session)  # older rejections are written first
             done = await self.writer(apply_action, self.app, session, action, receipt)
         except AlreadyHandled:
             return None
@@ -472,13 +488,33 @@ class Delivery:
         self, session: Session, seq: int, message_id: str, reason: str,
         content: dict[str, Any] | None = None,
     ) -> Handled:  # fmt: skip
+        """Reject a row: queued, and written with the rows rejected next to it in one
+        transaction (:meth:`_flush`) before anything else of the session is written."""
         # The reason may quote the row's own values; an oversize field must not come back
         # as an oversize note in the inbox (or log line).
         reason = _short(reason, MAX_REASON_CHARS)
         action = str((content or {}).get("action", "row"))[:40]
-        log.warning("session %s: rejected outbound seq %s: %s", session.name, seq, reason)
-        await self.writer(self.app.reject_outbound, session, seq, message_id, reason, action)
+        self._rejected.setdefault(session.id, []).append(Rejection(seq, message_id, reason, action))
+        if len(self._rejected[session.id]) >= REJECT_BATCH:
+            await self._flush(session)
         return Handled(seq, DeliveryStatus.REJECTED, reason)
+
+    async def _flush(self, session: Session) -> None:
+        """Write the session's queued rejections (one transaction, one log line)."""
+        queued = self._rejected.pop(session.id, [])
+        if not queued:
+            return
+        await self.writer(self.app.reject_outbound_many, session, queued)
+        first = queued[0]
+        if len(queued) == 1:
+            log.warning(
+                "session %s: rejected outbound seq %s: %s", session.name, first.seq, first.reason
+            )
+        else:
+            log.warning(
+                "session %s: rejected %d outbound rows (seq %s to %s); the first: %s",
+                session.name, len(queued), first.seq, queued[-1].seq, first.reason,
+            )  # fmt: skip
 
     def _note_stuck(self, session: Session, seq: int, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"

@@ -126,6 +126,16 @@ class Receipt:
     """When the row was written (the container's word): a request is judged by it."""
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """One outbound row rejected, with why and what it asked for."""
+
+    seq: int
+    message_id: str
+    reason: str
+    action: str
+
+
 @dataclass
 class _Work:
     """What one inbound transaction changed, for the central view."""
@@ -1040,37 +1050,56 @@ class Cronbox:
         Without ``record`` the row's seq cannot be recorded as taken in (it is no
         integer, or another row holds it): it is audited and explained only.
         """
-        latest = f"Your {action} request (seq {seq}) was rejected: {reason}"
-        note = self._simple_row(
-            session, MessageKind.SYSTEM, {"text": latest, "sender": "cronbox", "rejections": 1},
-            False,
-        )  # fmt: skip
-        receipt = Receipt(seq, message_id, status=DeliveryStatus.REJECTED, detail=reason)
+        rejection = Rejection(seq, message_id, reason, action)
+        return bool(self.reject_outbound_many(session, [rejection], record=record))
 
-        def reject(tx: InboxTransaction, done: _Work) -> None:
-            # Rejections between two agent turns share one note (a flood of bad rows must
-            # not become a flood of notes, each one fed to the model).
+    def reject_outbound_many(
+        self, session: Session, rejections: Sequence[Rejection], *, record: bool = True
+    ) -> int:
+        """Record rejected outbound rows in one inbox transaction: each taken in once and
+        audited, and all told to the agent in the one note it has not been handed yet
+        (rejections between two agent turns share a note; a flood of bad rows must not
+        become a flood of notes, each fed to the model). Returns how many were new."""
+        now = fmt(self.now())
+
+        def reject(tx: InboxTransaction, done: _Work) -> int:
+            fresh = [
+                r for r in rejections
+                if not record or tx.accept_outbound(
+                    r.seq, r.message_id[:200], ("action",), DeliveryStatus.REJECTED, now,
+                    _cap(r.reason, MAX_DETAIL_CHARS),
+                )
+            ]  # fmt: skip
+            if not fresh:
+                return 0
+            last = fresh[-1]
+            latest = f"Your {last.action} request (seq {last.seq}) was rejected: {last.reason}"
             unread = tx.unread_rejection_note()
-            if unread is None:
-                tx.insert(note)
+            if unread is None and len(fresh) == 1:
+                tx.insert(self._simple_row(
+                    session, MessageKind.SYSTEM,
+                    {"text": latest, "sender": "cronbox", "rejections": 1}, False,
+                ))  # fmt: skip
             else:
-                count = int(unread.content.get("rejections", 1)) + 1
-                tx.update(unread.id, updated_at=fmt(self.now()), content={
+                count = len(fresh) + (int(unread.content.get("rejections", 1)) if unread else 0)
+                content = {
                     "text": f"{count} of your requests were rejected; the latest: {latest}",
                     "sender": "cronbox", "rejections": count,
-                })  # fmt: skip
-            done.audit.append(
+                }  # fmt: skip
+                if unread is None:
+                    tx.insert(self._simple_row(session, MessageKind.SYSTEM, content, False))
+                else:
+                    tx.update(unread.id, updated_at=now, content=content)
+            done.audit += [
                 self._entry(
-                    f"agent:{session.id}", "outbound.reject", session.id, message_id[:200],
-                    {"seq": seq, "action": action, "reason": reason[:500]},
+                    f"agent:{session.id}", "outbound.reject", session.id, r.message_id[:200],
+                    {"seq": r.seq, "action": r.action, "reason": r.reason[:500]},
                 )
-            )  # fmt: skip
+                for r in fresh
+            ]  # fmt: skip
+            return len(fresh)
 
-        try:
-            self._commit(session.id, reject, receipt if record else None)
-        except AlreadyHandled:
-            return False
-        return True
+        return self._commit(session.id, reject)
 
     # --- leases ------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The webhook channel: each reply POSTed as JSON to the URL its session names.
 
 * One request per reply, with ``X-Cronbox-Delivery`` (``<session id>:<seq>``, the same on
-  every retry, so a receiver can drop a repeat) and, when the session names a secret
-  variable, ``X-Cronbox-Signature: sha256=<hex>`` — HMAC-SHA256 of
+  every retry, so a receiver can drop a repeat), ``Idempotency-Key`` (``<session id>:<the
+  reply's outbound message id>``, likewise, also across a host crash) and, when the
+  session names a secret variable, ``X-Cronbox-Signature: sha256=<hex>`` — HMAC-SHA256 of
   ``<X-Cronbox-Timestamp>.<body>`` with the secret read from the host's environment.
 * Any 2xx is delivered; anything else, a dropped connection or a timeout is a failure
   the delivery layer records and retries with backoff.
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +36,11 @@ from host.store.records import Session
 SIGNATURE_HEADER = "X-Cronbox-Signature"
 TIMESTAMP_HEADER = "X-Cronbox-Timestamp"
 DELIVERY_HEADER = "X-Cronbox-Delivery"
+# The reply's outbound message id (prefixed by the session id), the same on every retry
+# and after a host crash, so a receiver recognises a redelivery; an id a header cannot
+# carry safely falls back to the seq.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_HEADER_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 
 class CircuitState(StrEnum):
@@ -168,6 +175,8 @@ class WebhookChannel:
         headers = {
             "content-type": "application/json",
             DELIVERY_HEADER: f"{session.id}:{message.seq}",
+            IDEMPOTENCY_HEADER: f"{session.id}:"
+            + (message.id if _HEADER_SAFE.fullmatch(message.id) else f"seq-{message.seq}"),
             TIMESTAMP_HEADER: stamp,
         }
         if session.webhook_secret_env:

@@ -345,3 +345,43 @@ async def test_no_gate_script_outlives_its_killed_runner(tmp_path: Path) -> None
         kill_group(int(runner.handle.ref))  # the runner's group only, as a crash would
         await wait_for(lambda: session.id not in sweeper.live)
         await wait_for(lambda: not runner_pids(settings.home))
+
+
+FLOOD = 10_000
+
+
+async def test_a_flood_of_invalid_rows_is_rejected_without_hurting_a_bystander(
+    tmp_path: Path,
+) -> None:
+    with three_sessions(tmp_path) as (store, home, ids):
+        hostile_dir = store.session_dir(ids["hostile"])
+        async with running_host(make_settings(home, outbox_max_bytes=16 * CAP)) as sweeper:
+            store.send_message(ids["hostile"], "hello")
+            await wait_for(lambda: answered(store, ids["hostile"]))
+            await wait_for(lambda: not sweeper.live)
+            flood(hostile_dir, FLOOD)
+            sdb.ring_doorbell(hostile_dir)
+            await _bystander_on_time(sweeper, store, ids["bystander"])
+            await wait_for(lambda: len(rejected(store, ids["hostile"])) >= FLOOD, limit=120)
+    assert len(rejected(store, ids["hostile"])) == FLOOD
+    notes = [r for r in store.inbound_rows(ids["hostile"]) if r.kind.value == "system"]
+    assert 1 <= len(notes) <= 5
+    assert sum(n.content["rejections"] for n in notes) == FLOOD
+    assert ids["hostile"] not in sweeper.sick
+
+
+def flood(session_dir: Path, n: int) -> None:
+    """Append ``n`` rows no host may accept, as a runner gone wrong could."""
+    with sdb.outbound(session_dir) as db, db.atomic():
+        (top,) = db.execute("SELECT coalesce(max(seq), -1) FROM messages_out").fetchone()
+        db.conn.executemany(
+            "INSERT INTO messages_out (id, seq, kind, created_at, content) VALUES (?, ?, ?, ?, ?)",
+            [(f"flood-{i}", top + 2 * (i + 1), "system", "2026-01-01T00:00:00Z", "{not json")
+             for i in range(n)],
+        )  # fmt: skip
+
+
+def rejected(store: Cronbox, session_id: str) -> list[int]:
+    with sdb.inbound(store.session_dir(session_id), readonly=True) as db:
+        rows = db.execute("SELECT seq FROM deliveries WHERE status = 'rejected'").fetchall()
+    return [int(r[0]) for r in rows]

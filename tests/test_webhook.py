@@ -23,6 +23,7 @@ from host.service import Cronbox
 from host.sweep import Sweeper
 from host.webhook import (
     DELIVERY_HEADER,
+    IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     CircuitBreaker,
@@ -221,6 +222,7 @@ async def test_a_reply_reaches_a_receiver_that_fails_three_ways_first_once_and_s
     assert got["text"] == json.loads(reply["content"])["text"]
     [headers] = hook.headers
     assert headers[DELIVERY_HEADER.lower()] == f"{session.id}:{reply['seq']}"
+    assert headers[IDEMPOTENCY_HEADER.lower()] == f"{session.id}:{reply['id']}"
     expected = signature(SECRET, headers[TIMESTAMP_HEADER.lower()], headers["body"].encode())
     assert headers[SIGNATURE_HEADER.lower()] == expected
     tries = attempts(store, session.id)

@@ -31,3 +31,6 @@ echo "== docker runtime: cold and warm wake beside docker run (needs scripts/doc
 if docker info >/dev/null 2>&1; then "$python" "$here/docker_wake.py"; else echo "skipped: no Docker engine"; fi
 echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, beside none =="
 "$python" "$here/http_load.py"
+echo
+echo "== fault injection: what one hostile session costs the others (issue 14) =="
+"$python" "$here/faults.py"
