@@ -131,6 +131,16 @@ async def _bystander_on_time(sweeper: Sweeper, store: Cronbox, bystander: str) -
     assert starts and 0 <= starts[0].lateness < 1.0
 
 
+async def _victim_and_hostile_answered(
+    sweeper: Sweeper, store: Cronbox, ids: dict[str, str]
+) -> None:
+    """The victim and the hostile session each answer once, then their runners go idle."""
+    store.send_message(ids["victim"], "VICTIM-PRIVATE-1")
+    store.send_message(ids["hostile"], "hello")
+    await wait_for(lambda: answered(store, ids["victim"]) and answered(store, ids["hostile"]))
+    await wait_for(lambda: not sweeper.live)
+
+
 @pytest.mark.parametrize("kind", list(HOSTILE))
 async def test_a_hostile_outbox_quarantines_only_its_own_session(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
@@ -143,12 +153,7 @@ async def test_a_hostile_outbox_quarantines_only_its_own_session(
             store.session_dir(ids["hostile"]),
         )
         async with running_host(make_settings(home, outbox_max_bytes=CAP)) as sweeper:
-            store.send_message(ids["victim"], "VICTIM-PRIVATE-1")
-            store.send_message(ids["hostile"], "hello")
-            await wait_for(
-                lambda: answered(store, ids["victim"]) and answered(store, ids["hostile"])
-            )
-            await wait_for(lambda: not sweeper.live)
+            await _victim_and_hostile_answered(sweeper, store, ids)
             saved = tmp_path / "saved.db"
             shutil.copy(hostile_dir / sdb.OUTBOUND, saved)
             inject(hostile_dir / sdb.OUTBOX, home, victim_dir)
@@ -180,12 +185,7 @@ async def test_a_symlinked_outbox_directory_is_never_followed(
             store.session_dir(ids["hostile"]),
         )
         async with running_host(make_settings(home, outbox_max_bytes=CAP)) as sweeper:
-            store.send_message(ids["victim"], "VICTIM-PRIVATE-1")
-            store.send_message(ids["hostile"], "hello")
-            await wait_for(
-                lambda: answered(store, ids["victim"]) and answered(store, ids["hostile"])
-            )
-            await wait_for(lambda: not sweeper.live)
+            await _victim_and_hostile_answered(sweeper, store, ids)
             _outbox_symlink(hostile_dir / sdb.OUTBOX, home, victim_dir)
             sdb.ring_doorbell(hostile_dir)
             await wait_for(lambda: ids["hostile"] in sweeper.sick)
