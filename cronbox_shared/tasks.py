@@ -147,7 +147,7 @@ def validation_sentence(
     return error(f"{where}: {err['msg']}")
 
 
-class _Request(BaseModel):
+class StrictRequest(BaseModel):
     """A task request from outside: strict, frozen, no unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
@@ -164,7 +164,7 @@ class _Request(BaseModel):
 MissedName = Literal["latest", "all", "skip"]
 
 
-class _Policies(_Request):
+class _Policies(StrictRequest):
     """The scheduling policies of a recurring task (see ``cronbox_shared.policies``)."""
 
     missed_policy: MissedName | None = Field(default=None, alias="missedPolicy")

@@ -41,7 +41,7 @@ from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,7 +58,12 @@ from cronbox_shared.errors import (
     TooManyTasks,
 )
 from cronbox_shared.models import MessageStatus
-from cronbox_shared.tasks import OperatorUpdateRequest, ScheduleRequest, validation_sentence
+from cronbox_shared.tasks import (
+    OperatorUpdateRequest,
+    ScheduleRequest,
+    StrictRequest,
+    validation_sentence,
+)  # fmt: skip
 from cronbox_shared.timeutil import fmt
 from host.config import Settings
 from host.jobs import JobRunner
@@ -238,20 +243,10 @@ class UpdateBody(OperatorUpdateRequest):
     task_id: str | None = Field(default=None, alias="taskId")  # type: ignore[assignment]
 
 
-class MessageBody(BaseModel):
+class MessageBody(StrictRequest):
     """``POST /api/sessions/{name}/messages``: a chat message for the session's agent."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
     text: str
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> MessageBody:
-        """Validate the body, turning type errors into one InvalidInput sentence."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise validation_sentence(exc) from None
 
 
 # Documents the header in the OpenAPI document; the middleware in build_app enforces it

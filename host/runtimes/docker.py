@@ -153,18 +153,19 @@ class DockerRuntime:
         return await _engine_call(self._is_running_sync, handle)
 
     async def exit_code(self, handle: RunnerHandle) -> int | None:
-        if await self.is_running(handle):
-            return None
-        with self._lock:
-            ended = self._ended.get(handle)
+        ended = await self._end_of(handle)
         return ended.code if ended else None
 
     async def last_words(self, handle: RunnerHandle) -> str | None:
+        ended = await self._end_of(handle)
+        return ended.words if ended else None
+
+    async def _end_of(self, handle: RunnerHandle) -> _Ended | None:
+        """What an exited container left (None while it runs, or when nothing is known)."""
         if await self.is_running(handle):
             return None
         with self._lock:
-            ended = self._ended.get(handle)
-        return ended.words if ended else None
+            return self._ended.get(handle)
 
     async def stop(self, handle: RunnerHandle, grace: float) -> None:
         await _engine_call(self._stop_sync, handle, grace)
