@@ -98,6 +98,9 @@ AgentAction = Annotated[
 ]
 """One system action, told apart by its ``action`` field."""
 
+DECISIONS = ("approve", "reject", "approval", "decide")
+"""Action names a container may try to answer an approval with: each is refused."""
+
 _ADAPTER: TypeAdapter[AgentAction] = TypeAdapter(AgentAction)
 _TASK_REFS = (ActionKind.CANCEL, ActionKind.PAUSE, ActionKind.RESUME)
 
@@ -115,6 +118,11 @@ def parse_action(content: object) -> AgentAction:
             f'an action must be a JSON object with an "action" field, not {type(content).__name__}'
         )
     name = content.get("action")
+    if isinstance(name, str) and name.lower().removesuffix("_task") in DECISIONS:
+        raise InvalidAction(
+            "an agent cannot approve or reject a task, not even its own: an approval is a "
+            "person's answer (cronbox task approve or reject); tell the user it waits for them"
+        )
     if not isinstance(name, str) or name not in ACTION_NAMES:
         raise InvalidAction(
             f'unknown action "{shown(name)}"; expected one of {", ".join(ACTION_NAMES)}'
@@ -134,7 +142,9 @@ def parse_action(content: object) -> AgentAction:
 _TRANSITIONS: dict[ActionKind, tuple[dict[MessageStatus, MessageStatus], str]] = {
     ActionKind.CANCEL: (
         {MessageStatus.PENDING: MessageStatus.CANCELLED,
-         MessageStatus.PAUSED: MessageStatus.CANCELLED},
+         MessageStatus.PAUSED: MessageStatus.CANCELLED,
+         MessageStatus.WAITING: MessageStatus.CANCELLED,
+         MessageStatus.AWAITING_APPROVAL: MessageStatus.CANCELLED},
         "cancelled",
     ),
     ActionKind.PAUSE: ({MessageStatus.PENDING: MessageStatus.PAUSED}, "paused"),
@@ -162,6 +172,11 @@ def transition(kind: TaskChange, status: MessageStatus, ref: str) -> MessageStat
         raise TaskStateError(
             f'task "{ref}" has already ended (it is {status.value}), so it cannot be {verb}; '
             "schedule a new task instead"
+        )
+    if status in (MessageStatus.WAITING, MessageStatus.AWAITING_APPROVAL):
+        raise TaskStateError(
+            f'task "{ref}" is {status.value.replace("_", " ")}, so it cannot be {verb}; '
+            "cancel it, or answer its approval"
         )
     if kind is ActionKind.PAUSE:
         raise TaskStateError(f'task "{ref}" is already paused; resume it to let it run again')

@@ -157,6 +157,20 @@ class TaskStateError(CronboxError, ValueError):
     """The task exists but is not in a state that allows the action."""
 
 
+class HasChildren(TaskStateError):
+    """A cancel that would leave chained tasks waiting for a parent that never runs."""
+
+    def __init__(self, ref: str, children: list[str]) -> None:
+        names = ", ".join(children[:5]) + (
+            f" and {len(children) - 5} more" if len(children) > 5 else ""
+        )
+        super().__init__(
+            f'task "{shown(ref, 80)}" has chained tasks waiting for it ({names}); cancel with '
+            "--with-children to cancel them too, or cancel them first"
+        )
+        self.children = children
+
+
 class TooManyTasks(CronboxError, ValueError):
     def __init__(self, session: str, limit: int) -> None:
         super().__init__(

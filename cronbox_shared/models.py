@@ -28,11 +28,21 @@ class MessageStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"
+    """A chained task waiting for its parent (its runs are inserted as the parent ends)."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """An occurrence of an approval-gated task that came due and waits for a person."""
 
     @property
     def live(self) -> bool:
-        """Pending and paused rows are live: they may still run."""
-        return self in (MessageStatus.PENDING, MessageStatus.PAUSED)
+        """Pending, paused, waiting and awaiting rows are live: they may still run."""
+        return self in LIVE_STATUSES
+
+
+LIVE_STATUSES = (
+    MessageStatus.PENDING, MessageStatus.PAUSED, MessageStatus.WAITING,
+    MessageStatus.AWAITING_APPROVAL,
+)  # fmt: skip
 
 
 class AckStatus(StrEnum):
@@ -59,6 +69,8 @@ class RunOutcome(StrEnum):
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
     MISSED = "missed"
+    REJECTED = "rejected"
+    """An approval-gated occurrence a person (or its timeout) rejected: it never ran."""
 
 
 class DeliveryStatus(StrEnum):
@@ -112,6 +124,23 @@ class InboundMessage(Record):
     jitter: int | None = None
     ignore_quiet: bool = False
     """Runs in the session's quiet hours too."""
+    after_task: str | None = None
+    """A chained task: the series whose finished occurrences insert its runs."""
+    after_outcome: str | None = None
+    """Which outcomes of the parent fire it: ``ok``, ``error`` or ``any``."""
+    when_output: str | None = None
+    """``contains:TEXT`` or ``regex:PATTERN`` the parent's output must match."""
+    chain_key: str | None = None
+    """A chained run: the parent occurrence that fired it (unique per child series)."""
+    approval: bool = False
+    """Each occurrence waits for a person's approval before it runs."""
+    approval_timeout: int | None = None
+    """Seconds an occurrence waits for an answer (None: until answered)."""
+    on_timeout: str | None = None
+    """``approve`` or ``reject`` (the default) when the answer does not come in time."""
+    approval_state: dict[str, Any] | None = None
+    """The approval of one occurrence: ``occurrence`` (its id), ``decision``, ``by``,
+    ``at``, ``note``, ``deadline`` — it counts only for the occurrence it names."""
 
     @property
     def prompt(self) -> str:

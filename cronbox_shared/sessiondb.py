@@ -65,6 +65,13 @@ DOORBELL = "doorbell"
 
 _DbT = TypeVar("_DbT", bound=Database)
 
+# A row a runner may take: not approval-gated, or approved for this very occurrence (the
+# decision names the occurrence, so a series' next occurrence asks again).
+APPROVED = (
+    "(approval = 0 OR coalesce(json_extract(approval_state, '$.occurrence') = (id) "
+    "AND json_extract(approval_state, '$.decision') = 'approved', 0))"
+)
+
 inbound_migrations = Migrations("cronbox.inbound")
 outbound_migrations = Migrations("cronbox.outbound")
 
@@ -209,6 +216,31 @@ def m005_delivery_attempts(db: Database) -> None:
 def m006_run_journal(db: Database) -> None:
     """The run records of the last inbox transaction, until the central history has them."""
     db.execute("CREATE TABLE run_journal (id INTEGER PRIMARY KEY, record TEXT NOT NULL)")
+
+
+@inbound_migrations()
+def m009_chains(db: Database) -> None:
+    """Chained tasks (a parent series, the outcomes and output that fire them, and the
+    parent occurrence each run was fired by, unique per child) and approval gates."""
+    for column in (
+        "after_task TEXT",
+        "after_outcome TEXT",
+        "when_output TEXT",
+        "chain_key TEXT",
+        "approval INTEGER NOT NULL DEFAULT 0",
+        "approval_timeout INTEGER",
+        "on_timeout TEXT",
+        "approval_state TEXT",
+    ):
+        db.execute(f"ALTER TABLE messages_in ADD COLUMN {column}")
+    # A parent occurrence fires each child once: a repeated settlement cannot double it.
+    db.execute(
+        "CREATE UNIQUE INDEX messages_in_chain_key ON messages_in (series_id, chain_key) "
+        "WHERE chain_key IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX messages_in_after ON messages_in (after_task) WHERE after_task IS NOT NULL"
+    )
 
 
 @outbound_migrations()
@@ -525,7 +557,9 @@ def outbound(session_dir: Path, readonly: bool = False) -> AbstractContextManage
 _IN_COLUMNS = (
     "id, seq, kind, created_at, updated_at, status, process_after, scheduled_for, "
     'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error, '
-    "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter, ignore_quiet"
+    "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter, ignore_quiet, "
+    "after_task, after_outcome, when_output, chain_key, approval, approval_timeout, on_timeout, "
+    "approval_state"
 )
 
 
@@ -533,6 +567,8 @@ def _row_to_inbound(row: sqlite3.Row | tuple[Any, ...]) -> InboundMessage:
     keys = [c.strip().strip('"') for c in _IN_COLUMNS.split(",")]
     data = dict(zip(keys, row, strict=True))
     data["content"] = json.loads(data["content"])
+    if data["approval_state"] is not None:
+        data["approval_state"] = json.loads(data["approval_state"])
     return InboundMessage.model_validate(data)
 
 
@@ -541,6 +577,8 @@ def insert_inbound(db: InboundDb, row: dict[str, Any]) -> int:
     (max_seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM messages_in").fetchone()
     seq = int(max_seq) + 2 if int(max_seq) % 2 == 0 else int(max_seq) + 1
     values = {**row, "seq": seq, "content": json.dumps(row["content"])}
+    if values.get("approval_state") is not None:
+        values["approval_state"] = json.dumps(values["approval_state"])
     cols = ", ".join(f'"{k}"' for k in values)
     marks = ", ".join("?" for _ in values)
     db.execute(f"INSERT INTO messages_in ({cols}) VALUES ({marks})", list(values.values()))
@@ -551,6 +589,8 @@ def update_inbound(db: InboundDb, message_id: str, **fields: Any) -> None:
     """Set columns of one ``messages_in`` row."""
     if "content" in fields:
         fields["content"] = json.dumps(fields["content"])
+    if fields.get("approval_state") is not None:
+        fields["approval_state"] = json.dumps(fields["approval_state"])
     assign = ", ".join(f'"{k}" = ?' for k in fields)
     db.execute(f"UPDATE messages_in SET {assign} WHERE id = ?", [*fields.values(), message_id])
 
@@ -645,17 +685,20 @@ def all_tasks(db: InboundDb) -> list[InboundMessage]:
 def count_live_tasks(db: InboundDb) -> int:
     """How many task occurrences are pending or paused."""
     (n,) = db.execute(
-        "SELECT count(*) FROM messages_in WHERE kind = 'task' AND status IN ('pending', 'paused')"
+        "SELECT count(*) FROM messages_in WHERE kind = 'task' "
+        "AND status IN ('pending', 'paused', 'waiting', 'awaiting_approval')"
     ).fetchone()
     return int(n)
 
 
 def next_due(db: InboundDb, kind: MessageKind | None = None) -> Instant | None:
     """Earliest ``process_after`` of pending rows that wake the agent (the due index),
-    of one ``kind`` when given."""
+    of one ``kind`` when given; an occurrence awaiting approval counts at its deadline
+    (the host applies its timeout then)."""
     (value,) = db.execute(
         "SELECT min(coalesce(process_after, created_at)) FROM messages_in "
-        "WHERE status = 'pending' AND \"trigger\" = 1 AND coalesce(kind = ?, 1)",
+        "WHERE ((status = 'pending' AND \"trigger\" = 1) OR (status = 'awaiting_approval' "
+        "AND process_after IS NOT NULL)) AND coalesce(kind = ?, 1)",
         [kind.value if kind else None],
     ).fetchone()
     return str(value) if value is not None else None
@@ -669,6 +712,66 @@ def due_rows(db: InboundDb, now: Instant) -> list[InboundMessage]:
         [now],
     ).fetchall()
     return [_row_to_inbound(r) for r in rows]
+
+
+def waiting_children(db: InboundDb, series_ids: Sequence[str]) -> list[InboundMessage]:
+    """The chained tasks waiting for any of these parent series, oldest first."""
+    if not series_ids:
+        return []
+    marks = ", ".join("?" for _ in series_ids)
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE after_task IN ({marks}) "
+        "AND status = 'waiting' ORDER BY seq",
+        list(series_ids),
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def chain_parent(db: InboundDb, series_id: str) -> str | None:
+    """The parent series a chained task waits for (None: it is no chained task)."""
+    row = db.execute(
+        "SELECT after_task FROM messages_in WHERE id = ? AND after_task IS NOT NULL", [series_id]
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def chain_fired(db: InboundDb, series_id: str) -> bool:
+    """Whether a chained task was ever fired by its parent."""
+    row = db.execute(
+        "SELECT 1 FROM messages_in WHERE series_id = ? AND chain_key IS NOT NULL LIMIT 1",
+        [series_id],
+    ).fetchone()
+    return row is not None
+
+
+def gated_due(db: InboundDb, now: Instant) -> list[InboundMessage]:
+    """Due pending rows of approval-gated tasks not approved yet (the host gates them)."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'pending' AND approval = 1 "
+        f"AND (process_after IS NULL OR process_after <= ?) AND NOT {APPROVED} ORDER BY seq",
+        [now],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def awaiting(db: InboundDb, series_id: str | None = None, expired_at: Instant | None = None
+             ) -> list[InboundMessage]:  # fmt: skip
+    """Occurrences awaiting approval, oldest first: of one series, or those whose
+    deadline passed at ``expired_at``, or all."""
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE status = 'awaiting_approval' "
+        "AND coalesce(series_id = ?, 1) AND (? IS NULL OR process_after <= ?) ORDER BY seq",
+        [series_id, expired_at, expired_at],
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
+def count_awaiting(db: InboundDb) -> int:
+    """How many occurrences await approval."""
+    (n,) = db.execute(
+        "SELECT count(*) FROM messages_in WHERE status = 'awaiting_approval'"
+    ).fetchone()
+    return int(n)
 
 
 def rows_by_ids(db: InboundDb, ids: Sequence[str]) -> dict[str, InboundMessage]:
@@ -951,9 +1054,11 @@ def clear_processing_acks(db: OutboundDb) -> int:
     return cur.rowcount
 
 
-# A row of the attached inbox that is due and has no ack for its current try.
+# A row of the attached inbox that is due and has no ack for its current try (and, for
+# an approval-gated task, was approved: the host gates it before any runner sees it).
 _DUE_UNACKED = (
     "m.status = 'pending' AND (m.process_after IS NULL OR m.process_after <= ?) "
+    f"AND {APPROVED.replace('approval', 'm.approval').replace('(id)', '(m.id)')} "
     "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
     "AND a.attempt = m.tries)"
 )

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cronbox_shared.chains import check_on_timeout, check_outcome, check_when_output
 from cronbox_shared.durations import UNITS, duration_seconds
 from cronbox_shared.errors import (
     InvalidInput,
@@ -190,6 +191,12 @@ class ScheduleRequest(_Policies):
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
     ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
+    after_task: str | None = Field(default=None, alias="afterTask")
+    after_outcome: str | None = Field(default=None, alias="afterOutcome")
+    when_output: str | None = Field(default=None, alias="whenOutput")
+    approval: bool | None = None
+    approval_timeout: str | None = Field(default=None, alias="approvalTimeout")
+    on_timeout: str | None = Field(default=None, alias="onTimeout")
 
 
 class UpdateRequest(_Policies):
@@ -239,6 +246,13 @@ class ValidTask:
     max_failures: int | None = None
     jitter: int | None = None
     ignore_quiet: bool = False
+    after_task: str | None = None
+    """The parent series of a chained task (it waits, and has no first run of its own)."""
+    after_outcome: str | None = None
+    when_output: str | None = None
+    approval: bool = False
+    approval_timeout: int | None = None
+    on_timeout: str | None = None
 
     @property
     def content(self) -> dict[str, Any]:
@@ -273,11 +287,14 @@ def validate_schedule(
     """
     asked = asked_when(asked_at, now)
     _check_text("prompt", req.prompt, MAX_PROMPT_BYTES, required=True)
+    chain, gate = check_chain(req), check_approval(req)
     _check_text("script", req.script, MAX_SCRIPT_BYTES, required=False)
     tz_name = req.timezone or default_tz
     tz = zone(tz_name, "the task's timezone" if req.timezone else "the session's timezone")
     rec = parse_recurrence(req.recurrence, min_interval) if req.recurrence else None
-    if req.process_after is not None:
+    if chain:
+        first = now  # a chained task waits for its parent and has no run of its own
+    elif req.process_after is not None:
         first = parse_when(req.process_after, tz, now)
         if rec is None and first < asked - PAST_SLACK:
             raise TimeInPast(
@@ -305,7 +322,73 @@ def validate_schedule(
         timeout=req.timeout,
         ignore_quiet=bool(req.ignore_quiet),
         **policies,
+        **chain,
+        **gate,
     )
+
+
+MAX_APPROVAL_TIMEOUT = timedelta(days=30)
+
+
+def check_chain(req: ScheduleRequest) -> dict[str, Any]:
+    """The chain fields of a request, checked (empty for a task that is not chained).
+
+    A chained task runs whenever its parent finishes, so it takes neither a time nor a
+    recurrence of its own; ``afterOutcome`` and ``whenOutput`` need ``afterTask``.
+    """
+    if req.after_task is None:
+        named = [n for n, v in (("afterOutcome", req.after_outcome),
+                                ("whenOutput", req.when_output)) if v is not None]  # fmt: skip
+        if named:
+            raise InvalidInput(
+                f"{', '.join(named)} apply only to a chained task; add afterTask (the "
+                "parent task id) or leave them out"
+            )
+        return {}
+    check_task_id(req.after_task)
+    if req.process_after is not None or req.recurrence is not None:
+        raise InvalidInput(
+            "a chained task runs each time its parent finishes, so it takes no "
+            "processAfter or recurrence; leave them out (or drop afterTask)"
+        )
+    return {
+        "after_task": req.after_task,
+        "after_outcome": check_outcome(req.after_outcome).value,
+        "when_output": check_when_output(req.when_output),
+    }
+
+
+def check_approval(req: ScheduleRequest) -> dict[str, Any]:
+    """The approval gate of a request, checked (empty without ``approval``).
+
+    ``approvalTimeout`` is a duration such as ``1h`` (at most 30 days; none: it waits
+    until answered); ``onTimeout`` is reject (the default) or approve.
+    """
+    if not req.approval:
+        named = [n for n, v in (("approvalTimeout", req.approval_timeout),
+                                ("onTimeout", req.on_timeout)) if v is not None]  # fmt: skip
+        if named:
+            raise InvalidInput(
+                f"{', '.join(named)} apply only to a task that needs approval; add "
+                "approval (--approval) or leave them out"
+            )
+        return {}
+    timeout = None
+    if req.approval_timeout is not None:
+        span = parse_duration(req.approval_timeout)
+        if span is None or span <= timedelta(0) or span > MAX_APPROVAL_TIMEOUT:
+            raise InvalidInput(
+                f'approvalTimeout "{req.approval_timeout[:40]}" is not a duration between '
+                '1s and 30d; write for example "1h" or "30m"'
+            )
+        timeout = int(span.total_seconds())
+    elif req.on_timeout is not None:
+        raise InvalidInput("onTimeout needs approvalTimeout (how long to wait); add it")
+    return {
+        "approval": True,
+        "approval_timeout": timeout,
+        "on_timeout": check_on_timeout(req.on_timeout).value if timeout else None,
+    }
 
 
 def check_policies(
@@ -476,13 +559,14 @@ def backfill_slots(
     return slots
 
 
-def check_note(note: str | None) -> str | None:
-    """A pause note: at most 500 characters, one line; None or blank means no note."""
+def check_note(note: str | None, what: str = "pause note") -> str | None:
+    """A pause (or decision) note: at most 500 characters, one line; None or blank means
+    no note."""
     if note is None or not note.strip():
         return None
     if len(note) > MAX_NOTE_CHARS or "\n" in note:
         raise InvalidInput(
-            f"the pause note must be one line of at most {MAX_NOTE_CHARS} characters; shorten it"
+            f"the {what} must be one line of at most {MAX_NOTE_CHARS} characters; shorten it"
         )
     return note.strip()
 

@@ -16,6 +16,7 @@ turned into the same one-line ``error: …`` by :class:`CronboxGroup` and
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 from cronbox_shared.agents import BUILTIN_AGENTS
 from cronbox_shared.errors import (
     CronboxError,
+    HasChildren,
     InvalidInput,
     InvalidTime,
     NotATime,
@@ -670,10 +672,18 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
     )
 
 
-def schedule_cell(recurrence: str | None) -> str:
-    if recurrence is None:
-        return "once"
-    return f"{recurrence} ({describe_recurrence(recurrence)})"
+def schedule_cell(recurrence: str | None, view: TaskView | None = None) -> str:
+    """A task's schedule in words: its recurrence, or for a chained task its parent, and
+    whether each run needs approval."""
+    if view is not None and view.after_task:
+        text = f"after {view.after_task} on {view.after_outcome or 'ok'}"
+        if view.when_output:
+            text += f", when output {view.when_output}"
+    elif recurrence is None:
+        text = "once"
+    else:
+        text = f"{recurrence} ({describe_recurrence(recurrence)})"
+    return text + ("; needs approval" if view is not None and view.approval else "")
 
 
 def last_run_cell(view: TaskView) -> str:
@@ -746,7 +756,7 @@ def render_tasks(views: Sequence[TaskView], now: datetime, console: Console) -> 
                 "task": view.series_id,
                 "session": view.session,
                 "status": status_cell(view),
-                "schedule": schedule_cell(view.recurrence),
+                "schedule": schedule_cell(view.recurrence, view),
                 "next run": when_cell(view.next_run, tz, now),
                 "last run": last_run_cell(view),
                 "prompt": one_line(view.prompt, 40),
@@ -764,7 +774,7 @@ def describe_task(verb: str, view: TaskView, now: datetime) -> Text:
     text = f"{verb} task {view.series_id} in session {view.session} ({status})"
     if view.next_run:
         text += f"; next run {when_cell(view.next_run, tz, now)}"
-    text += f"; {schedule_cell(view.recurrence)}"
+    text += f"; {schedule_cell(view.recurrence, view)}"
     return Text(text)
 
 
@@ -1287,6 +1297,17 @@ def policy_fields(
     return {key: value for key, value in given.items() if value is not None}
 
 
+def chain_fields(
+    after: str | None, on: str | None, when_output: str | None, approval: bool,
+    approval_timeout: str | None, on_timeout: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The request fields of the chain and approval flags that were given."""
+    given = {"afterTask": after, "afterOutcome": on, "whenOutput": when_output,
+             "approval": True if approval else None, "approvalTimeout": approval_timeout,
+             "onTimeout": on_timeout}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
+
+
 @task_app.command("schedule")
 def task_schedule(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
@@ -1317,10 +1338,50 @@ def task_schedule(
         bool,
         typer.Option("--ignore-quiet", help="Run in the session's quiet hours too."),
     ] = False,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Chain: run each time this task (id) finishes, instead of --at/--cron.",
+        ),
+    ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            help="With --after: the parent outcome that fires it: ok "
+            "(default), error (error or timeout) or any.",
+        ),
+    ] = None,
+    when_output: Annotated[
+        str | None,
+        typer.Option(
+            "--when-output",
+            help="With --after: fire only when the parent's output matches "
+            "'contains:TEXT' or 'regex:PATTERN'. {{parent.output}} in the prompt is "
+            "replaced by it.",
+        ),
+    ] = None,
+    approval: Annotated[
+        bool,
+        typer.Option("--approval", help="Each occurrence waits for `task approve` before it runs."),
+    ] = False,
+    approval_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--approval-timeout",
+            help="With --approval: how long to wait (e.g. 1h; default: until answered).",
+        ),
+    ] = None,
+    on_timeout: Annotated[
+        str | None,
+        typer.Option("--on-timeout", help="With --approval-timeout: reject (default) or approve."),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Schedule a task once (--at), repeating (--cron), or both."""
+    """Schedule a task once (--at), repeating (--cron), or both; or chained after
+    another (--after); optionally gated by a person's approval (--approval)."""
     request = ScheduleRequest.parse(
         {
             "taskId": task_id,
@@ -1333,6 +1394,7 @@ def task_schedule(
             "timeout": timeout,
             **policy_fields(missed, catchup_limit, max_failures, jitter),
             **({"ignoreQuiet": True} if ignore_quiet else {}),
+            **chain_fields(after, on, when_output, approval, approval_timeout, on_timeout),
         }
     )
     store = open_store(home)
@@ -1370,10 +1432,76 @@ def task_list(
 
 
 @task_app.command("cancel")
-def task_cancel(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Cancel a task; a recurring one stops for good."""
+def task_cancel(
+    task: TaskRef,
+    with_children: Annotated[
+        bool,
+        typer.Option("--with-children", help="Also cancel the chained tasks that wait for it."),
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a task; a recurring one stops for good. A task with chained tasks waiting
+    for it asks whether to cancel them too (or needs --with-children)."""
     store = open_store(home)
-    show_task("cancelled", store.cancel_task(task), store, as_json)
+    try:
+        view = store.cancel_task(task, with_children=with_children)
+    except HasChildren as exc:
+        if not interactive():
+            raise
+        question = (
+            f"Task {task} has chained tasks waiting for it ({', '.join(exc.children)}). "
+            "Cancel them too?"
+        )
+        if not typer.confirm(question, default=False):
+            fail(f"task {task} was not cancelled", EXIT_USER_ERROR)
+        view = store.cancel_task(task, with_children=True)
+    show_task("cancelled", view, store, as_json)
+
+
+NoteOption = Annotated[
+    str | None, typer.Option("--note", help="Why (shown in the task's history).")
+]
+
+
+def decider() -> str:
+    """Who answers an approval from this terminal: ``cli:<user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+@task_app.command("approve")
+def task_approve(
+    task: TaskRef, note: NoteOption = None, home: HomeOption = None, as_json: JsonOption = False
+) -> None:
+    """Approve an occurrence awaiting approval (task or occurrence id): it runs now."""
+    store = open_store(home)
+    row = store.approve_task(task, actor=decider(), note=note)
+    show_decision("approved", row, store, as_json)
+
+
+@task_app.command("reject")
+def task_reject(
+    task: TaskRef, note: NoteOption = None, home: HomeOption = None, as_json: JsonOption = False
+) -> None:
+    """Reject an occurrence awaiting approval: it is recorded rejected and does not run;
+    a recurring task continues at its next slot."""
+    store = open_store(home)
+    row = store.reject_task(task, actor=decider(), note=note)
+    show_decision("rejected", row, store, as_json)
+
+
+def show_decision(verb: str, row: InboundMessage, store: Cronbox, as_json: bool) -> None:
+    view = store.get_task(row.series_id or row.id)
+    if as_json:
+        print_json({**task_json(view), "occurrence": row.id, "decision": row.approval_state})
+        return
+    stdout_console().print(
+        Text(f"{verb} occurrence {row.id} of task {view.series_id} in session {view.session}"),
+        soft_wrap=True,
+    )
 
 
 @task_app.command("pause")
@@ -1512,6 +1640,8 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
             Column("outcome", no_wrap=True),
             Column("preview", min_width=8, overflow="ellipsis"),
         ]
+        if any(r.decision for r in runs):
+            columns.insert(6, Column("decision", min_width=10))
         table = Table(*(c for c in columns if c.header not in dropped))
         for run in runs:
             cells = {
@@ -1521,12 +1651,23 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
                 "late": "backfill" if is_backfill(run.message_id) else span_cell(_lateness(run)),
                 "duration": span_cell(_duration(run)),
                 "outcome": outcome_word(run.outcome),
+                "decision": decision_cell(run, tz, now),
                 "preview": one_line(run.error or run.output_preview, 80),
             }
+            if not any(r.decision for r in runs):
+                del cells["decision"]
             table.add_row(*(Text(v) for k, v in cells.items() if k not in dropped))
         return table
 
     return fit_columns(console, build, ("preview", "scheduled for", "duration", "started"))
+
+
+def decision_cell(run: Run, tz: ZoneInfo, now: datetime) -> str:
+    """Who approved or rejected a run, when, and their note ("" for an ungated run)."""
+    if run.decision is None:
+        return ""
+    text = f"{run.decision} by {run.decided_by} {when_cell(run.decided_at, tz, now)}"
+    return text + (f": {one_line(run.decision_note, 60)}" if run.decision_note else "")
 
 
 @task_app.command("history")
@@ -1589,6 +1730,9 @@ def task_show(task: TaskRef, home: HomeOption = None, as_json: JsonOption = Fals
     tz = zone(view.timezone)
     now = store.now()
     policies = task_policies(row) if row is not None else {}
+    children = store.children_of(view.series_id)
+    if children:
+        policies["chained tasks"] = ", ".join(children)
     if as_json:
         print_json({
             **task_json(view), "policies": policies,
@@ -1634,6 +1778,17 @@ def task_policies(row: InboundMessage) -> dict[str, Any]:
     shown["misfire grace"] = f"{row.misfire_grace} s" if row.misfire_grace is not None else "none"
     shown["timeout"] = f"{row.timeout} s" if row.timeout else "the host's default"
     shown["quiet hours"] = "ignored" if row.ignore_quiet else "respected"
+    if row.after_task:
+        shown["chain"] = f"runs after {row.after_task} on {row.after_outcome or 'ok'}" + (
+            f" when its output matches {row.when_output}" if row.when_output else ""
+        )
+    if row.approval:
+        wait = (
+            f"{row.approval_timeout} s, then {row.on_timeout}"
+            if row.approval_timeout
+            else ("until answered")
+        )
+        shown["approval"] = f"each run waits for approval ({wait})"
     return shown
 
 
@@ -1822,7 +1977,8 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     console.print(
         Text(
             f"sessions: {report['sessions']}, due now: {report['due_now']}, "
-            f"live tasks: {report['live_tasks']}"
+            f"live tasks: {report['live_tasks']}, "
+            f"awaiting approval: {report['awaiting_approval']}"
         )
     )
     nxt = report["next_wake"]

@@ -356,6 +356,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         "sessions": store.central.session_count(),
         "due_now": len(store.due_sessions(now)),
         "live_tasks": store.live_task_count(),
+        "awaiting_approval": store.awaiting_count(),
         "next_wake": fmt(nxt) if nxt else None,
         "quiet": [
             {"session": s.name, "window": s.quiet, "timezone": s.timezone,

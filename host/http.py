@@ -57,7 +57,7 @@ from cronbox_shared.errors import (
     TaskStateError,
     TooManyTasks,
 )
-from cronbox_shared.models import MessageStatus
+from cronbox_shared.models import InboundMessage, MessageStatus
 from cronbox_shared.tasks import (
     OperatorUpdateRequest,
     ScheduleRequest,
@@ -187,7 +187,8 @@ class Api:
             sweep_lag_seconds=lag,
             last_sweep=fmt(self.sweep.last_pass_at) if self.sweep.last_pass_at else None,
             live_runners=len(self.sweep.live), pool_size=self.settings.max_containers,
-            waiting=len(self.sweep.waiting), problems=tuple(problems),
+            waiting=len(self.sweep.waiting), awaiting_approval=self.store.awaiting_count(),
+            problems=tuple(problems),
         )  # fmt: skip
         return report, 200 if status == "ok" else 503
 
@@ -198,6 +199,8 @@ class Api:
         self.metrics.due_rows.set(sum(len(self.store.due_ids(sid)) for sid, _ in due))
         self.metrics.pool_in_use.set(len(self.sweep.live))
         self.metrics.pool_waiting.set(len(self.sweep.waiting))
+        self.metrics.approvals_awaiting.set(self.store.awaiting_count())
+        self.metrics.count_decisions(self.store.decision_counts())
 
 
 def status_code(exc: CronboxError) -> int:
@@ -241,6 +244,12 @@ class UpdateBody(OperatorUpdateRequest):
 
     # The path names the task; the body may repeat it.
     task_id: str | None = Field(default=None, alias="taskId")  # type: ignore[assignment]
+
+
+class DecisionBody(StrictRequest):
+    """``POST /api/tasks/{id}/approve|reject``: an optional note (an empty body: none)."""
+
+    note: str | None = None
 
 
 class MessageBody(StrictRequest):
@@ -482,6 +491,26 @@ def build_app(api: Api) -> FastAPI:
     _status_route("cancel", api.store.cancel_task, "Cancel a task; a recurring one stops for good.")
     _status_route("pause", api.store.pause_task, "Pause a task; it does not run until resumed.")
     _status_route("resume", api.store.resume_task, "Resume a paused task from its next slot.")
+
+    def _decision_route(name: str, fn: Callable[..., InboundMessage], doc: str) -> None:
+        async def decide(task: TaskId, request: Request, key: ApiKey = None) -> TaskOut:
+            raw = await request.body()
+            body = DecisionBody.parse(await json_object(request)) if raw.strip() else None
+            row = await api.write(fn, task, actor=ACTOR, note=body.note if body else None)
+            return TaskOut.of(await api.read(api.store.get_task, row.series_id or row.id))
+
+        decide.__doc__ = doc
+        app.post(
+            f"/api/tasks/{{task}}/{name}", response_model=TaskOut, responses=ERRORS,
+            name=f"{name}_task", openapi_extra=_body_schema(DecisionBody),
+        )(decide)  # fmt: skip
+
+    _decision_route(
+        "approve", api.store.approve_task, "Approve an occurrence awaiting approval: it runs now."
+    )
+    _decision_route(
+        "reject", api.store.reject_task, "Reject an occurrence awaiting approval: it is recorded."
+    )
 
     @app.post("/api/tasks/{task}/run", status_code=202, response_model=RunQueued, responses=ERRORS)
     async def run_task(task: TaskId, key: ApiKey = None) -> RunQueued:

@@ -25,6 +25,7 @@ GATE_ERROR = "gate_error"
 OUTCOMES = (*(o.value for o in RunOutcome), GATE_ERROR)
 # The runner records a failed gate's error with this prefix (agent_runner.runner.gate_error).
 GATE_PREFIX = "gate script"
+DECISIONS = ("approved", "rejected")
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 _SWEEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -84,6 +85,18 @@ class Metrics:
             "cronbox_last_success_timestamp_seconds",
             "Unix time a run last finished ok (0 before the first).", registry=r,
         )  # fmt: skip
+        self.approvals = Counter(
+            "cronbox_approvals",
+            "Approval decisions in the run history (a person's or a timeout's), by decision.",
+            ["decision"], registry=r,
+        )  # fmt: skip
+        self._decisions: dict[str, int] = {}
+        for decision in DECISIONS:
+            self.approvals.labels(decision=decision)
+        self.approvals_awaiting = Gauge(
+            "cronbox_approvals_awaiting", "Occurrences waiting for a person's approval now.",
+            registry=r,
+        )  # fmt: skip
         self.sweep_duration = Histogram(
             "cronbox_sweep_duration_seconds", "Duration of one sweep pass.",
             buckets=_SWEEP_BUCKETS, registry=r,
@@ -105,6 +118,20 @@ class Metrics:
             if label == RunOutcome.OK.value:
                 self._last_ok = max(self._last_ok, parse_utc(run.finished_at).timestamp())
                 self.last_success.set(self._last_ok)
+
+    def count_decisions(self, totals: dict[str, int]) -> None:
+        """Advance the approvals counter to the history's totals (read at scrape time).
+
+        Decisions are made by the CLI as well as this host, so the history is the one
+        place that sees them all; a total that shrank (old runs pruned) is taken as the
+        new base, never counted down.
+        """
+        for decision in DECISIONS:
+            total = totals.get(decision, 0)
+            seen = self._decisions.get(decision, 0)
+            if total > seen:
+                self.approvals.labels(decision=decision).inc(total - seen)
+            self._decisions[decision] = total
 
     def delivery(self, channel: str, outcome: str) -> None:
         """Count one delivery attempt (``delivered``, ``retry`` or ``failed``)."""

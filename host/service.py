@@ -30,10 +30,12 @@ from pydantic import ValidationError
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import ActionKind, TaskChange, transition
 from cronbox_shared.agents import AgentProfile, check_agent, load_profiles, resolve_agent
+from cronbox_shared.chains import MAX_CHAIN_DEPTH
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     AlreadyHandled,
     CronboxError,
+    HasChildren,
     InvalidInput,
     RunNotFound,
     SessionExists,
@@ -68,6 +70,17 @@ from cronbox_shared.tasks import (
     wakes_per_day,
 )
 from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
+from host.approvals import (
+    TIMEOUT_ACTOR,
+    Decision,
+    DecisionKind,
+    approve_fields,
+    decision_run,
+    plan_gate,
+    plan_reject,
+    timeout_decision,
+)
+from host.chains import parent_ends, plan_chain
 from host.config import Settings
 from host.limits import ContainerLimits, check_limits
 from host.liveness import Claim
@@ -100,6 +113,7 @@ PRUNE_BATCH = 5000
 # An ended one-time task in one of these states may be run again (``task run``).
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
 QUIET_OFF = ("off", "none")
+_VERB = {DecisionKind.APPROVED: "approve", DecisionKind.REJECTED: "reject"}
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,15 @@ def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> In
         content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
         missed_policy=valid.missed_policy, catchup_limit=valid.catchup_limit,
         max_failures=valid.max_failures, jitter=valid.jitter, ignore_quiet=valid.ignore_quiet,
+        after_task=valid.after_task, after_outcome=valid.after_outcome,
+        when_output=valid.when_output, approval=valid.approval,
+        approval_timeout=valid.approval_timeout, on_timeout=valid.on_timeout,
     )  # fmt: skip
+    if valid.after_task is not None:
+        # A chained task waits for its parent: its runs are inserted as the parent ends.
+        return row.model_copy(
+            update={"status": MessageStatus.WAITING, "process_after": None, "scheduled_for": None}
+        )
     due = (policy or Policy()).admitted(row, valid.first_run)
     return row.model_copy(update={"process_after": fmt(due)})
 
@@ -597,6 +619,8 @@ class Cronbox:
 
         def insert(tx: InboxTransaction, done: _Work) -> None:
             done.series = [valid.id]
+            if valid.after_task is not None:
+                self._check_parent(tx, valid.id, valid.after_task)
             current = tx.current(valid.id)
             if current is not None and current.status.live:
                 return  # the same id again while it is live: idempotent (agent retries)
@@ -616,12 +640,50 @@ class Cronbox:
                 new = (expr, bool(valid.script), zone(valid.timezone))
                 check_wakes(adding, others, limit, self.now(), new)
             tx.insert(task_row(valid, now, self._policy(tx)))
-            detail = {"recurrence": valid.recurrence.expr if valid.recurrence else None,
-                      "first_run": fmt(valid.first_run)}  # fmt: skip
+            detail: dict[str, Any] = {
+                "recurrence": valid.recurrence.expr if valid.recurrence else None,
+                "first_run": None if valid.after_task else fmt(valid.first_run),
+            }
+            if valid.after_task:
+                detail.update(after=valid.after_task, on=valid.after_outcome,
+                              when_output=valid.when_output)  # fmt: skip
+            if valid.approval:
+                detail.update(approval=True, approval_timeout=valid.approval_timeout,
+                              on_timeout=valid.on_timeout)  # fmt: skip
             done.audit.append(self._entry(actor, "task.schedule", session.id, valid.id, detail))
 
         self._commit(session.id, insert, receipt)
         return self.get_task(valid.id, session_id=session.id)
+
+    @staticmethod
+    def _check_parent(tx: InboxTransaction, task_id: str, parent: str) -> None:
+        """Refuse a parent that is missing, ended, or would close a cycle (named)."""
+        path = [task_id, parent]
+        ancestor: str | None = parent
+        while ancestor is not None:
+            if ancestor == task_id:
+                raise InvalidInput(
+                    f"afterTask would make a cycle: {' → '.join(path)} (each runs after the "
+                    "next); a task cannot run after itself"
+                )
+            if len(path) > MAX_CHAIN_DEPTH:
+                raise InvalidInput(
+                    f"the chain above {parent} is longer than {MAX_CHAIN_DEPTH} tasks; "
+                    "chain this task to a task nearer the start"
+                )
+            ancestor = tx.chain_parent(ancestor)
+            if ancestor is not None:
+                path.append(ancestor)
+        current = tx.current(parent)
+        if current is None or current.kind is not MessageKind.TASK:
+            raise InvalidInput(
+                f'afterTask "{parent}" is no task of this session; give the id of a live task'
+            )
+        if not current.status.live:
+            raise InvalidInput(
+                f'afterTask "{parent}" has ended ({current.status.value}), so it will not run '
+                "again; chain to a live task"
+            )
 
     def _locate(self, ref: str, session_id: str | None) -> tuple[str, str]:
         """(session id, series id) for a task id, occurrence id or series id."""
@@ -663,13 +725,20 @@ class Cronbox:
 
     def _change_status(
         self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
-        receipt: Receipt | None, note: str | None = None,
+        receipt: Receipt | None, note: str | None = None, with_children: bool = False,
     ) -> TaskView:  # fmt: skip
         session, series = self._locate(ref, session_id)
         action = kind.value.removesuffix("_task")
         now = self.now()
 
         def change(tx: InboxTransaction, done: _Work) -> None:
+            family = self._descendants(tx, series) if kind is ActionKind.CANCEL else []
+            if family and not with_children:
+                raise HasChildren(ref, family)
+            for child in family:
+                self._cancel_rows(tx, child, now)
+                done.audit.append(self._entry(actor, "task.cancel", session, child,
+                                              {"with_parent": series}))  # fmt: skip
             current = tx.current(series)
             if kind is ActionKind.CANCEL and current is not None and not current.status.live:
                 # An ended one-time task run again (``task run``) can still be called off.
@@ -697,9 +766,8 @@ class Cronbox:
             tx.update(live.id, **fields)
             if to is MessageStatus.CANCELLED:
                 # A manual run asked for before the cancel would otherwise still fire.
-                for run_id in tx.pending_manual_runs(series):
-                    tx.update(run_id, status=to.value, updated_at=fmt(now))
-            done.series = [series]
+                self._cancel_rows(tx, series, now, live=False)
+            done.series = [series, *family]
             detail = {"note": note} if note and to is MessageStatus.PAUSED else None
             done.audit.append(self._entry(actor, f"task.{action}", session, series, detail))
 
@@ -708,13 +776,39 @@ class Cronbox:
 
     def cancel_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
-        receipt: Receipt | None = None,
+        receipt: Receipt | None = None, with_children: bool = False,
     ) -> TaskView:  # fmt: skip
         """Cancel a task's live occurrence (by id or series id); it ends ``cancelled``.
 
         For an ended task this cancels the runs ``task run`` queued that have not started.
+        A task with chained tasks waiting for it raises HasChildren (nothing written)
+        unless ``with_children``, which cancels them, and theirs, too.
         """
-        return self._change_status(ref, ActionKind.CANCEL, actor, session_id, receipt)
+        return self._change_status(
+            ref, ActionKind.CANCEL, actor, session_id, receipt, with_children=with_children
+        )
+
+    @staticmethod
+    def _descendants(tx: InboxTransaction, series: str) -> list[str]:
+        """The chained tasks waiting for ``series``, and theirs, nearest first."""
+        found: list[str] = []
+        layer = [series]
+        while layer and len(found) < 10 * MAX_CHAIN_DEPTH:
+            layer = [c.id for c in tx.waiting_children(layer) if c.id not in found]
+            found += layer
+        return found
+
+    @staticmethod
+    def _cancel_rows(tx: InboxTransaction, series: str, now: datetime, live: bool = True) -> None:
+        """Cancel a series' runs that have not started (and, with ``live``, its live row)."""
+        at = fmt(now)
+        ids = [*tx.pending_manual_runs(series), *(r.id for r in tx.awaiting(series))]
+        if live:
+            current = tx.current(series)
+            if current is not None and current.status.live:
+                ids.append(current.id)
+        for row_id in dict.fromkeys(ids):
+            tx.update(row_id, status=MessageStatus.CANCELLED.value, updated_at=at)
 
     def pause_task(
         self, ref: str, *, actor: str = "cli", session_id: str | None = None,
@@ -804,6 +898,9 @@ class Cronbox:
                         "scheduled_for": now, "recurrence": None, "series_id": series,
                         "tries": 0, "trigger": 1, "misfire_grace": None, "error": None,
                         "content": {**current.content, "manual": True},
+                        # The operator asked for this run: it needs no approval.
+                        "approval_state": {"occurrence": run_id, "decision": "approved",
+                                           "by": actor, "at": now, "note": "task run"},
                     }
                 )
             )  # fmt: skip
@@ -846,6 +943,55 @@ class Cronbox:
 
         first = self._commit(session, insert)
         return self._row(session, first.id)
+
+    def approve_task(self, ref: str, *, actor: str = "cli", note: str | None = None
+                     ) -> InboundMessage:  # fmt: skip
+        """Approve an occurrence awaiting approval (by occurrence id, or the oldest of a
+        series): it is due at once and runs. Only people answer: no agent action does."""
+        return self._answer(ref, DecisionKind.APPROVED, actor, note)
+
+    def reject_task(self, ref: str, *, actor: str = "cli", note: str | None = None
+                    ) -> InboundMessage:  # fmt: skip
+        """Reject an occurrence awaiting approval: it ends ``skipped``, its run is recorded
+        ``rejected`` (who, when, the note) and a recurring series continues."""
+        return self._answer(ref, DecisionKind.REJECTED, actor, note)
+
+    def _answer(self, ref: str, kind: DecisionKind, actor: str, note: str | None
+                ) -> InboundMessage:  # fmt: skip
+        session, series = self._locate(ref, None)
+        now = self.now()
+        decision = Decision(kind=kind, by=actor, at=fmt(now), note=check_note(note, "note"))
+        audit: list[AuditEntry] = []
+        answered: list[str] = []
+
+        def plan_of(tx: InboxTransaction) -> SettlementPlan:
+            rows = tx.awaiting(series)
+            row = next((r for r in rows if r.id == ref), rows[0] if rows else None)
+            if row is None:
+                raise TaskStateError(
+                    f'task "{ref}" has no occurrence awaiting approval; '
+                    "`cronbox task show` says what it is doing"
+                )
+            answered.append(row.id)
+            audit.append(self._entry(actor, f"task.{_VERB[kind]}", session, series,
+                                     {"occurrence": row.id, "note": decision.note}))  # fmt: skip
+            return self._decide(tx, row, decision, now)
+
+        self._apply_plan(session, plan_of, audit)
+        return self._row(session, answered[0])
+
+    def children_of(self, ref: str) -> list[str]:
+        """The chained tasks waiting for a task series."""
+        session, series = self._locate(ref, None)
+        return self.files.waiting_children(session, series)
+
+    def awaiting_count(self) -> int:
+        """Occurrences awaiting approval over every session."""
+        return self.central.awaiting_count()
+
+    def decision_counts(self) -> dict[str, int]:
+        """Approval decisions in the kept run history, by decision."""
+        return self.central.decision_counts()
 
     def upcoming(self, ref: str, n: int = 10) -> list[tuple[datetime, datetime]]:
         """(slot, when it runs) of a task's next ``n`` runs, as the host will run them
@@ -908,11 +1054,17 @@ class Cronbox:
     # --- settlement (the host's sweep) -------------------------------------------------
 
     def _apply_plan(
-        self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan]
-    ) -> SettlementPlan:
+        self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan],
+        audit: Sequence[AuditEntry] = (),
+    ) -> SettlementPlan:  # fmt: skip
         """Apply a plan in one inbound transaction, with the missed-run policy of the
         occurrences it inserted that are due already (a series finishing late), so a
-        live runner never claims one before its policy was applied."""
+        live runner never claims one before its policy was applied.
+
+        In the same transaction: approvals whose deadline passed are decided, the
+        chained tasks of the occurrences that ended are fired (so a crash can neither
+        lose nor double a child), and due approval-gated occurrences start waiting.
+        """
 
         def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
@@ -928,16 +1080,98 @@ class Cronbox:
                 caught_up = plan_catch_up(list(current.values()), now, self._policy(tx))
                 tx.apply(caught_up.changes)
                 plan = _merged(plan, caught_up)
-            done.series = list(plan.series)
+            plan = _merged(plan, self._expire_approvals(tx, done, now, session_id))
+            chained = self._fire_children(tx, plan, now)
+            gated = self._gate_due(tx, now)
+            done.series = [*plan.series, *chained, *gated]
             done.runs = plan.runs
             done.audit += [
                 self._entry("cronbox", "task.pause", session_id, p.series_id,
                             {"reason": p.reason[:500]})
                 for p in plan.paused
             ]  # fmt: skip
+            done.audit += audit
             return plan
 
         return self._commit(session_id, apply)
+
+    def _expire_approvals(
+        self, tx: InboxTransaction, done: _Work, now: datetime, session_id: str
+    ) -> SettlementPlan:
+        """Decide the occurrences whose approval deadline passed, by their ``--on-timeout``."""
+        plan = SettlementPlan()
+        for row in tx.awaiting(expired_at=fmt(now)):
+            decision = timeout_decision(row, now)
+            plan = _merged(plan, self._decide(tx, row, decision, now))
+            done.audit.append(
+                self._entry("cronbox", f"task.{_VERB[decision.kind]}", session_id,
+                            row.series_id, {"by": TIMEOUT_ACTOR, "occurrence": row.id})
+            )  # fmt: skip
+        return plan
+
+    def _decide(
+        self, tx: InboxTransaction, row: InboundMessage, decision: Decision, now: datetime
+    ) -> SettlementPlan:
+        """Apply one approval decision to an awaiting occurrence (inside ``tx``)."""
+        if decision.kind is DecisionKind.APPROVED:
+            tx.update(row.id, **approve_fields(row, decision))
+            return SettlementPlan(runs=(decision_run(row, decision),),
+                                  series=(row.series_id or row.id,))  # fmt: skip
+        rejected = plan_reject(row, decision, now, self._policy(tx))
+        tx.apply(rejected.changes)
+        return rejected
+
+    def _fire_children(
+        self, tx: InboxTransaction, plan: SettlementPlan, now: datetime
+    ) -> list[str]:
+        """Insert the runs of the chained tasks the plan's ended occurrences fire, and end
+        the children of parent series that are over; returns the series it changed."""
+        ended = [(f.message_id, f.series_id, f.outcome) for f in plan.finished]
+        if not ended:
+            return []
+        outputs = {r.message_id: r.output_preview for r in plan.runs if r.outcome is not None}
+        ends = parent_ends(ended, outputs)
+        parents = list(dict.fromkeys(e.series_id for e in ends))
+        changed: list[str] = []
+        first = True
+        while parents:
+            children = tx.waiting_children(parents)
+            if not children:
+                break
+            over = [p for p in parents if self._series_over(tx, p)]
+            fired_before = [c.id for c in children if tx.chain_fired(c.id)]
+            changes = plan_chain(ends if first else [], children, over, fired_before, now)
+            for row in changes.inserts:
+                if tx.get(row.id) is None:  # the chain key is unique: never fired twice
+                    tx.insert(row)
+            tx.apply(InboxChanges(updates=changes.updates))
+            changed += [c.id for c in children]
+            # A child that ended with nothing of it left to run ends its own children too.
+            parents = [u.message_id for u in changes.updates if self._series_over(tx, u.message_id)]
+            first = False
+        return changed
+
+    @staticmethod
+    def _series_over(tx: InboxTransaction, series: str) -> bool:
+        """Whether nothing of a series can run again (its children then end)."""
+        current = tx.current(series)
+        if current is not None and current.status.live:
+            return False
+        return not tx.pending_manual_runs(series) and not tx.awaiting(series)
+
+    def _gate_due(self, tx: InboxTransaction, now: datetime) -> list[str]:
+        """Turn due approval-gated occurrences into ``awaiting_approval``, with a note."""
+        gates, notes = plan_gate(tx.gated_due(fmt(now)), now)
+        series = []
+        for gate in gates:
+            tx.update(gate.message_id, status=MessageStatus.AWAITING_APPROVAL.value,
+                      process_after=gate.deadline, approval_state=gate.state,
+                      updated_at=fmt(now))  # fmt: skip
+            series.append(series_of(gate.message_id))
+        for note in notes:
+            if tx.get(note.id) is None:
+                tx.insert(note)
+        return series
 
     def _policy(self, tx: InboxTransaction, **overrides: Any) -> Policy:
         """The rules settlement applies to the session whose inbox ``tx`` holds open."""

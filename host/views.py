@@ -53,6 +53,12 @@ class TaskOut(Record):
     last_run_at: Instant | None
     last_outcome: RunOutcome | None
     paused_reason: str | None = None
+    after_task: str | None = None
+    """A chained task: the parent series it runs after."""
+    after_outcome: str | None = None
+    when_output: str | None = None
+    approval: bool = False
+    """Each occurrence waits for a person's approval."""
 
     @classmethod
     def of(cls, view: TaskView) -> TaskOut:
@@ -66,7 +72,9 @@ class TaskOut(Record):
             recurrence=view.recurrence, recurrence_words=describe_recurrence(view.recurrence),
             timezone=view.timezone, prompt=view.prompt, has_script=view.has_script,
             last_run_at=view.last_run_at, last_outcome=view.last_outcome,
-            paused_reason=view.paused_reason,
+            paused_reason=view.paused_reason, after_task=view.after_task,
+            after_outcome=view.after_outcome, when_output=view.when_output,
+            approval=view.approval,
         )  # fmt: skip
 
 
@@ -124,6 +132,8 @@ class HealthOut(Record):
     live_runners: int
     pool_size: int
     waiting: int
+    awaiting_approval: int = 0
+    """Occurrences waiting for a person's approval (they hold no pool slot)."""
     problems: tuple[dict[str, Any], ...] = ()
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import AgentAction, ScheduleTask, UpdateTask, parse_action, transition
 from cronbox_shared.errors import CronboxError, InvalidAction
-from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import LIVE_STATUSES, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.policies import QUIET_KEY, QuietHours, admitted, parse_quiet
 from cronbox_shared.tasks import WAKES_KEY, validate_update, wake_limit
 from cronbox_shared.timeutil import fmt, parse_utc, zone
 
-LIVE = (MessageStatus.PENDING, MessageStatus.PAUSED)
+LIVE = LIVE_STATUSES
 # How many unapplied rows are looked at; the host applies them within a second or so.
 _UNAPPLIED_LIMIT = 10_000
 
@@ -81,13 +81,16 @@ def scheduled_row(action: ScheduleTask, now: datetime, due: str | None = None) -
     when = action.process_after
     return InboundMessage(
         id=task_id, seq=0, kind=MessageKind.TASK, created_at=fmt(now),
-        status=MessageStatus.PENDING, process_after=due or when, scheduled_for=when,
+        status=MessageStatus.WAITING if action.after_task else MessageStatus.PENDING,
+        process_after=due or when, scheduled_for=when,
         recurrence=action.recurrence, timezone=action.timezone or "UTC",
         series_id=task_id, tries=0, trigger=1,
         content={"prompt": action.prompt, "script": action.script},
         missed_policy=action.missed_policy, catchup_limit=action.catchup_limit,
         max_failures=action.max_failures, jitter=action.jitter,
-        ignore_quiet=bool(action.ignore_quiet),
+        ignore_quiet=bool(action.ignore_quiet), after_task=action.after_task,
+        after_outcome=action.after_outcome, when_output=action.when_output,
+        approval=bool(action.approval),
     )  # fmt: skip
 
 

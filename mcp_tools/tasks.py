@@ -214,6 +214,37 @@ IgnoreQuietArg = Annotated[
     Field(description="true: run in the session's quiet hours too (by default a run due in "
           "them waits for their end)."),
 ]  # fmt: skip
+AfterTaskArg = Annotated[
+    str | None,
+    Field(description="Chain: the id of a task of this session; this task then runs each time "
+          "that one finishes (give no processAfter or recurrence)."),
+]  # fmt: skip
+AfterOutcomeArg = Annotated[
+    Literal["ok", "error", "any"] | None,
+    Field(description='With afterTask: which outcome of the parent fires it: "ok" (default), '
+          '"error" (an error or timeout) or "any".'),
+]  # fmt: skip
+WhenOutputArg = Annotated[
+    str | None,
+    Field(description='With afterTask: fire only when the parent\'s output matches '
+          '"contains:TEXT" or "regex:PATTERN" (at most 200 characters). Write '
+          "{{parent.output}} in the prompt to receive that output."),
+]  # fmt: skip
+ApprovalArg = Annotated[
+    bool | None,
+    Field(description="true: each run waits for a person's approval before it runs (you can "
+          "request this; only a person can approve)."),
+]  # fmt: skip
+ApprovalTimeoutArg = Annotated[
+    str | None,
+    Field(description='With approval: how long a run waits for an answer, e.g. "1h" '
+          "(default: until answered)."),
+]  # fmt: skip
+OnTimeoutArg = Annotated[
+    Literal["reject", "approve"] | None,
+    Field(description='With approvalTimeout: what an unanswered run becomes: "reject" '
+          '(default) or "approve".'),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -290,10 +321,18 @@ class TaskTools:
             )
         # The first run is sent as an absolute instant, so "+10m" means ten minutes from
         # this call, not from whenever the host gets to it.
-        fields: dict[str, Any] = {
-            "id": valid.id, "prompt": valid.prompt, "process_after": fmt(valid.first_run),
-            "timezone": valid.timezone,
-        }  # fmt: skip
+        fields: dict[str, Any] = {"id": valid.id, "prompt": valid.prompt,
+                                  "timezone": valid.timezone}  # fmt: skip
+        if valid.after_task is None:
+            fields["process_after"] = fmt(valid.first_run)
+        else:
+            fields |= {"after_task": valid.after_task, "after_outcome": valid.after_outcome,
+                       "when_output": valid.when_output}  # fmt: skip
+        if valid.approval:
+            fields["approval"] = True
+            if valid.approval_timeout:
+                fields["approval_timeout"] = f"{valid.approval_timeout}s"
+                fields["on_timeout"] = valid.on_timeout
         if valid.recurrence is not None:
             fields["recurrence"] = valid.recurrence.expr
         if valid.script:
@@ -305,6 +344,8 @@ class TaskTools:
             fields["ignore_quiet"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
+        if valid.after_task is not None:
+            return "\n".join([*_chained_lines(valid), APPLY_NOTE])
         quiet = sv.quiet_hours(self.config.session_dir)
         jittered = due_at(valid.id, valid.first_run, valid.jitter)
         due = admitted(valid.id, valid.first_run, valid.jitter, quiet,
@@ -324,6 +365,8 @@ class TaskTools:
             lines.append(ZONE_UNKNOWN)
         if valid.script:
             lines.append("Gate script: yes; the agent is woken only when it says wakeAgent=true.")
+        if valid.approval:
+            lines.append(_approval_line(valid))
         expr = valid.recurrence.expr if valid.recurrence else None
         lines += [_note(n) for n in schedule_notes(expr, bool(valid.script), tz, now)]
         lines.append(APPLY_NOTE)
@@ -415,6 +458,28 @@ class TaskTools:
         return state
 
 
+def _approval_line(valid: ValidTask) -> str:
+    wait = (f"up to {valid.approval_timeout} s, then it is {valid.on_timeout}d"
+            if valid.approval_timeout else "until a person answers")  # fmt: skip
+    return (
+        f"Approval: each run waits for a person's approval ({wait}); you cannot approve it "
+        "yourself, so tell the user it needs their answer (cronbox task approve)."
+    )
+
+
+def _chained_lines(valid: ValidTask) -> list[str]:
+    """What the agent is told about a chained task it scheduled."""
+    lines = [
+        f"Scheduled task {valid.id} (use this id to cancel, pause, resume or update it).",
+        f"Runs each time task {valid.after_task} finishes with outcome {valid.after_outcome}"
+        + (f" and its output matches {valid.when_output}" if valid.when_output else "")
+        + "; {{parent.output}} in the prompt is replaced by that output.",
+    ]
+    if valid.approval:
+        lines.append(_approval_line(valid))
+    return lines
+
+
 def register(server: MCPServer[Any], tools: TaskTools) -> None:
     """Add the six task tools, with their MCP names and argument names, to ``server``."""
 
@@ -429,10 +494,19 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
         ignoreQuiet: IgnoreQuietArg = None,
+        afterTask: AfterTaskArg = None,
+        afterOutcome: AfterOutcomeArg = None,
+        whenOutput: WhenOutputArg = None,
+        approval: ApprovalArg = None,
+        approvalTimeout: ApprovalTimeoutArg = None,
+        onTimeout: OnTimeoutArg = None,
     ) -> str:
         policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
                     "maxFailures": maxFailures, "jitter": jitter,
-                    "ignoreQuiet": ignoreQuiet}  # fmt: skip
+                    "ignoreQuiet": ignoreQuiet, "afterTask": afterTask,
+                    "afterOutcome": afterOutcome, "whenOutput": whenOutput,
+                    "approval": approval, "approvalTimeout": approvalTimeout,
+                    "onTimeout": onTimeout}  # fmt: skip
         return tools.schedule(
             prompt, processAfter, recurrence, script, timezone,
             {k: v for k, v in policies.items() if v is not None},

@@ -23,14 +23,24 @@ from cronbox_shared.timeutil import fmt
 from host.delivery import Delivery
 from host.service import Cronbox
 from host.store.records import Session
+from tests.test_mcp_tools import CHAIN_ARGS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 # Bounds that turn a hang into a failure; never a statement about how long things take.
 SUBPROCESS_GUARD = 60
+
 POLICY_ARGS = ["missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"]
 ARGUMENTS = {
-    "schedule_task": ["prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS],
+    "schedule_task": [
+        "prompt",
+        "processAfter",
+        "recurrence",
+        "script",
+        "timezone",
+        *POLICY_ARGS,
+        *CHAIN_ARGS,
+    ],
     "list_tasks": ["status"],
     "cancel_task": ["taskId"],
     "pause_task": ["taskId"],

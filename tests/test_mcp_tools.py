@@ -34,10 +34,12 @@ pytestmark = pytest.mark.anyio
 START = "2026-03-02T08:00:00.000Z"
 HANG_GUARD = 20
 POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"}
+# A chained task, and the approval an agent may ask for (never give: no tool approves).
+CHAIN_ARGS = ("afterTask", "afterOutcome", "whenOutput", "approval", "approvalTimeout", "onTimeout")
 SIX_TOOLS = {
     "schedule_task": (
         {"prompt"},
-        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS},
+        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS, *CHAIN_ARGS},
     ),
     "list_tasks": (set(), {"status"}),
     "cancel_task": ({"taskId"}, {"taskId"}),

@@ -133,6 +133,14 @@ class CentralRepository(Protocol):
         """Task series with their last run, soonest next run first."""
         ...
 
+    def awaiting_count(self) -> int:
+        """Occurrences awaiting approval over every session (no inbox is opened)."""
+        ...
+
+    def decision_counts(self) -> dict[str, int]:
+        """Approval decisions (``approved``, ``rejected``) in the kept run history."""
+        ...
+
     def live_task_count(self) -> int:
         """Live task series over every session."""
         ...
@@ -287,6 +295,29 @@ class InboxTransaction(Protocol):
         """The due index and the current rows of ``series`` (None: all) as committed so far."""
         ...
 
+    def waiting_children(self, series_ids: Sequence[str]) -> list[InboundMessage]:
+        """The chained tasks (status ``waiting``) whose parent is one of ``series_ids``."""
+        ...
+
+    def chain_parent(self, series_id: str) -> str | None:
+        """The parent series the chained task ``series_id`` waits for (None: not chained)."""
+        ...
+
+    def chain_fired(self, series_id: str) -> bool:
+        """Whether any parent occurrence has fired a run of the chained task ``series_id``."""
+        ...
+
+    def gated_due(self, now: Instant) -> list[InboundMessage]:
+        """Pending, due occurrences of approval-gated tasks not approved for themselves."""
+        ...
+
+    def awaiting(
+        self, series_id: str | None = None, expired_at: Instant | None = None
+    ) -> list[InboundMessage]:
+        """Occurrences awaiting approval, oldest first: of ``series_id`` when given, and
+        only those whose deadline is at or before ``expired_at`` when given."""
+        ...
+
 
 class SessionFiles(Protocol):
     """Every session's inbox (host-written) and outbox (runner-written, read-only here).
@@ -294,6 +325,10 @@ class SessionFiles(Protocol):
     Implementers must treat everything read from an outbox as untrusted raw data and
     never write to it.
     """
+
+    def waiting_children(self, session_id: str, series_id: str) -> list[str]:
+        """Ids of the chained tasks (``waiting``) whose parent is ``series_id``."""
+        ...
 
     def directory(self, session_id: str) -> Path:
         """Where the session's files live (the runtime mounts it)."""

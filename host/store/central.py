@@ -20,7 +20,7 @@ from sqlite_utils.migrations import Migrations
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
-from cronbox_shared.models import MessageStatus, preview
+from cronbox_shared.models import LIVE_STATUSES, MessageStatus, preview
 from cronbox_shared.timeutil import Instant
 from host.store.records import (
     AuditEntry,
@@ -218,11 +218,28 @@ def m009_jobs(db: Database) -> None:
     db.execute("CREATE INDEX audit_log_at ON audit_log (at)")
 
 
+@central_migrations()
+def m012_chains(db: Database) -> None:
+    """Chains and approval gates: each run's approval decision (who, when, the note) and
+    the chain and gate of each task in the mirror; every inbox brought to the schema."""
+    for column in ("decision TEXT", "decided_by TEXT", "decided_at TEXT", "decision_note TEXT"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    for column in ("after_task TEXT", "after_outcome TEXT", "when_output TEXT",
+                   "approval INTEGER NOT NULL DEFAULT 0"):  # fmt: skip
+        db.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
+    db.execute("ALTER TABLE sessions ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0")
+    _open_every_inbox(db)
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
                  "last_active_at", "next_due_at", "quiet", "max_wakes_per_day",
                  "webhook_url", "webhook_secret_env")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
-             "finished_at", "outcome", "tries", "error", "output_preview")  # fmt: skip
+             "finished_at", "outcome", "tries", "error", "output_preview", "decision",
+             "decided_by", "decided_at", "decision_note")  # fmt: skip
+
+
+_LIVE = ", ".join(f"'{s.value}'" for s in LIVE_STATUSES)
 
 
 def _session(row: Sequence[Any]) -> Session:
@@ -413,9 +430,9 @@ class SqliteCentral:
         """
         with self._open() as db, db.atomic():
             db.execute(
-                "UPDATE sessions SET next_due_at = ?, chat_due_at = ?, inbound_version = ? "
-                "WHERE id = ?",
-                [view.next_due_at, view.chat_due_at, version, session_id],
+                "UPDATE sessions SET next_due_at = ?, chat_due_at = ?, inbound_version = ?, "
+                "awaiting = ? WHERE id = ?",
+                [view.next_due_at, view.chat_due_at, version, view.awaiting, session_id],
             )
             if view.full:
                 db.execute("DELETE FROM tasks WHERE session_id = ?", [session_id])
@@ -423,19 +440,23 @@ class SqliteCentral:
                 db.execute(
                     "INSERT INTO tasks (series_id, session_id, live_id, status, next_run, "
                     "recurrence, timezone, prompt, has_script, created_at, updated_at, "
-                    "paused_reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id) DO UPDATE "
+                    "paused_reason, after_task, after_outcome, when_output, approval) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (series_id) DO UPDATE "
                     "SET live_id = excluded.live_id, status = excluded.status, "
                     "next_run = excluded.next_run, recurrence = excluded.recurrence, "
                     "timezone = excluded.timezone, prompt = excluded.prompt, "
                     "has_script = excluded.has_script, updated_at = excluded.updated_at, "
-                    "paused_reason = excluded.paused_reason",
+                    "paused_reason = excluded.paused_reason, after_task = excluded.after_task, "
+                    "after_outcome = excluded.after_outcome, when_output = excluded.when_output, "
+                    "approval = excluded.approval",
                     [
                         row.series_id or row.id, session_id, row.id, row.status.value,
                         row.process_after if row.status.live else None, row.recurrence,
                         row.timezone, preview(row.prompt, 200) or "", int(bool(row.script)),
                         row.created_at, now,
                         row.paused_reason if row.status is MessageStatus.PAUSED else None,
+                        row.after_task, row.after_outcome, row.when_output, int(row.approval),
                     ],
                 )  # fmt: skip
             for run in runs:
@@ -449,19 +470,25 @@ class SqliteCentral:
     def _upsert_run(db: Database, session_id: str, run: RunRecord) -> None:
         db.execute(
             "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, started_at, "
-            "finished_at, outcome, tries, error, output_preview) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "finished_at, outcome, tries, error, output_preview, decision, decided_by, "
+            "decided_at, decision_note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (session_id, message_id) DO UPDATE SET "
             "started_at = coalesce(runs.started_at, excluded.started_at), "
             "finished_at = coalesce(excluded.finished_at, runs.finished_at), "
             "outcome = coalesce(excluded.outcome, runs.outcome), "
             "tries = max(runs.tries, excluded.tries), "
             "error = coalesce(excluded.error, runs.error), "
-            "output_preview = coalesce(excluded.output_preview, runs.output_preview)",
+            "output_preview = coalesce(excluded.output_preview, runs.output_preview), "
+            "decision = coalesce(excluded.decision, runs.decision), "
+            "decided_by = coalesce(excluded.decided_by, runs.decided_by), "
+            "decided_at = coalesce(excluded.decided_at, runs.decided_at), "
+            "decision_note = coalesce(excluded.decision_note, runs.decision_note)",
             [
                 session_id, run.message_id, run.series_id, run.scheduled_for, run.started_at,
                 run.finished_at, run.outcome.value if run.outcome else None, run.tries,
-                run.error, run.output_preview,
+                run.error, run.output_preview, run.decision, run.decided_by, run.decided_at,
+                run.decision_note,
             ],
         )  # fmt: skip
 
@@ -493,13 +520,13 @@ class SqliteCentral:
             where.append("t.session_id = ?")
             args.append(session_id)
         if live_only:
-            where.append("t.status IN ('pending', 'paused')")
+            where.append(f"t.status IN ({_LIVE})")
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         with self._open() as db:
             rows = db.execute(
                 "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
                 "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome, "
-                "t.paused_reason "
+                "t.paused_reason, t.after_task, t.after_outcome, t.when_output, t.approval "
                 "FROM tasks t JOIN sessions s ON s.id = t.session_id "
                 "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
                 "WHERE series_id = t.series_id AND session_id = t.session_id) "
@@ -511,17 +538,30 @@ class SqliteCentral:
                 id=r[0], series_id=r[1], session_id=r[2], session=r[3], status=r[4],
                 next_run=r[5], recurrence=r[6], timezone=r[7], prompt=r[8],
                 has_script=bool(r[9]), last_run_at=r[10], last_outcome=r[11],
-                paused_reason=r[12],
+                paused_reason=r[12], after_task=r[13], after_outcome=r[14], when_output=r[15],
+                approval=bool(r[16]),
             )
             for r in rows
         ]  # fmt: skip
 
+    def awaiting_count(self) -> int:
+        """Occurrences awaiting approval over all sessions (from the due index)."""
+        with self._open() as db:
+            (n,) = db.execute("SELECT coalesce(sum(awaiting), 0) FROM sessions").fetchone()
+        return int(n)
+
+    def decision_counts(self) -> dict[str, int]:
+        """Approval decisions in the kept run history, by decision."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT decision, count(*) FROM runs WHERE decision IS NOT NULL GROUP BY decision"
+            ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def live_task_count(self) -> int:
         """Live task series over all sessions (from the mirror)."""
         with self._open() as db:
-            (n,) = db.execute(
-                "SELECT count(*) FROM tasks WHERE status IN ('pending', 'paused')"
-            ).fetchone()
+            (n,) = db.execute(f"SELECT count(*) FROM tasks WHERE status IN ({_LIVE})").fetchone()
         return int(n)
 
     def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:

@@ -91,6 +91,28 @@ class InboxTx:
             if self.get(row.id) is None:
                 self.insert(row)
 
+    def waiting_children(self, series_ids: Sequence[str]) -> list[InboundMessage]:
+        """The chained tasks waiting for any of these parent series."""
+        return sdb.waiting_children(self.db, series_ids)
+
+    def chain_parent(self, series_id: str) -> str | None:
+        """The parent series a chained task waits for, or None."""
+        return sdb.chain_parent(self.db, series_id)
+
+    def chain_fired(self, series_id: str) -> bool:
+        """Whether a chained task has ever been fired by its parent."""
+        return sdb.chain_fired(self.db, series_id)
+
+    def gated_due(self, now: Instant) -> list[InboundMessage]:
+        """Due occurrences of approval-gated tasks that have not been approved."""
+        return sdb.gated_due(self.db, now)
+
+    def awaiting(
+        self, series_id: str | None = None, expired_at: Instant | None = None
+    ) -> list[InboundMessage]:
+        """Occurrences awaiting approval (of a series, or past their deadline)."""
+        return sdb.awaiting(self.db, series_id, expired_at)
+
     def accept_outbound(
         self, seq: int, message_id: str, channels: Sequence[str], status: DeliveryStatus,
         at: Instant, detail: str | None = None,
@@ -129,12 +151,15 @@ class InboxTx:
         """The session's due index and the current row of ``series`` (None: every series)."""
         next_due = sdb.next_due(self.db)
         chat_due = sdb.next_due(self.db, MessageKind.CHAT)
+        awaiting = sdb.count_awaiting(self.db)
         if series is None:
             return SessionView(next_due_at=next_due, chat_due_at=chat_due,
-                               tasks=tuple(sdb.all_tasks(self.db)), full=True)  # fmt: skip
+                               tasks=tuple(sdb.all_tasks(self.db)), full=True,
+                               awaiting=awaiting)  # fmt: skip
         rows = [sdb.series_current(self.db, s) for s in dict.fromkeys(series)]
         return SessionView(next_due_at=next_due, chat_due_at=chat_due,
-                           tasks=tuple(r for r in rows if r is not None))  # fmt: skip
+                           tasks=tuple(r for r in rows if r is not None),
+                           awaiting=awaiting)  # fmt: skip
 
 
 def _fields(change: RowChange) -> dict[str, Any]:
@@ -280,6 +305,11 @@ class SqliteSessionFiles:
         """Every row of the inbox, oldest first (status views and tests)."""
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
             return sdb.all_rows(db)
+
+    def waiting_children(self, session_id: str, series_id: str) -> list[str]:
+        """Ids of the chained tasks waiting for one series."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return [r.id for r in sdb.waiting_children(db, [series_id])]
 
     def due_ids(self, session_id: str, now: Instant) -> tuple[str, ...]:
         """Ids of due pending rows that wake the agent (trigger=1), oldest first."""

@@ -45,6 +45,12 @@ class TaskView(Record):
     last_run_at: Instant | None = None
     last_outcome: RunOutcome | None = None
     paused_reason: str | None = None
+    after_task: str | None = None
+    """A chained task: the parent series it runs after."""
+    after_outcome: str | None = None
+    when_output: str | None = None
+    approval: bool = False
+    """Each occurrence waits for a person's approval."""
     """Why a paused series is paused (the failure rule, or the operator's note)."""
 
 
@@ -62,6 +68,12 @@ class Run(Record):
     tries: int
     error: str | None
     output_preview: str | None
+    decision: str | None = None
+    """An approval-gated run: ``approved`` or ``rejected``."""
+    decided_by: str | None = None
+    """Who decided: the CLI or HTTP user, or ``timeout``."""
+    decided_at: Instant | None = None
+    decision_note: str | None = None
 
 
 class RunRecord(Record):
@@ -80,6 +92,10 @@ class RunRecord(Record):
     outcome: RunOutcome | None = None
     error: str | None = None
     output_preview: str | None = None
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: Instant | None = None
+    decision_note: str | None = None
 
 
 class AuditEntry(Record):
@@ -132,6 +148,8 @@ class SessionView(Record):
     """The earliest ``process_after`` of pending chat rows that wake the agent."""
     tasks: tuple[InboundMessage, ...] = ()
     full: bool = False
+    awaiting: int = 0
+    """How many occurrences await approval."""
 
 
 class JobRecord(Record):
