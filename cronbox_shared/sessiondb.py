@@ -774,6 +774,21 @@ def count_awaiting(db: InboundDb) -> int:
     return int(n)
 
 
+def notices_by_seqs(db: InboundDb, seqs: Sequence[int]) -> list[InboundMessage]:
+    """The host's notes with these (inbound) seqs, for a channel to deliver.
+
+    A note the host sends on a channel (an approval request) is recorded in
+    ``deliveries`` under its seq negated, so it never mixes with the runner's odd seqs.
+    """
+    if not seqs:
+        return []
+    marks = ", ".join("?" for _ in seqs)
+    rows = db.execute(
+        f"SELECT {_IN_COLUMNS} FROM messages_in WHERE seq IN ({marks})", list(seqs)
+    ).fetchall()
+    return [_row_to_inbound(r) for r in rows]
+
+
 def rows_by_ids(db: InboundDb, ids: Sequence[str]) -> dict[str, InboundMessage]:
     """The ``messages_in`` rows with the given ids, by id."""
     if not ids:
@@ -1226,8 +1241,9 @@ def strays(
         return []
     with inbound(session_dir, readonly=True) as inbound_db:
         after = delivered_max_seq(inbound_db)
+        # Negative seqs are the host's own notices (see ``notices_by_seqs``), no outbound row.
         (known,) = inbound_db.execute(
-            "SELECT count(DISTINCT seq) FROM deliveries WHERE seq <= ?", [after]
+            "SELECT count(DISTINCT seq) FROM deliveries WHERE seq <= ? AND seq > 0", [after]
         ).fetchone()
         with read_outbox(session_dir, max_bytes, time_limit, busy_ms) as out:
             if not outbound_ready(out):

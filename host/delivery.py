@@ -337,9 +337,27 @@ class Delivery:
         await self.note_backlog(session)
         return sent
 
+    async def announce(self, session: Session) -> None:
+        """Send the host's new notes for the session (approval requests) on its channels."""
+        self._nothing_pending.discard(session.id)
+        self.backlog.pop(session.id, None)
+        await self.retry_due(session)
+
     async def _messages(self, session: Session, seqs: list[int]) -> dict[int, OutboundMessage]:
-        raw = await read(self.app.files.outbound_rows, session.id, seqs)
-        messages = {}
+        # A negative seq is a note of the host's own (an inbox row, its seq negated).
+        notes = await read(self.app.files.notices, session.id, [-s for s in seqs if s < 0])
+        messages = {
+            -note.seq: OutboundMessage(
+                id=note.id,
+                seq=-note.seq,
+                kind=MessageKind.SYSTEM,
+                created_at=note.created_at,
+                in_reply_to=None,
+                content={"text": note.prompt},
+            )
+            for note in notes
+        }
+        raw = await read(self.app.files.outbound_rows, session.id, [s for s in seqs if s > 0])
         for row in raw:
             try:
                 messages[int(row["seq"])] = sdb.outbound_from_row(row)

@@ -114,6 +114,8 @@ PRUNE_BATCH = 5000
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
 QUIET_OFF = ("off", "none")
 _VERB = {DecisionKind.APPROVED: "approve", DecisionKind.REJECTED: "reject"}
+NOTICE_CHANNEL = "webhook"
+"""The channel the host's approval requests go out on (the session's webhook)."""
 
 
 @dataclass(frozen=True)
@@ -1066,6 +1068,8 @@ class Cronbox:
         lose nor double a child), and due approval-gated occurrences start waiting.
         """
 
+        webhook = bool(self.central.session(session_id).webhook_url)
+
         def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
             tx.apply(plan.changes)
@@ -1082,8 +1086,10 @@ class Cronbox:
                 plan = _merged(plan, caught_up)
             plan = _merged(plan, self._expire_approvals(tx, done, now, session_id))
             chained = self._fire_children(tx, plan, now)
-            gated = self._gate_due(tx, now)
-            done.series = [*plan.series, *chained, *gated]
+            gated = self._gate_due(tx, now, webhook)
+            if gated:
+                plan = plan.model_copy(update={"gated": tuple(gated)})
+            done.series = [*plan.series, *chained, *map(series_of, gated)]
             done.runs = plan.runs
             done.audit += [
                 self._entry("cronbox", "task.pause", session_id, p.series_id,
@@ -1159,19 +1165,24 @@ class Cronbox:
             return False
         return not tx.pending_manual_runs(series) and not tx.awaiting(series)
 
-    def _gate_due(self, tx: InboxTransaction, now: datetime) -> list[str]:
-        """Turn due approval-gated occurrences into ``awaiting_approval``, with a note."""
+    def _gate_due(self, tx: InboxTransaction, now: datetime, webhook: bool) -> list[str]:
+        """Turn due approval-gated occurrences into ``awaiting_approval``, with a note to
+        the session and, when it has a webhook, the same note queued for it (recorded
+        under the note's seq negated; the delivery sends and retries it like a reply).
+        Returns the gated occurrences."""
         gates, notes = plan_gate(tx.gated_due(fmt(now)), now)
-        series = []
+        at = fmt(now)
         for gate in gates:
             tx.update(gate.message_id, status=MessageStatus.AWAITING_APPROVAL.value,
                       process_after=gate.deadline, approval_state=gate.state,
-                      updated_at=fmt(now))  # fmt: skip
-            series.append(series_of(gate.message_id))
+                      updated_at=at)  # fmt: skip
         for note in notes:
             if tx.get(note.id) is None:
-                tx.insert(note)
-        return series
+                seq = tx.insert(note)
+                if webhook:
+                    tx.accept_outbound(-seq, note.id, (NOTICE_CHANNEL,),
+                                       DeliveryStatus.PENDING, at)  # fmt: skip
+        return [g.message_id for g in gates]
 
     def _policy(self, tx: InboxTransaction, **overrides: Any) -> Policy:
         """The rules settlement applies to the session whose inbox ``tx`` holds open."""

@@ -123,6 +123,8 @@ class SettlementPlan(Record):
     series: tuple[str, ...] = ()
     """Series whose current row changed (their central mirror must follow)."""
     paused: tuple[Paused, ...] = ()
+    gated: tuple[str, ...] = ()
+    """Occurrences that started awaiting approval (their notice goes to the webhook)."""
 
     @property
     def empty(self) -> bool:

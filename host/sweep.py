@@ -473,6 +473,8 @@ class Sweeper:
         caught_up = await self.writer(self.store.prepare_due, session_id)
         session = await read(self.store.get_session, session_id)
         await self._finished(session, caught_up.finished)
+        if caught_up.gated:
+            await self.delivery.announce(session)  # approval requests, on its webhook
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
@@ -766,6 +768,8 @@ class Sweeper:
     async def _settle(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
         plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
         await self._finished(runner.session, plan.finished)
+        if plan.gated:
+            await self.delivery.announce(runner.session)
         if plan.claims or plan.finished:
             runner.worked = True
             self.problems.pop(runner.session.id, None)

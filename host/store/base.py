@@ -326,6 +326,10 @@ class SessionFiles(Protocol):
     never write to it.
     """
 
+    def notices(self, session_id: str, seqs: Sequence[int]) -> list[InboundMessage]:
+        """The host's own notes (inbox rows) with these seqs, which a channel delivers."""
+        ...
+
     def waiting_children(self, session_id: str, series_id: str) -> list[str]:
         """Ids of the chained tasks (``waiting``) whose parent is ``series_id``."""
         ...

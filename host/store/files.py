@@ -372,6 +372,11 @@ class SqliteSessionFiles:
         with sdb.inbound(self.directory(session_id), readonly=True) as db:
             return sdb.delivery_attempts(db)
 
+    def notices(self, session_id: str, seqs: Sequence[int]) -> list[InboundMessage]:
+        """The host's notes with these inbound seqs (a channel delivers them)."""
+        with sdb.inbound(self.directory(session_id), readonly=True) as db:
+            return sdb.notices_by_seqs(db, seqs)
+
     def outbound_rows(self, session_id: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
         """Raw outbound rows with these seqs (to retry a delivery)."""
         if not seqs or not self.has_outbox(session_id):
