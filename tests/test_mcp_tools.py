@@ -750,3 +750,30 @@ async def test_schedule_task_answers_with_the_first_run_after_jitter_and_quiet_h
         assert await apply(store, session) == ["applied"]
     assert "delayed by the session's quiet hours" in held
     assert f"= {store.get_task(task_id_in(held)).next_run} UTC" in held
+
+
+async def test_schedule_task_chains_after_a_task_and_may_ask_for_approval(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    store.schedule_task(session.id, {"taskId": "build", "prompt": "build", "processAfter": "+1h"})
+    arguments = {"prompt": "ship {{parent.output}}", "afterTask": "build", "afterOutcome": "ok",
+                 "whenOutput": "regex:^echo: b", "approval": True, "approvalTimeout": "2h",
+                 "onTimeout": "reject"}  # fmt: skip
+    async with connected(config) as client:
+        error, text = await call(client, "schedule_task", arguments)
+        assert not error, text
+        assert "Runs each time task build finishes with outcome ok" in text
+        assert "you cannot approve it yourself" in text
+        assert await apply(store, session) == ["applied"]
+        _, listed = await call(client, "list_tasks", {})
+        refused, why = await call(
+            client, "schedule_task", {**arguments, "whenOutput": "regex:(a+)+"}
+        )
+    [row] = [r for r in store.inbound_rows(session.id) if r.after_task == "build"]
+    assert row.status is MessageStatus.WAITING
+    assert (row.when_output, row.approval, row.approval_timeout, row.on_timeout) == (
+        "regex:^echo: b", True, 7200, "reject",
+    )  # fmt: skip
+    assert task_id_in(text) in listed
+    assert refused and "repeats a group that itself repeats" in why
+    assert len(written(config)) == 1  # the refused call wrote nothing
