@@ -173,10 +173,14 @@ def transition(kind: TaskChange, status: MessageStatus, ref: str) -> MessageStat
             f'task "{ref}" has already ended (it is {status.value}), so it cannot be {verb}; '
             "schedule a new task instead"
         )
-    if status in (MessageStatus.WAITING, MessageStatus.AWAITING_APPROVAL):
+    if status is MessageStatus.WAITING:
         raise TaskStateError(
-            f'task "{ref}" is {status.value.replace("_", " ")}, so it cannot be {verb}; '
-            "cancel it, or answer its approval"
+            f'task "{ref}" waits for its parent task, so it cannot be {verb}; cancel it instead'
+        )
+    if status is MessageStatus.AWAITING_APPROVAL:
+        raise TaskStateError(
+            f'task "{ref}" is awaiting approval, so it cannot be {verb}; approve, reject or '
+            "cancel it"
         )
     if kind is ActionKind.PAUSE:
         raise TaskStateError(f'task "{ref}" is already paused; resume it to let it run again')

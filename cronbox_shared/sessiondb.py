@@ -65,10 +65,13 @@ DOORBELL = "doorbell"
 
 _DbT = TypeVar("_DbT", bound=Database)
 
-# A row a runner may take: not approval-gated, or approved for this very occurrence (the
+# A row a runner may take: not approval-gated, a run the operator asked for (``task run``,
+# a backfill; a chained run is not one), or approved for this very occurrence (the
 # decision names the occurrence, so a series' next occurrence asks again).
 APPROVED = (
-    "(approval = 0 OR coalesce(json_extract(approval_state, '$.occurrence') = (id) "
+    "(approval = 0 OR (json_extract(content, '$.manual') IS NOT NULL "
+    "AND json_extract(content, '$.chain') IS NULL) "
+    "OR coalesce(json_extract(approval_state, '$.occurrence') = (id) "
     "AND json_extract(approval_state, '$.decision') = 'approved', 0))"
 )
 

@@ -231,6 +231,8 @@ class TaskFilter(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 class ScheduleBody(ScheduleRequest):

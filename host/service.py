@@ -845,6 +845,11 @@ class Cronbox:
 
         def change(tx: InboxTransaction, done: _Work) -> None:
             live = self._live(tx, series)
+            if live.after_task and {"process_after", "recurrence"} & req.model_fields_set:
+                raise InvalidInput(
+                    f"task {series} runs each time {live.after_task} finishes, so it takes no "
+                    "processAfter or recurrence; cancel it and schedule a new task instead"
+                )
             changes = validate_update(
                 req, live, now=now, min_interval=self.limits.min_interval,
                 asked_at=receipt.asked_at if receipt else None,
@@ -900,9 +905,6 @@ class Cronbox:
                         "scheduled_for": now, "recurrence": None, "series_id": series,
                         "tries": 0, "trigger": 1, "misfire_grace": None, "error": None,
                         "content": {**current.content, "manual": True},
-                        # The operator asked for this run: it needs no approval.
-                        "approval_state": {"occurrence": run_id, "decision": "approved",
-                                           "by": actor, "at": now, "note": "task run"},
                     }
                 )
             )  # fmt: skip
@@ -1108,7 +1110,9 @@ class Cronbox:
         plan = SettlementPlan()
         for row in tx.awaiting(expired_at=fmt(now)):
             decision = timeout_decision(row, now)
-            plan = _merged(plan, self._decide(tx, row, decision, now))
+            decided = self._decide(tx, row, decision, now)
+            tx.apply(decided.changes)
+            plan = _merged(plan, decided)
             done.audit.append(
                 self._entry("cronbox", f"task.{_VERB[decision.kind]}", session_id,
                             row.series_id, {"by": TIMEOUT_ACTOR, "occurrence": row.id})
@@ -1118,14 +1122,13 @@ class Cronbox:
     def _decide(
         self, tx: InboxTransaction, row: InboundMessage, decision: Decision, now: datetime
     ) -> SettlementPlan:
-        """Apply one approval decision to an awaiting occurrence (inside ``tx``)."""
+        """One approval decision on an awaiting occurrence: an approval is written at once,
+        a rejection returned as the plan that ends the occurrence (the caller applies it)."""
         if decision.kind is DecisionKind.APPROVED:
             tx.update(row.id, **approve_fields(row, decision))
             return SettlementPlan(runs=(decision_run(row, decision),),
                                   series=(row.series_id or row.id,))  # fmt: skip
-        rejected = plan_reject(row, decision, now, self._policy(tx))
-        tx.apply(rejected.changes)
-        return rejected
+        return plan_reject(row, decision, now, self._policy(tx))
 
     def _fire_children(
         self, tx: InboxTransaction, plan: SettlementPlan, now: datetime

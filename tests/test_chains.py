@@ -352,3 +352,23 @@ def test_a_gated_child_waits_for_approval_after_its_parent(store: Cronbox, sessi
 def test_an_agent_action_that_tries_to_approve_is_refused(name: str) -> None:
     with pytest.raises(InvalidAction, match="an agent cannot approve or reject a task"):
         parse_action({"action": name, "taskId": "deploy"})
+
+
+def test_a_waiting_or_awaiting_task_says_why_it_cannot_be_paused(
+    store: Cronbox, session: str
+) -> None:
+    schedule(store, session, "parent")
+    schedule(store, session, "child", afterTask="parent")
+    gated(store, session)
+    store.prepare_due(session)
+    with pytest.raises(TaskStateError, match="waits for its parent task, so it cannot be paused"):
+        store.pause_task("child")
+    with pytest.raises(TaskStateError, match="is awaiting approval, so it cannot be paused"):
+        store.pause_task("deploy")
+    with pytest.raises(InvalidInput, match="runs each time parent finishes"):
+        store.update_task({"taskId": "child", "processAfter": "+1h"})
+    store.update_task({"taskId": "child", "prompt": "new words"})
+    assert store.message(session, "child").prompt == "new words"
+    store.cancel_task("deploy")
+    assert store.message(session, "deploy").status is MessageStatus.CANCELLED
+    assert store.awaiting_count() == 0
