@@ -337,13 +337,8 @@ def check_chain(req: ScheduleRequest) -> dict[str, Any]:
     recurrence of its own; ``afterOutcome`` and ``whenOutput`` need ``afterTask``.
     """
     if req.after_task is None:
-        named = [n for n, v in (("afterOutcome", req.after_outcome),
-                                ("whenOutput", req.when_output)) if v is not None]  # fmt: skip
-        if named:
-            raise InvalidInput(
-                f"{', '.join(named)} apply only to a chained task; add afterTask (the "
-                "parent task id) or leave them out"
-            )
+        _only_with({"afterOutcome": req.after_outcome, "whenOutput": req.when_output},
+                   "a chained task; add afterTask (the parent task id)")  # fmt: skip
         return {}
     check_task_id(req.after_task)
     if req.process_after is not None or req.recurrence is not None:
@@ -358,6 +353,13 @@ def check_chain(req: ScheduleRequest) -> dict[str, Any]:
     }
 
 
+def _only_with(given: dict[str, object], what: str) -> None:
+    """Refuse the fields of ``given`` that were set: they apply only to ``what``."""
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        raise InvalidInput(f"{', '.join(named)} apply only to {what} or leave them out")
+
+
 def check_approval(req: ScheduleRequest) -> dict[str, Any]:
     """The approval gate of a request, checked (empty without ``approval``).
 
@@ -365,13 +367,8 @@ def check_approval(req: ScheduleRequest) -> dict[str, Any]:
     until answered); ``onTimeout`` is reject (the default) or approve.
     """
     if not req.approval:
-        named = [n for n, v in (("approvalTimeout", req.approval_timeout),
-                                ("onTimeout", req.on_timeout)) if v is not None]  # fmt: skip
-        if named:
-            raise InvalidInput(
-                f"{', '.join(named)} apply only to a task that needs approval; add "
-                "approval (--approval) or leave them out"
-            )
+        _only_with({"approvalTimeout": req.approval_timeout, "onTimeout": req.on_timeout},
+                   "a task that needs approval; add approval (--approval)")  # fmt: skip
         return {}
     timeout = None
     if req.approval_timeout is not None:

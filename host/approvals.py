@@ -18,14 +18,20 @@ from typing import Any
 from cronbox_shared.chains import OnTimeout
 from cronbox_shared.models import (
     InboundMessage,
-    MessageKind,
     MessageStatus,
     Record,
     RunOutcome,
     preview,
 )
 from cronbox_shared.timeutil import Instant, fmt
-from host.settlement import Finished, InboxChanges, Policy, SettlementPlan, finish
+from host.settlement import (
+    Finished,
+    InboxChanges,
+    Policy,
+    SettlementPlan,
+    finish,
+    system_note,
+)
 from host.store.records import RunRecord
 
 TIMEOUT_ACTOR = "timeout"
@@ -71,7 +77,8 @@ def plan_gate(rows: list[InboundMessage], now: datetime) -> tuple[list[Gate], li
         )
         state = {"occurrence": row.id, "since": fmt(now), "deadline": deadline}
         gates.append(Gate(message_id=row.id, deadline=deadline, state=state))
-        notes.append(_note(row, awaiting_text(row, deadline), now))
+        text = awaiting_text(row, deadline)
+        notes.append(system_note(f"system-{row.id}-approval", text, row.timezone, now, False))
     return gates, notes
 
 
@@ -132,13 +139,4 @@ def plan_reject(
         runs=(run,), series=(row.series_id or row.id,),
         finished=(Finished(message_id=row.id, series_id=row.series_id,
                            outcome=RunOutcome.REJECTED, error=run.error),),
-    )  # fmt: skip
-
-
-def _note(row: InboundMessage, text: str, now: datetime) -> InboundMessage:
-    return InboundMessage(
-        id=f"system-{row.id}-approval", seq=0, kind=MessageKind.SYSTEM, created_at=fmt(now),
-        updated_at=fmt(now), status=MessageStatus.PENDING, process_after=fmt(now),
-        scheduled_for=fmt(now), recurrence=None, timezone=row.timezone, series_id=None,
-        tries=0, trigger=0, content={"text": text, "sender": "cronbox"},
     )  # fmt: skip

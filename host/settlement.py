@@ -248,11 +248,19 @@ def paused_note(row: InboundMessage, nxt: InboundMessage, now: datetime) -> Inbo
         f"Task {series} was paused: it {nxt.paused_reason}. Tell the user what went wrong; "
         "it runs again once resumed (resume_task, or `cronbox task resume` by the operator)."
     )
+    return system_note(f"system-{nxt.id}-paused", text, row.timezone, now)
+
+
+def system_note(
+    note_id: str, text: str, timezone: str, now: datetime, trigger: bool = True
+) -> InboundMessage:
+    """A note from cronbox to the agent, due now; without ``trigger`` it is context only
+    (it rides along when the agent next runs, and wakes no one)."""
     return InboundMessage(
-        id=f"system-{nxt.id}-paused", seq=0, kind=MessageKind.SYSTEM, created_at=fmt(now),
-        updated_at=fmt(now), status=MessageStatus.PENDING, process_after=fmt(now),
-        scheduled_for=fmt(now), recurrence=None, timezone=row.timezone, series_id=None,
-        tries=0, trigger=1, content={"text": text, "sender": "cronbox"},
+        id=note_id, seq=0, kind=MessageKind.SYSTEM, created_at=fmt(now), updated_at=fmt(now),
+        status=MessageStatus.PENDING, process_after=fmt(now), scheduled_for=fmt(now),
+        recurrence=None, timezone=timezone, series_id=None, tries=0, trigger=int(trigger),
+        content={"text": text, "sender": "cronbox"},
     )  # fmt: skip
 
 

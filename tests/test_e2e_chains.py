@@ -14,6 +14,7 @@ import pytest
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import MessageKind, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, SystemClock, fmt, parse_utc
+from host.config import Settings
 from host.service import Cronbox
 from host.store.records import Run
 from tests.cli_harness import as_json, cli_for, ok
@@ -28,6 +29,13 @@ KEY = "s3cret-key"
 @pytest.fixture(autouse=True)
 def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
+
+
+def hosted(tmp_path: Path, session: str, **overrides: Any) -> tuple[Settings, Cronbox, str]:
+    """Settings for a host on a fresh home, its service, and one session's id."""
+    settings = make_settings(tmp_path / "home", **overrides)
+    store = Cronbox.from_settings(settings)
+    return settings, store, store.create_session(session).id
 
 
 def finished_runs(store: Cronbox, task: str) -> list[Run]:
@@ -46,9 +54,7 @@ def reply_to(store: Cronbox, session_id: str, message_id: str) -> str:
 async def test_a_child_on_ok_runs_once_after_its_parent_and_one_on_error_never(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("chain").id
+    settings, store, session = hosted(tmp_path, "chain")
     cli = cli_for(settings.home)
     ok(cli("task", "schedule", "chain", "--id", "parent", "--prompt", "count the PRs",
            "--at", "now"))  # fmt: skip
@@ -77,9 +83,7 @@ async def test_a_child_on_ok_runs_once_after_its_parent_and_one_on_error_never(
 
 
 async def test_a_child_on_error_runs_after_a_failed_parent(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("chain").id
+    settings, store, session = hosted(tmp_path, "chain")
     store.schedule_task(session, {"taskId": "feed", "prompt": "read the feed",
                                   "processAfter": "now", "script": FAILING_GATE})  # fmt: skip
     store.schedule_task(session, {"taskId": "alarm", "prompt": "the feed failed",
@@ -97,9 +101,7 @@ async def test_a_child_on_error_runs_after_a_failed_parent(tmp_path: Path) -> No
 async def test_when_output_contains_fires_only_when_the_parents_output_holds_it(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("watch").id
+    settings, store, session = hosted(tmp_path, "watch")
     for name, prompt in (("calm", "all systems fine"), ("loud", "ALERT disk full")):
         store.schedule_task(session, {"taskId": name, "prompt": prompt, "processAfter": "now"})
         page = {"taskId": f"page-{name}", "prompt": "page: {{parent.output}}", "afterTask": name,
@@ -115,9 +117,7 @@ async def test_when_output_contains_fires_only_when_the_parents_output_holds_it(
 async def test_a_child_of_a_recurring_parent_runs_once_per_parent_occurrence(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("loop").id
+    settings, store, session = hosted(tmp_path, "loop")
     store.schedule_task(session, {"taskId": "tick", "prompt": "tick", "recurrence": "@every 1s",
                                   "processAfter": "now"})  # fmt: skip
     store.schedule_task(session, {"taskId": "tock", "prompt": "tock", "afterTask": "tick"})
@@ -166,9 +166,7 @@ async def test_cancelling_a_parent_asks_or_needs_with_children(tmp_path: Path) -
 async def test_an_approval_task_waits_runs_after_approve_and_is_rejected_after_reject(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("ops").id
+    settings, store, session = hosted(tmp_path, "ops")
     cli = cli_for(settings.home)
     for name in ("deploy", "wipe"):
         ok(cli("task", "schedule", "ops", "--id", name, "--prompt", f"{name} prod",
@@ -223,9 +221,7 @@ async def test_an_unanswered_approval_applies_on_timeout_by_the_injected_clock(
 async def test_approve_and_reject_over_http_need_the_api_key_and_health_counts_waiting(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home", api_key=KEY)
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("ops").id
+    settings, store, session = hosted(tmp_path, "ops", api_key=KEY)
     store.schedule_task(session, {"taskId": "ship", "prompt": "ship it", "processAfter": "now",
                                   "approval": True})  # fmt: skip
     sock = ephemeral_socket()
@@ -277,9 +273,7 @@ async def test_an_awaiting_occurrence_is_announced_on_the_webhook(tmp_path: Path
 async def test_an_agent_action_that_tries_to_approve_is_rejected_and_audited(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path / "home")
-    store = Cronbox.from_settings(settings)
-    session = store.create_session("ops").id
+    settings, store, session = hosted(tmp_path, "ops")
     store.schedule_task(session, {"taskId": "ship", "prompt": "ship", "processAfter": "now",
                                   "approval": True})  # fmt: skip
     directory = store.session_dir(session)
