@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import TypeVar
 
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.models import RunOutcome
@@ -57,28 +58,27 @@ class OnTimeout(StrEnum):
 
 def check_outcome(value: str | None) -> AfterOutcome:
     """``--on`` / ``afterOutcome``: ok (the default), error or any."""
-    if value is None:
-        return AfterOutcome.OK
-    try:
-        return AfterOutcome(value.strip().lower())
-    except ValueError:
-        raise InvalidInput(
-            f'afterOutcome "{value[:40]}" is not one of ok, error, any; say which outcomes '
-            "of the parent run this task"
-        ) from None
+    return _choice(AfterOutcome, value, AfterOutcome.OK,
+                   "afterOutcome", "say which outcomes of the parent run this task")  # fmt: skip
 
 
 def check_on_timeout(value: str | None) -> OnTimeout:
     """``--on-timeout`` / ``onTimeout``: reject (the default) or approve."""
+    return _choice(OnTimeout, value, OnTimeout.REJECT,
+                   "onTimeout", "say what an unanswered approval becomes")  # fmt: skip
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(kind: type[_E], value: str | None, default: _E, field: str, fix: str) -> _E:
     if value is None:
-        return OnTimeout.REJECT
+        return default
     try:
-        return OnTimeout(value.strip().lower())
+        return kind(value.strip().lower())
     except ValueError:
-        raise InvalidInput(
-            f'onTimeout "{value[:40]}" is not reject or approve; say what an unanswered '
-            "approval becomes"
-        ) from None
+        names = ", ".join(m.value for m in kind)
+        raise InvalidInput(f'{field} "{value[:40]}" is not one of {names}; {fix}') from None
 
 
 def check_when_output(value: str | None) -> str | None:
