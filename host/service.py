@@ -1070,8 +1070,6 @@ class Cronbox:
         lose nor double a child), and due approval-gated occurrences start waiting.
         """
 
-        webhook = bool(self.central.session(session_id).webhook_url)
-
         def apply(tx: InboxTransaction, done: _Work) -> SettlementPlan:
             plan = plan_of(tx)
             tx.apply(plan.changes)
@@ -1088,7 +1086,7 @@ class Cronbox:
                 plan = _merged(plan, caught_up)
             plan = _merged(plan, self._expire_approvals(tx, done, now, session_id))
             chained = self._fire_children(tx, plan, now)
-            gated = self._gate_due(tx, now, webhook)
+            gated = self._gate_due(tx, now, session_id)
             if gated:
                 plan = plan.model_copy(update={"gated": tuple(gated)})
             done.series = [*plan.series, *chained, *map(series_of, gated)]
@@ -1168,12 +1166,15 @@ class Cronbox:
             return False
         return not tx.pending_manual_runs(series) and not tx.awaiting(series)
 
-    def _gate_due(self, tx: InboxTransaction, now: datetime, webhook: bool) -> list[str]:
+    def _gate_due(self, tx: InboxTransaction, now: datetime, session_id: str) -> list[str]:
         """Turn due approval-gated occurrences into ``awaiting_approval``, with a note to
         the session and, when it has a webhook, the same note queued for it (recorded
         under the note's seq negated; the delivery sends and retries it like a reply).
         Returns the gated occurrences."""
         gates, notes = plan_gate(tx.gated_due(fmt(now)), now)
+        if not gates:
+            return []
+        webhook = bool(self.central.session(session_id).webhook_url)
         at = fmt(now)
         for gate in gates:
             tx.update(gate.message_id, status=MessageStatus.AWAITING_APPROVAL.value,

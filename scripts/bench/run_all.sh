@@ -34,3 +34,6 @@ echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, besi
 echo
 echo "== fault injection: what one hostile session costs the others (issue 14) =="
 "$python" "$here/faults.py"
+echo
+echo "== chains and approval gates: settling a parent, gating, approving, beside a plain settlement =="
+"$python" "$here/chain_settle.py"
