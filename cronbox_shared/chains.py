@@ -84,8 +84,9 @@ def _choice(kind: type[_E], value: str | None, default: _E, field: str, fix: str
 def check_when_output(value: str | None) -> str | None:
     """A ``whenOutput`` condition, checked: ``contains:TEXT`` or ``regex:PATTERN``.
 
-    A pattern must compile, be at most 200 characters, and neither nest repetition
-    (``(a+)+``) nor refer back to a group, so matching it stays cheap.
+    A pattern must compile, be at most 200 characters, and neither repeat a group that
+    repeats or holds alternatives (``(a+)+``, ``(a|aa)*``) nor refer back to a group, so
+    matching it stays cheap.
     """
     if value is None or not value.strip():
         return None
@@ -111,8 +112,9 @@ def check_when_output(value: str | None) -> str | None:
             raise InvalidInput("whenOutput regex is nested too deeply; simplify it") from None
         if _NESTED.search(text) or _BACKREF.search(text):
             raise InvalidInput(
-                f'whenOutput regex "{text[:60]}" repeats a group that itself repeats or '
-                "refers back to a group, which can take very long to match; simplify it"
+                f'whenOutput regex "{text[:60]}" repeats a group that itself repeats or holds '
+                "alternatives, or refers back to a group, which can take very long to match; "
+                "simplify it (a character class such as [ab]* repeats safely)"
             )
     return value
 
