@@ -160,6 +160,23 @@ async def test_cancelling_a_parent_asks_or_needs_with_children(tmp_path: Path) -
     assert done == {"p": "cancelled", "k": "cancelled"}
 
 
+async def test_cancelling_a_parent_at_a_terminal_asks_about_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = cli_for(tmp_path / "home")
+    ok(cli("session", "create", "c"))
+    ok(cli("task", "schedule", "c", "--id", "p", "--prompt", "p", "--at", "+1h"))
+    ok(cli("task", "schedule", "c", "--id", "k", "--prompt", "k", "--after", "p"))
+    monkeypatch.setattr("host.cli.interactive", lambda: True)
+    declined = cli("task", "cancel", "p", input="n\n")
+    assert declined.exit_code != 0
+    assert "Cancel them too?" in declined.output
+    assert "task p was not cancelled" in declined.stderr
+    ok(cli("task", "cancel", "p", input="y\n"))
+    done = {t["series_id"]: t["status"] for t in as_json(cli("task", "list", "--all", "--json"))}
+    assert done == {"p": "cancelled", "k": "cancelled"}
+
+
 # --- approval gates ------------------------------------------------------------------------
 
 
