@@ -220,7 +220,7 @@ async def test_an_unanswered_approval_applies_on_timeout_by_the_injected_clock(
     store = Cronbox.from_settings(settings, clock=clock)
     session = store.create_session("ops").id
     store.schedule_task(session, {"taskId": "nightly", "prompt": "rotate keys",
-                                  "recurrence": "0 3 * * *", "processAfter": fmt(clock.now()),
+                                  "recurrence": "@every 1d", "processAfter": fmt(clock.now()),
                                   "approval": True, "approvalTimeout": "1h"})  # fmt: skip
     async with running_host(settings, clock=clock) as sweeper:
         await wait_for(lambda: store.awaiting_count() == 1)
