@@ -189,7 +189,7 @@ async def run_host(
             max_attempts=settings.delivery_attempts,
         )
         delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
-        gateways = Gateways(lambda: clock.now().date())
+        gateways = Gateways(store, writer)
         sweeper = Sweeper(
             store,
             runtime,

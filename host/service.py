@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -87,7 +87,17 @@ from host.settlement import (
 from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, SessionFiles
 from host.store.central import SqliteCentral
 from host.store.files import SqliteSessionFiles
-from host.store.records import AuditEntry, Lease, LogEntry, Run, RunRecord, Session, TaskView
+from host.store.records import (
+    AuditEntry,
+    ChargedRun,
+    Lease,
+    LogEntry,
+    Run,
+    RunRecord,
+    Session,
+    TaskView,
+    TokenCount,
+)
 
 T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
@@ -872,6 +882,35 @@ class Cronbox:
         """Past runs of a task series, newest first."""
         session, series = self._locate(ref, None)
         return self.central.runs(session, series, limit)
+
+    # --- model tokens (the gateway's counts) --------------------------------------------
+
+    def charge_tokens(self, session_id: str, row_ids: Sequence[str], tokens: TokenCount) -> None:
+        """Record one model call of a session: its tokens count towards the session's day
+        (UTC) and are shared out over the runs of ``row_ids``, the rows the runner said the
+        call was for. Only the session's own rows still in work are charged, so a runner
+        can move tokens between its own runs at most, never change what its session used.
+        """
+        rows = [self.files.get(session_id, i) for i in dict.fromkeys(row_ids)]
+        working = [r for r in rows if r is not None and r.status is MessageStatus.PENDING]
+        charged = [
+            ChargedRun(message_id=row.id, series_id=row.series_id,
+                       scheduled_for=row.scheduled_for or row.process_after, tokens=share)
+            for row, share in zip(working, tokens.shares(len(working)), strict=True)
+        ]  # fmt: skip
+        self.central.record_tokens(session_id, self._today(), tokens, charged)
+
+    def tokens_today(self, session_id: str) -> TokenCount:
+        """The tokens the session's model calls used today (UTC)."""
+        return self.central.tokens_on(self._today(), session_id).get(session_id, TokenCount())
+
+    def token_use_today(self) -> list[tuple[Session, TokenCount]]:
+        """Every session, oldest first, with the tokens it used today (UTC)."""
+        used = self.central.tokens_on(self._today())
+        return [(s, used.get(s.id, TokenCount())) for s in self.list_sessions()]
+
+    def _today(self) -> str:
+        return self.now().astimezone(UTC).date().isoformat()
 
     # --- the conversation --------------------------------------------------------------
 

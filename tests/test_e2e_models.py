@@ -211,7 +211,11 @@ async def test_the_runner_holds_no_key_and_its_gate_scripts_never_see_it(tmp_pat
             assert KEY.encode() not in path.read_bytes(), path
 
 
-async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: Path) -> None:
+async def test_the_daily_token_budget_stops_a_session_across_a_host_restart(
+    tmp_path: Path,
+) -> None:
+    """The gateway's counts are stored: a host started after the budget was used up
+    still refuses the session's next model call, and the run fails saying why."""
     home = tmp_path / "home"
     with fake_model([Turn(text="first", input_tokens=30, output_tokens=10)]) as fake:
         write_profile(home, "anthropic", fake.base, daily_token_budget=25)
@@ -220,15 +224,19 @@ async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: 
         session = store.create_session("budget", agent="model")
         first = store.schedule_task(session.id, {"prompt": "a", "recurrence": WEEKDAYS_AT_9})
         second = store.schedule_task(session.id, {"prompt": "b", "recurrence": WEEKDAYS_AT_9})
-        async with running_host(settings) as sweeper:
+        async with running_host(settings):
             store.run_now(first.id)
-            assert (await wait_for(lambda: finished_run(store, first.id))).outcome is RunOutcome.OK
+            spent = await wait_for(lambda: finished_run(store, first.id), LOOP_GUARD)
+        async with running_host(settings):
             store.run_now(second.id)
             refused = await wait_for(lambda: finished_run(store, second.id), LOOP_GUARD)
-            assert sweeper.gateways is not None
-            assert sweeper.gateways.tokens_today(session.id) == 40
+    assert spent.outcome is RunOutcome.OK
+    assert (spent.input_tokens, spent.output_tokens) == (30, 10)  # the gateway's count
+    assert store.tokens_today(session.id).total == 40
     assert refused.outcome is RunOutcome.ERROR
     assert refused.error == (
-        "the model API answered 403: the session's daily token budget of 25 tokens is used up"
+        "the session's daily token budget of 25 tokens is used up (40 used today, UTC); "
+        "raise daily_token_budget in agents.toml or wait for tomorrow"
     )
+    assert (refused.input_tokens, refused.output_tokens) == (0, 0)
     assert len(fake.requests) == 1  # the refused call never reached the vendor

@@ -19,6 +19,7 @@ from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
 from host.store.records import (
     AuditEntry,
+    ChargedRun,
     JobRecord,
     Lease,
     Run,
@@ -26,6 +27,7 @@ from host.store.records import (
     Session,
     SessionView,
     TaskView,
+    TokenCount,
 )
 
 
@@ -147,6 +149,18 @@ class CentralRepository(Protocol):
 
     def run(self, run_id: int) -> Run | None:
         """One run by its id."""
+        ...
+
+    def record_tokens(
+        self, session_id: str, day: str, tokens: TokenCount, charged: Sequence[ChargedRun]
+    ) -> None:
+        """Add one model call's ``tokens`` to the session's total for ``day`` (UTC,
+        ``YYYY-MM-DD``) and each run's share to its run (inserted if it has no row yet)."""
+        ...
+
+    def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
+        """The tokens each session (or only ``session_id``) used on ``day``, by id; a
+        session that used none is left out."""
         ...
 
     def job_states(self) -> list[JobRecord]:
