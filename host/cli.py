@@ -101,7 +101,16 @@ from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
-from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
+from host.views import (
+    HistoryOut,
+    JobOut,
+    MessageOut,
+    RunOut,
+    RunOutput,
+    RunQueued,
+    TaskOut,
+    iso_local,
+)
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -1510,6 +1519,7 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
             Column("late", min_width=7),
             Column("duration", min_width=7),
             Column("outcome", no_wrap=True),
+            Column("tokens in/out", no_wrap=True, justify="right"),
             Column("preview", min_width=8, overflow="ellipsis"),
         ]
         table = Table(*(c for c in columns if c.header not in dropped))
@@ -1521,31 +1531,48 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
                 "late": "backfill" if is_backfill(run.message_id) else span_cell(_lateness(run)),
                 "duration": span_cell(_duration(run)),
                 "outcome": outcome_word(run.outcome),
+                "tokens in/out": tokens_cell(run.input_tokens, run.output_tokens),
                 "preview": one_line(run.error or run.output_preview, 80),
             }
             table.add_row(*(Text(v) for k, v in cells.items() if k not in dropped))
         return table
 
-    return fit_columns(console, build, ("preview", "scheduled for", "duration", "started"))
+    return fit_columns(
+        console, build, ("preview", "scheduled for", "duration", "started", "tokens in/out")
+    )
+
+
+def tokens_cell(input_tokens: int, output_tokens: int) -> str:
+    """``1,204 / 310``; a dash for a run that made no model call through the gateway."""
+    if not input_tokens and not output_tokens:
+        return NOTHING
+    return f"{input_tokens:,} / {output_tokens:,}"
 
 
 @task_app.command("history")
 def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome.
+    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome,
+    model tokens in and out (as the host's model gateway counted them), and their total.
 
     `cronbox task output RUN` prints the whole output of one of them.
     """
     store = open_store(home)
     view = store.get_task(task)
     runs = store.runs_for(view.series_id)
+    tokens = store.series_tokens(view.series_id)
     if as_json:
-        print_json([run_json(r) for r in runs])
+        print_json(HistoryOut.of(view.series_id, runs, tokens).model_dump(mode="json"))
         return
     console = stdout_console()
     if not runs:
         console.print(Text(f"task {view.series_id} has not run yet"))
         return
     console.print(render_history(runs, zone(view.timezone), store.now(), console))
+    if tokens.total:
+        console.print(
+            Text(f"model tokens, all runs: {tokens.input_tokens:,} in, "
+                 f"{tokens.output_tokens:,} out")
+        )  # fmt: skip
 
 
 @task_app.command("backfill")

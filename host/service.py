@@ -900,6 +900,11 @@ class Cronbox:
         ]  # fmt: skip
         self.central.record_tokens(session_id, self._today(), tokens, charged)
 
+    def series_tokens(self, ref: str) -> TokenCount:
+        """The tokens a task's recorded runs used, added up."""
+        session, series = self._locate(ref, None)
+        return self.central.series_tokens(session, series)
+
     def tokens_today(self, session_id: str) -> TokenCount:
         """The tokens the session's model calls used today (UTC)."""
         return self.central.tokens_on(self._today(), session_id).get(session_id, TokenCount())

@@ -6,6 +6,7 @@ OpenAPI document is generated from them), so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -16,7 +17,7 @@ from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutc
 from cronbox_shared.timeutil import Instant, fmt, parse_utc, zone
 from host.service import describe_recurrence
 from host.settlement import is_backfill
-from host.store.records import Run, TaskView
+from host.store.records import Run, TaskView, TokenCount
 
 # Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
 # winter) keeps its "+00:00": it is a local time that happens to equal UTC.
@@ -83,6 +84,23 @@ class RunOut(Run):
         if run.started_at is not None and run.finished_at is not None:
             took = (parse_utc(run.finished_at) - parse_utc(run.started_at)).total_seconds()
         return cls(**run.model_dump(), duration_seconds=took, backfill=is_backfill(run.message_id))
+
+
+class HistoryOut(Record):
+    """A task's past runs, newest first, and the model tokens all its recorded runs used
+    (``task history``; ``/api/tasks/{id}/history``)."""
+
+    series_id: str
+    runs: list[RunOut]
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, series_id: str, runs: Sequence[Run], tokens: TokenCount) -> HistoryOut:
+        return cls(
+            series_id=series_id, runs=[RunOut.of(r) for r in runs],
+            input_tokens=tokens.input_tokens, output_tokens=tokens.output_tokens,
+        )  # fmt: skip
 
 
 class RunOutput(RunOut):

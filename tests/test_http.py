@@ -196,7 +196,9 @@ async def test_reads_return_exactly_what_the_cli_prints_with_json(host: Host) ->
     [daily] = [t for t in cli_json(home, "task", "list") if t["id"] == "daily"]
     assert (await host.call("GET", "/api/tasks/daily")).json() == daily
     runs = (await host.call("GET", "/api/tasks/once/runs")).json()
-    assert runs == cli_json(home, "task", "history", "once")
+    history = (await host.call("GET", "/api/tasks/once/history")).json()
+    assert history == cli_json(home, "task", "history", "once")
+    assert runs == history["runs"]
     assert [r["outcome"] for r in runs] == [RunOutcome.OK.value]
     log = await host.call("GET", "/api/sessions/alpha/log", params={"limit": 20})
     assert log.json() == cli_json(home, "log", "alpha")

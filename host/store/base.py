@@ -158,6 +158,10 @@ class CentralRepository(Protocol):
         ``YYYY-MM-DD``) and each run's share to its run (inserted if it has no row yet)."""
         ...
 
+    def series_tokens(self, session_id: str, series_id: str) -> TokenCount:
+        """The tokens of every run of a series still recorded, added up."""
+        ...
+
     def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
         """The tokens each session (or only ``session_id``) used on ``day``, by id; a
         session that used none is left out."""

@@ -608,6 +608,16 @@ class SqliteCentral:
                      run.tokens.input_tokens, run.tokens.output_tokens],
                 )  # fmt: skip
 
+    def series_tokens(self, session_id: str, series_id: str) -> TokenCount:
+        """The tokens every recorded run of a series used, added up."""
+        with self._open() as db:
+            row = db.execute(
+                "SELECT coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0) "
+                "FROM runs WHERE session_id = ? AND series_id = ?",
+                [session_id, series_id],
+            ).fetchone()
+        return TokenCount(input_tokens=row[0], output_tokens=row[1])
+
     def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
         """Tokens each session (or just ``session_id``) used on ``day``, by session id."""
         where, args = "day = ?", [day]
