@@ -1824,7 +1824,7 @@ def run(
 
 @app.command("status")
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show the pool, live runners, due counts and the next wake-up."""
+    """Show the pool, live runners, due counts, the next wake-up and today's model tokens."""
     from host.daemon import host_status
 
     store = open_store(home)
@@ -1871,6 +1871,19 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         )
     for found in report.get("stale", []):
         console.print(Text(f"stale: {found['reason']}", style="yellow"), soft_wrap=True)
+    used = report["tokens_today"]
+    console.print(
+        Text(f"model tokens today ({used['day']}, UTC): {used['input_tokens']:,} in, "
+             f"{used['output_tokens']:,} out")
+    )  # fmt: skip
+    if used["sessions"]:
+        tokens = Table("session", "tokens in", "tokens out", "daily budget")
+        for row in used["sessions"]:
+            budget = row["daily_token_budget"]
+            cells = (row["session"], f"{row['input_tokens']:,}", f"{row['output_tokens']:,}",
+                     f"{budget:,}" if budget is not None else NOTHING)  # fmt: skip
+            tokens.add_row(*(Text(c) for c in cells))
+        console.print(tokens)
     if report["live"]:
         table = Table("session", "runner", "started", "busy")
         for runner in report["live"]:

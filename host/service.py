@@ -898,7 +898,7 @@ class Cronbox:
                        scheduled_for=row.scheduled_for or row.process_after, tokens=share)
             for row, share in zip(working, tokens.shares(len(working)), strict=True)
         ]  # fmt: skip
-        self.central.record_tokens(session_id, self._today(), tokens, charged)
+        self.central.record_tokens(session_id, self.token_day(), tokens, charged)
 
     def series_tokens(self, ref: str) -> TokenCount:
         """The tokens a task's recorded runs used, added up."""
@@ -907,14 +907,15 @@ class Cronbox:
 
     def tokens_today(self, session_id: str) -> TokenCount:
         """The tokens the session's model calls used today (UTC)."""
-        return self.central.tokens_on(self._today(), session_id).get(session_id, TokenCount())
+        return self.central.tokens_on(self.token_day(), session_id).get(session_id, TokenCount())
 
     def token_use_today(self) -> list[tuple[Session, TokenCount]]:
         """Every session, oldest first, with the tokens it used today (UTC)."""
-        used = self.central.tokens_on(self._today())
+        used = self.central.tokens_on(self.token_day())
         return [(s, used.get(s.id, TokenCount())) for s in self.list_sessions()]
 
-    def _today(self) -> str:
+    def token_day(self) -> str:
+        """Today as token budgets count days: the UTC date, ``YYYY-MM-DD``."""
         return self.now().astimezone(UTC).date().isoformat()
 
     # --- the conversation --------------------------------------------------------------
