@@ -308,3 +308,6 @@ async def test_the_daily_token_budget_stops_a_session_across_a_host_restart(
     )
     assert (refused.input_tokens, refused.output_tokens) == (0, 0)
     assert len(fake.requests) == 1  # the refused call never reached the vendor
+    [used] = as_json(cli_for(home)("status", "--json"))["tokens_today"]["sessions"]
+    assert (used["session"], used["input_tokens"], used["output_tokens"]) == ("budget", 30, 10)
+    assert used["daily_token_budget"] == 25

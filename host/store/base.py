@@ -184,7 +184,8 @@ class CentralRepository(Protocol):
         ...
 
     def prune_runs(self, before: Instant) -> int:
-        """Delete runs that finished before ``before``; how many."""
+        """Delete runs that finished before ``before`` and the daily token counts of the
+        days before its day; how many runs."""
         ...
 
     def prune_audit(self, before: Instant) -> int:

@@ -685,8 +685,10 @@ class SqliteCentral:
             ).rowcount
 
     def prune_runs(self, before: Instant) -> int:
-        """Delete runs that finished before ``before``."""
+        """Delete runs that finished before ``before``, and the daily token counts of the
+        days before its day (no budget counts them any more); how many runs."""
         with self._open() as db, db.atomic():
+            db.execute("DELETE FROM token_usage WHERE day < ?", [before[:10]])
             return db.execute("DELETE FROM runs WHERE finished_at < ?", [before]).rowcount
 
     def prune_audit(self, before: Instant) -> int:
