@@ -138,7 +138,10 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
     offered = {t.get("name") or t["function"]["name"] for t in fake.requests[0]["tools"]}
     assert offered >= {"schedule_task", "list_tasks", "cancel_task"}
     # What each run cost, as the gateway counted it: the chat took two calls of 11/7.
-    assert (chat_run.input_tokens, chat_run.output_tokens) == (22, 14)
+    assert (chat_run.input_tokens, chat_run.output_tokens) == (22, 14), (
+        "no tokens charged to the run: is the agent image older than the runner that names "
+        "its rows to the gateway? `cronbox image build`"
+    )
     cli = cli_for(home)
     history = as_json(cli("task", "history", task.id, "--json"))
     assert [(r["input_tokens"], r["output_tokens"]) for r in history["runs"]] == [(40, 9)]
