@@ -15,12 +15,11 @@ from typing import Any
 import anyio
 import pytest
 
-from cronbox_shared.errors import OutboxUnreadable
 from cronbox_shared.models import RunOutcome
 from host.service import Cronbox
 from tests.cli_harness import as_json, cli_for, ok
 from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
-from tests.hosting import make_settings, running_host, wait_for
+from tests.hosting import make_settings, running_host, unless_locked, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -63,15 +62,8 @@ def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     (home / "agents.toml").write_text("\n".join(lines) + "\n")
 
 
-def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
-    """The replies so far; none yet while the runner holds its outbox's lock (the host's
-    untrusted read waits only briefly for it, and the poll asks again)."""
-    try:
-        return store.replies(session_id, message_id)
-    except OutboxUnreadable as exc:
-        if "locked" not in str(exc):
-            raise
-        return []
+def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str] | None:
+    return unless_locked(lambda: store.replies(session_id, message_id))
 
 
 def tool_results(fake: FakeModel, request: int) -> list[str]:
