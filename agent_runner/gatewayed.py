@@ -9,10 +9,12 @@ directory (``/proc/self/fd/N/model.sock``), however deep the session directory l
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx2
 
+from cronbox_shared.sessiondb import GATEWAY_ERROR_TYPE, GATEWAY_ROWS_HEADER
 from cronbox_shared.settings import RunnerSettings
 
 GATEWAY_URL = "http://model-gateway"
@@ -28,3 +30,16 @@ def gateway_transport(settings: RunnerSettings) -> httpx2.AsyncHTTPTransport | N
     # Kept open for the process's life: the runner exits when idle.
     fd = os.open(path.parent, os.O_RDONLY)
     return httpx2.AsyncHTTPTransport(uds=f"/proc/self/fd/{fd}/{path.name}")
+
+
+def rows_header(row_ids: Sequence[str]) -> dict[str, str]:
+    """The header that names the rows a model call is for (the gateway charges them)."""
+    return {GATEWAY_ROWS_HEADER: ",".join(row_ids)} if row_ids else {}
+
+
+def refusal(error: object) -> str | None:
+    """The gateway's own reason when it refused the call (a budget used up), else None."""
+    if isinstance(error, dict) and error.get("type") == GATEWAY_ERROR_TYPE:
+        message = error.get("message")
+        return str(message) if message else None
+    return None

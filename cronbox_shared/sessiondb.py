@@ -46,6 +46,11 @@ WORKSPACE = "workspace"
 GATEWAY = "gateway"
 """The directory of the session's model gateway socket (host/gateway.py)."""
 GATEWAY_SOCKET = "model.sock"
+GATEWAY_ROWS_HEADER = "x-cronbox-rows"
+"""The header a runner names the inbox rows of a model call in (comma-separated ids):
+the gateway charges the call's tokens to their runs. Never forwarded to the vendor."""
+GATEWAY_ERROR_TYPE = "gateway_error"
+"""The ``error.type`` of a call the gateway refused itself (its message is the reason)."""
 # Paths relative to a session directory.
 INBOUND = f"{INBOX}/inbound.db"
 OUTBOUND = f"{OUTBOX}/outbound.db"

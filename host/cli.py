@@ -103,7 +103,16 @@ from host.logs import JsonFormatter, LogFormat
 from host.service import Cronbox, describe_recurrence
 from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
-from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
+from host.views import (
+    HistoryOut,
+    JobOut,
+    MessageOut,
+    RunOut,
+    RunOutput,
+    RunQueued,
+    TaskOut,
+    iso_local,
+)
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -1638,6 +1647,7 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
             Column("late", min_width=7),
             Column("duration", min_width=7),
             Column("outcome", no_wrap=True),
+            Column("tokens in/out", no_wrap=True, justify="right"),
             Column("preview", min_width=8, overflow="ellipsis"),
         ]
         if any(r.decision for r in runs):
@@ -1652,6 +1662,7 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
                 "duration": span_cell(_duration(run)),
                 "outcome": outcome_word(run.outcome),
                 "decision": decision_cell(run, tz, now),
+                "tokens in/out": tokens_cell(run.input_tokens, run.output_tokens),
                 "preview": one_line(run.error or run.output_preview, 80),
             }
             if not any(r.decision for r in runs):
@@ -1659,7 +1670,16 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
             table.add_row(*(Text(v) for k, v in cells.items() if k not in dropped))
         return table
 
-    return fit_columns(console, build, ("preview", "scheduled for", "duration", "started"))
+    return fit_columns(
+        console, build, ("preview", "scheduled for", "duration", "started", "tokens in/out")
+    )
+
+
+def tokens_cell(input_tokens: int, output_tokens: int) -> str:
+    """``1,204 / 310``; a dash for a run that made no model call through the gateway."""
+    if not input_tokens and not output_tokens:
+        return NOTHING
+    return f"{input_tokens:,} / {output_tokens:,}"
 
 
 def decision_cell(run: Run, tz: ZoneInfo, now: datetime) -> str:
@@ -1672,21 +1692,28 @@ def decision_cell(run: Run, tz: ZoneInfo, now: datetime) -> str:
 
 @task_app.command("history")
 def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome.
+    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome,
+    model tokens in and out (as the host's model gateway counted them), and their total.
 
     `cronbox task output RUN` prints the whole output of one of them.
     """
     store = open_store(home)
     view = store.get_task(task)
     runs = store.runs_for(view.series_id)
+    tokens = store.series_tokens(view.series_id)
     if as_json:
-        print_json([run_json(r) for r in runs])
+        print_json(HistoryOut.of(view.series_id, runs, tokens).model_dump(mode="json"))
         return
     console = stdout_console()
     if not runs:
         console.print(Text(f"task {view.series_id} has not run yet"))
         return
     console.print(render_history(runs, zone(view.timezone), store.now(), console))
+    if tokens.total:
+        console.print(
+            Text(f"model tokens, all runs: {tokens.input_tokens:,} in, "
+                 f"{tokens.output_tokens:,} out")
+        )  # fmt: skip
 
 
 @task_app.command("backfill")
@@ -1952,7 +1979,7 @@ def run(
 
 @app.command("status")
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show the pool, live runners, due counts and the next wake-up."""
+    """Show the pool, live runners, due counts, the next wake-up and today's model tokens."""
     from host.daemon import host_status
 
     store = open_store(home)
@@ -2000,6 +2027,19 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         )
     for found in report.get("stale", []):
         console.print(Text(f"stale: {found['reason']}", style="yellow"), soft_wrap=True)
+    used = report["tokens_today"]
+    console.print(
+        Text(f"model tokens today ({used['day']}, UTC): {used['input_tokens']:,} in, "
+             f"{used['output_tokens']:,} out")
+    )  # fmt: skip
+    if used["sessions"]:
+        tokens = Table("session", "tokens in", "tokens out", "daily budget")
+        for row in used["sessions"]:
+            budget = row["daily_token_budget"]
+            cells = (row["session"], f"{row['input_tokens']:,}", f"{row['output_tokens']:,}",
+                     f"{budget:,}" if budget is not None else NOTHING)  # fmt: skip
+            tokens.add_row(*(Text(c) for c in cells))
+        console.print(tokens)
     if report["live"]:
         table = Table("session", "runner", "started", "busy")
         for runner in report["live"]:

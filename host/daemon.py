@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from cronbox_shared.errors import HostAlreadyRunning
+from cronbox_shared.errors import AgentConfigError, HostAlreadyRunning
 from cronbox_shared.policies import parse_quiet, quiet_end
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
@@ -41,6 +41,7 @@ from host.runtimes import Runtime, get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
+from host.views import TokensTodayOut
 from host.webhook import WebhookChannel
 from host.writer import Writer
 
@@ -189,7 +190,7 @@ async def run_host(
             max_attempts=settings.delivery_attempts,
         )
         delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
-        gateways = Gateways(lambda: clock.now().date())
+        gateways = Gateways(store, writer)
         sweeper = Sweeper(
             store,
             runtime,
@@ -339,6 +340,11 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         published = None
     now = store.now()
     nxt = store.next_wake()
+    try:
+        budgets = {name: p.daily_token_budget for name, p in store.agent_profiles().items()}
+    except AgentConfigError:
+        budgets = {}  # the host reports the file; the counts are still worth showing
+    tokens = TokensTodayOut.of(store.token_day(), store.token_use_today(), budgets)
     return {
         "host": published
         and {
@@ -363,6 +369,7 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
              "until": _quiet_until(s.quiet, s.timezone, now)}
             for s in store.list_sessions() if s.quiet
         ],
+        "tokens_today": tokens.model_dump(mode="json"),
     }  # fmt: skip
 
 

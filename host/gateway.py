@@ -6,6 +6,12 @@ client talks to that socket; the gateway adds the key from the profile's
 ``api_key_env``, forwards the call to the profile's ``base_url`` only, caps the request
 size, counts the tokens the vendor reports (figures the runner cannot forge) and refuses
 calls once the session has used its ``daily_token_budget`` for the day (UTC).
+
+The counts are written to ``cronbox.db`` (through the host's one writer) before the
+answer goes back to the runner: the session's day total, which the budget is checked
+against, so a restarted host still knows what was spent; and each run's share, for the
+rows the runner names in the ``x-cronbox-rows`` header (see
+:meth:`~host.service.Cronbox.charge_tokens` for why that header cannot be abused).
 """
 
 from __future__ import annotations
@@ -16,10 +22,8 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -31,7 +35,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cronbox_shared.agents import AgentProfile
-from cronbox_shared.sessiondb import GATEWAY, GATEWAY_SOCKET
+from cronbox_shared.sessiondb import (
+    GATEWAY,
+    GATEWAY_ERROR_TYPE,
+    GATEWAY_ROWS_HEADER,
+    GATEWAY_SOCKET,
+)
+from host.store.records import TokenCount
+from host.writer import Writer, read
+
+if TYPE_CHECKING:
+    from host.service import Cronbox
 
 log = logging.getLogger("cronbox.gateway")
 
@@ -41,6 +55,9 @@ VENDOR_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.
 ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
 PASSED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta")
 UPSTREAM_TIMEOUT = 600.0
+MAX_ROWS = 64
+"""Rows one call may be charged to (a batch is far smaller); the rest are ignored."""
+MAX_ROW_ID = 200
 
 Resolve = Callable[[], tuple[AgentProfile, str | None]]
 """The session's current profile and key (read again for every call)."""
@@ -48,23 +65,39 @@ Resolve = Callable[[], tuple[AgentProfile, str | None]]
 
 def gateway_error(status: int, message: str) -> Response:
     """An error both SDKs read: ``{"error": {"message": ...}}``."""
-    body = {"type": "error", "error": {"type": "gateway_error", "message": message}}
+    body = {"type": "error", "error": {"type": GATEWAY_ERROR_TYPE, "message": message}}
     return JSONResponse(body, status_code=status)
 
 
-def usage_of(provider: str, body: bytes) -> tuple[int, int]:
-    """Input and output tokens a vendor's JSON response reports (0, 0 when none)."""
+def usage_of(provider: str, body: bytes) -> TokenCount:
+    """Input and output tokens a vendor's JSON response reports (none when it reports none)."""
     try:
         data = json.loads(body)
     except ValueError:
-        return 0, 0
+        return TokenCount()
     usage = data.get("usage") if isinstance(data, dict) else None
     if not isinstance(usage, dict):
-        return 0, 0
+        return TokenCount()
     keys = ("prompt_tokens", "completion_tokens") if provider == "openai" else (
         "input_tokens", "output_tokens")  # fmt: skip
     counts = [usage.get(k) for k in keys]
-    return tuple(c if isinstance(c, int) and c >= 0 else 0 for c in counts)  # type: ignore[return-value]
+    valid = [c if isinstance(c, int) and not isinstance(c, bool) and c >= 0 else 0 for c in counts]
+    return TokenCount(input_tokens=valid[0], output_tokens=valid[1])
+
+
+def charged_rows(header: str | None) -> list[str]:
+    """The row ids a runner named for a call (untrusted: capped in number and length)."""
+    ids = [part.strip() for part in (header or "").split(",")]
+    return [i for i in ids if 0 < len(i) <= MAX_ROW_ID][:MAX_ROWS]
+
+
+def budget_refusal(budget: int, used: TokenCount) -> str:
+    """Why a call is refused once the session's daily budget is used up."""
+    return (
+        f"the session's daily token budget of {budget} tokens is used up "
+        f"({used.total} used today, UTC); raise daily_token_budget in agents.toml "
+        "or wait for tomorrow"
+    )
 
 
 def key_headers(provider: str, key: str | None) -> dict[str, str]:
@@ -73,20 +106,6 @@ def key_headers(provider: str, key: str | None) -> dict[str, str]:
     if provider == "anthropic":
         return {"x-api-key": key}
     return {"authorization": f"Bearer {key}"}
-
-
-@dataclass
-class Usage:
-    """Tokens one session used through its gateway, by UTC day."""
-
-    by_day: dict[date, tuple[int, int]] = field(default_factory=dict)
-
-    def add(self, day: date, tokens: tuple[int, int]) -> None:
-        old = self.by_day.get(day, (0, 0))
-        self.by_day[day] = (old[0] + tokens[0], old[1] + tokens[1])
-
-    def total(self, day: date) -> int:
-        return sum(self.by_day.get(day, (0, 0)))
 
 
 class _Server(uvicorn.Server):
@@ -103,12 +122,12 @@ class SessionGateway:
     """One session's gateway: a uvicorn app on its socket."""
 
     def __init__(self, session_id: str, session_dir: Path, resolve: Resolve,
-                 today: Callable[[], date]) -> None:  # fmt: skip
+                 store: Cronbox, writer: Writer) -> None:  # fmt: skip
         self.session_id = session_id
         self.path = session_dir / GATEWAY / GATEWAY_SOCKET
         self.resolve = resolve
-        self.today = today
-        self.usage = Usage()
+        self.store = store
+        self.writer = writer
         self.client = httpx2.AsyncClient(timeout=UPSTREAM_TIMEOUT, trust_env=False)
         app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["POST"])])
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
@@ -157,12 +176,13 @@ class SessionGateway:
         body = await request.body()
         if len(body) > MAX_REQUEST_BYTES:
             return gateway_error(413, f"the model request is over {MAX_REQUEST_BYTES} bytes")
-        today = self.today()
         budget = profile.daily_token_budget
-        if budget is not None and self.usage.total(today) >= budget:
-            return gateway_error(
-                403, f"the session's daily token budget of {budget} tokens is used up"
-            )
+        if budget is not None:
+            # Calls already under way may take the day past it; none starts beyond it.
+            used = await read(self.store.tokens_today, self.session_id)
+            if used.total >= budget:
+                return gateway_error(403, budget_refusal(budget, used))
+        rows = charged_rows(request.headers.get(GATEWAY_ROWS_HEADER))
         base = (profile.base_url or VENDOR_URLS[provider]).rstrip("/")
         headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED_HEADERS}
         headers.update(key_headers(provider, key))
@@ -171,9 +191,10 @@ class SessionGateway:
         except httpx2.HTTPError as exc:
             return gateway_error(502, f"the model API at {base} could not be reached: {exc}")
         tokens = usage_of(provider, upstream.content)
-        self.usage.add(today, tokens)
+        # Recorded before the runner has its answer, so before it can settle the rows.
+        await self.writer(self.store.charge_tokens, self.session_id, rows, tokens)
         log.info("session %s: model call %d, %d/%d tokens", self.session_id,
-                 upstream.status_code, *tokens)  # fmt: skip
+                 upstream.status_code, tokens.input_tokens, tokens.output_tokens)  # fmt: skip
         return Response(
             upstream.content, status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),
@@ -183,8 +204,9 @@ class SessionGateway:
 class Gateways:
     """The gateways of every session that uses one, for as long as the host runs."""
 
-    def __init__(self, today: Callable[[], date]) -> None:
-        self.today = today
+    def __init__(self, store: Cronbox, writer: Writer) -> None:
+        self.store = store
+        self.writer = writer
         self.running: dict[str, SessionGateway] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
@@ -213,16 +235,11 @@ class Gateways:
         if gateway is None or not gateway.path.is_socket():
             if self._tg is None:
                 raise RuntimeError("the model gateways are not running")
-            gateway = SessionGateway(session_id, session_dir, resolve, self.today)
+            gateway = SessionGateway(session_id, session_dir, resolve, self.store, self.writer)
             sock = await anyio.to_thread.run_sync(gateway.bind)
             old = self.running.get(session_id)
             if old is not None:
-                gateway.usage = old.usage
                 old.close()
             self.running[session_id] = gateway
             self._tg.start_soon(gateway.serve, sock)
         return f"{GATEWAY}/{GATEWAY_SOCKET}"
-
-    def tokens_today(self, session_id: str) -> int:
-        gateway = self.running.get(session_id)
-        return gateway.usage.total(self.today()) if gateway else 0

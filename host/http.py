@@ -73,6 +73,7 @@ from host.store.records import LogEntry, Session
 from host.views import (
     ErrorOut,
     HealthOut,
+    HistoryOut,
     JobOut,
     JobTrigger,
     MessageOut,
@@ -522,9 +523,17 @@ def build_app(api: Api) -> FastAPI:
 
     @app.get("/api/tasks/{task}/runs", response_model=list[RunOut], responses=ERRORS)
     async def task_runs(task: TaskId, limit: Limit = 50, key: ApiKey = None) -> list[RunOut]:
-        """A task's past runs, newest first (as ``cronbox task history --json``)."""
+        """A task's past runs, newest first (the runs of ``cronbox task history --json``)."""
         view = await api.read(api.store.get_task, task)
         return [RunOut.of(r) for r in await api.read(api.store.runs_for, view.series_id, limit)]
+
+    @app.get("/api/tasks/{task}/history", response_model=HistoryOut, responses=ERRORS)
+    async def task_history(task: TaskId, limit: Limit = 50, key: ApiKey = None) -> HistoryOut:
+        """A task's past runs with its token totals (as ``cronbox task history --json``)."""
+        view = await api.read(api.store.get_task, task)
+        runs = await api.read(api.store.runs_for, view.series_id, limit)
+        tokens = await api.read(api.store.series_tokens, view.series_id)
+        return HistoryOut.of(view.series_id, runs, tokens)
 
     # --- /api: the host's background jobs ------------------------------------------------
 

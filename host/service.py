@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -100,7 +100,17 @@ from host.settlement import (
 from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, SessionFiles
 from host.store.central import SqliteCentral
 from host.store.files import SqliteSessionFiles
-from host.store.records import AuditEntry, Lease, LogEntry, Run, RunRecord, Session, TaskView
+from host.store.records import (
+    AuditEntry,
+    ChargedRun,
+    Lease,
+    LogEntry,
+    Run,
+    RunRecord,
+    Session,
+    TaskView,
+    TokenCount,
+)
 
 T = TypeVar("T")
 MAX_DETAIL_CHARS = 2000
@@ -1022,6 +1032,41 @@ class Cronbox:
         """Past runs of a task series, newest first."""
         session, series = self._locate(ref, None)
         return self.central.runs(session, series, limit)
+
+    # --- model tokens (the gateway's counts) --------------------------------------------
+
+    def charge_tokens(self, session_id: str, row_ids: Sequence[str], tokens: TokenCount) -> None:
+        """Record one model call of a session: its tokens count towards the session's day
+        (UTC) and are shared out over the runs of ``row_ids``, the rows the runner said the
+        call was for. Only the session's own rows still in work are charged, so a runner
+        can move tokens between its own runs at most, never change what its session used.
+        """
+        rows = [self.files.get(session_id, i) for i in dict.fromkeys(row_ids)]
+        working = [r for r in rows if r is not None and r.status is MessageStatus.PENDING]
+        charged = [
+            ChargedRun(message_id=row.id, series_id=row.series_id,
+                       scheduled_for=row.scheduled_for or row.process_after, tokens=share)
+            for row, share in zip(working, tokens.shares(len(working)), strict=True)
+        ]  # fmt: skip
+        self.central.record_tokens(session_id, self.token_day(), tokens, charged)
+
+    def series_tokens(self, ref: str) -> TokenCount:
+        """The tokens a task's recorded runs used, added up."""
+        session, series = self._locate(ref, None)
+        return self.central.series_tokens(session, series)
+
+    def tokens_today(self, session_id: str) -> TokenCount:
+        """The tokens the session's model calls used today (UTC)."""
+        return self.central.tokens_on(self.token_day(), session_id).get(session_id, TokenCount())
+
+    def token_use_today(self) -> list[tuple[Session, TokenCount]]:
+        """Every session, oldest first, with the tokens it used today (UTC)."""
+        used = self.central.tokens_on(self.token_day())
+        return [(s, used.get(s.id, TokenCount())) for s in self.list_sessions()]
+
+    def token_day(self) -> str:
+        """Today as token budgets count days: the UTC date, ``YYYY-MM-DD``."""
+        return self.now().astimezone(UTC).date().isoformat()
 
     # --- the conversation --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ OpenAPI document is generated from them), so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -16,7 +17,7 @@ from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutc
 from cronbox_shared.timeutil import Instant, fmt, parse_utc, zone
 from host.service import describe_recurrence
 from host.settlement import is_backfill
-from host.store.records import Run, TaskView
+from host.store.records import Run, Session, TaskView, TokenCount
 
 # Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in
 # winter) keeps its "+00:00": it is a local time that happens to equal UTC.
@@ -91,6 +92,59 @@ class RunOut(Run):
         if run.started_at is not None and run.finished_at is not None:
             took = (parse_utc(run.finished_at) - parse_utc(run.started_at)).total_seconds()
         return cls(**run.model_dump(), duration_seconds=took, backfill=is_backfill(run.message_id))
+
+
+class HistoryOut(Record):
+    """A task's past runs, newest first, and the model tokens all its recorded runs used
+    (``task history``; ``/api/tasks/{id}/history``)."""
+
+    series_id: str
+    runs: list[RunOut]
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def of(cls, series_id: str, runs: Sequence[Run], tokens: TokenCount) -> HistoryOut:
+        return cls(
+            series_id=series_id, runs=[RunOut.of(r) for r in runs],
+            input_tokens=tokens.input_tokens, output_tokens=tokens.output_tokens,
+        )  # fmt: skip
+
+
+class SessionTokensOut(Record):
+    """One session's model tokens today (UTC) and its profile's daily budget."""
+
+    session: str
+    session_id: str
+    input_tokens: int
+    output_tokens: int
+    daily_token_budget: int | None
+
+
+class TokensTodayOut(Record):
+    """Model tokens used today (UTC), in total and by session (``status``)."""
+
+    day: str
+    input_tokens: int
+    output_tokens: int
+    sessions: list[SessionTokensOut]
+    """Sessions that used tokens today or have a daily budget."""
+
+    @classmethod
+    def of(
+        cls, day: str, used: Sequence[tuple[Session, TokenCount]], budgets: dict[str, int | None]
+    ) -> TokensTodayOut:
+        total = sum((tokens for _, tokens in used), TokenCount())
+        sessions = [
+            SessionTokensOut(
+                session=s.name, session_id=s.id, input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens, daily_token_budget=budgets.get(s.agent),
+            )
+            for s, t in used
+            if t.total or budgets.get(s.agent) is not None
+        ]  # fmt: skip
+        return cls(day=day, input_tokens=total.input_tokens, output_tokens=total.output_tokens,
+                   sessions=sessions)  # fmt: skip
 
 
 class RunOutput(RunOut):

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import OutboxUnreadable
 from cronbox_shared.timeutil import Clock
 from host.config import Settings
 from host.daemon import run_host
@@ -98,6 +99,17 @@ async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:
             if value:
                 return value
             await anyio.sleep(0.05)
+
+
+def unless_locked(read: Callable[[], T]) -> T | None:
+    """``read()``, or None while the runner holds its outbox's write lock: the host's
+    untrusted read waits for it only briefly, and a poll of :func:`wait_for` asks again."""
+    try:
+        return read()
+    except OutboxUnreadable as exc:
+        if "locked" not in str(exc):
+            raise
+        return None
 
 
 def replies(store: Cronbox, session_id: str) -> list[dict[str, Any]]:

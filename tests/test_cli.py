@@ -425,7 +425,9 @@ def test_update_without_any_change_is_a_user_error(cli: Cli, session: str) -> No
 
 def test_history_of_a_task_that_never_ran_is_empty(cli: Cli, session: str) -> None:
     schedule(cli, "--prompt", "p", "--at", FUTURE_WINTER, "--id", "t1")
-    assert as_json(cli("task", "history", "t1", "--json")) == []
+    assert as_json(cli("task", "history", "t1", "--json")) == {
+        "series_id": "t1", "runs": [], "input_tokens": 0, "output_tokens": 0,
+    }  # fmt: skip
     assert "has not run yet" in ok(cli("task", "history", "t1")).stdout
 
 
@@ -441,7 +443,7 @@ def test_history_and_list_show_a_finished_run(cli: Cli, session: str, home: Path
         sdb.set_ack(out, "t1", 0, AckStatus.COMPLETED, fmt(store.now()), None, "all done")
     store.settle_acks(row["id"], timedelta(minutes=10))
 
-    (run,) = as_json(cli("task", "history", "t1", "--json"))
+    (run,) = as_json(cli("task", "history", "t1", "--json"))["runs"]
     assert (run["outcome"], run["output_preview"]) == ("ok", "all done")
     assert run["duration_seconds"] >= 0
     table = ok(cli("task", "history", "t1")).stdout

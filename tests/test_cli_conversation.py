@@ -249,7 +249,7 @@ async def test_send_wait_prints_the_agents_answer_from_a_running_host(
 def test_task_output_prints_a_failed_runs_error(cli: Cli, session: str, home: Path) -> None:
     ok(cli("task", "schedule", "work", "--prompt", "p", "--at", "now", "--id", "t1"))
     finish(home, session_id(cli), "t1", AckStatus.FAILED, error="the gate\nexited 3")
-    (run,) = as_json(cli("task", "history", "t1", "--json"))
+    (run,) = as_json(cli("task", "history", "t1", "--json"))["runs"]
     assert run["outcome"] == "error"  # JSON keeps the stored value
     printed = ok(cli("task", "output", str(run["id"]))).stdout
     assert printed == f"run {run['id']} failed: the gate\nexited 3\n"
@@ -269,7 +269,7 @@ def test_history_shows_run_id_schedule_lateness_and_failed_for_an_error(
 ) -> None:
     ok(cli("task", "schedule", "work", "--prompt", "p", "--at", "now", "--id", "t1"))
     finish(home, session_id(cli), "t1", AckStatus.FAILED, error="boom")
-    (run,) = as_json(cli("task", "history", "t1", "--json"))
+    (run,) = as_json(cli("task", "history", "t1", "--json"))["runs"]
     table = ok(cli("task", "history", "t1")).stdout.splitlines()
     (header,) = [line for line in table if "┃" in line]
     rows = [line for line in table if "│" in line]

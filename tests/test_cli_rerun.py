@@ -77,7 +77,7 @@ def finish(home: Path, message_id: str, status: AckStatus) -> None:
 
 def history(cli: Cli, task: str) -> list[tuple[str, str]]:
     """(occurrence id, outcome) of a task's runs, oldest first."""
-    runs = as_json(cli("task", "history", task, "--json"))
+    runs = as_json(cli("task", "history", task, "--json"))["runs"]
     return sorted((r["message_id"], r["outcome"]) for r in runs)
 
 

@@ -8,15 +8,18 @@ and what the host ends up with (the task, its runs, the replies) are checked.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from cronbox_shared.models import RunOutcome
 from host.service import Cronbox
+from tests.cli_harness import as_json, cli_for, ok
 from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
-from tests.hosting import make_settings, running_host, wait_for
+from tests.hosting import make_settings, running_host, unless_locked, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -59,8 +62,8 @@ def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     (home / "agents.toml").write_text("\n".join(lines) + "\n")
 
 
-def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
-    return store.replies(session_id, message_id)
+def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str] | None:
+    return unless_locked(lambda: store.replies(session_id, message_id))
 
 
 def tool_results(fake: FakeModel, request: int) -> list[str]:
@@ -84,17 +87,19 @@ def finished_run(store: Cronbox, task_id: str) -> Any:
 
 
 async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_prompt(
-    tmp_path: Path, provider: str
+    tmp_path: Path, provider: str, runtime: str
 ) -> None:
+    """With the docker runtime the container has no network: the host's gateway is its
+    only way to the model (the fake vendor listens on the host's loopback)."""
     home = tmp_path / "home"
     turns = [
         call("schedule_task", {"prompt": "check the build", "recurrence": WEEKDAYS_AT_9}),
         say("Done: every weekday at 9 I will remind you to check the build."),
-        say("Reminder: check the build."),
+        Turn(text="Reminder: check the build.", input_tokens=40, output_tokens=9),
     ]
     with fake_model(turns) as fake:
         write_profile(home, provider, fake.base)
-        settings = make_settings(home)
+        settings = make_settings(home, runtime=runtime)
         store = Cronbox.from_settings(settings)
         session = store.create_session("nl", agent="model", timezone="Europe/Berlin")
         async with running_host(settings):
@@ -113,6 +118,7 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
             assert reminded == ["Reminder: check the build."]
             done = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
             assert done.outcome is RunOutcome.OK
+            chat_run = store.runs_of(session.id, [ask.id])[ask.id]
     first, _, third = fake.user_texts()
     assert "[chat from" in first and "remind me every weekday at 9" in first
     assert "Timezone: Europe/Berlin." in first
@@ -123,6 +129,23 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
     assert system == "You schedule things."
     offered = {t.get("name") or t["function"]["name"] for t in fake.requests[0]["tools"]}
     assert offered >= {"schedule_task", "list_tasks", "cancel_task"}
+    # What each run cost, as the gateway counted it: the chat took two calls of 11/7.
+    assert (chat_run.input_tokens, chat_run.output_tokens) == (22, 14), (
+        "no tokens charged to the run: is the agent image older than the runner that names "
+        "its rows to the gateway? `cronbox image build`"
+    )
+    cli = cli_for(home)
+    history = as_json(cli("task", "history", task.id, "--json"))
+    assert [(r["input_tokens"], r["output_tokens"]) for r in history["runs"]] == [(40, 9)]
+    assert (history["input_tokens"], history["output_tokens"]) == (40, 9)
+    assert "40 / 9" in ok(cli("task", "history", task.id)).stdout
+    today = as_json(cli("status", "--json"))["tokens_today"]
+    assert (today["input_tokens"], today["output_tokens"]) == (62, 23)
+    assert [(s["session"], s["input_tokens"], s["output_tokens"]) for s in today["sessions"]] == [
+        ("nl", 62, 23)
+    ]
+    shown = ok(cli("status")).stdout
+    assert "model tokens today" in shown and "62 in, 23 out" in shown
 
 
 async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
@@ -185,33 +208,77 @@ async def test_a_model_still_calling_tools_at_max_turns_fails_the_run_with_that_
     assert len(fake.requests) == 3
 
 
-async def test_the_runner_holds_no_key_and_its_gate_scripts_never_see_it(tmp_path: Path) -> None:
+async def test_no_key_nor_its_name_reaches_the_runner_its_gates_logs_or_files(
+    tmp_path: Path, runtime: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The host's gateway adds the key: neither it nor its variable's name is in the
-    runner's world (a gate script's environment reaches the model here), nor in any file."""
+    runner's world (a gate script's environment reaches the model here), in the
+    container's configuration (``docker inspect``) or its log, in the host's log, or in
+    any file of the home but the user's own agents.toml."""
+    caplog.set_level(logging.DEBUG)
     home = tmp_path / "home"
     with fake_model([say("seen")]) as fake:
         write_profile(home, "openai", fake.base)
-        settings = make_settings(home)
+        # The runner stays up after its work, so its container can be inspected.
+        settings = make_settings(home, runtime=runtime, idle_timeout=60.0)
         store = Cronbox.from_settings(settings)
         session = store.create_session("keys", agent="model")
-        script = "jq -nc --arg env \"$(env)\" '{wakeAgent: true, data: $env}'"
+        # Python, as the agent image has it (and no jq): the whole environment as data.
+        script = (
+            'python3 -c \'import json, os; print(json.dumps({"wakeAgent": True, '
+            '"data": "\\n".join(f"{k}={v}" for k, v in os.environ.items())}))\''
+        )
         task = store.schedule_task(
             session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9, "script": script}
         )
         async with running_host(settings):
             store.run_now(task.id)
             run = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
+            containers = await anyio.to_thread.run_sync(inspect_runners, runtime, home)
     assert run.outcome is RunOutcome.OK, run.error
     [prompt] = fake.user_texts()
     assert "CRONBOX_GATEWAY=gateway/model.sock" in prompt  # the script's env did arrive
     assert KEY not in prompt and KEY_VAR not in prompt
     assert KEY in fake.headers[0]["authorization"]  # added by the gateway
+    if runtime == "docker":
+        [(inspected, logs)] = containers
+        assert inspected["HostConfig"]["NetworkMode"] == "none"
+        assert "runner started" in logs
+        assert KEY not in inspected_text(inspected) + logs
+        assert KEY_VAR not in inspected_text(inspected) + logs
+    host_log = "\n".join(record.getMessage() for record in caplog.records)
+    assert "model call 200" in host_log  # the gateway's own line is there
+    assert KEY not in host_log and KEY_VAR not in host_log
+    databases = 0
     for path in home.rglob("*"):
         if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert KEY.encode() not in data, path
+            if path.name != "agents.toml":
+                assert KEY_VAR.encode() not in data, path
+            databases += path.suffix == ".db"
+    assert databases >= 3  # cronbox.db and the session's inbound.db and outbound.db
 
 
-async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: Path) -> None:
+def inspect_runners(runtime: str, home: Path) -> list[tuple[dict[str, Any], str]]:
+    """``docker inspect`` and the log of each running container of ``home``."""
+    if runtime != "docker":
+        return []
+    from tests.docker_support import containers_of, ready_engine
+
+    found = containers_of(ready_engine(), home)
+    return [(c.attrs, bytes(c.logs()).decode("utf-8", "replace")) for c in found]
+
+
+def inspected_text(inspected: dict[str, Any]) -> str:
+    return json.dumps(inspected)
+
+
+async def test_the_daily_token_budget_stops_a_session_across_a_host_restart(
+    tmp_path: Path,
+) -> None:
+    """The gateway's counts are stored: a host started after the budget was used up
+    still refuses the session's next model call, and the run fails saying why."""
     home = tmp_path / "home"
     with fake_model([Turn(text="first", input_tokens=30, output_tokens=10)]) as fake:
         write_profile(home, "anthropic", fake.base, daily_token_budget=25)
@@ -220,15 +287,22 @@ async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: 
         session = store.create_session("budget", agent="model")
         first = store.schedule_task(session.id, {"prompt": "a", "recurrence": WEEKDAYS_AT_9})
         second = store.schedule_task(session.id, {"prompt": "b", "recurrence": WEEKDAYS_AT_9})
-        async with running_host(settings) as sweeper:
+        async with running_host(settings):
             store.run_now(first.id)
-            assert (await wait_for(lambda: finished_run(store, first.id))).outcome is RunOutcome.OK
+            spent = await wait_for(lambda: finished_run(store, first.id), LOOP_GUARD)
+        async with running_host(settings):
             store.run_now(second.id)
             refused = await wait_for(lambda: finished_run(store, second.id), LOOP_GUARD)
-            assert sweeper.gateways is not None
-            assert sweeper.gateways.tokens_today(session.id) == 40
+    assert spent.outcome is RunOutcome.OK
+    assert (spent.input_tokens, spent.output_tokens) == (30, 10)  # the gateway's count
+    assert store.tokens_today(session.id).total == 40
     assert refused.outcome is RunOutcome.ERROR
     assert refused.error == (
-        "the model API answered 403: the session's daily token budget of 25 tokens is used up"
+        "the session's daily token budget of 25 tokens is used up (40 used today, UTC); "
+        "raise daily_token_budget in agents.toml or wait for tomorrow"
     )
+    assert (refused.input_tokens, refused.output_tokens) == (0, 0)
     assert len(fake.requests) == 1  # the refused call never reached the vendor
+    [used] = as_json(cli_for(home)("status", "--json"))["tokens_today"]["sessions"]
+    assert (used["session"], used["input_tokens"], used["output_tokens"]) == ("budget", 30, 10)
+    assert used["daily_token_budget"] == 25

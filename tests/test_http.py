@@ -28,7 +28,14 @@ from host.service import Cronbox
 from host.sweep import Sweeper
 from host.writer import Writer
 from tests.cli_harness import cli_for
-from tests.hosting import base_url, ephemeral_socket, make_settings, running_host, wait_for
+from tests.hosting import (
+    base_url,
+    ephemeral_socket,
+    make_settings,
+    running_host,
+    unless_locked,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 KEY = "s3cret-key"
@@ -196,7 +203,9 @@ async def test_reads_return_exactly_what_the_cli_prints_with_json(host: Host) ->
     [daily] = [t for t in cli_json(home, "task", "list") if t["id"] == "daily"]
     assert (await host.call("GET", "/api/tasks/daily")).json() == daily
     runs = (await host.call("GET", "/api/tasks/once/runs")).json()
-    assert runs == cli_json(home, "task", "history", "once")
+    history = (await host.call("GET", "/api/tasks/once/history")).json()
+    assert history == cli_json(home, "task", "history", "once")
+    assert runs == history["runs"]
     assert [r["outcome"] for r in runs] == [RunOutcome.OK.value]
     log = await host.call("GET", "/api/sessions/alpha/log", params={"limit": 20})
     assert log.json() == cli_json(home, "log", "alpha")
@@ -244,8 +253,9 @@ async def test_a_message_sent_over_http_is_answered(host: Host) -> None:
     body = sent.json()
     assert (body["session"], body["kind"], body["content"]["text"]) == ("alpha", "chat", "hello")
 
-    def answered() -> list[Any]:
-        return [e for e in host.store.conversation("alpha") if e.in_reply_to == body["id"]]
+    def answered() -> list[Any] | None:
+        log = unless_locked(lambda: host.store.conversation("alpha"))
+        return [e for e in log or [] if e.in_reply_to == body["id"]]
 
     await wait_for(answered)
 

@@ -16,7 +16,7 @@ from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
 from host.store.central import SqliteCentral
-from host.store.records import Session, TaskView
+from host.store.records import Session, TaskView, TokenCount
 
 START = "2026-01-15T12:00:00.000Z"  # 07:00 in New York, 21:00 in Tokyo
 
@@ -631,3 +631,34 @@ def test_limits_are_per_store(tmp_path: Path, clock: ManualClock) -> None:
     store.cancel_task("a")
     # A cancelled task is no longer live, so it frees its place.
     assert schedule(store, s, "b", processAfter="+1h").status is MessageStatus.PENDING
+
+
+# --- model tokens ----------------------------------------------------------------------
+
+
+def test_tokens_count_by_utc_day_and_a_series_sums_its_runs(
+    store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    task = store.schedule_task(session.id, {"prompt": "p", "recurrence": "0 9 * * *"})
+    call = TokenCount(input_tokens=10, output_tokens=4)
+    store.charge_tokens(session.id, [task.id], call)
+    store.charge_tokens(session.id, [], call)  # a call naming no row counts for the day
+    assert store.tokens_today(session.id) == TokenCount(input_tokens=20, output_tokens=8)
+    assert store.series_tokens(task.id) == call
+    [run] = store.runs_for(task.id)
+    assert (run.series_id, run.scheduled_for, run.outcome) == (task.series_id, task.next_run, None)
+    clock.advance(hours=12)  # 00:00 UTC: a new day (19:00 in the session's New York)
+    assert store.tokens_today(session.id) == TokenCount()
+    assert [(s.name, t) for s, t in store.token_use_today()] == [("work", TokenCount())]
+
+
+def test_pruning_runs_drops_the_token_counts_of_the_days_before(
+    store: Cronbox, session: Session, clock: ManualClock
+) -> None:
+    store.charge_tokens(session.id, [], TokenCount(input_tokens=5))
+    day = store.token_day()
+    clock.advance(days=1)
+    store.charge_tokens(session.id, [], TokenCount(input_tokens=7))
+    store.central.prune_runs(fmt(store.now()))
+    assert store.central.tokens_on(day) == {}
+    assert store.tokens_today(session.id) == TokenCount(input_tokens=7)

@@ -13,7 +13,13 @@ from typing import Any
 
 import anthropic
 
-from agent_runner.gatewayed import GATEWAY_URL, PLACEHOLDER_KEY, gateway_transport
+from agent_runner.gatewayed import (
+    GATEWAY_URL,
+    PLACEHOLDER_KEY,
+    gateway_transport,
+    refusal,
+    rows_header,
+)
 from agent_runner.mcp_client import ToolOutcome, ToolSpec
 from agent_runner.provider import Batch, ProviderResult
 from agent_runner.toolloop import ModelTurn, ToolUse, answer_batch, api_key
@@ -31,6 +37,8 @@ def api_error(exc: anthropic.AnthropicError, base_url: str) -> ProviderError:
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body
         error = body.get("error") if isinstance(body, dict) else None
+        if (reason := refusal(error)) is not None:
+            return ProviderError(reason)
         detail = error.get("message") if isinstance(error, dict) else None
         text = str(detail or exc.message).strip().splitlines()[0][:500]
         return ProviderError(f"the model API answered {exc.status_code}: {text}")
@@ -108,13 +116,14 @@ class AnthropicProvider:
         self.key = api_key(settings.api_key_env, os.environ if environ is None else environ)
         self.transport = gateway_transport(settings)
 
-    def client(self) -> anthropic.AsyncAnthropic:
+    def client(self, row_ids: Sequence[str] = ()) -> anthropic.AsyncAnthropic:
         if self.transport is not None:
             # Through the host's gateway, which adds the key and knows the real URL.
             return anthropic.AsyncAnthropic(
                 api_key=PLACEHOLDER_KEY,
                 base_url=GATEWAY_URL,
                 timeout=self.settings.command_timeout,
+                default_headers=rows_header(row_ids),
                 http_client=anthropic.DefaultAsyncHttpxClient(transport=self.transport),
             )
         return anthropic.AsyncAnthropic(
@@ -124,7 +133,7 @@ class AnthropicProvider:
         )
 
     async def run(self, batch: Batch) -> ProviderResult:
-        async with self.client() as client:
+        async with self.client(batch.ids) as client:
             dialect = Messages(client, self.settings)
             return await answer_batch(dialect, batch, self.settings.max_turns)
 

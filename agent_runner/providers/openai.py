@@ -14,7 +14,13 @@ from typing import Any
 
 import openai
 
-from agent_runner.gatewayed import GATEWAY_URL, PLACEHOLDER_KEY, gateway_transport
+from agent_runner.gatewayed import (
+    GATEWAY_URL,
+    PLACEHOLDER_KEY,
+    gateway_transport,
+    refusal,
+    rows_header,
+)
 from agent_runner.mcp_client import ToolOutcome, ToolSpec
 from agent_runner.provider import Batch, ProviderResult
 from agent_runner.toolloop import ModelTurn, ToolUse, answer_batch, api_key, decode_arguments
@@ -41,6 +47,8 @@ def api_error(exc: openai.OpenAIError, base_url: str) -> ProviderError:
     """The SDK's error as one sentence: the server's own message where it sent one."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body
+        if (reason := refusal(body)) is not None:
+            return ProviderError(reason)
         detail = body.get("message") if isinstance(body, dict) else None
         text = str(detail or exc.message).strip().splitlines()[0][:500]
         return ProviderError(f"the model API answered {exc.status_code}: {text}")
@@ -122,13 +130,14 @@ class OpenAIProvider:
         self.key = api_key(settings.api_key_env, os.environ if environ is None else environ)
         self.transport = gateway_transport(settings)
 
-    def client(self) -> openai.AsyncOpenAI:
+    def client(self, row_ids: Sequence[str] = ()) -> openai.AsyncOpenAI:
         if self.transport is not None:
             # Through the host's gateway, which adds the key and knows the real URL.
             return openai.AsyncOpenAI(
                 api_key=PLACEHOLDER_KEY,
                 base_url=GATEWAY_URL,
                 timeout=self.settings.command_timeout,
+                default_headers=rows_header(row_ids),
                 http_client=openai.DefaultAsyncHttpxClient(transport=self.transport),
             )
         return openai.AsyncOpenAI(
@@ -138,7 +147,7 @@ class OpenAIProvider:
         )
 
     async def run(self, batch: Batch) -> ProviderResult:
-        async with self.client() as client:
+        async with self.client(batch.ids) as client:
             dialect = ChatCompletions(client, self.settings)
             return await answer_batch(dialect, batch, self.settings.max_turns)
 

@@ -19,6 +19,7 @@ from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges
 from host.store.records import (
     AuditEntry,
+    ChargedRun,
     JobRecord,
     Lease,
     Run,
@@ -26,6 +27,7 @@ from host.store.records import (
     Session,
     SessionView,
     TaskView,
+    TokenCount,
 )
 
 
@@ -157,6 +159,22 @@ class CentralRepository(Protocol):
         """One run by its id."""
         ...
 
+    def record_tokens(
+        self, session_id: str, day: str, tokens: TokenCount, charged: Sequence[ChargedRun]
+    ) -> None:
+        """Add one model call's ``tokens`` to the session's total for ``day`` (UTC,
+        ``YYYY-MM-DD``) and each run's share to its run (inserted if it has no row yet)."""
+        ...
+
+    def series_tokens(self, session_id: str, series_id: str) -> TokenCount:
+        """The tokens of every run of a series still recorded, added up."""
+        ...
+
+    def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
+        """The tokens each session (or only ``session_id``) used on ``day``, by id; a
+        session that used none is left out."""
+        ...
+
     def job_states(self) -> list[JobRecord]:
         """What is recorded of every background job that has run."""
         ...
@@ -174,7 +192,8 @@ class CentralRepository(Protocol):
         ...
 
     def prune_runs(self, before: Instant) -> int:
-        """Delete runs that finished before ``before``; how many."""
+        """Delete runs that finished before ``before`` and the daily token counts of the
+        days before its day; how many runs."""
         ...
 
     def prune_audit(self, before: Instant) -> int:

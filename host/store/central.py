@@ -24,6 +24,7 @@ from cronbox_shared.models import LIVE_STATUSES, MessageStatus, preview
 from cronbox_shared.timeutil import Instant
 from host.store.records import (
     AuditEntry,
+    ChargedRun,
     JobRecord,
     Lease,
     Run,
@@ -31,6 +32,7 @@ from host.store.records import (
     Session,
     SessionView,
     TaskView,
+    TokenCount,
 )
 
 CENTRAL = "cronbox.db"
@@ -219,6 +221,26 @@ def m009_jobs(db: Database) -> None:
 
 
 @central_migrations()
+def m010_tokens(db: Database) -> None:
+    """Model tokens the gateway counted: per run (``runs``), and per session and UTC day
+    (``token_usage``, which the daily token budget is checked against)."""
+    db.execute("ALTER TABLE runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        CREATE TABLE token_usage (
+            session_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (session_id, day)
+        )
+        """
+    )
+    db.execute("CREATE INDEX token_usage_day ON token_usage (day)")
+
+
+@central_migrations()
 def m012_chains(db: Database) -> None:
     """Chains and approval gates: each run's approval decision (who, when, the note) and
     the chain and gate of each task in the mirror; every inbox brought to the schema."""
@@ -235,8 +257,9 @@ _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
                  "last_active_at", "next_due_at", "quiet", "max_wakes_per_day",
                  "webhook_url", "webhook_secret_env")  # fmt: skip
 _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "started_at",
-             "finished_at", "outcome", "tries", "error", "output_preview", "decision",
-             "decided_by", "decided_at", "decision_note")  # fmt: skip
+             "finished_at", "outcome", "tries", "error", "output_preview", "input_tokens",
+             "output_tokens", "decision", "decided_by", "decided_at",
+             "decision_note")  # fmt: skip
 
 
 _LIVE = ", ".join(f"'{s.value}'" for s in LIVE_STATUSES)
@@ -596,6 +619,57 @@ class SqliteCentral:
             ).fetchone()
         return Run.model_validate(dict(zip(_RUN_COLS, row, strict=True))) if row else None
 
+    # --- model tokens ----------------------------------------------------------------
+
+    def record_tokens(
+        self, session_id: str, day: str, tokens: TokenCount, charged: Sequence[ChargedRun]
+    ) -> None:
+        """Add one model call's tokens to the session's ``day`` and to the runs it was for.
+
+        One transaction. A run the call was for that settlement has not recorded yet is
+        inserted with its series and slot; settlement fills in the rest.
+        """
+        with self._open() as db, db.atomic():
+            db.execute(
+                "INSERT INTO token_usage (session_id, day, input_tokens, output_tokens) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (session_id, day) DO UPDATE SET "
+                "input_tokens = input_tokens + excluded.input_tokens, "
+                "output_tokens = output_tokens + excluded.output_tokens",
+                [session_id, day, tokens.input_tokens, tokens.output_tokens],
+            )
+            for run in charged:
+                db.execute(
+                    "INSERT INTO runs (session_id, message_id, series_id, scheduled_for, "
+                    "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (session_id, message_id) DO UPDATE SET "
+                    "input_tokens = runs.input_tokens + excluded.input_tokens, "
+                    "output_tokens = runs.output_tokens + excluded.output_tokens",
+                    [session_id, run.message_id, run.series_id, run.scheduled_for,
+                     run.tokens.input_tokens, run.tokens.output_tokens],
+                )  # fmt: skip
+
+    def series_tokens(self, session_id: str, series_id: str) -> TokenCount:
+        """The tokens every recorded run of a series used, added up."""
+        with self._open() as db:
+            row = db.execute(
+                "SELECT coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0) "
+                "FROM runs WHERE session_id = ? AND series_id = ?",
+                [session_id, series_id],
+            ).fetchone()
+        return TokenCount(input_tokens=row[0], output_tokens=row[1])
+
+    def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
+        """Tokens each session (or just ``session_id``) used on ``day``, by session id."""
+        where, args = "day = ?", [day]
+        if session_id is not None:
+            where, args = where + " AND session_id = ?", [day, session_id]
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT session_id, input_tokens, output_tokens FROM token_usage WHERE {where}",
+                args,
+            ).fetchall()
+        return {r[0]: TokenCount(input_tokens=r[1], output_tokens=r[2]) for r in rows}
+
     # --- audit ---------------------------------------------------------------------
 
     @staticmethod
@@ -651,8 +725,10 @@ class SqliteCentral:
             ).rowcount
 
     def prune_runs(self, before: Instant) -> int:
-        """Delete runs that finished before ``before``."""
+        """Delete runs that finished before ``before``, and the daily token counts of the
+        days before its day (no budget counts them any more); how many runs."""
         with self._open() as db, db.atomic():
+            db.execute("DELETE FROM token_usage WHERE day < ?", [before[:10]])
             return db.execute("DELETE FROM runs WHERE finished_at < ?", [before]).rowcount
 
     def prune_audit(self, before: Instant) -> int:

@@ -74,6 +74,45 @@ class Run(Record):
     """Who decided: the CLI or HTTP user, or ``timeout``."""
     decided_at: Instant | None = None
     decision_note: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """Model tokens the gateway counted for this run (its share of a shared call)."""
+
+
+class TokenCount(Record):
+    """Model tokens, as the vendor reported them to the gateway."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TokenCount) -> TokenCount:
+        return TokenCount(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+    def shares(self, n: int) -> list[TokenCount]:
+        """``n`` shares that add up to these tokens exactly (the first ones take what
+        does not divide evenly): one model call answered ``n`` rows at once."""
+        if n <= 0:
+            return []
+        (qi, ri), (qo, ro) = divmod(self.input_tokens, n), divmod(self.output_tokens, n)
+        return [
+            TokenCount(input_tokens=qi + (i < ri), output_tokens=qo + (i < ro)) for i in range(n)
+        ]
+
+
+class ChargedRun(Record):
+    """A run's share of one model call's tokens."""
+
+    message_id: str
+    series_id: str | None
+    scheduled_for: Instant | None
+    tokens: TokenCount
 
 
 class RunRecord(Record):

@@ -32,6 +32,9 @@ if docker info >/dev/null 2>&1; then "$python" "$here/docker_wake.py"; else echo
 echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, beside none =="
 "$python" "$here/http_load.py"
 echo
+echo "== the model gateway: a model call through it, beside one straight to the server =="
+"$python" "$here/gateway.py"
+echo
 echo "== fault injection: what one hostile session costs the others (issue 14) =="
 "$python" "$here/faults.py"
 echo
