@@ -22,13 +22,13 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import humanize
@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
+from typer._click.core import ParameterSource
 from typer._click.exceptions import (
     BadParameter,
     MissingParameter,
@@ -98,9 +99,9 @@ from host.config import (
 )
 from host.limits import ContainerLimits
 from host.logs import JsonFormatter, LogFormat
-from host.service import Cronbox, describe_recurrence
+from host.service import MAX_PAGE, PAGE_SIZE, Cronbox, describe_recurrence
 from host.settlement import is_backfill
-from host.store.records import LogEntry, Run, Session, TaskView
+from host.store.records import LogEntry, Run, Session, TaskFilter, TaskView
 from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
@@ -109,6 +110,9 @@ PIPE_WIDTH = 200
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT_ERROR = 1
 NOTHING = "—"
+# Rows a streamed listing (--all) prints at a time: a table or a run of JSON objects.
+STREAM_CHUNK = 200
+T = TypeVar("T")
 
 
 # The command line as given, kept so that a message can name a flag as it was typed.
@@ -508,7 +512,7 @@ def advise(notes: Sequence[str]) -> None:
 def note_if_no_host(home: Path) -> None:
     """After queueing work: say on stderr when no host holds ``home``'s lock, since
     nothing will run until one starts (a note, not an error)."""
-    from host.daemon import host_alive
+    from host.status import host_alive
 
     if not host_alive(home):
         typer.echo(NO_HOST_NOTE, err=True)
@@ -1343,30 +1347,146 @@ def task_schedule(
     note_if_no_host(store.home)
 
 
+def page_limit(ctx: typer.Context, param: typer.CallbackParam, value: int) -> int:
+    """``--limit``: rows on one page, 1 to MAX_PAGE."""
+    if 1 <= value <= MAX_PAGE:
+        return value
+    raise InvalidInput(
+        f"{typed_flag(ctx, param)} {value} is out of range; give 1 to {MAX_PAGE} rows a "
+        "page, or --all for every one"
+    )
+
+
+LimitOption = Annotated[
+    int,
+    typer.Option("--limit", help=f"Rows on the page (1-{MAX_PAGE}).", callback=page_limit),
+]
+JsonlOption = Annotated[
+    bool, typer.Option("--jsonl", help="Print one JSON object per line (for --all streams).")
+]
+
+
+def more_note(flag: str, value: str | int | None) -> None:
+    """Tell on stderr how to get the next page, when there is one."""
+    if value is not None:
+        typer.echo(f"note: more follow; for the next page add {flag} {value}", err=True)
+
+
+def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``rows`` in lists of ``size`` (the last may be shorter), read as they are needed."""
+    chunk: list[T] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def emit_rows(
+    rows: Iterable[T],
+    as_json: bool,
+    as_jsonl: bool,
+    to_json: Callable[[T], dict[str, Any]],
+    render: Callable[[Sequence[T], Console], Table],
+) -> int:
+    """Print ``rows`` as they come, in chunks: one JSON array (``--json``), one object a
+    line (``--jsonl``) or tables of STREAM_CHUNK rows; how many there were."""
+    console = stdout_console()
+    out = sys.stdout
+    count = 0
+    if as_json:
+        out.write("[")
+    for chunk in chunks(rows, STREAM_CHUNK):
+        if as_jsonl:
+            out.write("".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in chunk))
+        elif as_json:
+            lead = ",\n" if count else "\n"
+            items = (json.dumps(to_json(r), indent=2, ensure_ascii=False) for r in chunk)
+            out.write(lead + ",\n".join("  " + i.replace("\n", "\n  ") for i in items))
+        else:
+            console.print(render(chunk, console))
+        out.flush()
+        count += len(chunk)
+    if as_json:
+        out.write("\n]\n" if count else "]\n")
+    return count
+
+
 @task_app.command("list")
 def task_list(
+    ctx: typer.Context,
     session: Annotated[
         str | None, typer.Argument(help="Only this session's tasks (name or id).")
     ] = None,
+    session_flag: Annotated[
+        str | None,
+        typer.Option(
+            "--session", help="Only this session's tasks (name or id).", show_default=False
+        ),
+    ] = None,
+    status_filter: Annotated[
+        TaskFilter,
+        typer.Option("--status", help="live (pending and paused), all, or one state."),
+    ] = TaskFilter.LIVE,
+    limit: LimitOption = PAGE_SIZE,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Start after this task (the last of the previous page).",
+            show_default=False,
+        ),
+    ] = None,
     include_all: Annotated[
         bool,
-        typer.Option("--all", help="Include finished tasks (completed, failed, cancelled)."),
+        typer.Option(
+            "--all",
+            help="Every task, finished ones too unless --status narrows it, streamed as it "
+            "is read instead of one page.",
+        ),
     ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """List task series with their schedule, next run and last run."""
+    """List task series, in the order they were scheduled, a page at a time.
+
+    Each row has the schedule, next run and last run. A full page ends with a note on
+    stderr naming the --after that gets the next one.
+    """
+    if session is not None and session_flag is not None and session != session_flag:
+        raise InvalidInput("give the session once, as an argument or with --session")
+    session = session or session_flag
+    states = status_filter.states
+    if include_all and ctx.get_parameter_source("status_filter") is ParameterSource.DEFAULT:
+        states = None  # --all alone has always meant finished tasks too
     store = open_store(home)
-    views = store.list_tasks(session, include_all=include_all)
-    if as_json:
-        print_json([task_json(v) for v in views])
-        return
-    console = stdout_console()
-    if not views:
-        hint = "" if include_all else "; --all shows finished ones too"
-        console.print(f"no live tasks{hint}", markup=False)
-        return
-    console.print(render_tasks(views, store.now(), console))
+    now = store.now()
+    if include_all:
+        rows: Iterable[TaskView] = store.iter_tasks(session, states=states, after=after)
+        next_after = None
+    else:
+        page = store.task_page(session, states=states, after=after, limit=limit)
+        rows, next_after = page.rows, page.next_after
+    count = emit_rows(
+        rows, as_json, as_jsonl, task_json, lambda chunk, console: render_tasks(chunk, now, console)
+    )
+    if not count and not (as_json or as_jsonl):
+        stdout_console().print(no_rows_line(status_filter, states, after), markup=False)
+    more_note("--after", next_after)
+
+
+def no_rows_line(status_filter: TaskFilter, states: Any, after: str | None) -> str:
+    """What ``task list`` says when nothing matched."""
+    if after is not None:
+        return f"no more tasks after {after}"
+    if states is None:
+        return "no tasks"
+    if status_filter is TaskFilter.LIVE:
+        return "no live tasks; --all shows finished ones too"
+    return f"no {status_filter.value} tasks"
 
 
 @task_app.command("cancel")
@@ -1530,22 +1650,49 @@ def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Co
 
 
 @task_app.command("history")
-def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome.
+def task_history(
+    task: TaskRef,
+    limit: LimitOption = PAGE_SIZE,
+    after: Annotated[
+        int | None,
+        typer.Option(
+            "--after",
+            help="Start after this run (the last of the previous page): older runs.",
+            show_default=False,
+            min=1,
+        ),
+    ] = None,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Every run, streamed as it is read, newest first.")
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
+) -> None:
+    """Show a task's past runs, newest first: run id, scheduled and started, lateness,
+    duration, outcome. A full page ends with a note on stderr naming the --after that
+    gets the next one.
 
     `cronbox task output RUN` prints the whole output of one of them.
     """
     store = open_store(home)
     view = store.get_task(task)
-    runs = store.runs_for(view.series_id)
-    if as_json:
-        print_json([run_json(r) for r in runs])
-        return
-    console = stdout_console()
-    if not runs:
-        console.print(Text(f"task {view.series_id} has not run yet"))
-        return
-    console.print(render_history(runs, zone(view.timezone), store.now(), console))
+    tz, now = zone(view.timezone), store.now()
+    rows: Iterable[Run]
+    next_after = None
+    if include_all:
+        rows = store.iter_runs(view.series_id, after=after)
+    else:
+        page = store.run_page(view.series_id, after=after, limit=limit)
+        rows, next_after = page.rows, page.next_after
+    count = emit_rows(
+        rows, as_json, as_jsonl, run_json,
+        lambda chunk, console: render_history(chunk, tz, now, console),
+    )  # fmt: skip
+    if not count and not (as_json or as_jsonl):
+        said = f"has no runs before run {after}" if after else "has not run yet"
+        stdout_console().print(Text(f"task {view.series_id} {said}"))
+    more_note("--after", next_after)
 
 
 @task_app.command("backfill")
@@ -1798,7 +1945,7 @@ def run(
 @app.command("status")
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Show the pool, live runners, due counts and the next wake-up."""
-    from host.daemon import host_status
+    from host.status import host_status
 
     store = open_store(home)
     report = host_status(store, load_settings().max_containers)
@@ -1837,6 +1984,9 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
                  f"({quiet['timezone']}){'; ' + state if state else ''}"),
             soft_wrap=True,
         )  # fmt: skip
+    hidden = report["quiet_sessions"] - len(report["quiet"])
+    if hidden > 0:
+        console.print(Text(f"and {hidden} more sessions with quiet hours"), soft_wrap=True)
     for problem in report["problems"]:
         console.print(
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),
@@ -1950,8 +2100,8 @@ def jobs_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption =
 
 def run_job(store: Cronbox, name: str) -> JobOut:
     """Run a job now: through the running host's API when it serves one, else here."""
-    from host.daemon import host_status
     from host.jobs import run_here
+    from host.status import host_status
 
     settings = load_settings()
     host = host_status(store, settings.max_containers)["host"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, Record, RunOutcome
@@ -46,6 +47,42 @@ class TaskView(Record):
     last_outcome: RunOutcome | None = None
     paused_reason: str | None = None
     """Why a paused series is paused (the failure rule, or the operator's note)."""
+
+
+LIVE_STATES = (MessageStatus.PENDING, MessageStatus.PAUSED)
+"""The states of a live series: it may still run."""
+
+
+class TaskFilter(StrEnum):
+    """Which task series a listing holds: live ones (the default), all, or one state
+    (``task list --status``, ``GET /api/tasks?status=``)."""
+
+    LIVE = "live"
+    ALL = "all"
+    PENDING = "pending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def states(self) -> tuple[MessageStatus, ...] | None:
+        """The states listed; None for every state."""
+        if self is TaskFilter.LIVE:
+            return LIVE_STATES
+        return None if self is TaskFilter.ALL else (MessageStatus(self.value),)
+
+
+class TaskQuery(Record):
+    """Which page of task series to list: the filters, and where the page starts."""
+
+    session_id: str | None = None
+    states: tuple[MessageStatus, ...] | None = LIVE_STATES
+    """The states listed (live ones by default); None lists every state."""
+    after: str | None = None
+    """The page starts after this series (a series or occurrence id); None: the first."""
+    limit: int = 50
 
 
 class Run(Record):
