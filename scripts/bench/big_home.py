@@ -247,8 +247,8 @@ def main() -> None:
         }
         figures: dict[str, tuple[float, float]] = {}
         for label, argv in commands.items():
-            spans = {which: [] for which in ("old", "new")}
-            sizes = {}
+            spans: dict[str, list[float]] = {"old": [], "new": []}
+            sizes: dict[str, int] = {}
             for _ in range(args.repeat):
                 for which, code in (("old", old_tree), ("new", new)):
                     took, size = timed(code, home, argv)
