@@ -1137,7 +1137,7 @@ class Cronbox:
 
     def webhook_sessions(self) -> list[Session]:
         """Sessions with a webhook (whose deliveries may wait for a receiver)."""
-        return [s for s in self.central.sessions() if s.webhook_url]
+        return self.central.sessions(with_webhook=True)
 
     def reject_outbound(
         self, session: Session, seq: int, message_id: str, reason: str, action: str,

@@ -268,11 +268,12 @@ class Sweeper:
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
             await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
+        # Each profile is checked once, however many sessions use it (10,000 sessions
+        # of one agent are one check, not 10,000 reads of agents.toml).
+        refused = await read(self._refused_agents, {s.agent for s in known.values()})
         for session in known.values():
-            try:
-                await read(self.store.agent_profile, session.agent)
-            except InvalidInput as exc:
-                self._profile_problem(session, exc)
+            if session.agent in refused:
+                self._profile_problem(session, refused[session.agent])
         for session in await read(self.store.webhook_sessions):
             # Replies still owed to a webhook are delivered though no runner is woken.
             await self.delivery.note_backlog(session)
@@ -462,6 +463,16 @@ class Sweeper:
         profile = self.store.agent_profile(session.agent)
         key = os.environ.get(profile.api_key_env) if profile.api_key_env else None
         return profile, key
+
+    def _refused_agents(self, agents: set[str]) -> dict[str, InvalidInput]:
+        """Why each of these agent profiles cannot be served, for those that cannot."""
+        refused = {}
+        for agent in agents:
+            try:
+                self.store.agent_profile(agent)
+            except InvalidInput as exc:
+                refused[agent] = exc
+        return refused
 
     def _profile_problem(self, session: Session, exc: InvalidInput) -> None:
         """Report a session whose agent profile no runner can serve."""

@@ -86,8 +86,8 @@ class CentralRepository(Protocol):
         """A feed of commits made by other processes."""
         ...
 
-    def sessions(self) -> list[Session]:
-        """Every session, oldest first."""
+    def sessions(self, *, with_webhook: bool = False) -> list[Session]:
+        """Every session (only those with a webhook URL when asked), oldest first."""
         ...
 
     def due_sessions(self, now: Instant, limit: int = 1000) -> list[tuple[str, Instant]]:

@@ -421,11 +421,12 @@ class SqliteCentral:
                 db.execute("SELECT 1 FROM sessions WHERE name = ?", [name]).fetchone() is not None
             )
 
-    def sessions(self) -> list[Session]:
-        """Every session, oldest first."""
+    def sessions(self, *, with_webhook: bool = False) -> list[Session]:
+        """Every session (only those with a webhook when asked), oldest first."""
+        where = "WHERE webhook_url IS NOT NULL" if with_webhook else ""
         with self._open() as db:
             rows = db.execute(
-                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions ORDER BY created_at, id"
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions {where} ORDER BY created_at, id"
             ).fetchall()
         return [_session(r) for r in rows]
 
