@@ -26,12 +26,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
-import humanize
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -47,7 +45,6 @@ from typer._click.exceptions import (
 )
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from cronbox_shared.agents import BUILTIN_AGENTS
 from cronbox_shared.errors import (
     CronboxError,
     InvalidInput,
@@ -91,18 +88,16 @@ from cronbox_shared.tasks import (
     schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.config import (
-    Settings,
-    configured_names,
-    known_setting_names,
-    unknown_setting_warnings,
-)
-from host.limits import ContainerLimits
 from host.logs import JsonFormatter, LogFormat
-from host.service import MAX_PAGE, PAGE_SIZE, Cronbox, describe_recurrence
-from host.settlement import is_backfill
-from host.store.records import LogEntry, Run, Session, TaskFilter, TaskView
-from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut, iso_local
+from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Run, Session, TaskFilter, TaskView
+
+if TYPE_CHECKING:
+    from host.config import Settings
+    from host.service import Cronbox
+    from host.views import JobOut
+
+# Commands import the service, the response models and the settings when they run, so
+# `cronbox --help` and a command's start load only what that command uses.
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -343,6 +338,8 @@ task_app = CronboxTyper(
 
 
 def _print_version(value: bool) -> None:
+    from importlib.metadata import version as package_version
+
     if value:
         typer.echo(f"cronbox {package_version('cronbox')}")
         raise typer.Exit()
@@ -463,6 +460,8 @@ def load_settings(warn: Callable[[str], None] | None = None) -> Settings:
     would silently ignore) is warned about once per process, with ``warn`` (the host's
     log) or as a ``warning:`` line on stderr.
     """
+    from host.config import Settings
+
     _warn_unknown_settings(warn)
     try:
         return Settings()
@@ -476,6 +475,8 @@ _warned: set[str] = set()
 
 
 def _warn_unknown_settings(warn: Callable[[str], None] | None) -> None:
+    from host.config import configured_names, known_setting_names, unknown_setting_warnings
+
     names = configured_names(os.environ)
     for warning in unknown_setting_warnings(names, known_setting_names()):
         if warning not in _warned:
@@ -493,6 +494,8 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
     home and fails with HomeNotFound instead of leaving an empty one behind (a typo in
     --home would otherwise look like a home without sessions).
     """
+    from host.service import Cronbox
+
     settings = load_settings()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
@@ -618,6 +621,8 @@ def local_time(when: datetime, tz: ZoneInfo) -> str:
 
 def relative(when: datetime, now: datetime) -> str:
     """``in 14 hours`` / ``3 minutes ago`` / ``now``."""
+    import humanize
+
     delta = when - now
     if abs(delta) < timedelta(seconds=1):
         return "now"
@@ -642,6 +647,8 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
 
 def task_json(view: TaskView) -> dict[str, Any]:
     """The JSON shape of a task series (``task schedule``, ``task list`` and friends)."""
+    from host.views import TaskOut
+
     return TaskOut.of(view).model_dump(mode="json")
 
 
@@ -658,6 +665,8 @@ def session_json(session: Session) -> dict[str, Any]:
 
 def show_session(verb: str, session: Session, as_json: bool) -> None:
     """One line after a session command, e.g. ``created session work (id …, agent echo, …)``."""
+    from host.limits import ContainerLimits
+
     if as_json:
         print_json(session_json(session))
         return
@@ -675,6 +684,8 @@ def show_session(verb: str, session: Session, as_json: bool) -> None:
 
 
 def schedule_cell(recurrence: str | None) -> str:
+    from host.service import describe_recurrence
+
     if recurrence is None:
         return "once"
     return f"{recurrence} ({describe_recurrence(recurrence)})"
@@ -800,6 +811,8 @@ def session_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
+    from host.limits import ContainerLimits
+
     store = open_store(home, create=True)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
     session = store.create_session(name, agent=agent, timezone=timezone, limits=limits)
@@ -830,6 +843,8 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
 @agent_app.command("list")
 def agent_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """List the agent profiles of agents.toml and the built-in ones."""
+    from cronbox_shared.agents import BUILTIN_AGENTS
+
     store = open_store(home, create=True)
     profiles = store.agent_profiles()
     rows = [
@@ -927,6 +942,8 @@ def session_update(
 ) -> None:
     """Change a session's agent profile, default timezone (existing tasks keep theirs) or
     quiet hours, container limits (from its next container on) or webhook."""
+    from host.limits import ContainerLimits
+
     store = open_store(home)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
     updated = store.update_session(
@@ -1039,6 +1056,8 @@ def send(
     as_json: JsonOption = False,
 ) -> None:
     """Send a chat message to a session's agent (it is due at once)."""
+    from host.views import MessageOut
+
     if timeout is not None and not wait:
         raise InvalidInput("--timeout only applies with --wait; add --wait or drop --timeout")
     store = open_store(home)
@@ -1595,6 +1614,8 @@ def task_update(
 
 
 def run_json(run: Run) -> dict[str, Any]:
+    from host.views import RunOut
+
     return RunOut.of(run).model_dump(mode="json")
 
 
@@ -1613,6 +1634,8 @@ def _lateness(run: Run) -> timedelta | None:
 
 def span_cell(delta: timedelta | None) -> str:
     """``2.3 seconds``, ``1 minute and 4 seconds``; a dash when there is nothing to show."""
+    import humanize
+
     if delta is None:
         return NOTHING
     words = humanize.precisedelta(abs(delta), format="%0.1f")
@@ -1620,6 +1643,8 @@ def span_cell(delta: timedelta | None) -> str:
 
 
 def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Console) -> Table:
+    from host.settlement import is_backfill
+
     id_width = max(len(str(r.id)) for r in runs)
 
     def build(dropped: frozenset[str]) -> Table:
@@ -1728,6 +1753,8 @@ def task_backfill(
 @task_app.command("show")
 def task_show(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Show a task: its settings and policies, its next 10 runs and its last 10 runs."""
+    from host.views import iso_local
+
     store = open_store(home)
     view = store.get_task(task)
     row = store.live_row(task)
@@ -1791,6 +1818,8 @@ def task_output(
     as_json: JsonOption = False,
 ) -> None:
     """Print a run's full output: the agent's replies to it, or its error."""
+    from host.views import RunOut, RunOutput
+
     store = open_store(home)
     found = store.run(run_id)
     replies = store.replies(found.session_id, found.message_id)
@@ -1851,6 +1880,8 @@ def cron_preview(
     jitter, the same every time). --home is accepted for uniformity; the preview reads
     no state.
     """
+    from host.views import iso_local
+
     del home  # the preview is pure; nothing under --home is read
     if jitter and not task_id:
         raise InvalidInput(
@@ -2102,6 +2133,7 @@ def run_job(store: Cronbox, name: str) -> JobOut:
     """Run a job now: through the running host's API when it serves one, else here."""
     from host.jobs import run_here
     from host.status import host_status
+    from host.views import JobOut
 
     settings = load_settings()
     host = host_status(store, settings.max_containers)["host"]
@@ -2177,6 +2209,8 @@ def restore(
 def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Run a task now, once, outside its schedule (the series is not disturbed); a failed
     or completed one-time task runs again (a cancelled one does not)."""
+    from host.views import RunQueued
+
     store = open_store(home)
     row = store.run_now(task)
     if as_json:

@@ -66,8 +66,8 @@ from cronbox_shared.timeutil import fmt
 from host.config import Settings
 from host.jobs import JobRunner
 from host.metrics import CONTENT_TYPE, Metrics
-from host.service import MAX_PAGE, PAGE_SIZE, Cronbox
-from host.store.records import LogEntry, Session, TaskFilter
+from host.service import Cronbox
+from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Session, TaskFilter
 from host.views import (
     ErrorOut,
     HealthOut,

@@ -90,6 +90,8 @@ from host.store.central import SqliteCentral
 from host.store.files import SqliteSessionFiles
 from host.store.records import (
     LIVE_STATES,
+    MAX_PAGE,
+    PAGE_SIZE,
     AuditEntry,
     Lease,
     LogEntry,
@@ -108,12 +110,6 @@ UNDELIVERED_BATCH = 200
 RING_BATCH = 1000
 # How many finished rows one pruning pass deletes at most (a pass never stalls a session).
 PRUNE_BATCH = 5000
-# Rows on one page of a listing by default, and at most (more: page on, or stream all).
-PAGE_SIZE = 50
-MAX_PAGE = 1000
-# Rows on one page of a listing by default, and at most (more: page on, or stream all).
-PAGE_SIZE = 50
-MAX_PAGE = 1000
 # An ended one-time task in one of these states may be run again (``task run``).
 _RERUNNABLE = (MessageStatus.COMPLETED, MessageStatus.FAILED)
 QUIET_OFF = ("off", "none")

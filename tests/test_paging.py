@@ -15,8 +15,8 @@ import pytest
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
-from host.service import MAX_PAGE, Cronbox
-from host.store.records import TaskFilter
+from host.service import Cronbox
+from host.store.records import MAX_PAGE, TaskFilter
 from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
 FUTURE = "2031-01-15T09:00:00Z"

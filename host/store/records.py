@@ -49,6 +49,9 @@ class TaskView(Record):
     """Why a paused series is paused (the failure rule, or the operator's note)."""
 
 
+# Rows on one page of a listing by default, and at most (more: page on, or stream all).
+PAGE_SIZE = 50
+MAX_PAGE = 1000
 LIVE_STATES = (MessageStatus.PENDING, MessageStatus.PAUSED)
 """The states of a live series: it may still run."""
 
