@@ -8,8 +8,8 @@ home, in the same run):
 
 * ``cronbox task list`` (first page) and ``cronbox task list --all --json`` (every row);
 * ``cronbox status``;
-* ``cronbox run`` ready: from the spawn until the host logs that it is running, and the
-  host's RSS then (and its peak, ``VmHWM``);
+* ``cronbox run`` ready (process runtime, HTTP API on a free port): from the spawn until
+  the host logs that it is running, and the host's RSS then (and its peak, ``VmHWM``);
 * ``cronbox --help``, beside ``python -c pass`` (the interpreter alone).
 
 Every figure is a median of ``--repeat`` runs of a fresh process (the page cache is warm:
@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -197,10 +198,15 @@ def timed(code: Path, home: Path, argv: Sequence[str]) -> tuple[float, int]:
 
 def ready(code: Path, home: Path) -> tuple[float, float, float]:
     """(seconds until ``cronbox run`` logs that it runs, its RSS then, its peak RSS) in MB."""
+    # With its HTTP API on, as by default, on a port free right now.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**env_for(code, home), "CRONBOX_HTTP_PORT": str(port)}
     began = time.perf_counter()
     host = subprocess.Popen(
         [sys.executable, "-m", "host.cli", "run", "--log-format", "json"], cwd=code,
-        env=env_for(code, home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert host.stderr is not None
