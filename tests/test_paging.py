@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.service import Cronbox
+from host.store.central import CENTRAL, central_migrations
 from host.store.records import MAX_PAGE, TaskFilter
 from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
@@ -316,3 +319,28 @@ def test_paused_state_is_counted_once_per_series(app: Cronbox) -> None:
     assert app.counts()["tasks.pending"] == 3
     assert app.live_task_count() == 3
     assert MessageStatus.PAUSED.value not in {v.status.value for v in app.list_tasks()}
+
+
+def test_a_home_from_before_the_counts_gets_them_and_keeps_its_order(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    conn = sqlite3.connect(home / CENTRAL)
+    central_migrations.apply(Database(conn), stop_before="m013_counts")
+    stamp = "2026-01-15T08:00:00.000Z"
+    with conn:
+        conn.execute(
+            "INSERT INTO sessions (id, name, agent, timezone, created_at) "
+            "VALUES ('s-000000000001', 'old', 'echo', 'UTC', ?)",
+            [stamp],
+        )
+        for k, status in enumerate(["pending", "paused", "cancelled", "pending"]):
+            conn.execute(
+                "INSERT INTO tasks (series_id, session_id, live_id, status, timezone, prompt, "
+                "created_at, updated_at) VALUES (?, 's-000000000001', ?, ?, 'UTC', 'p', ?, ?)",
+                [f"z-{3 - k}", f"z-{3 - k}", status, stamp, stamp],
+            )
+    conn.close()
+
+    store = Cronbox(home)
+    assert {k: n for k, n in store.counts().items() if n} == full_read(store)
+    assert walk_pages(store, 1, states=None) == ["z-3", "z-2", "z-1", "z-0"]
