@@ -1412,6 +1412,8 @@ def emit_rows(
 ) -> int:
     """Print ``rows`` as they come, in chunks: one JSON array (``--json``), one object a
     line (``--jsonl``) or tables of STREAM_CHUNK rows; how many there were."""
+    if as_json and as_jsonl:
+        raise InvalidInput("--json prints one array and --jsonl one object a line; give one")
     console = stdout_console()
     out = sys.stdout
     count = 0

@@ -226,6 +226,7 @@ def test_cli_first_page_is_fifty_and_says_how_to_get_the_next(cli: Cli, home: Pa
         (["--status", "sleeping"], "error: "),
         (["--session", "nope"], "error: "),
         (["work", "--session", "other"], "error: give the session once"),
+        (["--json", "--jsonl"], "error: --json prints one array and --jsonl"),
     ],
 )
 def test_cli_bad_paging_input_is_one_sentence(
