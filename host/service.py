@@ -493,6 +493,10 @@ class Cronbox:
         """Every session, oldest first."""
         return self.central.sessions()
 
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent profile) of every session: what a starting host needs of each."""
+        return self.central.session_agents()
+
     def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, Instant]]:
         """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
         return self.central.due_sessions(fmt(now), limit)

@@ -74,6 +74,10 @@ class CentralRepository(Protocol):
         """Whether a session has this name."""
         ...
 
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent profile) of every session, oldest first."""
+        ...
+
     def session_count(self) -> int:
         """How many sessions there are."""
         ...

@@ -430,6 +430,14 @@ class SqliteCentral:
             ).fetchall()
         return [_session(r) for r in rows]
 
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent) of every session, oldest first."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT id, name, agent FROM sessions ORDER BY created_at, id"
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     def session_count(self) -> int:
         """How many sessions there are."""
         with self._open() as db:
