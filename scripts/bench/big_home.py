@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -232,6 +233,8 @@ def median(values: Sequence[float]) -> float:
 
 def main() -> None:
     args = parse_args()
+    # A stopped run still removes its temporary worktree (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     scratch = None
     if args.home is not None:
         home = args.home
