@@ -2192,6 +2192,7 @@ def restore(
 ) -> None:
     """Restore a backup into an empty home (refuses one that is not empty)."""
     from host.jobs import restore_home
+    from host.service import Cronbox
 
     settings = load_settings()
     target = home if home is not None else settings.home
