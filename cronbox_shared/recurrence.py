@@ -34,9 +34,6 @@ from itertools import islice, pairwise
 from typing import Any, Literal, NoReturn
 from zoneinfo import ZoneInfo
 
-from cron_descriptor import ExpressionDescriptor, Options
-from croniter import CroniterBadDateError, CroniterError, croniter
-
 from cronbox_shared.durations import UNIT_HINT, duration_seconds
 from cronbox_shared.errors import InvalidRecurrence
 from cronbox_shared.timeutil import find_transition, is_ambiguous, local_to_utc
@@ -128,6 +125,9 @@ class Recurrence:
         """The recurrence in words, e.g. ``At 09:00, Monday through Friday``."""
         if self.every is not None:
             return f"every {_duration_words(self.every)}"
+        # Imported here: only a description needs it, and it is slow to import.
+        from cron_descriptor import ExpressionDescriptor, Options
+
         options = Options()
         options.use_24hour_time_format = True
         return str(ExpressionDescriptor(self.cron, options).get_description())
@@ -661,6 +661,8 @@ def _value(text: str, part: str, token: str, field: _Field) -> int:
 
 def _walk(cron: str, start: datetime) -> Any:
     """A croniter over naive wall times after ``start``, reading fields cronbox's way."""
+    from croniter import croniter  # only a check or a walk needs it, and it is slow to import
+
     return croniter(_for_croniter(cron), start, day_or=_day_or(cron))
 
 
@@ -678,6 +680,8 @@ def _for_croniter(cron: str) -> str:
 
 
 def _confirm_with_croniter(text: str, cron: str) -> None:
+    from croniter import CroniterBadDateError, CroniterError
+
     try:
         _walk(cron, _REFERENCE).get_next(datetime)
     except CroniterBadDateError as exc:

@@ -23,22 +23,21 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
-import humanize
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
+from typer._click.core import ParameterSource
 from typer._click.exceptions import (
     BadParameter,
     MissingParameter,
@@ -47,7 +46,6 @@ from typer._click.exceptions import (
 )
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from cronbox_shared.agents import BUILTIN_AGENTS
 from cronbox_shared.errors import (
     CronboxError,
     HasChildren,
@@ -92,27 +90,16 @@ from cronbox_shared.tasks import (
     schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.config import (
-    Settings,
-    configured_names,
-    known_setting_names,
-    unknown_setting_warnings,
-)
-from host.limits import ContainerLimits
 from host.logs import JsonFormatter, LogFormat
-from host.service import Cronbox, describe_recurrence
-from host.settlement import is_backfill
-from host.store.records import LogEntry, Run, Session, TaskView
-from host.views import (
-    HistoryOut,
-    JobOut,
-    MessageOut,
-    RunOut,
-    RunOutput,
-    RunQueued,
-    TaskOut,
-    iso_local,
-)
+from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Run, Session, TaskFilter, TaskView
+
+if TYPE_CHECKING:
+    from host.config import Settings
+    from host.service import Cronbox
+    from host.views import JobOut
+
+# Commands import the service, the response models and the settings when they run, so
+# `cronbox --help` and a command's start load only what that command uses.
 
 # Tables are laid out for this width when stdout is not a terminal (pipes, tests), so
 # that lines are neither wrapped nor cut at rich's 80-column fallback.
@@ -120,6 +107,9 @@ PIPE_WIDTH = 200
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT_ERROR = 1
 NOTHING = "—"
+# Rows a streamed listing (--all) prints at a time: a table or a run of JSON objects.
+STREAM_CHUNK = 200
+T = TypeVar("T")
 
 
 # The command line as given, kept so that a message can name a flag as it was typed.
@@ -350,6 +340,8 @@ task_app = CronboxTyper(
 
 
 def _print_version(value: bool) -> None:
+    from importlib.metadata import version as package_version
+
     if value:
         typer.echo(f"cronbox {package_version('cronbox')}")
         raise typer.Exit()
@@ -470,6 +462,8 @@ def load_settings(warn: Callable[[str], None] | None = None) -> Settings:
     would silently ignore) is warned about once per process, with ``warn`` (the host's
     log) or as a ``warning:`` line on stderr.
     """
+    from host.config import Settings
+
     _warn_unknown_settings(warn)
     try:
         return Settings()
@@ -483,6 +477,8 @@ _warned: set[str] = set()
 
 
 def _warn_unknown_settings(warn: Callable[[str], None] | None) -> None:
+    from host.config import configured_names, known_setting_names, unknown_setting_warnings
+
     names = configured_names(os.environ)
     for warning in unknown_setting_warnings(names, known_setting_names()):
         if warning not in _warned:
@@ -500,6 +496,8 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
     home and fails with HomeNotFound instead of leaving an empty one behind (a typo in
     --home would otherwise look like a home without sessions).
     """
+    from host.service import Cronbox
+
     settings = load_settings()
     if home is not None:
         settings = settings.model_copy(update={"home": home})
@@ -519,7 +517,7 @@ def advise(notes: Sequence[str]) -> None:
 def note_if_no_host(home: Path) -> None:
     """After queueing work: say on stderr when no host holds ``home``'s lock, since
     nothing will run until one starts (a note, not an error)."""
-    from host.daemon import host_alive
+    from host.status import host_alive
 
     if not host_alive(home):
         typer.echo(NO_HOST_NOTE, err=True)
@@ -625,6 +623,8 @@ def local_time(when: datetime, tz: ZoneInfo) -> str:
 
 def relative(when: datetime, now: datetime) -> str:
     """``in 14 hours`` / ``3 minutes ago`` / ``now``."""
+    import humanize
+
     delta = when - now
     if abs(delta) < timedelta(seconds=1):
         return "now"
@@ -649,6 +649,8 @@ def when_cell(stored: str | None, tz: ZoneInfo, now: datetime) -> str:
 
 def task_json(view: TaskView) -> dict[str, Any]:
     """The JSON shape of a task series (``task schedule``, ``task list`` and friends)."""
+    from host.views import TaskOut
+
     return TaskOut.of(view).model_dump(mode="json")
 
 
@@ -665,6 +667,8 @@ def session_json(session: Session) -> dict[str, Any]:
 
 def show_session(verb: str, session: Session, as_json: bool) -> None:
     """One line after a session command, e.g. ``created session work (id …, agent echo, …)``."""
+    from host.limits import ContainerLimits
+
     if as_json:
         print_json(session_json(session))
         return
@@ -691,6 +695,8 @@ def schedule_cell(recurrence: str | None, view: TaskView | None = None) -> str:
     elif recurrence is None:
         text = "once"
     else:
+        from host.service import describe_recurrence
+
         text = f"{recurrence} ({describe_recurrence(recurrence)})"
     return text + ("; needs approval" if view is not None and view.approval else "")
 
@@ -815,6 +821,8 @@ def session_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a session: its directory, inbox and entry in the registry."""
+    from host.limits import ContainerLimits
+
     store = open_store(home, create=True)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
     session = store.create_session(name, agent=agent, timezone=timezone, limits=limits)
@@ -845,6 +853,8 @@ def session_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
 @agent_app.command("list")
 def agent_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """List the agent profiles of agents.toml and the built-in ones."""
+    from cronbox_shared.agents import BUILTIN_AGENTS
+
     store = open_store(home, create=True)
     profiles = store.agent_profiles()
     rows = [
@@ -942,6 +952,8 @@ def session_update(
 ) -> None:
     """Change a session's agent profile, default timezone (existing tasks keep theirs) or
     quiet hours, container limits (from its next container on) or webhook."""
+    from host.limits import ContainerLimits
+
     store = open_store(home)
     limits = ContainerLimits(network=network, memory=memory, cpus=cpus, pids=pids)
     updated = store.update_session(
@@ -1054,6 +1066,8 @@ def send(
     as_json: JsonOption = False,
 ) -> None:
     """Send a chat message to a session's agent (it is due at once)."""
+    from host.views import MessageOut
+
     if timeout is not None and not wait:
         raise InvalidInput("--timeout only applies with --wait; add --wait or drop --timeout")
     store = open_store(home)
@@ -1414,30 +1428,148 @@ def task_schedule(
     note_if_no_host(store.home)
 
 
+def page_limit(ctx: typer.Context, param: typer.CallbackParam, value: int) -> int:
+    """``--limit``: rows on one page, 1 to MAX_PAGE."""
+    if 1 <= value <= MAX_PAGE:
+        return value
+    raise InvalidInput(
+        f"{typed_flag(ctx, param)} {value} is out of range; give 1 to {MAX_PAGE} rows a "
+        "page, or --all for every one"
+    )
+
+
+LimitOption = Annotated[
+    int,
+    typer.Option("--limit", help=f"Rows on the page (1-{MAX_PAGE}).", callback=page_limit),
+]
+JsonlOption = Annotated[
+    bool, typer.Option("--jsonl", help="Print one JSON object per line (for --all streams).")
+]
+
+
+def more_note(flag: str, value: str | int | None) -> None:
+    """Tell on stderr how to get the next page, when there is one."""
+    if value is not None:
+        typer.echo(f"note: more follow; for the next page add {flag} {value}", err=True)
+
+
+def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``rows`` in lists of ``size`` (the last may be shorter), read as they are needed."""
+    chunk: list[T] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def emit_rows(
+    rows: Iterable[T],
+    as_json: bool,
+    as_jsonl: bool,
+    to_json: Callable[[T], dict[str, Any]],
+    render: Callable[[Sequence[T], Console], Table],
+) -> int:
+    """Print ``rows`` as they come, in chunks: one JSON array (``--json``), one object a
+    line (``--jsonl``) or tables of STREAM_CHUNK rows; how many there were."""
+    if as_json and as_jsonl:
+        raise InvalidInput("--json prints one array and --jsonl one object a line; give one")
+    console = stdout_console()
+    out = sys.stdout
+    count = 0
+    if as_json:
+        out.write("[")
+    for chunk in chunks(rows, STREAM_CHUNK):
+        if as_jsonl:
+            out.write("".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in chunk))
+        elif as_json:
+            lead = ",\n" if count else "\n"
+            items = (json.dumps(to_json(r), indent=2, ensure_ascii=False) for r in chunk)
+            out.write(lead + ",\n".join("  " + i.replace("\n", "\n  ") for i in items))
+        else:
+            console.print(render(chunk, console))
+        out.flush()
+        count += len(chunk)
+    if as_json:
+        out.write("\n]\n" if count else "]\n")
+    return count
+
+
 @task_app.command("list")
 def task_list(
+    ctx: typer.Context,
     session: Annotated[
         str | None, typer.Argument(help="Only this session's tasks (name or id).")
     ] = None,
+    session_flag: Annotated[
+        str | None,
+        typer.Option(
+            "--session", help="Only this session's tasks (name or id).", show_default=False
+        ),
+    ] = None,
+    status_filter: Annotated[
+        TaskFilter,
+        typer.Option("--status", help="live (pending and paused), all, or one state."),
+    ] = TaskFilter.LIVE,
+    limit: LimitOption = PAGE_SIZE,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Start after this task (the last of the previous page).",
+            show_default=False,
+        ),
+    ] = None,
     include_all: Annotated[
         bool,
-        typer.Option("--all", help="Include finished tasks (completed, failed, cancelled)."),
+        typer.Option(
+            "--all",
+            help="Every task, finished ones too unless --status narrows it, streamed as it "
+            "is read instead of one page.",
+        ),
     ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """List task series with their schedule, next run and last run."""
+    """List task series, in the order they were scheduled, a page at a time.
+
+    Each row has the schedule, next run and last run. A full page ends with a note on
+    stderr naming the --after that gets the next one.
+    """
+    if session is not None and session_flag is not None and session != session_flag:
+        raise InvalidInput("give the session once, as an argument or with --session")
+    session = session or session_flag
+    states = status_filter.states
+    if include_all and ctx.get_parameter_source("status_filter") is ParameterSource.DEFAULT:
+        states = None  # --all alone has always meant finished tasks too
     store = open_store(home)
-    views = store.list_tasks(session, include_all=include_all)
-    if as_json:
-        print_json([task_json(v) for v in views])
-        return
-    console = stdout_console()
-    if not views:
-        hint = "" if include_all else "; --all shows finished ones too"
-        console.print(f"no live tasks{hint}", markup=False)
-        return
-    console.print(render_tasks(views, store.now(), console))
+    now = store.now()
+    if include_all:
+        rows: Iterable[TaskView] = store.iter_tasks(session, states=states, after=after)
+        next_after = None
+    else:
+        page = store.task_page(session, states=states, after=after, limit=limit)
+        rows, next_after = page.rows, page.next_after
+    count = emit_rows(
+        rows, as_json, as_jsonl, task_json, lambda chunk, console: render_tasks(chunk, now, console)
+    )
+    if not count and not (as_json or as_jsonl):
+        stdout_console().print(no_rows_line(status_filter, states, after), markup=False)
+    more_note("--after", next_after)
+
+
+def no_rows_line(status_filter: TaskFilter, states: Any, after: str | None) -> str:
+    """What ``task list`` says when nothing matched."""
+    if after is not None:
+        return f"no more tasks after {after}"
+    if states is None:
+        return "no tasks"
+    if status_filter is TaskFilter.LIVE:
+        return "no live tasks; --all shows finished ones too"
+    return f"no {status_filter.value} tasks"
 
 
 @task_app.command("cancel")
@@ -1612,6 +1744,8 @@ def task_update(
 
 
 def run_json(run: Run) -> dict[str, Any]:
+    from host.views import RunOut
+
     return RunOut.of(run).model_dump(mode="json")
 
 
@@ -1630,6 +1764,8 @@ def _lateness(run: Run) -> timedelta | None:
 
 def span_cell(delta: timedelta | None) -> str:
     """``2.3 seconds``, ``1 minute and 4 seconds``; a dash when there is nothing to show."""
+    import humanize
+
     if delta is None:
         return NOTHING
     words = humanize.precisedelta(abs(delta), format="%0.1f")
@@ -1637,6 +1773,8 @@ def span_cell(delta: timedelta | None) -> str:
 
 
 def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Console) -> Table:
+    from host.settlement import is_backfill
+
     id_width = max(len(str(r.id)) for r in runs)
 
     def build(dropped: frozenset[str]) -> Table:
@@ -1691,29 +1829,65 @@ def decision_cell(run: Run, tz: ZoneInfo, now: datetime) -> str:
 
 
 @task_app.command("history")
-def task_history(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show a task's past runs: run id, scheduled and started, lateness, duration, outcome,
-    model tokens in and out (as the host's model gateway counted them), and their total.
+def task_history(
+    task: TaskRef,
+    limit: LimitOption = PAGE_SIZE,
+    after: Annotated[
+        int | None,
+        typer.Option(
+            "--after",
+            help="Start after this run (the last of the previous page): older runs.",
+            show_default=False,
+            min=1,
+        ),
+    ] = None,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Every run, streamed as it is read, newest first.")
+    ] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
+) -> None:
+    """Show a task's past runs, newest first: run id, scheduled and started, lateness,
+    duration, outcome, model tokens in and out (as the host's model gateway counted them),
+    and their total over all runs. --json prints one object: the page's runs (every run
+    with --all) and the token totals; --jsonl streams one run a line. A full page ends
+    with a note on stderr naming the --after that gets the next one.
 
     `cronbox task output RUN` prints the whole output of one of them.
     """
     store = open_store(home)
     view = store.get_task(task)
-    runs = store.runs_for(view.series_id)
+    tz, now = zone(view.timezone), store.now()
+    rows: Iterable[Run]
+    next_after = None
+    if include_all:
+        rows = store.iter_runs(view.series_id, after=after)
+    else:
+        page = store.run_page(view.series_id, after=after, limit=limit)
+        rows, next_after = page.rows, page.next_after
     tokens = store.series_tokens(view.series_id)
+    if as_json and as_jsonl:
+        raise InvalidInput("--json prints one object and --jsonl one object a line; give one")
     if as_json:
-        print_json(HistoryOut.of(view.series_id, runs, tokens).model_dump(mode="json"))
+        from host.views import HistoryOut
+
+        print_json(HistoryOut.of(view.series_id, list(rows), tokens).model_dump(mode="json"))
+        more_note("--after", next_after)
         return
-    console = stdout_console()
-    if not runs:
-        console.print(Text(f"task {view.series_id} has not run yet"))
-        return
-    console.print(render_history(runs, zone(view.timezone), store.now(), console))
-    if tokens.total:
-        console.print(
+    count = emit_rows(
+        rows, False, as_jsonl, run_json,
+        lambda chunk, console: render_history(chunk, tz, now, console),
+    )  # fmt: skip
+    if not count and not as_jsonl:
+        said = f"has no runs before run {after}" if after else "has not run yet"
+        stdout_console().print(Text(f"task {view.series_id} {said}"))
+    elif tokens.total and not as_jsonl:
+        stdout_console().print(
             Text(f"model tokens, all runs: {tokens.input_tokens:,} in, "
                  f"{tokens.output_tokens:,} out")
         )  # fmt: skip
+    more_note("--after", next_after)
 
 
 @task_app.command("backfill")
@@ -1749,6 +1923,8 @@ def task_backfill(
 @task_app.command("show")
 def task_show(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Show a task: its settings and policies, its next 10 runs and its last 10 runs."""
+    from host.views import iso_local
+
     store = open_store(home)
     view = store.get_task(task)
     row = store.live_row(task)
@@ -1826,6 +2002,8 @@ def task_output(
     as_json: JsonOption = False,
 ) -> None:
     """Print a run's full output: the agent's replies to it, or its error."""
+    from host.views import RunOut, RunOutput
+
     store = open_store(home)
     found = store.run(run_id)
     replies = store.replies(found.session_id, found.message_id)
@@ -1886,6 +2064,8 @@ def cron_preview(
     jitter, the same every time). --home is accepted for uniformity; the preview reads
     no state.
     """
+    from host.views import iso_local
+
     del home  # the preview is pure; nothing under --home is read
     if jitter and not task_id:
         raise InvalidInput(
@@ -1980,7 +2160,7 @@ def run(
 @app.command("status")
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Show the pool, live runners, due counts, the next wake-up and today's model tokens."""
-    from host.daemon import host_status
+    from host.status import host_status
 
     store = open_store(home)
     report = host_status(store, load_settings().max_containers)
@@ -2020,6 +2200,9 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
                  f"({quiet['timezone']}){'; ' + state if state else ''}"),
             soft_wrap=True,
         )  # fmt: skip
+    hidden = report["quiet_sessions"] - len(report["quiet"])
+    if hidden > 0:
+        console.print(Text(f"and {hidden} more sessions with quiet hours"), soft_wrap=True)
     for problem in report["problems"]:
         console.print(
             Text(f"problem in session {problem['session']}: {problem['reason']}", style="yellow"),
@@ -2146,8 +2329,9 @@ def jobs_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption =
 
 def run_job(store: Cronbox, name: str) -> JobOut:
     """Run a job now: through the running host's API when it serves one, else here."""
-    from host.daemon import host_status
     from host.jobs import run_here
+    from host.status import host_status
+    from host.views import JobOut
 
     settings = load_settings()
     host = host_status(store, settings.max_containers)["host"]
@@ -2204,6 +2388,7 @@ def restore(
 ) -> None:
     """Restore a backup into an empty home (refuses one that is not empty)."""
     from host.jobs import restore_home
+    from host.service import Cronbox
 
     settings = load_settings()
     target = home if home is not None else settings.home
@@ -2223,6 +2408,8 @@ def restore(
 def task_run(task: TaskRef, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Run a task now, once, outside its schedule (the series is not disturbed); a failed
     or completed one-time task runs again (a cancelled one does not)."""
+    from host.views import RunQueued
+
     store = open_store(home)
     row = store.run_now(task)
     if as_json:

@@ -19,16 +19,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from cronbox_shared.errors import AgentConfigError, HostAlreadyRunning
-from cronbox_shared.policies import parse_quiet, quiet_end
+from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
@@ -39,15 +37,13 @@ from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
 from host.runtimes import Runtime, get_runtime
 from host.service import Cronbox
+from host.status import LOCK, STATUS
 from host.store.base import ChangeFeed
 from host.sweep import SweepConfig, Sweeper
-from host.views import TokensTodayOut
 from host.webhook import WebhookChannel
 from host.writer import Writer
 
 log = logging.getLogger("cronbox.host")
-LOCK = "host.lock"
-STATUS = "host.json"
 CHANGE_POLL = 0.2
 _STATUS_LOCK = threading.Lock()
 # How long the HTTP server may take to finish open requests once the host has drained.
@@ -326,71 +322,3 @@ async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: HttpServer 
             sweeper.stop_accepting()
             scope.cancel()
             return
-
-
-def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
-    """What ``cronbox status`` shows: the host's published pool state plus due counts."""
-    published: dict[str, Any] | None = None
-    path = store.home / STATUS
-    try:
-        published = json.loads(path.read_text())
-    except (OSError, ValueError):
-        published = None
-    if published is not None and not host_alive(store.home):
-        published = None
-    now = store.now()
-    nxt = store.next_wake()
-    try:
-        budgets = {name: p.daily_token_budget for name, p in store.agent_profiles().items()}
-    except AgentConfigError:
-        budgets = {}  # the host reports the file; the counts are still worth showing
-    tokens = TokensTodayOut.of(store.token_day(), store.token_use_today(), budgets)
-    return {
-        "host": published
-        and {
-            "pid": published.get("pid"),
-            "runtime": published.get("runtime"),
-            "max_containers": published.get("max_containers", max_containers),
-            "updated_at": published.get("updated_at"),
-            "engine_down": published.get("engine_down"),
-            "http": published.get("http"),
-        },
-        "live": (published or {}).get("live", []),
-        "waiting": (published or {}).get("waiting", []),
-        "problems": (published or {}).get("problems", []),
-        "stale": (published or {}).get("stale", []),
-        "sessions": store.central.session_count(),
-        "due_now": len(store.due_sessions(now)),
-        "live_tasks": store.live_task_count(),
-        "awaiting_approval": store.awaiting_count(),
-        "next_wake": fmt(nxt) if nxt else None,
-        "quiet": [
-            {"session": s.name, "window": s.quiet, "timezone": s.timezone,
-             "until": _quiet_until(s.quiet, s.timezone, now)}
-            for s in store.list_sessions() if s.quiet
-        ],
-        "tokens_today": tokens.model_dump(mode="json"),
-    }  # fmt: skip
-
-
-def _quiet_until(window: str, timezone: str, now: datetime) -> str | None:
-    """When the quiet window ``now`` falls in ends, or None outside it."""
-    end = quiet_end(parse_quiet(window), zone(timezone), now)
-    return fmt(end) if end else None
-
-
-def host_alive(home: Path) -> bool:
-    """Whether a host holds the home's lock right now."""
-    path = home / LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)

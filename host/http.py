@@ -29,7 +29,6 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from functools import partial
 from importlib.metadata import version as package_version
 from typing import Annotated, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -57,7 +56,7 @@ from cronbox_shared.errors import (
     TaskStateError,
     TooManyTasks,
 )
-from cronbox_shared.models import InboundMessage, MessageStatus
+from cronbox_shared.models import InboundMessage
 from cronbox_shared.tasks import (
     OperatorUpdateRequest,
     ScheduleRequest,
@@ -69,7 +68,7 @@ from host.config import Settings
 from host.jobs import JobRunner
 from host.metrics import CONTENT_TYPE, Metrics
 from host.service import Cronbox
-from host.store.records import LogEntry, Session
+from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Session, TaskFilter
 from host.views import (
     ErrorOut,
     HealthOut,
@@ -91,7 +90,6 @@ API_KEY_HEADER = "x-api-key"
 ACTOR = "http"
 # /health reports the sweep stalled when no pass completed within this many intervals.
 STALL_INTERVALS = 3
-MAX_LIMIT = 1000
 
 
 class ShuttingDown(CronboxError, RuntimeError):
@@ -221,21 +219,6 @@ def status_code(exc: CronboxError) -> int:
     return 500
 
 
-class TaskFilter(StrEnum):
-    """Which task series ``GET /api/tasks`` lists: live ones (the default), all, or one state."""
-
-    LIVE = "live"
-    ALL = "all"
-    PENDING = "pending"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-    WAITING = "waiting"
-    AWAITING_APPROVAL = "awaiting_approval"
-
-
 class ScheduleBody(ScheduleRequest):
     """``POST /api/tasks``: a schedule request plus the session it belongs to."""
 
@@ -266,9 +249,16 @@ class MessageBody(StrictRequest):
 ApiKey = Annotated[str | None, Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))]
 TaskId = Annotated[str, Path(description="Task id, occurrence id or series id.")]
 SessionRef = Annotated[str, Path(description="Session name or id.")]
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 _TASKS = TypeAdapter(list[TaskOut])
+
+
+def _next_link(request: Request, **page: Any) -> str:
+    """A ``Link`` header value pointing at the next page: this request's query, moved on."""
+    following = request.url.include_query_params(**page)
+    return f'<{following.path}?{following.query}>; rel="next"'
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": words}
@@ -429,22 +419,30 @@ def build_app(api: Api) -> FastAPI:
 
     @app.get("/api/tasks", response_model=list[TaskOut], responses=ERRORS)
     async def list_tasks(
+        request: Request,
         session: Annotated[str | None, Query(description="Only this session's tasks.")] = None,
         status: Annotated[
             TaskFilter, Query(description="live (default), all, or one state.")
         ] = TaskFilter.LIVE,
+        after: Annotated[
+            str | None, Query(description="Start after this task (the previous page's last).")
+        ] = None,
+        limit: Limit = PAGE_SIZE,
         key: ApiKey = None,
     ) -> Response:
-        """Task series, soonest next run first (as ``cronbox task list --json``)."""
+        """One page of task series in the order they were scheduled (as ``cronbox task
+        list --json``); a ``Link: <…>; rel="next"`` header points at the next page."""
 
-        def rendered() -> bytes:
-            views = api.store.list_tasks(session, include_all=status is not TaskFilter.LIVE)
-            if status not in (TaskFilter.LIVE, TaskFilter.ALL):
-                views = [v for v in views if v.status is MessageStatus(status.value)]
-            return _TASKS.dump_json([TaskOut.of(v) for v in views])
+        def rendered() -> tuple[bytes, str | None]:
+            page = api.store.task_page(session, states=status.states, after=after, limit=limit)
+            return _TASKS.dump_json([TaskOut.of(v) for v in page.rows]), page.next_after
 
         # Read, shaped and encoded in the worker thread: the loop only sends the bytes.
-        return Response(await api.read(rendered), media_type="application/json")
+        body, next_after = await api.read(rendered)
+        headers = {}
+        if next_after is not None:
+            headers["Link"] = _next_link(request, after=next_after, limit=limit)
+        return Response(body, media_type="application/json", headers=headers)
 
     @app.post(
         "/api/tasks", status_code=201, response_model=TaskOut, responses=ERRORS,
@@ -522,10 +520,24 @@ def build_app(api: Api) -> FastAPI:
         return RunQueued(id=row.id, series_id=row.series_id, process_after=row.process_after)
 
     @app.get("/api/tasks/{task}/runs", response_model=list[RunOut], responses=ERRORS)
-    async def task_runs(task: TaskId, limit: Limit = 50, key: ApiKey = None) -> list[RunOut]:
-        """A task's past runs, newest first (the runs of ``cronbox task history --json``)."""
+    async def task_runs(
+        request: Request,
+        response: Response,
+        task: TaskId,
+        limit: Limit = PAGE_SIZE,
+        after: Annotated[
+            int | None,
+            Query(ge=1, description="Start after this run (the previous page's last): older runs."),
+        ] = None,
+        key: ApiKey = None,
+    ) -> list[RunOut]:
+        """A page of a task's past runs, newest first (as ``cronbox task history --json``);
+        when older runs follow, a ``Link: <…>; rel="next"`` header points at them."""
         view = await api.read(api.store.get_task, task)
-        return [RunOut.of(r) for r in await api.read(api.store.runs_for, view.series_id, limit)]
+        page = await api.read(partial(api.store.run_page, view.series_id, after=after, limit=limit))
+        if page.next_after is not None:
+            response.headers["Link"] = _next_link(request, after=page.next_after, limit=limit)
+        return [RunOut.of(r) for r in page.rows]
 
     @app.get("/api/tasks/{task}/history", response_model=HistoryOut, responses=ERRORS)
     async def task_history(task: TaskId, limit: Limit = 50, key: ApiKey = None) -> HistoryOut:

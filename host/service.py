@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -101,6 +102,9 @@ from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, Ses
 from host.store.central import SqliteCentral
 from host.store.files import SqliteSessionFiles
 from host.store.records import (
+    LIVE_STATES,
+    MAX_PAGE,
+    PAGE_SIZE,
     AuditEntry,
     ChargedRun,
     Lease,
@@ -108,6 +112,7 @@ from host.store.records import (
     Run,
     RunRecord,
     Session,
+    TaskQuery,
     TaskView,
     TokenCount,
 )
@@ -162,6 +167,19 @@ class Rejection:
     action: str
 
 
+K = TypeVar("K", str, int)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T, K]):
+    """One page of a listing (``task list``, ``task history``): its rows, and the key of
+    the row the next page starts after."""
+
+    rows: list[T]
+    next_after: K | None
+    """What to pass as ``after`` for the next page; None on the last page."""
+
+
 @dataclass
 class _Work:
     """What one inbound transaction changed, for the central view."""
@@ -196,8 +214,13 @@ def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> In
     return row.model_copy(update={"process_after": fmt(due)})
 
 
+@lru_cache(maxsize=4096)
 def describe_recurrence(expr: str | None) -> str:
-    """The recurrence in words, or "once"."""
+    """The recurrence in words, or "once".
+
+    Kept per expression: parsing it again and cron-descriptor loading its message
+    catalogue for every row were most of what listing many tasks cost.
+    """
     return stored_recurrence(expr).describe() if expr else "once"
 
 
@@ -496,6 +519,10 @@ class Cronbox:
         """Every session, oldest first."""
         return self.central.sessions()
 
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent profile) of every session: what a starting host needs of each."""
+        return self.central.session_agents()
+
     def due_sessions(self, now: datetime, limit: int = 1000) -> list[tuple[str, Instant]]:
         """(session id, next_due_at) of sessions with due work, earliest first (index only)."""
         return self.central.due_sessions(fmt(now), limit)
@@ -731,9 +758,54 @@ class Cronbox:
         session_id = self.get_session(session_ref).id if session_ref is not None else None
         return self.central.task_views(session_id=session_id, live_only=not include_all)
 
+    def task_page(
+        self,
+        session_ref: str | None = None,
+        *,
+        states: tuple[MessageStatus, ...] | None = LIVE_STATES,
+        after: str | None = None,
+        limit: int = PAGE_SIZE,
+    ) -> Page[TaskView, str]:
+        """One page of task series (live ones by default) in listing order: the order
+        they were first scheduled in, which nothing changes later, so following
+        ``next_after`` from page to page skips and repeats nothing."""
+        _check_limit(limit)
+        session_id = self.get_session(session_ref).id if session_ref is not None else None
+        query = TaskQuery(session_id=session_id, states=states, after=after, limit=limit + 1)
+        views = self.central.task_page(query)
+        more = len(views) > limit
+        return Page(views[:limit], views[limit - 1].series_id if more else None)
+
+    def iter_tasks(
+        self,
+        session_ref: str | None = None,
+        *,
+        states: tuple[MessageStatus, ...] | None = LIVE_STATES,
+        after: str | None = None,
+    ) -> Iterator[TaskView]:
+        """Every task series from ``after`` on, page after page as they are read."""
+        while True:
+            page = self.task_page(session_ref, states=states, after=after, limit=MAX_PAGE)
+            yield from page.rows
+            if page.next_after is None:
+                return
+            after = page.next_after
+
     def live_task_count(self) -> int:
         """Live task series over every session."""
         return self.central.live_task_count()
+
+    def counts(self) -> dict[str, int]:
+        """The counts the central index keeps (sessions, task series per state)."""
+        return self.central.counts()
+
+    def due_count(self, now: datetime) -> int:
+        """How many sessions have work due by ``now``."""
+        return self.central.due_count(fmt(now))
+
+    def quiet_sessions(self, limit: int) -> tuple[int, list[tuple[str, str, str]]]:
+        """How many sessions keep quiet hours, and (name, window, zone) of ``limit``."""
+        return self.central.quiet_sessions(limit)
 
     def _change_status(
         self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
@@ -1028,10 +1100,28 @@ class Cronbox:
         """The run of each of these occurrences of one session that has one."""
         return self.central.runs_of(session_id, message_ids)
 
-    def runs_for(self, ref: str, limit: int = 50) -> list[Run]:
-        """Past runs of a task series, newest first."""
+    def runs_for(self, ref: str, limit: int = PAGE_SIZE) -> list[Run]:
+        """The newest ``limit`` runs of a task series, newest first."""
+        return self.run_page(ref, limit=limit).rows
+
+    def run_page(
+        self, ref: str, *, after: int | None = None, limit: int = PAGE_SIZE
+    ) -> Page[Run, int]:
+        """One page of a task series' past runs, newest first: those listed after run
+        ``after`` (older ones) when given."""
+        _check_limit(limit)
         session, series = self._locate(ref, None)
-        return self.central.runs(session, series, limit)
+        runs = self.central.runs(session, series, limit + 1, after)
+        return Page(runs[:limit], runs[limit - 1].id if len(runs) > limit else None)
+
+    def iter_runs(self, ref: str, after: int | None = None) -> Iterator[Run]:
+        """Every past run of a task series (after run ``after``), newest first, page by page."""
+        while True:
+            page = self.run_page(ref, after=after, limit=MAX_PAGE)
+            yield from page.rows
+            if page.next_after is None:
+                return
+            after = page.next_after
 
     # --- model tokens (the gateway's counts) --------------------------------------------
 
@@ -1333,7 +1423,7 @@ class Cronbox:
 
     def webhook_sessions(self) -> list[Session]:
         """Sessions with a webhook (whose deliveries may wait for a receiver)."""
-        return [s for s in self.central.sessions() if s.webhook_url]
+        return self.central.sessions(with_webhook=True)
 
     def reject_outbound(
         self, session: Session, seq: int, message_id: str, reason: str, action: str,
@@ -1476,6 +1566,14 @@ def _session_name(name: str) -> str:
             f'session name "{name[:80]}" is not valid; use 1-64 characters without spaces'
         )
     return name
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(
+            f"limit {limit} is out of range; give 1 to {MAX_PAGE} rows a page and page on "
+            "with after"
+        )
 
 
 def _cap(text: str | None, limit: int) -> str | None:

@@ -29,7 +29,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import AgentProfile
 from cronbox_shared.defaults import DEFAULTS
-from cronbox_shared.errors import EngineUnavailable, InvalidInput, OutboxUnreadable
+from cronbox_shared.errors import (
+    EngineUnavailable,
+    InvalidInput,
+    OutboxUnreadable,
+    SessionNotFound,
+)
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, parse_utc
@@ -249,8 +254,9 @@ class Sweeper:
 
     async def recover(self) -> None:
         """Re-derive state from the files and adopt or reap runners a previous host left."""
-        known = {s.id: s for s in await read(self.store.list_sessions)}
-        self._names.update((s.id, s.name) for s in known.values())
+        # Names and agents only: a home of 10,000 sessions builds no 10,000 records here.
+        agents = {sid: (name, agent) for sid, name, agent in await read(self.store.session_agents)}
+        self._names.update((sid, name) for sid, (name, _) in agents.items())
         stale = await read(self.store.stale_sessions)
         for session_id in stale:
             try:
@@ -258,7 +264,7 @@ class Sweeper:
             except Exception:
                 log.exception("session %s: could not re-derive its state", session_id)
         for handle in await self.runtime.list_own(self.store.home):
-            session = known.get(handle.session_id)
+            session = await self._known(handle.session_id) if handle.session_id in agents else None
             if session is None:
                 log.warning(
                     "reaping runner %s of unknown session %s", handle.ref, handle.session_id
@@ -268,11 +274,12 @@ class Sweeper:
             log.info("adopting runner %s of session %s", handle.ref, session.name)
             self.live[session.id] = LiveRunner(handle=handle, session=session)
             await self.writer(self.store.acquire_lease, session.id, self.host_id, handle.ref)
-        for session in known.values():
-            try:
-                await read(self.store.agent_profile, session.agent)
-            except InvalidInput as exc:
-                self._profile_problem(session, exc)
+        # Each profile is checked once, however many sessions use it (10,000 sessions
+        # of one agent are one check, not 10,000 reads of agents.toml).
+        refused = await read(self._refused_agents, {agent for _, agent in agents.values()})
+        for session_id, (_, agent) in agents.items():
+            if agent in refused and (session := await self._known(session_id)) is not None:
+                self._profile_problem(session, refused[agent])
         for session in await read(self.store.webhook_sessions):
             # Replies still owed to a webhook are delivered though no runner is woken.
             await self.delivery.note_backlog(session)
@@ -284,7 +291,7 @@ class Sweeper:
                 await self.writer(self.store.release_lease, lease.session_id, lease.runner_ref)
         log.info(
             "%d sessions, %d re-derived from their files, %d runners adopted",
-            len(known), len(stale), len(self.live),
+            len(agents), len(stale), len(self.live),
         )  # fmt: skip
 
     # --- the loop ----------------------------------------------------------------------
@@ -462,6 +469,23 @@ class Sweeper:
         profile = self.store.agent_profile(session.agent)
         key = os.environ.get(profile.api_key_env) if profile.api_key_env else None
         return profile, key
+
+    async def _known(self, session_id: str) -> Session | None:
+        """The session, or None when it was deleted meanwhile."""
+        try:
+            return await read(self.store.get_session, session_id)
+        except SessionNotFound:
+            return None
+
+    def _refused_agents(self, agents: set[str]) -> dict[str, InvalidInput]:
+        """Why each of these agent profiles cannot be served, for those that cannot."""
+        refused = {}
+        for agent in agents:
+            try:
+                self.store.agent_profile(agent)
+            except InvalidInput as exc:
+                refused[agent] = exc
+        return refused
 
     def _profile_problem(self, session: Session, exc: InvalidInput) -> None:
         """Report a session whose agent profile no runner can serve."""

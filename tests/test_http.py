@@ -211,6 +211,31 @@ async def test_reads_return_exactly_what_the_cli_prints_with_json(host: Host) ->
     assert log.json() == cli_json(home, "log", "alpha")
 
 
+async def test_list_endpoints_page_like_the_cli_and_link_the_next_page(host: Host) -> None:
+    home = host.store.home
+    session = host.store.create_session("alpha")
+    far = "2031-01-15T09:00:00Z"
+    for k in range(5):
+        task = {"taskId": f"t{k}", "prompt": "p", "processAfter": far}
+        host.store.schedule_task(session.id, task)
+    first = await host.call("GET", "/api/tasks", params={"limit": 2})
+    assert first.json() == cli_json(home, "task", "list", "--limit", "2")
+    pages, link = [first.json()], first.headers.get("link")
+    while link is not None:
+        target = link.split(">", 1)[0].removeprefix("<")
+        assert target.startswith("/api/tasks?")
+        page = await host.call("GET", target)
+        pages.append(page.json())
+        link = page.headers.get("link")
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [t for p in pages for t in p] == cli_json(home, "task", "list", "--all")
+    after = await host.call("GET", "/api/tasks", params={"after": "nope"})
+    assert after.status_code == 404
+    too_many = await host.call("GET", "/api/tasks", params={"limit": 1001})
+    assert too_many.status_code == 400
+    assert too_many.json()["error"].startswith("limit")
+
+
 # --- writes: the same services as the CLI ----------------------------------------------------
 
 

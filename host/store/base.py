@@ -26,6 +26,7 @@ from host.store.records import (
     RunRecord,
     Session,
     SessionView,
+    TaskQuery,
     TaskView,
     TokenCount,
 )
@@ -75,6 +76,10 @@ class CentralRepository(Protocol):
         """Whether a session has this name."""
         ...
 
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent profile) of every session, oldest first."""
+        ...
+
     def session_count(self) -> int:
         """How many sessions there are."""
         ...
@@ -87,8 +92,8 @@ class CentralRepository(Protocol):
         """A feed of commits made by other processes."""
         ...
 
-    def sessions(self) -> list[Session]:
-        """Every session, oldest first."""
+    def sessions(self, *, with_webhook: bool = False) -> list[Session]:
+        """Every session (only those with a webhook URL when asked), oldest first."""
         ...
 
     def due_sessions(self, now: Instant, limit: int = 1000) -> list[tuple[str, Instant]]:
@@ -121,6 +126,12 @@ class CentralRepository(Protocol):
         """
         ...
 
+    def apply_views(
+        self, views: Sequence[tuple[str, SessionView, int | None]], *, now: Instant
+    ) -> None:
+        """``apply_view`` without runs or audit for many sessions, in one transaction."""
+        ...
+
     def locate(self, series_id: str, occurrence_id: str) -> tuple[str, str] | None:
         """(session id, series id) of the series with this id or live occurrence id."""
         ...
@@ -143,12 +154,38 @@ class CentralRepository(Protocol):
         """Approval decisions (``approved``, ``rejected``) in the kept run history."""
         ...
 
+    def task_page(self, query: TaskQuery) -> list[TaskView]:
+        """Up to ``query.limit`` series matching its filters, after ``query.after``.
+
+        Implementers must list in an order fixed when a series is first seen and never
+        changed after (not by a run, a new occurrence or a re-derived view), so that
+        paging skips and repeats nothing while series are added or run; an unknown
+        ``after`` raises TaskNotFound. One page is read from the index alone.
+        """
+        ...
+
     def live_task_count(self) -> int:
         """Live task series over every session."""
         ...
 
-    def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:
-        """Runs of one series, newest first."""
+    def counts(self) -> dict[str, int]:
+        """``sessions`` and ``tasks.<state>`` for each task state held, kept with every
+        write, so reading them costs the same on any size of home."""
+        ...
+
+    def due_count(self, now: Instant) -> int:
+        """How many sessions have work due by ``now``."""
+        ...
+
+    def quiet_sessions(self, limit: int) -> tuple[int, list[tuple[str, str, str]]]:
+        """How many sessions have quiet hours, and (name, window, zone) of the first
+        ``limit`` by name."""
+        ...
+
+    def runs(
+        self, session_id: str, series_id: str, limit: int = 50, before: int | None = None
+    ) -> list[Run]:
+        """Runs of one series, newest first; only those older than run ``before`` if given."""
         ...
 
     def runs_of(self, session_id: str, message_ids: Sequence[str]) -> dict[str, Run]:

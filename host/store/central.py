@@ -19,10 +19,11 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound
-from cronbox_shared.models import LIVE_STATUSES, MessageStatus, preview
+from cronbox_shared.errors import HomeNotFound, SessionExists, SessionNotFound, TaskNotFound
+from cronbox_shared.models import MessageStatus, preview
 from cronbox_shared.timeutil import Instant
 from host.store.records import (
+    LIVE_STATES,
     AuditEntry,
     ChargedRun,
     JobRecord,
@@ -31,11 +32,15 @@ from host.store.records import (
     RunRecord,
     Session,
     SessionView,
+    TaskQuery,
     TaskView,
     TokenCount,
 )
 
 CENTRAL = "cronbox.db"
+# The task states a live series is in; the same text in the partial index and its queries,
+# so SQLite can use the index.
+LIVE_TASK = f"status IN ({', '.join(repr(s.value) for s in LIVE_STATES)})"
 
 central_migrations = Migrations("cronbox.central")
 
@@ -253,6 +258,55 @@ def m012_chains(db: Database) -> None:
     _open_every_inbox(db)
 
 
+@central_migrations()
+def m013_counts(db: Database) -> None:
+    """What a big home is read by without scanning it (issue 13).
+
+    * ``tasks.listed``: the order the index first saw each series in, never reassigned,
+      so ``task list`` pages by keyset (``--after ID``) and no row is skipped or repeated
+      while tasks are added, run or re-derived;
+    * indexes serving each page straight in that order: all tasks, live ones, one state,
+      one session; sessions with quiet hours;
+    * ``counts``: sessions and task series per state, kept by triggers on every write,
+      so ``cronbox status`` reads a few rows instead of counting 100,000.
+    """
+    db.execute("ALTER TABLE tasks ADD COLUMN listed INTEGER")
+    db.execute("UPDATE tasks SET listed = rowid")
+    db.execute("CREATE UNIQUE INDEX tasks_listed ON tasks (listed)")
+    db.execute(f"CREATE INDEX tasks_live_listed ON tasks (listed) WHERE {LIVE_TASK}")
+    db.execute("CREATE INDEX tasks_status_listed ON tasks (status, listed)")
+    db.execute("CREATE INDEX tasks_session_listed ON tasks (session_id, listed)")
+    db.execute("CREATE INDEX sessions_quiet ON sessions (name) WHERE quiet IS NOT NULL")
+    db.execute(
+        "CREATE TRIGGER tasks_listed_new AFTER INSERT ON tasks WHEN new.listed IS NULL BEGIN "
+        "UPDATE tasks SET listed = (SELECT coalesce(max(listed), 0) + 1 FROM tasks) "
+        "WHERE rowid = new.rowid; END"
+    )
+    db.execute("CREATE TABLE counts (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO counts SELECT 'sessions', count(*) FROM sessions")
+    db.execute("INSERT INTO counts SELECT 'tasks.' || status, count(*) FROM tasks GROUP BY status")
+
+    def bump(name: str, by: int) -> str:
+        return (
+            f"INSERT INTO counts (name, n) VALUES ({name}, {by}) "
+            f"ON CONFLICT (name) DO UPDATE SET n = n + {by};"
+        )
+
+    session, new, old = "'sessions'", "'tasks.' || new.status", "'tasks.' || old.status"
+    for trigger, event, body in (
+        ("sessions_count_new", "INSERT ON sessions", bump(session, 1)),
+        ("sessions_count_gone", "DELETE ON sessions", bump(session, -1)),
+        ("tasks_count_new", "INSERT ON tasks", bump(new, 1)),
+        ("tasks_count_gone", "DELETE ON tasks", bump(old, -1)),
+        (
+            "tasks_count_moved",
+            "UPDATE OF status ON tasks WHEN old.status IS NOT new.status",
+            bump(old, -1) + " " + bump(new, 1),
+        ),
+    ):
+        db.execute(f"CREATE TRIGGER {trigger} AFTER {event} BEGIN {body} END")
+
+
 _SESSION_COLS = ("id", "name", "agent", "timezone", "container", "created_at",
                  "last_active_at", "next_due_at", "quiet", "max_wakes_per_day",
                  "webhook_url", "webhook_secret_env")  # fmt: skip
@@ -262,7 +316,24 @@ _RUN_COLS = ("id", "session_id", "message_id", "series_id", "scheduled_for", "st
              "decision_note")  # fmt: skip
 
 
-_LIVE = ", ".join(f"'{s.value}'" for s in LIVE_STATUSES)
+_TASK_VIEW = (
+    "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
+    "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome, "
+    "t.paused_reason, t.after_task, t.after_outcome, t.when_output, t.approval "
+    "FROM tasks t JOIN sessions s ON s.id = t.session_id "
+    "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
+    "WHERE series_id = t.series_id AND session_id = t.session_id)"
+)
+
+
+def _task_view(r: Sequence[Any]) -> TaskView:
+    return TaskView(
+        id=r[0], series_id=r[1], session_id=r[2], session=r[3], status=r[4],
+        next_run=r[5], recurrence=r[6], timezone=r[7], prompt=r[8],
+        has_script=bool(r[9]), last_run_at=r[10], last_outcome=r[11],
+        paused_reason=r[12], after_task=r[13], after_outcome=r[14], when_output=r[15],
+        approval=bool(r[16]),
+    )  # fmt: skip
 
 
 def _session(row: Sequence[Any]) -> Session:
@@ -388,13 +459,22 @@ class SqliteCentral:
                 db.execute("SELECT 1 FROM sessions WHERE name = ?", [name]).fetchone() is not None
             )
 
-    def sessions(self) -> list[Session]:
-        """Every session, oldest first."""
+    def sessions(self, *, with_webhook: bool = False) -> list[Session]:
+        """Every session (only those with a webhook when asked), oldest first."""
+        where = "WHERE webhook_url IS NOT NULL" if with_webhook else ""
         with self._open() as db:
             rows = db.execute(
-                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions ORDER BY created_at, id"
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions {where} ORDER BY created_at, id"
             ).fetchall()
         return [_session(r) for r in rows]
+
+    def session_agents(self) -> list[tuple[str, str, str]]:
+        """(id, name, agent) of every session, oldest first."""
+        with self._open() as db:
+            rows = db.execute(
+                "SELECT id, name, agent FROM sessions ORDER BY created_at, id"
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def session_count(self) -> int:
         """How many sessions there are."""
@@ -452,42 +532,64 @@ class SqliteCentral:
         the change it reflects was committed there.
         """
         with self._open() as db, db.atomic():
-            db.execute(
-                "UPDATE sessions SET next_due_at = ?, chat_due_at = ?, inbound_version = ?, "
-                "awaiting = ? WHERE id = ?",
-                [view.next_due_at, view.chat_due_at, version, view.awaiting, session_id],
-            )
-            if view.full:
-                db.execute("DELETE FROM tasks WHERE session_id = ?", [session_id])
-            for row in view.tasks:
-                db.execute(
-                    "INSERT INTO tasks (series_id, session_id, live_id, status, next_run, "
-                    "recurrence, timezone, prompt, has_script, created_at, updated_at, "
-                    "paused_reason, after_task, after_outcome, when_output, approval) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (series_id) DO UPDATE "
-                    "SET live_id = excluded.live_id, status = excluded.status, "
-                    "next_run = excluded.next_run, recurrence = excluded.recurrence, "
-                    "timezone = excluded.timezone, prompt = excluded.prompt, "
-                    "has_script = excluded.has_script, updated_at = excluded.updated_at, "
-                    "paused_reason = excluded.paused_reason, after_task = excluded.after_task, "
-                    "after_outcome = excluded.after_outcome, when_output = excluded.when_output, "
-                    "approval = excluded.approval",
-                    [
-                        row.series_id or row.id, session_id, row.id, row.status.value,
-                        row.process_after if row.status.live else None, row.recurrence,
-                        row.timezone, preview(row.prompt, 200) or "", int(bool(row.script)),
-                        row.created_at, now,
-                        row.paused_reason if row.status is MessageStatus.PAUSED else None,
-                        row.after_task, row.after_outcome, row.when_output, int(row.approval),
-                    ],
-                )  # fmt: skip
+            self._apply_view(db, session_id, view, version, now)
             for run in runs:
                 self._upsert_run(db, session_id, run)
             if runs:
                 db.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", [now, session_id])
             for entry in audit:
                 self._audit(db, entry)
+
+    def apply_views(
+        self, views: Sequence[tuple[str, SessionView, int | None]], *, now: Instant
+    ) -> None:
+        """Bring many sessions' due index and task mirror up to date in one transaction
+        (a host re-deriving what a crash left behind, a bulk import)."""
+        with self._open() as db, db.atomic():
+            for session_id, view, version in views:
+                self._apply_view(db, session_id, view, version, now)
+
+    @staticmethod
+    def _apply_view(
+        db: Database, session_id: str, view: SessionView, version: int | None, now: Instant
+    ) -> None:
+        db.execute(
+            "UPDATE sessions SET next_due_at = ?, chat_due_at = ?, inbound_version = ?, "
+            "awaiting = ? WHERE id = ?",
+            [view.next_due_at, view.chat_due_at, version, view.awaiting, session_id],
+        )
+        if view.full:
+            # Only series the inbox no longer holds go: the others keep their row, and
+            # with it their place in the listing order.
+            kept = json.dumps([row.series_id or row.id for row in view.tasks])
+            db.execute(
+                "DELETE FROM tasks WHERE session_id = ? "
+                "AND series_id NOT IN (SELECT value FROM json_each(?))",
+                [session_id, kept],
+            )
+        for row in view.tasks:
+            db.execute(
+                "INSERT INTO tasks (series_id, session_id, live_id, status, next_run, "
+                "recurrence, timezone, prompt, has_script, created_at, updated_at, "
+                "paused_reason, after_task, after_outcome, when_output, approval) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (series_id) DO UPDATE "
+                "SET live_id = excluded.live_id, status = excluded.status, "
+                "next_run = excluded.next_run, recurrence = excluded.recurrence, "
+                "timezone = excluded.timezone, prompt = excluded.prompt, "
+                "has_script = excluded.has_script, updated_at = excluded.updated_at, "
+                "paused_reason = excluded.paused_reason, after_task = excluded.after_task, "
+                "after_outcome = excluded.after_outcome, when_output = excluded.when_output, "
+                "approval = excluded.approval",
+                [
+                    row.series_id or row.id, session_id, row.id, row.status.value,
+                    row.process_after if row.status.live else None, row.recurrence,
+                    row.timezone, preview(row.prompt, 200) or "", int(bool(row.script)),
+                    row.created_at, now,
+                    row.paused_reason if row.status is MessageStatus.PAUSED else None,
+                    row.after_task, row.after_outcome, row.when_output, int(row.approval),
+                ],
+            )  # fmt: skip
 
     @staticmethod
     def _upsert_run(db: Database, session_id: str, run: RunRecord) -> None:
@@ -543,29 +645,43 @@ class SqliteCentral:
             where.append("t.session_id = ?")
             args.append(session_id)
         if live_only:
-            where.append(f"t.status IN ({_LIVE})")
+            where.append(f"t.{LIVE_TASK}")
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         with self._open() as db:
             rows = db.execute(
-                "SELECT t.live_id, t.series_id, t.session_id, s.name, t.status, t.next_run, "
-                "t.recurrence, t.timezone, t.prompt, t.has_script, r.started_at, r.outcome, "
-                "t.paused_reason, t.after_task, t.after_outcome, t.when_output, t.approval "
-                "FROM tasks t JOIN sessions s ON s.id = t.session_id "
-                "LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs "
-                "WHERE series_id = t.series_id AND session_id = t.session_id) "
-                f"{clause} ORDER BY t.next_run IS NULL, t.next_run, t.created_at",
+                f"{_TASK_VIEW} {clause} ORDER BY t.next_run IS NULL, t.next_run, t.created_at",
                 args,
             ).fetchall()
-        return [
-            TaskView(
-                id=r[0], series_id=r[1], session_id=r[2], session=r[3], status=r[4],
-                next_run=r[5], recurrence=r[6], timezone=r[7], prompt=r[8],
-                has_script=bool(r[9]), last_run_at=r[10], last_outcome=r[11],
-                paused_reason=r[12], after_task=r[13], after_outcome=r[14], when_output=r[15],
-                approval=bool(r[16]),
-            )
-            for r in rows
-        ]  # fmt: skip
+        return [_task_view(r) for r in rows]
+
+    def task_page(self, query: TaskQuery) -> list[TaskView]:
+        """Up to ``query.limit`` series in listing order (the order the index first saw
+        them), after the series ``query.after`` names; TaskNotFound for an unknown one."""
+        with self._open() as db:
+            start = 0
+            if query.after is not None:
+                row = db.execute(
+                    "SELECT listed FROM tasks WHERE series_id = ? OR live_id = ? LIMIT 1",
+                    [query.after, query.after],
+                ).fetchone()
+                if row is None:
+                    raise TaskNotFound(query.after)
+                start = int(row[0])
+            where = ["t.listed > ?"]
+            args: list[Any] = [start]
+            if query.session_id is not None:
+                where.append("t.session_id = ?")
+                args.append(query.session_id)
+            if query.states == LIVE_STATES:
+                where.append(f"t.{LIVE_TASK}")  # the partial index's own condition
+            elif query.states is not None:
+                where.append(f"t.status IN ({', '.join('?' for _ in query.states)})")
+                args.extend(state.value for state in query.states)
+            rows = db.execute(
+                f"{_TASK_VIEW} WHERE {' AND '.join(where)} ORDER BY t.listed LIMIT ?",
+                [*args, query.limit],
+            ).fetchall()
+        return [_task_view(r) for r in rows]
 
     def awaiting_count(self) -> int:
         """Occurrences awaiting approval over all sessions (from the due index)."""
@@ -582,18 +698,45 @@ class SqliteCentral:
         return {str(r[0]): int(r[1]) for r in rows}
 
     def live_task_count(self) -> int:
-        """Live task series over all sessions (from the mirror)."""
+        """Live task series over all sessions (from the kept counts)."""
+        counts = self.counts()
+        return sum(counts.get(f"tasks.{state.value}", 0) for state in LIVE_STATES)
+
+    def counts(self) -> dict[str, int]:
+        """The counts the index keeps: ``sessions``, and ``tasks.<state>`` per task state."""
         with self._open() as db:
-            (n,) = db.execute(f"SELECT count(*) FROM tasks WHERE status IN ({_LIVE})").fetchone()
+            rows = db.execute("SELECT name, n FROM counts").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def due_count(self, now: Instant) -> int:
+        """How many sessions have work due by ``now`` (an index range)."""
+        with self._open() as db:
+            (n,) = db.execute(
+                "SELECT count(*) FROM sessions WHERE next_due_at <= ?", [now]
+            ).fetchone()
         return int(n)
 
-    def runs(self, session_id: str, series_id: str, limit: int = 50) -> list[Run]:
-        """Past runs of a task series, newest first."""
+    def quiet_sessions(self, limit: int) -> tuple[int, list[tuple[str, str, str]]]:
+        """How many sessions have quiet hours, and (name, window, zone) of the first
+        ``limit`` of them by name."""
+        with self._open() as db:
+            (n,) = db.execute("SELECT count(*) FROM sessions WHERE quiet IS NOT NULL").fetchone()
+            rows = db.execute(
+                "SELECT name, quiet, timezone FROM sessions WHERE quiet IS NOT NULL "
+                "ORDER BY name LIMIT ?",
+                [limit],
+            ).fetchall()
+        return int(n), [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def runs(
+        self, session_id: str, series_id: str, limit: int = 50, before: int | None = None
+    ) -> list[Run]:
+        """Past runs of a task series, newest first, older than run ``before`` when given."""
         with self._open() as db:
             rows = db.execute(
                 f"SELECT {', '.join(_RUN_COLS)} FROM runs "
-                "WHERE session_id = ? AND series_id = ? ORDER BY id DESC LIMIT ?",
-                [session_id, series_id, limit],
+                "WHERE series_id = ? AND id < ? AND session_id = ? ORDER BY id DESC LIMIT ?",
+                [series_id, before if before is not None else 2**63 - 1, session_id, limit],
             ).fetchall()
         return [Run.model_validate(dict(zip(_RUN_COLS, r, strict=True))) for r in rows]
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
-from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus, Record, RunOutcome
+from cronbox_shared.models import (
+    LIVE_STATUSES,
+    InboundMessage,
+    MessageKind,
+    MessageStatus,
+    Record,
+    RunOutcome,
+)
 from cronbox_shared.timeutil import Instant
 
 
@@ -52,6 +60,47 @@ class TaskView(Record):
     approval: bool = False
     """Each occurrence waits for a person's approval."""
     """Why a paused series is paused (the failure rule, or the operator's note)."""
+
+
+# Rows on one page of a listing by default, and at most (more: page on, or stream all).
+PAGE_SIZE = 50
+MAX_PAGE = 1000
+LIVE_STATES = LIVE_STATUSES
+"""The states of a live series: it may still run."""
+
+
+class TaskFilter(StrEnum):
+    """Which task series a listing holds: live ones (the default), all, or one state
+    (``task list --status``, ``GET /api/tasks?status=``)."""
+
+    LIVE = "live"
+    ALL = "all"
+    PENDING = "pending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    WAITING = "waiting"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+    @property
+    def states(self) -> tuple[MessageStatus, ...] | None:
+        """The states listed; None for every state."""
+        if self is TaskFilter.LIVE:
+            return LIVE_STATES
+        return None if self is TaskFilter.ALL else (MessageStatus(self.value),)
+
+
+class TaskQuery(Record):
+    """Which page of task series to list: the filters, and where the page starts."""
+
+    session_id: str | None = None
+    states: tuple[MessageStatus, ...] | None = LIVE_STATES
+    """The states listed (live ones by default); None lists every state."""
+    after: str | None = None
+    """The page starts after this series (a series or occurrence id); None: the first."""
+    limit: int = 50
 
 
 class Run(Record):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every cronbox benchmark with its defaults (about 8 minutes on 2 cores).
+# Run every cronbox benchmark with its defaults (about 20 minutes on 2 cores; big_home.py
+# builds a 10,000-session home first, about 3 minutes: give it --home to keep one).
 # Usage: scripts/bench/run_all.sh [python]   (default: ./.venv/bin/python, else python3)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,3 +41,6 @@ echo "== fault injection: what one hostile session costs the others (issue 14) =
 echo
 echo "== chains and approval gates: settling a parent, gating, approving, beside a plain settlement =="
 "$python" "$here/chain_settle.py"
+echo
+echo "== the CLI and the host on 10,000 sessions / 100,000 tasks, beside the merge base (issue 13) =="
+"$python" "$here/big_home.py"
