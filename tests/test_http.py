@@ -22,7 +22,7 @@ from cronbox_shared.errors import InsecureBind, TaskNotFound
 from cronbox_shared.models import RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.daemon import run_host
-from host.http import Api, build_app
+from host.http import Api, LocalHost, build_app
 from host.metrics import Metrics
 from host.service import Cronbox
 from host.sweep import Sweeper
@@ -301,7 +301,7 @@ async def test_writes_are_refused_with_503_once_shutdown_begins(tmp_path: Path) 
     store.create_session("alpha")
     sock = ephemeral_socket()
     async with running_host(settings, http_socket=sock) as sweeper:
-        api = Api(store, Writer(), sweeper, settings, Metrics())
+        api = Api(store, Writer(), settings, LocalHost(store, sweeper, settings, Metrics()))
         api.accepting_writes = False
         transport = httpx2.ASGITransport(app=build_app(api))
         async with httpx2.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -355,7 +355,9 @@ async def test_the_openapi_document_lists_every_handler_and_describes_every_answ
     assert {code for *_, code, _ in host.seen} >= {200, 201, 202, 400, 404, 409}
     doc = (await host.call("GET", "/openapi.json")).json()
 
-    app = build_app(Api(host.store, Writer(), host.sweeper, make_settings(Path()), Metrics()))
+    settings = make_settings(Path())
+    local = LocalHost(host.store, host.sweeper, settings, Metrics())
+    app = build_app(Api(host.store, Writer(), settings, local))
     handled = {
         (method.lower(), route.path)
         for route in app.routes

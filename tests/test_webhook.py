@@ -334,14 +334,14 @@ async def test_a_receiver_down_for_thirty_seconds_of_the_host_clock_gets_twenty_
             while clock.now() < down_from + timedelta(seconds=30):
                 await step(0.5)
             breaker = webhook_of(sweeper).circuits[hook.url]
-            assert breaker.state is CircuitState.OPEN
+            assert state_of(breaker) is CircuitState.OPEN
             # While open, nothing went out: only the five failures that opened it.
             assert hook.requests == 5
             hook.mode = "ok"
             while len(hook.accepted) < 20:
                 await step(0.5)
                 assert clock.now() < down_from + timedelta(seconds=120)
-            assert breaker.state is CircuitState.CLOSED
+            assert state_of(breaker) is CircuitState.CLOSED
         made = replies(store, session.id)
     assert [r["seq"] for r in hook.accepted] == [r["seq"] for r in made]
     assert [r["text"] for r in hook.accepted] == [json.loads(r["content"])["text"] for r in made]
