@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,7 +29,15 @@ from host.service import Cronbox
 from host.sweep import Sweeper
 from host.writer import Writer
 from tests.cli_harness import cli_for
-from tests.hosting import base_url, ephemeral_socket, make_settings, running_host, wait_for
+from tests.hosting import (
+    api_processes,
+    base_url,
+    ephemeral_socket,
+    make_settings,
+    process_gone,
+    running_host,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 KEY = "s3cret-key"
@@ -431,3 +440,44 @@ async def test_cronbox_run_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -
     # The server closes last, so the host's last word comes after it.
     lines = [ln for ln in (tmp_path / "host.log").read_text().splitlines() if ln.strip()]
     assert "cronbox host stopped" in lines[-1]
+
+
+async def test_the_api_is_served_by_a_child_process_started_again_when_it_dies(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    Cronbox.from_settings(settings).create_session("alpha")
+    sock = ephemeral_socket()
+    async with (
+        running_host(settings, http_socket=sock),
+        httpx2.AsyncClient(base_url=base_url(sock)) as client,
+    ):
+        [child] = await wait_for(lambda: api_processes(os.getpid()))
+        assert (await client.get("/api/sessions")).status_code == 200
+        os.kill(child, signal.SIGKILL)
+        [again] = await wait_for(lambda: [p for p in api_processes(os.getpid()) if p != child])
+        # The same port, held by the host all along: the new process serves it.
+        assert [s["name"] for s in (await client.get("/api/sessions")).json()] == ["alpha"]
+        assert (await client.get("/health")).status_code == 200
+    assert process_gone(again)
+
+
+async def test_the_api_process_does_not_outlive_a_host_that_is_killed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    probe = ephemeral_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {**os.environ, "TZ": "UTC", "CRONBOX_HOME": str(home), "CRONBOX_HTTP_PORT": str(port)}
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "host.cli", "run"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        [child] = await wait_for(lambda: api_processes(proc.pid))
+        proc.kill()
+        await proc.wait()
+        await wait_for(lambda: process_gone(child))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
