@@ -104,9 +104,7 @@ class ApiProcess:
     _outbox: MemoryObjectSendStream[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        # Accepted connections inherit this: without it every answer waits ~40 ms
-        # (Nagle with delayed ACKs) for the second segment.
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Listening from here on: connections queue while a child starts or restarts.
         self.sock.listen(1024)
 
     @property

@@ -1,12 +1,13 @@
 """The host's HTTP API (SPEC §6.3): health, version, metrics, and the service's commands.
 
-Served by ``cronbox run`` in the host's own event loop, so it never slows the sweep:
+Served by ``cronbox run`` from a process of its own (:mod:`host.api_process`), so it
+never slows the sweep:
 
-* every read runs in a worker thread drawn from a small limiter of its own, so a flood
-  of ``GET /api/tasks`` can neither block the loop nor take the threads the sweep reads
-  with;
-* every write goes through the host's one writer (:mod:`host.writer`), like the sweep's
-  own, and wakes the sweep afterwards;
+* every read runs in a worker thread drawn from a small limiter of its own;
+* every write goes through the API process's one writer, which takes the home's write
+  lock like the host's own (:mod:`host.writer`), and wakes the sweep afterwards;
+* what only the host knows (health, metrics, the engine, the background jobs) the
+  handlers ask through a :class:`HostLink`: :class:`LocalHost` answers in the host;
 * handlers call the same :class:`~host.service.Cronbox` methods as the CLI and return the
   same response models (:mod:`host.views`), so ``cronbox --json`` and the API agree.
 
