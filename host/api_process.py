@@ -333,7 +333,10 @@ class HostClient:
         return JobOut.model_validate(await self._ask("trigger", TRIGGER_WITHIN, job=job))
 
     async def changed(self) -> None:
-        await self._ask("changed")
+        # A nudge, not a question: the write is done whatever the host says (and the
+        # host notices it on its own within its change poll), so nothing waits for it.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self.send({"id": 0, "ask": "changed"})
 
 
 async def serve(link_fd: int, listen_fd: int) -> None:
