@@ -192,6 +192,9 @@ async def test_reads_return_exactly_what_the_cli_prints_with_json(host: Host) ->
     host.store.schedule_task(session.id, {"taskId": "once", "prompt": "ping", "processAfter": soon})
     await wait_for(lambda: [r for r in host.store.runs_for("once") if r.outcome])
     await wait_for(lambda: len(host.store.conversation(session.id)) >= 2)
+    # The runner has stopped, idle: the host writes nothing more (last_active_at) between
+    # the API's answer and the CLI's.
+    await wait_for(lambda: not host.sweeper.live)
 
     assert (await host.call("GET", "/api/sessions")).json() == cli_json(home, "session", "list")
     assert (await host.call("GET", "/api/tasks")).json() == cli_json(home, "task", "list")
