@@ -28,10 +28,11 @@ from anyio.abc import TaskStatus
 
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
+from host.api_process import ApiProcess
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.gateway import Gateways
-from host.http import Api, HttpServer, bind, check_bind
+from host.http import LocalHost, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
@@ -175,7 +176,7 @@ async def run_host(
         if demo:
             await anyio.to_thread.run_sync(seed_demo, store)
         runtime = await anyio.to_thread.run_sync(ready_runtime, settings, clock)
-        writer = Writer()
+        writer = Writer(settings.home)
         metrics = Metrics()
         webhook = WebhookChannel(
             timeout=settings.webhook_timeout, threshold=settings.webhook_failures,
@@ -208,21 +209,22 @@ async def run_host(
             store, writer, clock, zone(settings.timezone()),
             host_jobs(store, settings, writer, look_for_stale, stale), stale,
         )  # fmt: skip
-        http: HttpServer | None = None
+        http: ApiProcess | None = None
         if http_socket is not None or settings.http_port:
-            api = Api(store, writer, sweeper, settings, metrics, runtime=runtime, jobs=jobs)
+            local = LocalHost(store, sweeper, settings, metrics, runtime=runtime, jobs_=jobs)
             if http_socket is None:
                 http_socket = await anyio.to_thread.run_sync(bind, settings)
-            http = HttpServer(api, http_socket)
+            http = ApiProcess(local, http_socket, settings)
         address = http.address if http else None
         await sweeper.recover()
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
-            # The server lives outside the host's task group: it keeps answering (reads,
-            # and 503 for writes) while the host drains, and closes last.
+            stack.callback(writer.close)
+            # The API's process is supervised outside the host's task group: it keeps
+            # answering (reads, and 503 for writes) while the host drains, and closes last.
             serving = await stack.enter_async_context(anyio.create_task_group())
             if http is not None:
-                serving.start_soon(http.serve)
+                await serving.start(http.run)
                 stack.push_async_callback(_close_http, http, serving)
             # Model gateways close after the runners they serve have drained.
             await serving.start(gateways.run)
@@ -279,7 +281,7 @@ def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
     return runtime
 
 
-async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
+async def _close_http(http: ApiProcess, serving: anyio.abc.TaskGroup) -> None:
     """Last stage: let open requests finish (briefly), then stop listening."""
     http.close()
     with anyio.move_on_after(HTTP_CLOSE_GRACE, shield=True) as waited:
@@ -313,7 +315,7 @@ async def _watch(
         await anyio.sleep(CHANGE_POLL)
 
 
-async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: HttpServer | None) -> None:
+async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: ApiProcess | None) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)

@@ -1,12 +1,13 @@
 """The host's HTTP API (SPEC §6.3): health, version, metrics, and the service's commands.
 
-Served by ``cronbox run`` in the host's own event loop, so it never slows the sweep:
+Served by ``cronbox run`` from a process of its own (:mod:`host.api_process`), so it
+never slows the sweep:
 
-* every read runs in a worker thread drawn from a small limiter of its own, so a flood
-  of ``GET /api/tasks`` can neither block the loop nor take the threads the sweep reads
-  with;
-* every write goes through the host's one writer (:mod:`host.writer`), like the sweep's
-  own, and wakes the sweep afterwards;
+* every read runs in a worker thread drawn from a small limiter of its own;
+* every write goes through the API process's one writer, which takes the home's write
+  lock like the host's own (:mod:`host.writer`), and wakes the sweep afterwards;
+* what only the host knows (health, metrics, the engine, the background jobs) the
+  handlers ask through a :class:`HostLink`: :class:`LocalHost` answers in the host;
 * handlers call the same :class:`~host.service.Cronbox` methods as the CLI and return the
   same response models (:mod:`host.views`), so ``cronbox --json`` and the API agree.
 
@@ -107,7 +108,7 @@ class Unauthorized(CronboxError, PermissionError):
 
 
 class SweepState(Protocol):
-    """What the API reads of the running sweep (a :class:`host.sweep.Sweeper`)."""
+    """What the host's answers read of the running sweep (a :class:`host.sweep.Sweeper`)."""
 
     started_at: datetime
     last_pass_at: datetime | None
@@ -124,8 +125,6 @@ class SweepState(Protocol):
 
     def wake(self) -> None: ...
 
-    async def between_passes(self) -> None: ...
-
 
 @runtime_checkable
 class EngineRuntime(Protocol):
@@ -136,40 +135,53 @@ class EngineRuntime(Protocol):
         ...
 
 
+class HostLink(Protocol):
+    """What the API asks of the running host: what only the host knows, and the nudge
+    after a change.
+
+    Implementers must ensure every answer is the host's own state at the time of the
+    call (never a copy kept by the API), that a refusal raises the ``CronboxError`` the
+    host raised (its sentence kept), and that a host that cannot answer raises
+    :class:`HostUnavailable` rather than hanging the request.
+    """
+
+    async def health(self) -> tuple[HealthOut, int]:
+        """The health report and its status code (503 when the sweep has stalled)."""
+        ...
+
+    async def metrics(self) -> bytes:
+        """The Prometheus exposition text, gauges refreshed first."""
+        ...
+
+    async def engine(self) -> str | None:
+        """The runtime engine's version (None for a runtime without one)."""
+        ...
+
+    async def jobs(self) -> list[JobOut]:
+        """Each background job's state."""
+        ...
+
+    async def trigger(self, job: str) -> JobOut:
+        """Run one background job now; its state after the run."""
+        ...
+
+    async def changed(self) -> None:
+        """Tell the sweep the API just wrote something (it looks at once)."""
+        ...
+
+
 @dataclass
-class Api:
-    """Everything the handlers use: the service, the one writer, the sweep, the metrics."""
+class LocalHost:
+    """The host's answers, from its own sweep, metrics, runtime and jobs (in its process)."""
 
     store: Cronbox
-    writer: Writer
     sweep: SweepState
     settings: Settings
-    metrics: Metrics
+    metrics_: Metrics
     runtime: object = None
-    accepting_writes: bool = True
-    read_limiter: anyio.CapacityLimiter = field(
-        default_factory=lambda: anyio.CapacityLimiter(DEFAULTS.http_read_threads)
-    )
-    jobs: JobRunner | None = None
+    jobs_: JobRunner | None = None
 
-    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking read in one of the API's own worker threads, between passes."""
-        await self.sweep.between_passes()
-        return await anyio.to_thread.run_sync(
-            partial(fn, *args, **kwargs), limiter=self.read_limiter
-        )
-
-    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a write through the host's one writer, then wake the sweep."""
-        if not self.accepting_writes:
-            raise ShuttingDown
-        await self.sweep.between_passes()
-        result = await self.writer(fn, *args, **kwargs)
-        self.sweep.wake()
-        return result
-
-    def health(self) -> tuple[HealthOut, int]:
-        """The health report and its status code (503 when the sweep has stalled)."""
+    def health_now(self) -> tuple[HealthOut, int]:
         now = self.store.now()
         since = self.sweep.last_pass_at or self.sweep.started_at
         lag = max(0.0, (now - since).total_seconds())
@@ -179,8 +191,8 @@ class Api:
             {"session_id": sid, "session": p.session, "reason": p.reason, "at": fmt(p.at)}
             for sid, p in sorted(self.sweep.problems.items())
         ]
-        if self.jobs is not None:
-            problems += self.jobs.stale
+        if self.jobs_ is not None:
+            problems += self.jobs_.stale
         report = HealthOut(
             status=status, uptime_seconds=(now - self.sweep.started_at).total_seconds(),
             sweep_lag_seconds=lag,
@@ -191,20 +203,95 @@ class Api:
         )  # fmt: skip
         return report, 200 if status == "ok" else 503
 
+    async def health(self) -> tuple[HealthOut, int]:
+        return self.health_now()
+
     def refresh_gauges(self) -> None:
         """Set the gauges read at scrape time (runs in a worker thread)."""
         now = self.store.now()
         due = self.store.due_sessions(now)
-        self.metrics.due_rows.set(sum(len(self.store.due_ids(sid)) for sid, _ in due))
-        self.metrics.pool_in_use.set(len(self.sweep.live))
-        self.metrics.pool_waiting.set(len(self.sweep.waiting))
-        self.metrics.approvals_awaiting.set(self.store.awaiting_count())
-        self.metrics.count_decisions(self.store.decision_counts())
+        self.metrics_.due_rows.set(sum(len(self.store.due_ids(sid)) for sid, _ in due))
+        self.metrics_.pool_in_use.set(len(self.sweep.live))
+        self.metrics_.pool_waiting.set(len(self.sweep.waiting))
+        self.metrics_.approvals_awaiting.set(self.store.awaiting_count())
+        self.metrics_.count_decisions(self.store.decision_counts())
+
+    async def metrics(self) -> bytes:
+        return await anyio.to_thread.run_sync(self.metrics_.render, self.refresh_gauges)
+
+    async def engine(self) -> str | None:
+        if not isinstance(self.runtime, EngineRuntime):
+            return None
+        try:
+            return await self.runtime.engine_version()
+        except Exception as exc:  # an engine that is down is reported, not fatal
+            return f"unavailable: {exc}"
+
+    async def jobs(self) -> list[JobOut]:
+        return await self._jobs().views()
+
+    async def trigger(self, job: str) -> JobOut:
+        if not self.sweep.accepting:
+            raise ShuttingDown
+        return await self._jobs().trigger(job)
+
+    async def changed(self) -> None:
+        self.sweep.wake()
+
+    def _jobs(self) -> JobRunner:
+        if self.jobs_ is None:
+            raise ShuttingDown
+        return self.jobs_
+
+
+@dataclass
+class Api:
+    """Everything the handlers use: the service, a writer, the settings, the host."""
+
+    store: Cronbox
+    writer: Writer
+    settings: Settings
+    host: HostLink
+    accepting_writes: bool = True
+    read_limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(DEFAULTS.http_read_threads)
+    )
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking read in one of the API's own worker threads."""
+        return await anyio.to_thread.run_sync(
+            partial(fn, *args, **kwargs), limiter=self.read_limiter
+        )
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a write through the API's one writer, then wake the sweep."""
+        if not self.accepting_writes:
+            raise ShuttingDown
+        result = await self.writer(fn, *args, **kwargs)
+        await self.host.changed()
+        return result
+
+
+class HostUnavailable(CronboxError, ConnectionError):
+    """The host did not answer the API's question."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the host did not answer ({why}); its log says why")
+
+
+class HostRefused(CronboxError):
+    """A refusal the host sent back, with the status its own error maps to."""
+
+    def __init__(self, sentence: str, status: int) -> None:
+        super().__init__(sentence)
+        self.status = status
 
 
 def status_code(exc: CronboxError) -> int:
     """The HTTP status of a refused request."""
-    if isinstance(exc, ShuttingDown):
+    if isinstance(exc, HostRefused):
+        return exc.status
+    if isinstance(exc, ShuttingDown | HostUnavailable):
         return 503
     if isinstance(exc, Unauthorized):
         return 401
@@ -367,18 +454,13 @@ def build_app(api: Api) -> FastAPI:
     @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
     async def health() -> JSONResponse:
         """Whether the sweep is keeping up: 503 when no pass completed within 3 intervals."""
-        report, code = api.health()
+        report, code = await api.host.health()
         return JSONResponse(report.model_dump(mode="json"), status_code=code)
 
     @app.get("/version", response_model=VersionOut)
     async def version() -> VersionOut:
         """cronbox, Python and runtime versions (and the engine's, with docker)."""
-        engine = None
-        if isinstance(api.runtime, EngineRuntime):
-            try:
-                engine = await api.runtime.engine_version()
-            except Exception as exc:  # an engine that is down is reported, not fatal
-                engine = f"unavailable: {exc}"
+        engine = await api.host.engine()
         return VersionOut(
             cronbox=_cronbox_version(), python=platform.python_version(),
             runtime=api.settings.runtime, engine=engine,
@@ -387,8 +469,7 @@ def build_app(api: Api) -> FastAPI:
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
     async def metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
-        body = await api.read(api.metrics.render, api.refresh_gauges)
-        return Response(body, media_type=CONTENT_TYPE)
+        return Response(await api.host.metrics(), media_type=CONTENT_TYPE)
 
     # --- /api: sessions --------------------------------------------------------------------
 
@@ -552,7 +633,7 @@ def build_app(api: Api) -> FastAPI:
     @app.get("/api/scheduler", response_model=list[JobOut], responses=ERRORS)
     async def list_jobs(key: ApiKey = None) -> list[JobOut]:
         """Each background job: schedule, enabled, running, last run and result, next run."""
-        return await _jobs().views()
+        return await api.host.jobs()
 
     @app.post(
         "/api/scheduler", response_model=JobOut, responses=ERRORS,
@@ -567,12 +648,7 @@ def build_app(api: Api) -> FastAPI:
             raise validation_sentence(exc) from None
         if not api.accepting_writes:
             raise ShuttingDown
-        return await _jobs().trigger(trigger.job)
-
-    def _jobs() -> JobRunner:
-        if api.jobs is None:
-            raise ShuttingDown
-        return api.jobs
+        return await api.host.trigger(trigger.job)
 
     _finish_document(app, keyed=bool(api.settings.api_key))
     return app

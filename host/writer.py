@@ -5,12 +5,20 @@ The sweep, delivery, the background jobs and the HTTP handlers all hand their wr
 they were submitted, so no two of the host's own writes ever contend for a SQLite lock
 and the event loop never waits on one. Reads do not need the writer: they run in
 worker threads of their own (:func:`read`).
+
+The HTTP API runs in a process of its own (:mod:`host.api_process`) with a writer of its
+own; both hold the home's write lock (``writer.lock``, an ``flock``) for each write, so
+the home still has one writer at a time — a backup taken as one write sees no API write
+half done across its databases.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import anyio
@@ -18,15 +26,18 @@ import anyio.to_thread
 
 P = ParamSpec("P")
 T = TypeVar("T")
+WRITE_LOCK = "writer.lock"
 
 
 class Writer:
     """Runs blocking write functions in a worker thread, one at a time, first come first."""
 
-    def __init__(self) -> None:
+    def __init__(self, home: Path | None = None) -> None:
         # One token: a write waits for the one before it (anyio's limiter is FIFO).
         self._limiter = anyio.CapacityLimiter(1)
         self.writes = 0
+        self._lock = home / WRITE_LOCK if home is not None else None
+        self._fd: int | None = None
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as the only write in progress and return its result.
@@ -36,8 +47,26 @@ class Writer:
         """
         self.writes += 1
         return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self._limiter
+            functools.partial(self._locked, fn, *args, **kwargs), limiter=self._limiter
         )
+
+    def _locked(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` under the home's write lock (in the writer's thread), when there is one."""
+        if self._lock is None:
+            return fn(*args, **kwargs)
+        if self._fd is None:
+            self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Let go of the lock file (at shutdown)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 async def read(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

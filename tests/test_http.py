@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,16 +23,18 @@ from cronbox_shared.errors import InsecureBind, TaskNotFound
 from cronbox_shared.models import RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.daemon import run_host
-from host.http import Api, build_app
+from host.http import Api, LocalHost, build_app
 from host.metrics import Metrics
 from host.service import Cronbox
 from host.sweep import Sweeper
 from host.writer import Writer
 from tests.cli_harness import cli_for
 from tests.hosting import (
+    api_processes,
     base_url,
     ephemeral_socket,
     make_settings,
+    process_gone,
     running_host,
     unless_locked,
     wait_for,
@@ -190,6 +193,9 @@ async def test_reads_return_exactly_what_the_cli_prints_with_json(host: Host) ->
     host.store.schedule_task(session.id, {"taskId": "once", "prompt": "ping", "processAfter": soon})
     await wait_for(lambda: [r for r in host.store.runs_for("once") if r.outcome])
     await wait_for(lambda: len(host.store.conversation(session.id)) >= 2)
+    # The runner has stopped, idle: the host writes nothing more (last_active_at) between
+    # the API's answer and the CLI's.
+    await wait_for(lambda: not host.sweeper.live)
 
     assert (await host.call("GET", "/api/sessions")).json() == cli_json(home, "session", "list")
     assert (await host.call("GET", "/api/tasks")).json() == cli_json(home, "task", "list")
@@ -336,7 +342,7 @@ async def test_writes_are_refused_with_503_once_shutdown_begins(tmp_path: Path) 
     store.create_session("alpha")
     sock = ephemeral_socket()
     async with running_host(settings, http_socket=sock) as sweeper:
-        api = Api(store, Writer(), sweeper, settings, Metrics())
+        api = Api(store, Writer(), settings, LocalHost(store, sweeper, settings, Metrics()))
         api.accepting_writes = False
         transport = httpx2.ASGITransport(app=build_app(api))
         async with httpx2.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -390,7 +396,9 @@ async def test_the_openapi_document_lists_every_handler_and_describes_every_answ
     assert {code for *_, code, _ in host.seen} >= {200, 201, 202, 400, 404, 409}
     doc = (await host.call("GET", "/openapi.json")).json()
 
-    app = build_app(Api(host.store, Writer(), host.sweeper, make_settings(Path()), Metrics()))
+    settings = make_settings(Path())
+    local = LocalHost(host.store, host.sweeper, settings, Metrics())
+    app = build_app(Api(host.store, Writer(), settings, local))
     handled = {
         (method.lower(), route.path)
         for route in app.routes
@@ -464,3 +472,44 @@ async def test_cronbox_run_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -
     # The server closes last, so the host's last word comes after it.
     lines = [ln for ln in (tmp_path / "host.log").read_text().splitlines() if ln.strip()]
     assert "cronbox host stopped" in lines[-1]
+
+
+async def test_the_api_is_served_by_a_child_process_started_again_when_it_dies(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    Cronbox.from_settings(settings).create_session("alpha")
+    sock = ephemeral_socket()
+    async with (
+        running_host(settings, http_socket=sock),
+        httpx2.AsyncClient(base_url=base_url(sock)) as client,
+    ):
+        [child] = await wait_for(lambda: api_processes(os.getpid()))
+        assert (await client.get("/api/sessions")).status_code == 200
+        os.kill(child, signal.SIGKILL)
+        [again] = await wait_for(lambda: [p for p in api_processes(os.getpid()) if p != child])
+        # The same port, held by the host all along: the new process serves it.
+        assert [s["name"] for s in (await client.get("/api/sessions")).json()] == ["alpha"]
+        assert (await client.get("/health")).status_code == 200
+    assert process_gone(again)
+
+
+async def test_the_api_process_does_not_outlive_a_host_that_is_killed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    probe = ephemeral_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {**os.environ, "TZ": "UTC", "CRONBOX_HOME": str(home), "CRONBOX_HTTP_PORT": str(port)}
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "host.cli", "run"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        [child] = await wait_for(lambda: api_processes(proc.pid))
+        proc.kill()
+        await proc.wait()
+        await wait_for(lambda: process_gone(child))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

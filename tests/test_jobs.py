@@ -159,14 +159,27 @@ def test_cleanup_removes_exactly_the_rows_past_their_age_and_audits_the_counts(
                 "INSERT INTO audit_log (at, actor, action) VALUES (?, 'test', 'old')",
                 [fmt(now - timedelta(days=age))],
             )
+    # Chat rows finished 8, 7.5 and 6 days ago, and one 30 days old never finished.
+    chats = [store.send_message(session.id, f"chat {n}").id for n in range(4)]
+    with sdb.inbound(store.session_dir(session.id)) as db, db:
+        for message_id, age in zip(chats, [8, 7.5, 6], strict=False):
+            db.execute(
+                "UPDATE messages_in SET status = 'completed', updated_at = ? WHERE id = ?",
+                [fmt(now - timedelta(days=age)), message_id],
+            )
+        db.execute(
+            "UPDATE messages_in SET created_at = ? WHERE id = ?",
+            [fmt(now - timedelta(days=30)), chats[3]],
+        )
     result = cleanup_home(store, Retention(90, 180, timedelta(days=7)))
-    assert result == "deleted 2 runs, 1 audit entries, 0 finished inbox rows"
+    assert result == "deleted 2 runs, 1 audit entries, 2 finished inbox rows"
+    assert [r.id for r in store.inbound_rows(session.id)] == chats[2:]
     left = store.runs_of(session.id, ["m0", "m1", "m2", "m3", "open"])
     assert sorted(left) == ["m2", "m3", "open"]
     ages = [e.at for e in store.audit_entries(limit=1000) if e.action == "old"]
     assert ages == [fmt(now - timedelta(days=179))]
     [entry] = [e for e in store.audit_entries() if e.action == "cleanup"]
-    assert entry.detail == {"runs": 2, "audit_entries": 1, "inbox_rows": 0}
+    assert entry.detail == {"runs": 2, "audit_entries": 1, "inbox_rows": 2}
     # 0 keeps forever
     assert cleanup_home(store, Retention(0, 0, timedelta(days=7))).startswith("deleted 0 runs, 0")
 

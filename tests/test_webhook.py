@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ from anyio.abc import SocketStream
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput
 from cronbox_shared.models import DeliveryStatus
-from cronbox_shared.timeutil import parse_utc
+from cronbox_shared.timeutil import ManualClock, parse_utc
 from host.delivery import ChannelRetry
 from host.service import Cronbox
 from host.sweep import Sweeper
@@ -31,7 +31,7 @@ from host.webhook import (
     WebhookChannel,
     signature,
 )
-from tests.hosting import make_settings, replies, running_host, wait_for
+from tests.hosting import fast_sweep, make_settings, replies, running_host, wait_for
 
 SECRET_ENV = "CRONBOX_TEST_WEBHOOK_SECRET"
 SECRET = "hush-hush"
@@ -293,3 +293,73 @@ async def test_replies_owed_to_a_webhook_are_delivered_after_a_host_restart(
             await wait_for(lambda: len(hook.accepted) == 3)
         made = replies(store, session.id)
     assert [r["seq"] for r in hook.accepted] == [r["seq"] for r in made]
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
+async def test_a_receiver_down_for_thirty_seconds_of_the_host_clock_gets_twenty_replies_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outage is driven by the host's injected clock, never by sleeping: the backoff,
+    the breaker's cool-down and the retries all read it."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    settings = make_settings(
+        tmp_path / "home", webhook_timeout=0.5, webhook_cooldown=30.0, webhook_failures=5,
+        delivery_retry_base=1.0, delivery_attempts=1000,
+    )  # fmt: skip
+    # The runner's heartbeat is on the real clock: never judge it silent as this one runs on.
+    sweep = fast_sweep(settings, heartbeat_ceiling=3600.0)
+    store = Cronbox.from_settings(settings, clock=clock)
+    async with receiver() as hook:
+        hook.mode = "drop"
+        session = store.create_session("alpha")
+        store.update_session("alpha", webhook=hook.url, webhook_secret_env=SECRET_ENV)
+        async with running_host(settings, sweep, clock=clock) as sweeper:
+
+            async def step(seconds: float) -> None:
+                """Move the host's clock on and let a whole pass see the new instant."""
+                clock.advance(seconds)
+                sweeper.wake()
+                now = clock.now()
+                await wait_for(
+                    lambda: sweeper.last_pass_at is not None and sweeper.last_pass_at >= now
+                )
+
+            down_from = clock.now()
+            for n in range(20):
+                store.send_message("alpha", f"message {n}")
+                await step(0.5)
+            await wait_for(lambda: len(replies(store, session.id)) == 20)
+            while clock.now() < down_from + timedelta(seconds=30):
+                await step(0.5)
+            breaker = webhook_of(sweeper).circuits[hook.url]
+            assert state_of(breaker) is CircuitState.OPEN
+            # While open, nothing went out: only the five failures that opened it.
+            assert hook.requests == 5
+            hook.mode = "ok"
+            while len(hook.accepted) < 20:
+                await step(0.5)
+                assert clock.now() < down_from + timedelta(seconds=120)
+            assert state_of(breaker) is CircuitState.CLOSED
+        made = replies(store, session.id)
+    assert [r["seq"] for r in hook.accepted] == [r["seq"] for r in made]
+    assert [r["text"] for r in hook.accepted] == [json.loads(r["content"])["text"] for r in made]
+    for headers in hook.headers:
+        stamp = headers[TIMESTAMP_HEADER.lower()]
+        assert headers[SIGNATURE_HEADER.lower()] == signature(
+            SECRET, stamp, headers["body"].encode()
+        )
+    # Open on the fifth consecutive failure; one probe once the cool-down has passed on
+    # the host's clock; closed by its success.
+    tries = attempts(store, session.id)
+    failures = [a for a in tries if a.status is DeliveryStatus.PENDING]
+    assert len(failures) == 5 and {a.seq for a in failures} == {made[0]["seq"]}
+    [(opened, s1), (probed, s2), (closed, s3)] = breaker.transitions
+    assert (s1, s2, s3) == (CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED)
+    assert opened == parse_utc(failures[-1].at)
+    assert probed >= opened + timedelta(seconds=30) and closed == probed
+    assert probed >= down_from + timedelta(seconds=30)
+    delivered = [a.seq for a in tries if a.status is DeliveryStatus.DELIVERED]
+    assert delivered == [r["seq"] for r in made]
+    assert hook.requests == 5 + 20

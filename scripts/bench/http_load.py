@@ -2,8 +2,8 @@
 
 Two rounds in one run, each on a fresh home with the same shape: ``--tasks`` sessions
 with one one-time task each, due ``--stagger`` seconds apart, served by the real host
-(``run_host``, ``process`` runtime, real runner subprocesses, the HTTP API on an
-ephemeral port). In the loaded round ``--clients`` other processes loop ``GET
+(``run_host``, ``process`` runtime, real runner subprocesses, the HTTP API served by
+its own process on an ephemeral port). In the loaded round ``--clients`` other processes loop ``GET
 /api/tasks`` against the host's API as fast as they can for the whole round. The figure
 is ``StartRecord.lateness`` (the sweep's runner start minus the work's due time); the
 baseline is the unloaded round of the same run, and the ratio loaded / baseline should
