@@ -201,7 +201,7 @@ async def test_an_approval_task_waits_runs_after_approve_and_is_rejected_after_r
     assert run.decision == "approved"
     assert (run.decided_by or "").startswith("cli")
     assert run.decision_note == "change 42 is reviewed"
-    history = as_json(cli("task", "history", "wipe", "--json"))
+    history = as_json(cli("task", "history", "wipe", "--json"))["runs"]
     assert [(h["outcome"], h["decision"], h["decision_note"]) for h in history] == [
         ("rejected", "rejected", "not on a Friday"),
     ]  # fmt: skip
