@@ -53,6 +53,8 @@ class AgentProfile(BaseModel):
     command: tuple[str, ...] = ()
     timeout: float = Field(default=DEFAULTS.gate_timeout, gt=0)
     daily_token_budget: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    history_tokens: int = Field(default=DEFAULTS.history_tokens, ge=0)
 
     @model_validator(mode="after")
     def _coherent(self) -> AgentProfile:
@@ -79,6 +81,8 @@ class AgentProfile(BaseModel):
             "max_turns": self.max_turns,
             "max_tokens": self.max_tokens,
             "command_timeout": self.timeout,
+            "stream": self.stream,
+            "history_tokens": self.history_tokens,
         }
         for name in ("model", "base_url", "api_key_env", "system"):
             value = getattr(self, name)

@@ -102,6 +102,8 @@ class RunnerSettings(BaseSettings):
     max_tokens: Count = 4096
     command: str = ""
     command_timeout: Seconds = DEFAULTS.gate_timeout
+    stream: bool = False
+    history_tokens: int = Field(default=DEFAULTS.history_tokens, ge=0)
     gateway: str = ""
 
     @classmethod

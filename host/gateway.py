@@ -4,7 +4,8 @@ Each session whose agent calls a model API gets an HTTP server on a unix socket 
 its directory (``gateway/model.sock``, mounted into its container). The runner's SDK
 client talks to that socket; the gateway adds the key from the profile's
 ``api_key_env``, forwards the call to the profile's ``base_url`` only, caps the request
-size, counts the tokens the vendor reports (figures the runner cannot forge) and refuses
+size, passes streamed answers on as they come, counts the tokens the vendor reports
+(in the JSON answer or the stream's events: figures the runner cannot forge) and refuses
 calls once the session has used its ``daily_token_budget`` for the day (UTC).
 """
 
@@ -15,7 +16,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -27,7 +28,7 @@ import httpx2
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cronbox_shared.agents import AgentProfile
@@ -65,6 +66,64 @@ def usage_of(provider: str, body: bytes) -> tuple[int, int]:
         "input_tokens", "output_tokens")  # fmt: skip
     counts = [usage.get(k) for k in keys]
     return tuple(c if isinstance(c, int) and c >= 0 else 0 for c in counts)  # type: ignore[return-value]
+
+
+class StreamUsage:
+    """Input and output tokens a vendor reports in a stream of server-sent events.
+
+    Anthropic sends the input in ``message_start`` and the running output total in each
+    ``message_delta``; OpenAI sends both in one last chunk (``stream_options.
+    include_usage``, which the gateway sets, so no runner streams uncounted).
+    """
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.tokens = (0, 0)
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                self._event(line[5:].strip())
+
+    def _event(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return  # "[DONE]", or not ours to judge
+        if not isinstance(event, dict):
+            return
+        if self.provider == "openai":
+            if isinstance(event.get("usage"), dict):
+                self.tokens = usage_of(provider="openai", body=json.dumps(event).encode())
+            return
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            self.tokens = usage_of("anthropic", json.dumps(event["message"]).encode())
+        elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+            given = [usage.get(k) for k in ("input_tokens", "output_tokens")]
+            old = self.tokens
+            self.tokens = tuple(  # type: ignore[assignment]
+                g if isinstance(g, int) and g >= 0 else o for g, o in zip(given, old, strict=True)
+            )
+
+
+def counted_request(provider: str, body: bytes) -> bytes:
+    """The request as forwarded: an OpenAI stream always asks for its usage chunk."""
+    if provider != "openai" or b'"stream"' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return body
+    options = data.get("stream_options")
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                              "include_usage": True}  # fmt: skip
+    return json.dumps(data).encode()
 
 
 def key_headers(provider: str, key: str | None) -> dict[str, str]:
@@ -148,6 +207,27 @@ class SessionGateway:
     def close(self) -> None:
         self._server.should_exit = True
 
+    def _count(self, today: date, status: int, tokens: tuple[int, int]) -> None:
+        self.usage.add(today, tokens)
+        log.info("session %s: model call %d, %d/%d tokens", self.session_id, status, *tokens)
+
+    async def _relay(
+        self, upstream: httpx2.Response, provider: str, today: date
+    ) -> AsyncIterator[bytes]:
+        """Pass a streamed answer on as it comes, counting the tokens it reports."""
+        usage = StreamUsage(provider)
+        try:
+            async for chunk in upstream.aiter_bytes():
+                usage.feed(chunk)
+                yield chunk
+        except httpx2.HTTPError as exc:
+            log.warning("session %s: the model's stream broke off: %s", self.session_id, exc)
+        finally:
+            # Also when the runner hangs up: what the vendor reported is counted.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+            self._count(today, upstream.status_code, usage.tokens)
+
     async def forward(self, request: Request) -> Response:
         profile, key = await anyio.to_thread.run_sync(self.resolve)
         provider = profile.provider
@@ -166,14 +246,23 @@ class SessionGateway:
         base = (profile.base_url or VENDOR_URLS[provider]).rstrip("/")
         headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED_HEADERS}
         headers.update(key_headers(provider, key))
+        outgoing = self.client.build_request(
+            "POST", base + route, content=counted_request(provider, body), headers=headers
+        )
         try:
-            upstream = await self.client.post(base + route, content=body, headers=headers)
+            upstream = await self.client.send(outgoing, stream=True)
+            if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                return StreamingResponse(
+                    self._relay(upstream, provider, today), status_code=upstream.status_code,
+                    media_type="text/event-stream", headers={"cache-control": "no-cache"},
+                )  # fmt: skip
+            try:
+                await upstream.aread()
+            finally:
+                await upstream.aclose()
         except httpx2.HTTPError as exc:
             return gateway_error(502, f"the model API at {base} could not be reached: {exc}")
-        tokens = usage_of(provider, upstream.content)
-        self.usage.add(today, tokens)
-        log.info("session %s: model call %d, %d/%d tokens", self.session_id,
-                 upstream.status_code, *tokens)  # fmt: skip
+        self._count(today, upstream.status_code, usage_of(provider, upstream.content))
         return Response(
             upstream.content, status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),

@@ -44,6 +44,13 @@ def provider(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
+def stream(request: pytest.FixtureRequest) -> bool:
+    """Whether the profile streams the model's answers (``stream = true``)."""
+    value: bool = request.param
+    return value
+
+
 def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     base_url = f"{base}/v1" if provider == "openai" else base
     lines = [
@@ -84,7 +91,7 @@ def finished_run(store: Cronbox, task_id: str) -> Any:
 
 
 async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_prompt(
-    tmp_path: Path, provider: str
+    tmp_path: Path, provider: str, stream: bool
 ) -> None:
     home = tmp_path / "home"
     turns = [
@@ -93,11 +100,11 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
         say("Reminder: check the build."),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base)
+        write_profile(home, provider, fake.base, stream=stream)
         settings = make_settings(home)
         store = Cronbox.from_settings(settings)
         session = store.create_session("nl", agent="model", timezone="Europe/Berlin")
-        async with running_host(settings):
+        async with running_host(settings) as sweeper:
             ask = store.send_message(session.id, "remind me every weekday at 9 to check the build")
             answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
             assert answer == ["Done: every weekday at 9 I will remind you to check the build."]
@@ -113,6 +120,9 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
             assert reminded == ["Reminder: check the build."]
             done = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
             assert done.outcome is RunOutcome.OK
+            assert sweeper.gateways is not None  # every call went through it, and was counted
+            assert sweeper.gateways.tokens_today(session.id) == 3 * (11 + 7)
+    assert all(bool(body.get("stream")) is stream for body in fake.requests)
     first, _, third = fake.user_texts()
     assert "[chat from" in first and "remind me every weekday at 9" in first
     assert "Timezone: Europe/Berlin." in first
@@ -150,11 +160,11 @@ async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
 
 
 async def test_an_api_error_fails_the_run_with_the_vendors_text(
-    tmp_path: Path, provider: str
+    tmp_path: Path, provider: str, stream: bool
 ) -> None:
     home = tmp_path / "home"
     with fake_model([fail(404, "model 'test-model' not found")], repeat_last=True) as fake:
-        write_profile(home, provider, fake.base)
+        write_profile(home, provider, fake.base, stream=stream)
         settings = make_settings(home)
         store = Cronbox.from_settings(settings)
         session = store.create_session("err", agent="model")
