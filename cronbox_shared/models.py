@@ -112,6 +112,9 @@ class InboundMessage(Record):
     jitter: int | None = None
     ignore_quiet: bool = False
     """Runs in the session's quiet hours too."""
+    isolated: bool = False
+    """Runs in a fresh conversation: the model sees none of the session's history, and
+    the run adds none to it (its reply still goes to the session)."""
 
     @property
     def prompt(self) -> str:

@@ -190,6 +190,7 @@ class ScheduleRequest(_Policies):
     misfire_grace: int | None = Field(default=None, alias="misfireGrace", ge=0, le=MAX_GRACE)
     timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
     ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
+    isolated: bool | None = None
 
 
 class UpdateRequest(_Policies):
@@ -202,6 +203,7 @@ class UpdateRequest(_Policies):
     recurrence: str | None = None
     script: str | None = None
     ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
+    isolated: bool | None = None
 
 
 class OperatorUpdateRequest(UpdateRequest):
@@ -239,6 +241,7 @@ class ValidTask:
     max_failures: int | None = None
     jitter: int | None = None
     ignore_quiet: bool = False
+    isolated: bool = False
 
     @property
     def content(self) -> dict[str, Any]:
@@ -304,6 +307,7 @@ def validate_schedule(
         misfire_grace=req.misfire_grace,
         timeout=req.timeout,
         ignore_quiet=bool(req.ignore_quiet),
+        isolated=bool(req.isolated),
         **policies,
     )
 
@@ -531,8 +535,9 @@ def validate_update(
     settings: dict[str, Any] = {}
     if isinstance(req, OperatorUpdateRequest):
         settings = {name: getattr(req, name) for name in _SETTINGS if name in given}
-    if "ignore_quiet" in given:
-        settings["ignore_quiet"] = bool(req.ignore_quiet)
+    for flag in ("ignore_quiet", "isolated"):
+        if flag in given:
+            settings[flag] = bool(getattr(req, flag))
     if settings.get("timezone", "") is None:
         raise InvalidInput("timezone cannot be cleared; give an IANA zone such as Europe/Berlin")
     if "timezone" in settings:

@@ -1317,6 +1317,14 @@ def task_schedule(
         bool,
         typer.Option("--ignore-quiet", help="Run in the session's quiet hours too."),
     ] = False,
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated",
+            help="Run each time in a fresh conversation, without the session's chat history "
+            "(the reply still goes to the session).",
+        ),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1333,6 +1341,7 @@ def task_schedule(
             "timeout": timeout,
             **policy_fields(missed, catchup_limit, max_failures, jitter),
             **({"ignoreQuiet": True} if ignore_quiet else {}),
+            **({"isolated": True} if isolated else {}),
         }
     )
     store = open_store(home)
@@ -1436,6 +1445,13 @@ def task_update(
             help="Run in the session's quiet hours too, or wait for their end again.",
         ),
     ] = None,
+    isolated: Annotated[
+        bool | None,
+        typer.Option(
+            "--isolated/--shared",
+            help="Run in a fresh conversation each time, or with the session's chat history.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1459,11 +1475,14 @@ def task_update(
     changes |= policy_fields(missed, catchup_limit, max_failures, jitter)
     if ignore_quiet is not None:
         changes["ignoreQuiet"] = ignore_quiet
+    if isolated is not None:
+        changes["isolated"] = isolated
     if len(changes) == 1:
         raise InvalidInput(
             "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
             "--clear-cron, --clear-script, --timeout, --misfire-grace, --timezone, --missed, "
-            "--catchup-limit, --max-failures, --jitter, --ignore-quiet or --respect-quiet"
+            "--catchup-limit, --max-failures, --jitter, --ignore-quiet, --respect-quiet, "
+            "--isolated or --shared"
         )
     request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
@@ -1634,6 +1653,7 @@ def task_policies(row: InboundMessage) -> dict[str, Any]:
     shown["misfire grace"] = f"{row.misfire_grace} s" if row.misfire_grace is not None else "none"
     shown["timeout"] = f"{row.timeout} s" if row.timeout else "the host's default"
     shown["quiet hours"] = "ignored" if row.ignore_quiet else "respected"
+    shown["conversation"] = "isolated (fresh each run)" if row.isolated else "the session's"
     return shown
 
 

@@ -157,6 +157,7 @@ def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> In
         content=valid.content, misfire_grace=valid.misfire_grace, timeout=valid.timeout,
         missed_policy=valid.missed_policy, catchup_limit=valid.catchup_limit,
         max_failures=valid.max_failures, jitter=valid.jitter, ignore_quiet=valid.ignore_quiet,
+        isolated=valid.isolated,
     )  # fmt: skip
     due = (policy or Policy()).admitted(row, valid.first_run)
     return row.model_copy(update={"process_after": fmt(due)})

@@ -87,7 +87,7 @@ def scheduled_row(action: ScheduleTask, now: datetime, due: str | None = None) -
         content={"prompt": action.prompt, "script": action.script},
         missed_policy=action.missed_policy, catchup_limit=action.catchup_limit,
         max_failures=action.max_failures, jitter=action.jitter,
-        ignore_quiet=bool(action.ignore_quiet),
+        ignore_quiet=bool(action.ignore_quiet), isolated=bool(action.isolated),
     )  # fmt: skip
 
 

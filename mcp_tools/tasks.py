@@ -214,6 +214,11 @@ IgnoreQuietArg = Annotated[
     Field(description="true: run in the session's quiet hours too (by default a run due in "
           "them waits for their end)."),
 ]  # fmt: skip
+IsolatedArg = Annotated[
+    bool | None,
+    Field(description="true: each run starts a fresh conversation, without the chat "
+          "history (its reply still reaches the user); for self-contained jobs."),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -303,6 +308,8 @@ class TaskTools:
         }
         if valid.ignore_quiet:
             fields["ignore_quiet"] = True
+        if valid.isolated:
+            fields["isolated"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
         quiet = sv.quiet_hours(self.config.session_dir)
@@ -429,10 +436,11 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
         ignoreQuiet: IgnoreQuietArg = None,
+        isolated: IsolatedArg = None,
     ) -> str:
         policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
                     "maxFailures": maxFailures, "jitter": jitter,
-                    "ignoreQuiet": ignoreQuiet}  # fmt: skip
+                    "ignoreQuiet": ignoreQuiet, "isolated": isolated}  # fmt: skip
         return tools.schedule(
             prompt, processAfter, recurrence, script, timezone,
             {k: v for k, v in policies.items() if v is not None},
@@ -462,11 +470,13 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
         ignoreQuiet: IgnoreQuietArg = None,
+        isolated: IsolatedArg = None,
     ) -> str:
         values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
                   "recurrence": recurrence, "script": script, "missedPolicy": missedPolicy,
                   "catchupLimit": catchupLimit, "maxFailures": maxFailures,
-                  "jitter": jitter, "ignoreQuiet": ignoreQuiet}  # fmt: skip
+                  "jitter": jitter, "ignoreQuiet": ignoreQuiet,
+                  "isolated": isolated}  # fmt: skip
         given = _given_arguments(ctx)
         if given is None:  # called without a request (in-process): None means "left out"
             given = {k for k, v in values.items() if v is not None}
@@ -582,6 +592,8 @@ def _task_line(state: sv.TaskState) -> str:
     ]
     if row.ignore_quiet:
         parts.insert(3, "runs in quiet hours too")
+    if row.isolated:
+        parts.insert(3, "isolated (no chat history)")
     if rec is not None:
         parts.insert(3, f"policies: {_policies(row)}")
         if row.failures:

@@ -64,12 +64,16 @@ class FakeModel:
             return self.turns.pop(0)
 
     def user_texts(self) -> list[str]:
-        """The first user message of each request, as text."""
+        """The prompt of each request: its last user message written as text (tool
+        results and the conversation's earlier turns come before or are not text)."""
         texts = []
         for body in self.requests:
-            first = next(m for m in body["messages"] if m["role"] == "user")
-            content = first["content"]
-            texts.append(content if isinstance(content, str) else json.dumps(content))
+            prompts = [
+                m["content"]
+                for m in body["messages"]
+                if m["role"] == "user" and isinstance(m["content"], str)
+            ]
+            texts.append(prompts[-1])
         return texts
 
 

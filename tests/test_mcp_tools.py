@@ -37,7 +37,7 @@ POLICY_ARGS = {"missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQ
 SIX_TOOLS = {
     "schedule_task": (
         {"prompt"},
-        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS},
+        {"prompt", "processAfter", "recurrence", "script", "timezone", "isolated", *POLICY_ARGS},
     ),
     "list_tasks": (set(), {"status"}),
     "cancel_task": ({"taskId"}, {"taskId"}),
@@ -45,7 +45,7 @@ SIX_TOOLS = {
     "resume_task": ({"taskId"}, {"taskId"}),
     "update_task": (
         {"taskId"},
-        {"taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS},
+        {"taskId", "prompt", "processAfter", "recurrence", "script", "isolated", *POLICY_ARGS},
     ),
 }
 

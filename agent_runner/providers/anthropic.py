@@ -47,8 +47,10 @@ class Messages:
         self.client = client
         self.settings = settings
 
-    def opening(self, prompt: str) -> list[Any]:
-        return [{"role": "user", "content": prompt}]
+    name = "anthropic"
+
+    def opening(self, prompt: str, earlier: Sequence[Any] = ()) -> list[Any]:
+        return [*earlier, {"role": "user", "content": prompt}]
 
     async def call(self, messages: Sequence[Any], tools: Sequence[ToolSpec]) -> ModelTurn:
         extra: dict[str, Any] = {"system": self.settings.system} if self.settings.system else {}
@@ -129,7 +131,7 @@ class AnthropicProvider:
     async def run(self, batch: Batch) -> ProviderResult:
         async with self.client() as client:
             dialect = Messages(client, self.settings)
-            return await answer_batch(dialect, batch, self.settings.max_turns)
+            return await answer_batch(dialect, batch, self.settings)
 
     async def ask(self, prompt: str) -> str:
         """One call without tools (``cronbox agent check``): the model's text."""

@@ -87,12 +87,13 @@ class ChatCompletions:
         self.client = client
         self.settings = settings
 
-    def opening(self, prompt: str) -> list[Any]:
+    name = "openai"
+
+    def opening(self, prompt: str, earlier: Sequence[Any] = ()) -> list[Any]:
         messages: list[Any] = []
         if self.settings.system:
             messages.append({"role": "system", "content": self.settings.system})
-        messages.append({"role": "user", "content": prompt})
-        return messages
+        return [*messages, *earlier, {"role": "user", "content": prompt}]
 
     async def call(self, messages: Sequence[Any], tools: Sequence[ToolSpec]) -> ModelTurn:
         # Some servers refuse an empty tools list: offer none then.
@@ -184,7 +185,7 @@ class OpenAIProvider:
     async def run(self, batch: Batch) -> ProviderResult:
         async with self.client() as client:
             dialect = ChatCompletions(client, self.settings)
-            return await answer_batch(dialect, batch, self.settings.max_turns)
+            return await answer_batch(dialect, batch, self.settings)
 
     async def ask(self, prompt: str) -> str:
         """One call without tools (``cronbox agent check``): the model's text."""
