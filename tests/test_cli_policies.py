@@ -192,6 +192,19 @@ def test_ignore_quiet_is_a_task_flag_that_update_can_turn_off(
     assert not task_rows(home)[0].ignore_quiet
 
 
+def test_isolated_is_a_task_flag_that_task_show_reports_and_update_can_turn_off(
+    cli: Cli, session: str, home: Path
+) -> None:
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t",
+           "--isolated"))  # fmt: skip
+    assert task_rows(home)[0].isolated
+    assert "isolated (fresh each run)" in ok(cli("task", "show", "t")).stdout
+    ok(cli("task", "update", "t", "--shared"))
+    assert not task_rows(home)[0].isolated
+    ok(cli("task", "update", "t", "--isolated"))
+    assert task_rows(home)[0].isolated
+
+
 def test_task_backfill_queues_the_first_past_slot_and_refuses_bad_windows(
     cli: Cli, session: str, home: Path
 ) -> None:

@@ -249,3 +249,56 @@ async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: 
         "the model API answered 403: the session's daily token budget of 25 tokens is used up"
     )
     assert len(fake.requests) == 1  # the refused call never reached the vendor
+
+
+def conversation(fake: FakeModel, request: int) -> list[str]:
+    """The texts of one request's messages (system prompt left out), in order."""
+    texts = []
+    for message in fake.requests[request]["messages"]:
+        content = message["content"]
+        if message["role"] == "system":
+            continue
+        if isinstance(content, list):
+            content = " ".join(b.get("text") or str(b.get("content") or "") for b in content)
+        texts.append(f"{message['role']}: {content}")
+    return texts
+
+
+async def test_a_later_chat_sees_the_earlier_exchanges_and_an_isolated_task_sees_none(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    turns = [
+        call("list_tasks", {}),
+        say("Nice to meet you, Ada."),
+        say("Here is your digest."),
+        say("Your name is Ada."),
+    ]
+    with fake_model(turns) as fake:
+        write_profile(home, provider, fake.base)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("talk", agent="model")
+        digest = store.schedule_task(
+            session.id, {"prompt": "write the digest", "recurrence": WEEKDAYS_AT_9,
+                         "isolated": True},
+        )  # fmt: skip
+        async with running_host(settings):
+            hello = store.send_message(session.id, "my name is Ada")
+            await wait_for(lambda: replies_to(store, session.id, hello.id), LOOP_GUARD)
+            run = store.run_now(digest.id)
+            assert await wait_for(lambda: replies_to(store, session.id, run.id), LOOP_GUARD) == [
+                "Here is your digest."
+            ]
+            ask = store.send_message(session.id, "what is my name?")
+            answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
+    assert answer == ["Your name is Ada."]
+    # The isolated run saw its own prompt only: no history.
+    [isolated] = conversation(fake, 2)
+    assert "write the digest" in isolated
+    # The next chat saw the first exchange, its tool turn included, and not the digest.
+    later = conversation(fake, 3)
+    assert "my name is Ada" in later[0] and "Nice to meet you, Ada." in later[-2]
+    assert len(later) == 5  # prompt, tool call, tool result, answer; then the new prompt
+    assert "what is my name?" in later[-1]
+    assert not any("[scheduled task" in text or "Here is your digest" in text for text in later)

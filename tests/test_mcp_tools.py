@@ -748,3 +748,24 @@ async def test_schedule_task_answers_with_the_first_run_after_jitter_and_quiet_h
         assert await apply(store, session) == ["applied"]
     assert "delayed by the session's quiet hours" in held
     assert f"= {store.get_task(task_id_in(held)).next_run} UTC" in held
+
+
+async def test_an_agent_can_make_a_task_isolated_and_shared_again(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    async with connected(config) as client:
+        args = {"prompt": "digest", "recurrence": "0 9 * * *", "isolated": True}
+        error, text = await call(client, "schedule_task", args)
+        assert not error, text
+        task_id = task_id_in(text)
+        assert written(config)[0]["content"]["isolated"] is True
+        assert await apply(store, session) == ["applied"]
+        [row] = store.inbound_rows(session.id)
+        assert row.isolated
+        _, listing = await call(client, "list_tasks", {})
+        assert "isolated (no chat history)" in listing
+        error, text = await call(client, "update_task", {"taskId": task_id, "isolated": False})
+        assert not error, text
+        assert await apply(store, session) == ["applied"]
+    [row] = store.inbound_rows(session.id)
+    assert not row.isolated
