@@ -90,6 +90,7 @@ from cronbox_shared.tasks import (
     schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
+from host.chat import Chat, run_chat
 from host.config import (
     Settings,
     configured_names,
@@ -108,6 +109,7 @@ from host.views import JobOut, MessageOut, RunOut, RunOutput, RunQueued, TaskOut
 PIPE_WIDTH = 200
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 NOTHING = "—"
 
 
@@ -1066,6 +1068,52 @@ def send(
         console = stdout_console()
         for reply in replies:
             console.print(Text(reply), soft_wrap=True)
+
+
+@app.command("chat")
+def chat(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--timeout",
+            callback=seconds_option(1, MAX_WAIT, "too short"),
+            help="Seconds to wait, after the input ends, for answers still owed (default 60).",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Chat with a session's agent: each line you type is sent, replies print as they
+    arrive; Ctrl-D ends the chat (once the answers owed are in), Ctrl-C at once."""
+    store = open_store(home)
+    target = store.get_session(session)
+    console = stdout_console()
+    if interactive():
+        console.print(
+            Text(f"chatting with session {target.name} (agent {target.agent}); Ctrl-D to end"),
+            style="dim",
+        )
+    note_if_no_host(store.home)
+    limit = 60 if timeout is None else timeout
+
+    def say(line: str) -> None:
+        console.print(Text(line), soft_wrap=True)
+
+    def complain(sentence: str) -> None:
+        typer.echo(f"error: {sentence}", err=True)
+
+    try:
+        done = run_chat(Chat(store, target), sys.stdin, say, complain,
+                        wait=limit, poll=POLL_SECONDS)  # fmt: skip
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not done:
+        fail(
+            f"no answer to every message within {limit} s; is the host running? "
+            "start it with cronbox run",
+            EXIT_ENVIRONMENT_ERROR,
+        )
 
 
 def await_answer(
