@@ -28,9 +28,27 @@ WINDOW = 200
 between two polls."""
 
 
-def reply_line(text: str) -> str:
-    """How a reply prints: ``agent: <text>``, control characters escaped."""
-    return f"agent: {escaped(text)}"
+@dataclass(frozen=True)
+class Heard:
+    """A reply of the agent (to ``in_reply_to``), or, ``failed``, the error of a message
+    it could not answer."""
+
+    text: str
+    in_reply_to: str | None
+    failed: bool = False
+
+    def line(self) -> str:
+        """How it prints: ``agent: <text>``, control characters escaped as the console
+        channel escapes them."""
+        if self.failed:
+            return f"agent could not answer: {escaped(self.text)}"
+        return f"agent: {escaped(self.text)}"
+
+    def record(self) -> dict[str, str | None]:
+        """The ``--json`` record: ``{"reply", "in_reply_to"}`` or ``{"error", "message"}``."""
+        if self.failed:
+            return {"error": self.text, "message": self.in_reply_to}
+        return {"reply": self.text, "in_reply_to": self.in_reply_to}
 
 
 @dataclass
@@ -52,19 +70,22 @@ class Chat:
         if line.strip():
             self.owed.add(self.store.send_message(self.session.id, line).id)
 
-    def news(self) -> list[str]:
-        """The reply lines to print now, oldest first."""
+    def news(self) -> list[Heard]:
+        """The replies to print now, oldest first, then the messages that failed."""
         # Which answers came before the replies are read: a settled row's reply is in
         # the outbox by then (both are written in one transaction).
         answered = {m for m in self.owed if not self._live(m)}
-        lines = []
+        heard = []
         for entry in self._replies():
             if entry.id not in self.printed:
                 self.printed.add(entry.id)
-                lines.append(reply_line(entry.text))
-        failed = sorted(m for m in answered if self._failed(m))
+                heard.append(Heard(entry.text, entry.in_reply_to))
+        for message_id in sorted(answered):
+            row = self.store.message(self.session.id, message_id)
+            if row.status is MessageStatus.FAILED:
+                heard.append(Heard(row.error or "failed", message_id, failed=True))
         self.owed -= answered
-        return lines + [f"agent could not answer: {self._error(m)}" for m in failed]
+        return heard
 
     def _replies(self) -> list[LogEntry]:
         try:
@@ -78,12 +99,6 @@ class Chat:
     def _live(self, message_id: str) -> bool:
         return self.store.message(self.session.id, message_id).status.live
 
-    def _failed(self, message_id: str) -> bool:
-        return self.store.message(self.session.id, message_id).status is MessageStatus.FAILED
-
-    def _error(self, message_id: str) -> str:
-        return escaped(self.store.message(self.session.id, message_id).error or "failed")
-
 
 def read_lines(stream: TextIO, lines: queue.Queue[str | None]) -> None:
     """Put each line of ``stream`` on ``lines``, then EOF (runs in its own thread)."""
@@ -95,7 +110,7 @@ def read_lines(stream: TextIO, lines: queue.Queue[str | None]) -> None:
 def run_chat(
     chat: Chat,
     stream: TextIO,
-    say: Callable[[str], None],
+    say: Callable[[Heard], None],
     complain: Callable[[str], None],
     *,
     wait: float,

@@ -90,7 +90,7 @@ from cronbox_shared.tasks import (
     schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.chat import Chat, run_chat
+from host.chat import Chat, Heard, run_chat
 from host.config import (
     Settings,
     configured_names,
@@ -1083,9 +1083,13 @@ def chat(
         ),
     ] = None,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Chat with a session's agent: each line you type is sent, replies print as they
-    arrive; Ctrl-D ends the chat (once the answers owed are in), Ctrl-C at once."""
+    arrive; Ctrl-D ends the chat (once the answers owed are in), Ctrl-C at once.
+
+    With --json each reply is one JSON record a line.
+    """
     store = open_store(home)
     target = store.get_session(session)
     console = stdout_console()
@@ -1097,8 +1101,11 @@ def chat(
     note_if_no_host(store.home)
     limit = 60 if timeout is None else timeout
 
-    def say(line: str) -> None:
-        console.print(Text(line), soft_wrap=True)
+    def say(heard: Heard) -> None:
+        if as_json:  # one record a line, so a reader can parse them as they come
+            typer.echo(json.dumps(heard.record(), ensure_ascii=False))
+        else:
+            console.print(Text(heard.line()), soft_wrap=True)
 
     def complain(sentence: str) -> None:
         typer.echo(f"error: {sentence}", err=True)

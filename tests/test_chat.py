@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import sys
@@ -12,7 +13,7 @@ import anyio
 import pytest
 
 from cronbox_shared.models import MAX_PROMPT_BYTES, MessageKind
-from host.chat import reply_line
+from host.chat import Heard
 from host.service import Cronbox
 from tests.hosting import make_settings, running_host
 
@@ -31,7 +32,9 @@ def chat_env(home: Path) -> dict[str, str]:
 
 
 def test_a_reply_prints_on_one_line_with_its_control_characters_escaped() -> None:
-    assert reply_line("red \x1b[31malert\nnext") == "agent: red \\x1b[31malert\\nnext"
+    assert Heard("red \x1b[31malert\nnext", "m1").line() == "agent: red \\x1b[31malert\\nnext"
+    assert Heard("boom\x07", "m2", failed=True).line() == "agent could not answer: boom\\x07"
+    assert Heard("hi", "m1").record() == {"reply": "hi", "in_reply_to": "m1"}
 
 
 async def test_each_piped_line_is_sent_and_its_reply_printed_before_the_chat_ends(
@@ -88,3 +91,21 @@ async def test_typed_lines_are_answered_and_ctrl_d_ends_the_chat(tmp_path: Path)
     assert code == 0, text
     assert "chatting with session tty (agent echo)" in text
     assert "Traceback" not in text
+
+
+async def test_with_json_a_message_the_agent_could_not_answer_is_one_error_record(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    settings = make_settings(home)
+    Cronbox.from_settings(settings).create_session("broken", agent="fail")
+    async with running_host(settings):
+        with anyio.fail_after(CHAT_GUARD):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "host.cli", "chat", "broken", "--json"],
+                input=b"hi\n", env=chat_env(home), check=False,
+            )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    [record] = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert record["error"] == "provider 'fail' always fails (test provider)"
+    assert record["message"]
