@@ -37,9 +37,13 @@ from cronbox_shared.sessiondb import GATEWAY, GATEWAY_SOCKET
 log = logging.getLogger("cronbox.gateway")
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-VENDOR_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+VENDOR_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "claude-code": "https://api.anthropic.com",
+}
 # The one call each provider makes; nothing else is forwarded.
-ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
+ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages", "claude-code": "/v1/messages"}
 PASSED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta")
 UPSTREAM_TIMEOUT = 600.0
 
@@ -129,7 +133,7 @@ def counted_request(provider: str, body: bytes) -> bytes:
 def key_headers(provider: str, key: str | None) -> dict[str, str]:
     if not key:
         return {}
-    if provider == "anthropic":
+    if provider != "openai":  # the Messages API, for anthropic and claude-code
         return {"x-api-key": key}
     return {"authorization": f"Bearer {key}"}
 

@@ -71,6 +71,11 @@ ZONE_UNKNOWN = (
 )
 PROMPT_PREVIEW = 80
 LIST_TASKS = "list_tasks"
+TOOL_NAMES: tuple[str, ...] = (
+    str(ActionKind.SCHEDULE), LIST_TASKS, str(ActionKind.CANCEL), str(ActionKind.PAUSE),
+    str(ActionKind.RESUME), str(ActionKind.UPDATE),
+)  # fmt: skip
+"""The six tools :func:`register` adds, by their MCP names."""
 
 # --- what the model reads --------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -200,14 +201,15 @@ def _handler(fake: FakeModel) -> type[BaseHTTPRequestHandler]:
                 fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 n = len(fake.requests)
             turn = fake.next_turn()
-            if self.path.endswith("/chat/completions"):
+            route = urlsplit(self.path).path  # Claude Code adds ?beta=true
+            if route.endswith("/chat/completions"):
                 if turn.status != 200:
                     payload: dict[str, Any] = {"error": {
                         "message": turn.error, "type": "invalid_request_error",
                         "param": None, "code": None}}  # fmt: skip
                 else:
                     payload = openai_body(turn, body.get("model", ""), n)
-            elif self.path.endswith("/v1/messages"):
+            elif route.endswith("/v1/messages"):
                 if turn.status != 200:
                     payload = {
                         "type": "error",
@@ -229,7 +231,7 @@ def _handler(fake: FakeModel) -> type[BaseHTTPRequestHandler]:
 
         def stream(self, turn: Turn, body: dict[str, Any], n: int) -> None:
             model = body.get("model", "")
-            if self.path.endswith("/v1/messages"):
+            if urlsplit(self.path).path.endswith("/v1/messages"):
                 events = anthropic_events(turn, model, n)
             else:
                 include = bool((body.get("stream_options") or {}).get("include_usage"))
