@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,9 @@ def test_the_options_carry_the_sessions_mcp_server_its_tools_prompt_limits_and_r
         settings, context, base_url="http://127.0.0.1:9", key=None, resume="sess-1",
         environ=environ,
     )  # fmt: skip
-    server = options.mcp_servers["cronbox"]  # type: ignore[index]
+    assert isinstance(options.mcp_servers, dict)
+    server: dict[str, Any] = dict(options.mcp_servers["cronbox"])
+    assert server["type"] == "stdio"
     assert (server["command"], server["args"]) == (sys.executable, ["-m", "mcp_tools"])
     assert server["env"]["CRONBOX_SESSION_DIR"] == str(tmp_path)
     assert server["env"]["CRONBOX_TIMEZONE"] == "Europe/Berlin"
