@@ -4,6 +4,7 @@ host's gateway (the CLI reaches it by a loopback relay), with its session resume
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent_runner.check import check_profile
 from agent_runner.provider import SessionContext
 from agent_runner.providers import get_provider
 from agent_runner.providers.claude_code import (
@@ -19,6 +21,7 @@ from agent_runner.providers.claude_code import (
     build_options,
     mcp_tool_names,
 )
+from cronbox_shared.agents import AgentProfile
 from cronbox_shared.settings import RunnerSettings
 from host.service import Cronbox
 from mcp_tools.tasks import TOOL_NAMES
@@ -136,3 +139,16 @@ async def test_claude_code_schedules_through_mcp_and_resumes_its_session_offline
     assert "remind me every weekday at 9" in prompts[-1] and "what did I ask you?" in prompts[-1]
     # The key was added by the host's gateway; the CLI only ever held a placeholder.
     assert all(h.get("x-api-key") == KEY for h in fake.headers)
+
+
+async def test_agent_check_asks_claude_code_once_without_tools(tmp_path: Path) -> None:
+    with fake_model([say("OK")]) as fake:
+        profile = AgentProfile(
+            provider="claude-code", model="claude-sonnet-4-5", base_url=fake.base,
+            api_key_env=KEY_VAR,
+        )  # fmt: skip
+        sentence = await check_profile(profile, {**os.environ, KEY_VAR: KEY})
+    assert sentence == "claude-code answered: OK"
+    [body] = fake.requests
+    assert "tools" not in body or not body["tools"]
+    assert fake.headers[0]["x-api-key"] == KEY

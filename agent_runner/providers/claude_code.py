@@ -18,15 +18,18 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import anyio
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKError, ResultMessage, query
+from claude_agent_sdk.types import McpServerConfig
 
 from agent_runner.gatewayed import PLACEHOLDER_KEY, gateway_socket, loopback_relay
 from agent_runner.mcp_client import server_parameters
 from agent_runner.provider import Batch, ProviderResult, SessionContext, one_reply
 from agent_runner.toolloop import api_key
 from cronbox_shared.errors import ProviderError
+from cronbox_shared.sessiondb import WORKSPACE
 from cronbox_shared.settings import RunnerSettings
 from mcp_tools.tasks import TOOL_NAMES
 
@@ -35,6 +38,12 @@ SESSION_KEY = "claude-code.session"
 """The runner-state key of Claude Code's session id."""
 CONFIG_DIR = ".claude-code"
 """Claude Code's own files (its sessions among them), inside the workspace."""
+
+
+def error_text(result: ResultMessage) -> str:
+    """A failed query's reason, one line."""
+    text = (result.result or result.subtype or "").strip() or "the query failed"
+    return text.splitlines()[0][:500]
 
 
 def mcp_tool_names() -> list[str]:
@@ -50,6 +59,7 @@ def build_options(
     key: str | None,
     resume: str | None,
     environ: Mapping[str, str],
+    with_tools: bool = True,
 ) -> ClaudeAgentOptions:
     """The Claude Agent SDK options for one query of ``context``'s session.
 
@@ -57,8 +67,15 @@ def build_options(
     placeholder, or the profile's own); ``resume`` is the stored session id, if any.
     Every secret of the runner is blanked in the CLI's environment (the SDK passes its
     own environment on), except the model's key when it is the profile's own.
+    ``with_tools`` False leaves the session's MCP server out (a connection check).
     """
-    server = server_parameters(context, environ)
+    servers: dict[str, McpServerConfig] = {}
+    if with_tools:
+        server = server_parameters(context, environ)
+        servers[SERVER_NAME] = {
+            "type": "stdio", "command": server.command, "args": list(server.args),
+            "env": dict(server.env or {}),
+        }  # fmt: skip
     env = {name: "" for name in settings.secret_names}
     env |= {
         "ANTHROPIC_BASE_URL": base_url,
@@ -69,16 +86,11 @@ def build_options(
         "DISABLE_AUTOUPDATER": "1",
     }
     return ClaudeAgentOptions(
-        mcp_servers={
-            SERVER_NAME: {
-                "type": "stdio", "command": server.command, "args": list(server.args),
-                "env": dict(server.env or {}),
-            }
-        },
+        mcp_servers=servers,
         strict_mcp_config=True,
         # The built-in tools the model is shown: only those it may use.
         tools=sorted({rule.split("(")[0] for rule in settings.allowed_tools}),
-        allowed_tools=[*mcp_tool_names(), *settings.allowed_tools],
+        allowed_tools=[*(mcp_tool_names() if with_tools else []), *settings.allowed_tools],
         permission_mode="dontAsk",
         system_prompt=settings.system or None,
         max_turns=settings.max_turns,
@@ -121,9 +133,23 @@ class ClaudeCodeProvider:
         if keeps and state and result.session_id:
             await state.set_state(SESSION_KEY, result.session_id)
         if result.is_error:
-            text = (result.result or result.subtype or "it failed").strip().splitlines()[0]
-            raise ProviderError(f"claude-code: {text[:500]}")
+            raise ProviderError(f"claude-code: {error_text(result)}")
         return one_reply(batch, (result.result or "").strip())
+
+    async def ask(self, prompt: str) -> str:
+        """One query without the task tools (``cronbox agent check``): the answer's text."""
+        directory = self.settings.session_dir
+        await anyio.Path(directory / WORKSPACE / CONFIG_DIR).mkdir(parents=True, exist_ok=True)
+        context = SessionContext(directory, self.settings.timezone, datetime.now(UTC))
+        async with self.endpoint() as (base_url, key):
+            options = build_options(
+                self.settings, context, base_url=base_url, key=key, resume=None,
+                environ=self.environ, with_tools=False,
+            )  # fmt: skip
+            result = await self.query(prompt, options)
+        if result.is_error:
+            raise ProviderError(f"claude-code: {error_text(result)}")
+        return (result.result or "").strip()
 
     async def query(self, prompt: str, options: ClaudeAgentOptions) -> ResultMessage:
         """Run the query to its end; its result message."""
