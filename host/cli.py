@@ -1016,6 +1016,25 @@ MAX_WAIT = 86400
 POLL_SECONDS = 0.5
 
 
+ANSWER_WAIT = 60
+"""Seconds ``send --wait`` and ``chat`` wait for an answer unless told."""
+
+
+def answer_timeout(help_text: str) -> Any:
+    """The ``--timeout`` option of a command that waits for the agent's answer."""
+    return typer.Option(
+        "--timeout", callback=seconds_option(1, MAX_WAIT, "too short"), help=help_text,
+        show_default=False,
+    )  # fmt: skip
+
+
+def no_answer(limit: int, what: str) -> NoReturn:
+    fail(
+        f"no answer {what}within {limit} s; is the host running? start it with cronbox run",
+        EXIT_ENVIRONMENT_ERROR,
+    )
+
+
 @app.command("send")
 def send(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
@@ -1026,12 +1045,7 @@ def send(
     ] = False,
     timeout: Annotated[
         int | None,
-        typer.Option(
-            "--timeout",
-            callback=seconds_option(1, MAX_WAIT, "too short"),
-            help="With --wait: seconds to wait for the answer (default 60).",
-            show_default=False,
-        ),
+        answer_timeout(f"With --wait: seconds to wait for the answer (default {ANSWER_WAIT})."),
     ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -1052,13 +1066,10 @@ def send(
             )
         note_if_no_host(store.home)
         return
-    limit = 60 if timeout is None else timeout
+    limit = ANSWER_WAIT if timeout is None else timeout
     answered = await_answer(store, target.id, message.id, limit)
     if answered is None:
-        fail(
-            f"no answer within {limit} s; is the host running? start it with cronbox run",
-            EXIT_ENVIRONMENT_ERROR,
-        )
+        no_answer(limit, "")
     replies = store.replies(target.id, message.id)
     if as_json:
         print_json({**answered.model_dump(mode="json"), "session": target.name, "replies": replies})
@@ -1075,11 +1086,8 @@ def chat(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
     timeout: Annotated[
         int | None,
-        typer.Option(
-            "--timeout",
-            callback=seconds_option(1, MAX_WAIT, "too short"),
-            help="Seconds to wait, after the input ends, for answers still owed (default 60).",
-            show_default=False,
+        answer_timeout(
+            f"Seconds to wait, after the input ends, for the answers owed (default {ANSWER_WAIT})."
         ),
     ] = None,
     home: HomeOption = None,
@@ -1099,7 +1107,7 @@ def chat(
             style="dim",
         )
     note_if_no_host(store.home)
-    limit = 60 if timeout is None else timeout
+    limit = ANSWER_WAIT if timeout is None else timeout
 
     def say(heard: Heard) -> None:
         if as_json:  # one record a line, so a reader can parse them as they come
@@ -1116,11 +1124,7 @@ def chat(
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if not done:
-        fail(
-            f"no answer to every message within {limit} s; is the host running? "
-            "start it with cronbox run",
-            EXIT_ENVIRONMENT_ERROR,
-        )
+        no_answer(limit, "to every message ")
 
 
 def await_answer(

@@ -15,7 +15,9 @@ import pytest
 
 from cronbox_shared.errors import OutboxUnreadable
 from cronbox_shared.models import RunOutcome
+from host.config import Settings
 from host.service import Cronbox
+from host.store.records import Session
 from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
 from tests.hosting import make_settings, running_host, wait_for
 
@@ -67,6 +69,16 @@ def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     (home / "agents.toml").write_text("\n".join(lines) + "\n")
 
 
+def model_session(
+    home: Path, provider: str, base: str, name: str, timezone: str | None = None, **extra: Any
+) -> tuple[Settings, Cronbox, Session]:
+    """A home whose profile ``model`` speaks to the fake at ``base``, and a session on it."""
+    write_profile(home, provider, base, **extra)
+    settings = make_settings(home)
+    store = Cronbox.from_settings(settings)
+    return settings, store, store.create_session(name, agent="model", timezone=timezone)
+
+
 def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
     """The replies so far; none while the runner holds the outbox's lock (look again)."""
     try:
@@ -107,10 +119,9 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
         say("Reminder: check the build."),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base, stream=stream)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("nl", agent="model", timezone="Europe/Berlin")
+        settings, store, session = model_session(
+            home, provider, fake.base, "nl", timezone="Europe/Berlin", stream=stream
+        )
         async with running_host(settings) as sweeper:
             ask = store.send_message(session.id, "remind me every weekday at 9 to check the build")
             answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
@@ -152,10 +163,7 @@ async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
         say("Scheduled for 09:30 daily."),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("cron", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "cron")
         async with running_host(settings):
             ask = store.send_message(session.id, "stand-up reminder every day at 9:30")
             answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
@@ -171,10 +179,7 @@ async def test_an_api_error_fails_the_run_with_the_vendors_text(
 ) -> None:
     home = tmp_path / "home"
     with fake_model([fail(404, "model 'test-model' not found")], repeat_last=True) as fake:
-        write_profile(home, provider, fake.base, stream=stream)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("err", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "err", stream=stream)
         task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings):
             store.run_now(task.id)
@@ -189,10 +194,7 @@ async def test_a_model_still_calling_tools_at_max_turns_fails_the_run_with_that_
     home = tmp_path / "home"
     looping = [call("list_tasks", {})]
     with fake_model(looping, repeat_last=True) as fake:
-        write_profile(home, provider, fake.base, max_turns=3)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("loop", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "loop", max_turns=3)
         task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings):
             store.run_now(task.id)
@@ -207,10 +209,7 @@ async def test_the_runner_holds_no_key_and_its_gate_scripts_never_see_it(tmp_pat
     runner's world (a gate script's environment reaches the model here), nor in any file."""
     home = tmp_path / "home"
     with fake_model([say("seen")]) as fake:
-        write_profile(home, "openai", fake.base)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("keys", agent="model")
+        settings, store, session = model_session(home, "openai", fake.base, "keys")
         script = "jq -nc --arg env \"$(env)\" '{wakeAgent: true, data: $env}'"
         task = store.schedule_task(
             session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9, "script": script}
@@ -231,10 +230,9 @@ async def test_the_runner_holds_no_key_and_its_gate_scripts_never_see_it(tmp_pat
 async def test_the_daily_token_budget_stops_a_session_that_used_it_up(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with fake_model([Turn(text="first", input_tokens=30, output_tokens=10)]) as fake:
-        write_profile(home, "anthropic", fake.base, daily_token_budget=25)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("budget", agent="model")
+        settings, store, session = model_session(
+            home, "anthropic", fake.base, "budget", daily_token_budget=25
+        )
         first = store.schedule_task(session.id, {"prompt": "a", "recurrence": WEEKDAYS_AT_9})
         second = store.schedule_task(session.id, {"prompt": "b", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings) as sweeper:
@@ -275,10 +273,7 @@ async def test_a_later_chat_sees_the_earlier_exchanges_and_an_isolated_task_sees
         say("Your name is Ada."),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("talk", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "talk")
         digest = store.schedule_task(
             session.id, {"prompt": "write the digest", "recurrence": WEEKDAYS_AT_9,
                          "isolated": True},
