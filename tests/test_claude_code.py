@@ -22,6 +22,7 @@ from agent_runner.providers.claude_code import (
     mcp_tool_names,
 )
 from cronbox_shared.agents import AgentProfile
+from cronbox_shared.models import RunOutcome
 from cronbox_shared.settings import RunnerSettings
 from host.service import Cronbox
 from mcp_tools.tasks import TOOL_NAMES
@@ -104,6 +105,7 @@ async def test_claude_code_schedules_through_mcp_and_resumes_its_session_offline
              {"prompt": "check the build", "recurrence": WEEKDAYS_AT_9}),
         say("Done: every weekday at 9."),
         say("You asked me to remind you to check the build."),
+        say("Digest: all quiet."),
     ]  # fmt: skip
     with fake_model(turns) as fake:
         home.mkdir(parents=True)
@@ -129,14 +131,22 @@ async def test_claude_code_schedules_through_mcp_and_resumes_its_session_offline
                 "You asked me to remind you to check the build."
             ]
             assert finished_run(store, task.id) is None  # nothing ran the task itself
+            digest = store.schedule_task(
+                session.id, {"prompt": "write the digest", "processAfter": "now", "isolated": True}
+            )
+            done = await wait_for(lambda: finished_run(store, digest.id), LOOP_GUARD)
+            assert done.outcome is RunOutcome.OK, done.error
+    # The isolated task started afresh: none of the chat reached the model.
+    isolated = str(fake.requests[3]["messages"])
+    assert "write the digest" in isolated and "remind me" not in isolated
     # The model was shown the session's task tools and no built-in tool (none allowed).
-    assert len(fake.requests) == 3
+    assert len(fake.requests) == 4
     for body in fake.requests:
         assert sorted(t["name"] for t in body["tools"]) == sorted(mcp_tool_names())
     prompts = [str(body["messages"]) for body in fake.requests]
     # The tool's answer went back, and the second wake resumed the first conversation.
     assert "Scheduled task" in prompts[1]
-    assert "remind me every weekday at 9" in prompts[-1] and "what did I ask you?" in prompts[-1]
+    assert "remind me every weekday at 9" in prompts[2] and "what did I ask you?" in prompts[2]
     # The key was added by the host's gateway; the CLI only ever held a placeholder.
     assert all(h.get("x-api-key") == KEY for h in fake.headers)
 
