@@ -57,19 +57,30 @@ def gateway_error(status: int, message: str) -> Response:
     return JSONResponse(body, status_code=status)
 
 
+USAGE_KEYS = {"openai": ("prompt_tokens", "completion_tokens")}
+ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
+"""The Messages API's names, for anthropic and claude-code."""
+
+
+def usage_counts(provider: str, usage: Any, old: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Input and output tokens of a vendor's ``usage`` object; ``old`` for a count it
+    does not give (or gives as something other than a whole number)."""
+    if not isinstance(usage, dict):
+        return old
+    keys = USAGE_KEYS.get(provider, ANTHROPIC_USAGE)
+    given = [usage.get(k) for k in keys]
+    ok = [g if isinstance(g, int) and not isinstance(g, bool) and g >= 0 else o
+          for g, o in zip(given, old, strict=True)]  # fmt: skip
+    return ok[0], ok[1]
+
+
 def usage_of(provider: str, body: bytes) -> tuple[int, int]:
     """Input and output tokens a vendor's JSON response reports (0, 0 when none)."""
     try:
         data = json.loads(body)
     except ValueError:
         return 0, 0
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    keys = ("prompt_tokens", "completion_tokens") if provider == "openai" else (
-        "input_tokens", "output_tokens")  # fmt: skip
-    counts = [usage.get(k) for k in keys]
-    return tuple(c if isinstance(c, int) and c >= 0 else 0 for c in counts)  # type: ignore[return-value]
+    return usage_counts(provider, data.get("usage") if isinstance(data, dict) else None)
 
 
 class StreamUsage:
@@ -100,18 +111,12 @@ class StreamUsage:
         if not isinstance(event, dict):
             return
         if self.provider == "openai":
-            if isinstance(event.get("usage"), dict):
-                self.tokens = usage_of(provider="openai", body=json.dumps(event).encode())
-            return
-        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
-            self.tokens = usage_of("anthropic", json.dumps(event["message"]).encode())
-        elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
-            usage = event["usage"]
-            given = [usage.get(k) for k in ("input_tokens", "output_tokens")]
-            old = self.tokens
-            self.tokens = tuple(  # type: ignore[assignment]
-                g if isinstance(g, int) and g >= 0 else o for g, o in zip(given, old, strict=True)
-            )
+            self.tokens = usage_counts("openai", event.get("usage"), self.tokens)
+        elif event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            self.tokens = usage_counts(self.provider, event["message"].get("usage"))
+        elif event.get("type") == "message_delta":
+            # A running total: it replaces what message_start said.
+            self.tokens = usage_counts(self.provider, event.get("usage"), self.tokens)
 
 
 def counted_request(provider: str, body: bytes) -> bytes:

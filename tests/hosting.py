@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.errors import OutboxUnreadable
 from cronbox_shared.timeutil import Clock
 from host.config import Settings
 from host.daemon import run_host
@@ -98,6 +99,17 @@ async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:
             if value:
                 return value
             await anyio.sleep(0.05)
+
+
+def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
+    """The replies to one message so far; none while the runner holds the outbox's lock
+    (a state the host itself waits out), so a poll just looks again."""
+    try:
+        return store.replies(session_id, message_id)
+    except OutboxUnreadable as exc:
+        if exc.transient:
+            return []
+        raise
 
 
 def replies(store: Cronbox, session_id: str) -> list[dict[str, Any]]:

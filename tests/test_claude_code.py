@@ -27,8 +27,8 @@ from cronbox_shared.settings import RunnerSettings
 from host.service import Cronbox
 from mcp_tools.tasks import TOOL_NAMES
 from tests.fake_models import call, fake_model, say
-from tests.hosting import make_settings, running_host, wait_for
-from tests.test_e2e_models import KEY, KEY_VAR, LOOP_GUARD, finished_run, replies_to
+from tests.hosting import make_settings, replies_to, running_host, wait_for
+from tests.test_e2e_models import KEY, KEY_VAR, LOOP_GUARD, finished_run
 
 pytestmark = pytest.mark.anyio
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from cronbox_shared.errors import OutboxUnreadable
 from cronbox_shared.models import RunOutcome
 from host.config import Settings
 from host.service import Cronbox
 from host.store.records import Session
 from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
-from tests.hosting import make_settings, running_host, wait_for
+from tests.hosting import make_settings, replies_to, running_host, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -77,16 +76,6 @@ def model_session(
     settings = make_settings(home)
     store = Cronbox.from_settings(settings)
     return settings, store, store.create_session(name, agent="model", timezone=timezone)
-
-
-def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
-    """The replies so far; none while the runner holds the outbox's lock (look again)."""
-    try:
-        return store.replies(session_id, message_id)
-    except OutboxUnreadable as exc:
-        if exc.transient:
-            return []
-        raise
 
 
 def tool_results(fake: FakeModel, request: int) -> list[str]:
