@@ -30,13 +30,17 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 SUBPROCESS_GUARD = 60
 POLICY_ARGS = ["missedPolicy", "catchupLimit", "maxFailures", "jitter", "ignoreQuiet"]
 ARGUMENTS = {
-    "schedule_task": ["prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS],
+    "schedule_task": [
+        "prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS, "isolated",
+    ],
     "list_tasks": ["status"],
     "cancel_task": ["taskId"],
     "pause_task": ["taskId"],
     "resume_task": ["taskId"],
-    "update_task": ["taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS],
-}
+    "update_task": [
+        "taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS, "isolated",
+    ],
+}  # fmt: skip
 REQUIRED = {"schedule_task": ["prompt"], "list_tasks": []} | {
     name: ["taskId"] for name in ("cancel_task", "pause_task", "resume_task", "update_task")
 }
