@@ -62,4 +62,8 @@ async def _call(settings: RunnerSettings, environ: Mapping[str, str]) -> str:
         from agent_runner.providers.anthropic import AnthropicProvider
 
         return await AnthropicProvider(settings, environ).ask(CHECK_PROMPT)
+    if settings.provider == "claude-code":
+        from agent_runner.providers.claude_code import ClaudeCodeProvider
+
+        return await ClaudeCodeProvider(settings, environ).ask(CHECK_PROMPT)
     raise ProviderError(f"provider {settings.provider} cannot be checked")

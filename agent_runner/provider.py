@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent_runner.history import ConversationStore, Remember
 from agent_runner.mailbox import SessionState
 from cronbox_shared.models import InboundMessage
 from cronbox_shared.sessiondb import WORKSPACE
@@ -34,6 +35,8 @@ class SessionContext:
     timezone: str
     local_time: datetime
     state: SessionState | None = field(default=None, compare=False)
+    conversation: ConversationStore | None = field(default=None, compare=False)
+    """The session's earlier exchanges with the model (None outside a runner)."""
 
     @property
     def workspace(self) -> Path:
@@ -73,6 +76,11 @@ class Batch:
     def ids(self) -> list[str]:
         return [item.message.id for item in self.items]
 
+    @property
+    def isolated(self) -> bool:
+        """An isolated task's batch (it always runs alone): no history in, none out."""
+        return bool(self.items) and all(item.message.isolated for item in self.items)
+
 
 @dataclass(frozen=True)
 class RowOutcome:
@@ -107,6 +115,8 @@ class ProviderResult:
     """Per-row outcomes of one batch, keyed by ``messages_in`` id."""
 
     outcomes: Mapping[str, RowOutcome] = field(default_factory=dict)
+    remember: Remember | None = None
+    """The exchange to add to the session's history, stored with the settlement."""
 
     def outcome_for(self, message_id: str) -> RowOutcome:
         """The row's outcome; a row the provider left out counts as failed, never as done."""
@@ -131,8 +141,11 @@ class Provider(Protocol):
       thread; the runner's heartbeat shares the event loop.
     * Only ``batch.context.workspace`` is used for files, and a provider that needs to
       keep state across runs (e.g. a conversation id) stores it in
-      ``batch.context.state`` (``get_state``/``set_state``), not in memory: the runner
-      exits when idle.
+      ``batch.context.state`` (``get_state``/``set_state``) or, for a conversation,
+      returns it as ``ProviderResult.remember`` (read back from
+      ``batch.context.conversation``), not in memory: the runner exits when idle.
+    * A batch that is ``isolated`` is answered without the session's history and
+      leaves nothing in it.
     """
 
     async def run(self, batch: Batch) -> ProviderResult:

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from agent_runner.gate import GateResult, GateVerdict, run_gate
+from agent_runner.history import Remember
 from agent_runner.mailbox import Mailbox, Settlement, wakes_agent
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.prompt import render_batch, render_context, render_row
@@ -60,6 +61,22 @@ def claim_limit(ready: Sequence[InboundMessage], max_batch: int) -> int:
     come back full of fresh context rows and wake the agent for context alone.
     """
     return max_batch - len(ready) if wakes_agent(ready) else max_batch
+
+
+def next_batch(ready: Sequence[BatchItem], limit: int) -> tuple[list[BatchItem], list[BatchItem]]:
+    """The rows to hand the provider now, and the rows left waiting.
+
+    An isolated task runs alone, in a conversation of its own. The other rows go
+    together, up to ``limit``, as long as one of them wakes the agent; when none does,
+    the first isolated row goes next, and the others wait for a row that wakes it.
+    """
+    isolated = [item for item in ready if item.message.isolated]
+    if not isolated:
+        return list(ready[:limit]), list(ready[limit:])
+    shared = [item for item in ready if not item.message.isolated]
+    chosen = shared[:limit] if wakes_agent([i.message for i in shared]) else isolated[:1]
+    taken = {id(item) for item in chosen}
+    return chosen, [item for item in ready if id(item) not in taken]
 
 
 def gate_error(reason: str | None) -> str:
@@ -187,12 +204,11 @@ class _Runner:
         """Give the ready rows to the provider if they need it; True when it was called."""
         rows = [item.message for item in self._ready]
         if provider_needed(claimed, rows):
-            limit = self.config.max_batch
-            items, self._ready = self._ready[:limit], self._ready[limit:]
+            items, self._ready = next_batch(self._ready, self.config.max_batch)
             started = anyio.current_time()
             async with self._beating():
-                answered = await self._call_provider(items)
-            await self._settle(answered)
+                answered, remember = await self._call_provider(items)
+            await self._settle(answered, remember)
             self._log_batch(answered, anyio.current_time() - started)
             return True
         if rows and not self._gates:
@@ -242,22 +258,31 @@ class _Runner:
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _settle(self, settled: Sequence[Settlement]) -> None:
+    async def _settle(
+        self, settled: Sequence[Settlement], remember: Remember | None = None
+    ) -> None:
         async with self._writing:
-            await self.mailbox.settle(self.clock.now(), settled)
+            await self.mailbox.settle(self.clock.now(), settled, remember)
 
-    async def _call_provider(self, items: list[BatchItem]) -> list[Settlement]:
+    async def _call_provider(
+        self, items: list[BatchItem]
+    ) -> tuple[list[Settlement], Remember | None]:
         tz_name = self.config.timezone
         local = self.clock.now().astimezone(zone(tz_name))
-        context = SessionContext(self.session_dir, tz_name, local, state=self.mailbox)
+        context = SessionContext(
+            self.session_dir, tz_name, local, state=self.mailbox, conversation=self.mailbox
+        )
         prompt = render_batch(render_context(tz_name, local), [item.text for item in items])
         batch = Batch(tuple(items), context, prompt)
         try:
             result = await self.provider.run(batch)
         except Exception as exc:  # the provider contract: raising = every row failed
             error = error_text(exc)
-            return [Settlement(item.message, AckStatus.FAILED, error=error) for item in items]
-        return [settle_outcome(item.message, result.outcome_for(item.message.id)) for item in items]
+            return [Settlement(item.message, AckStatus.FAILED, error=error) for item in items], None
+        settled = [
+            settle_outcome(item.message, result.outcome_for(item.message.id)) for item in items
+        ]
+        return settled, result.remember
 
     def _log_batch(self, settled: Sequence[Settlement], took: float) -> None:
         completed = sum(s.status is AckStatus.COMPLETED for s in settled)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from agent_runner.history import Exchange, fit, flatten, remember
 from agent_runner.mcp_client import Toolbox, ToolOutcome, ToolSpec, open_toolbox
 from agent_runner.provider import Batch, ProviderResult, one_reply
 from cronbox_shared.errors import ProviderError
+from cronbox_shared.settings import RunnerSettings
 
 log = logging.getLogger("agent_runner")
 
@@ -53,8 +55,13 @@ class Dialect(Protocol):
     the loop could see twice.
     """
 
-    def opening(self, prompt: str) -> list[Any]:
-        """The conversation's first messages for ``prompt`` (the vendor's format)."""
+    name: str
+    """The vendor's message format: exchanges are kept and loaded under this name."""
+
+    def opening(self, prompt: str, earlier: Sequence[Any] = ()) -> list[Any]:
+        """The messages of a call: the system prompt where the vendor wants it in the
+        list, then ``earlier`` (the history, already in the vendor's format), then
+        ``prompt`` as the user's message, always last."""
         ...
 
     async def call(self, messages: Sequence[Any], tools: Sequence[ToolSpec]) -> ModelTurn:
@@ -75,6 +82,8 @@ class LoopResult:
     input_tokens: int = 0
     output_tokens: int = 0
     messages: list[Any] = field(default_factory=list)
+    exchange: list[Any] = field(default_factory=list)
+    """This wake's part of ``messages``: the prompt and everything after it."""
 
 
 def decode_arguments(raw: str | None) -> dict[str, Any] | None:
@@ -96,15 +105,17 @@ def max_turns_error(max_turns: int) -> str:
 
 
 async def run_tool_loop(
-    dialect: Dialect, toolbox: Toolbox, prompt: str, max_turns: int
+    dialect: Dialect, toolbox: Toolbox, prompt: str, max_turns: int, earlier: Sequence[Any] = ()
 ) -> LoopResult:
-    """Let the model answer ``prompt`` with the toolbox's tools, ``max_turns`` calls at most.
+    """Let the model answer ``prompt`` with the toolbox's tools, ``max_turns`` calls at most,
+    after the ``earlier`` conversation.
 
     A tool call that fails (a bad cron, unknown tool, arguments that are not an object)
     goes back to the model as an error result, so it can correct itself. Raises
     ProviderError when the model is still calling tools after ``max_turns`` calls.
     """
-    messages = dialect.opening(prompt)
+    messages = dialect.opening(prompt, earlier)
+    start = len(messages) - 1  # the prompt: this wake's exchange begins there
     result = LoopResult(answer="", turns=0, messages=messages)
     known = {tool.name for tool in toolbox.tools}
     while result.turns < max_turns:
@@ -115,6 +126,7 @@ async def run_tool_loop(
         messages.append(turn.message)
         if not turn.calls:
             result.answer = turn.text.strip()
+            result.exchange = messages[start:]
             return result
         outcomes = []
         for use in turn.calls:
@@ -139,12 +151,27 @@ def api_key(api_key_env: str, environ: Mapping[str, str]) -> str | None:
     return (environ.get(api_key_env) or "").strip() or None if api_key_env else None
 
 
-async def answer_batch(dialect: Dialect, batch: Batch, max_turns: int) -> ProviderResult:
-    """Run the tool loop over the batch's prompt with the session's MCP tools: one reply."""
+async def answer_batch(dialect: Dialect, batch: Batch, settings: RunnerSettings) -> ProviderResult:
+    """Run the tool loop over the batch's prompt with the session's MCP tools: one reply.
+
+    The session's history (what fits in ``history_tokens``) goes before the prompt, and
+    this wake's exchange is handed back to be remembered, unless the batch is isolated.
+    """
+    store = batch.context.conversation
+    budget = settings.history_tokens
+    keeps = store is not None and budget > 0 and not batch.isolated
+    earlier = fit(await store.load_history(dialect.name), budget) if keeps and store else []
     async with open_toolbox(batch.context) as toolbox:
-        result = await run_tool_loop(dialect, toolbox, batch.prompt, max_turns)
+        result = await run_tool_loop(
+            dialect, toolbox, batch.prompt, settings.max_turns, flatten(earlier)
+        )
     log.info(
-        "model answered in %d call(s), %d input / %d output tokens",
-        result.turns, result.input_tokens, result.output_tokens,
+        "model answered in %d call(s), %d input / %d output tokens (%d earlier exchange(s))",
+        result.turns, result.input_tokens, result.output_tokens, len(earlier),
     )  # fmt: skip
-    return one_reply(batch, result.answer)
+    answered = one_reply(batch, result.answer)
+    if not keeps or not result.answer:
+        # An empty answer is not kept: some vendors refuse an empty assistant turn.
+        return answered
+    exchange = Exchange(dialect.name, tuple(result.exchange))
+    return replace(answered, remember=remember(earlier, exchange, budget))

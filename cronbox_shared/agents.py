@@ -34,7 +34,9 @@ BUILTIN_AGENTS: tuple[str, ...] = ("echo", "fail", "scripted")
 """``echo`` answers offline; ``fail`` always fails; ``scripted`` runs tool calls (tests)."""
 MODEL_PROVIDERS: tuple[str, ...] = ("anthropic", "openai")
 """Providers that call a model API and so need a ``model``."""
-PROVIDERS: tuple[str, ...] = ("anthropic", "command", "echo", "fail", "openai", "scripted")
+PROVIDERS: tuple[str, ...] = (
+    "anthropic", "claude-code", "command", "echo", "fail", "openai", "scripted",
+)  # fmt: skip
 """Every provider a profile may name (the runner's registry serves exactly these)."""
 
 
@@ -53,6 +55,10 @@ class AgentProfile(BaseModel):
     command: tuple[str, ...] = ()
     timeout: float = Field(default=DEFAULTS.gate_timeout, gt=0)
     daily_token_budget: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    history_tokens: int = Field(default=DEFAULTS.history_tokens, ge=0)
+    allowed_tools: tuple[str, ...] = ()
+    """claude-code: built-in tools allowed besides the session's task tools."""
 
     @model_validator(mode="after")
     def _coherent(self) -> AgentProfile:
@@ -79,6 +85,8 @@ class AgentProfile(BaseModel):
             "max_turns": self.max_turns,
             "max_tokens": self.max_tokens,
             "command_timeout": self.timeout,
+            "stream": self.stream,
+            "history_tokens": self.history_tokens,
         }
         for name in ("model", "base_url", "api_key_env", "system"):
             value = getattr(self, name)
@@ -86,6 +94,8 @@ class AgentProfile(BaseModel):
                 fields[name] = value
         if self.command:
             fields["command"] = json.dumps(list(self.command))
+        if self.allowed_tools:
+            fields["allowed_tools"] = json.dumps(list(self.allowed_tools))
         return fields
 
     def runner_env(self) -> dict[str, str]:

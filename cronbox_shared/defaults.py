@@ -43,6 +43,9 @@ class Defaults:
     quarantined."""
     gate_timeout: float = 30.0
     """Seconds a gate script may run."""
+    history_tokens: int = 8000
+    """Tokens (estimated, about 4 characters each) of earlier conversation an API
+    provider sends with each wake; older turns are dropped (0: no history)."""
     gate_output_cap: int = 1024 * 1024
     """Bytes a gate script may print to stdout (1 MiB)."""
     http_host: str = "127.0.0.1"

@@ -141,6 +141,9 @@ class InboundMessage(Record):
     approval_state: dict[str, Any] | None = None
     """The approval of one occurrence: ``occurrence`` (its id), ``decision``, ``by``,
     ``at``, ``note``, ``deadline`` — it counts only for the occurrence it names."""
+    isolated: bool = False
+    """Runs in a fresh conversation: the model sees none of the session's history, and
+    the run adds none to it (its reply still goes to the session)."""
 
     @property
     def prompt(self) -> str:

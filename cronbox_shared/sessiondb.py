@@ -227,6 +227,12 @@ def m006_run_journal(db: Database) -> None:
 
 
 @inbound_migrations()
+def m008_isolated(db: Database) -> None:
+    """A task that runs in a fresh conversation, without the session's history."""
+    db.execute("ALTER TABLE messages_in ADD COLUMN isolated INTEGER NOT NULL DEFAULT 0")
+
+
+@inbound_migrations()
 def m009_chains(db: Database) -> None:
     """Chained tasks (a parent series, the outcomes and output that fire them, and the
     parent occurrence each run was fired by, unique per child) and approval gates."""
@@ -286,6 +292,21 @@ def m001_outbound(db: Database) -> None:
 def m002_ack_started_at(db: Database) -> None:
     """When an attempt started: kept when its ack moves on from ``processing``."""
     db.execute("ALTER TABLE processing_ack ADD COLUMN started_at TEXT")
+
+
+@outbound_migrations()
+def m003_history(db: Database) -> None:
+    """The API providers' conversation: one row per answered wake (agent_runner.history)."""
+    db.execute(
+        """
+        CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            dialect TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            messages TEXT NOT NULL
+        )
+        """
+    )
 
 
 def change_counter(path: Path) -> int | None:
@@ -567,7 +588,8 @@ _IN_COLUMNS = (
     'recurrence, timezone, series_id, tries, "trigger", content, misfire_grace, timeout, error, '
     "missed_policy, catchup_limit, max_failures, failures, paused_reason, jitter, ignore_quiet, "
     "after_task, after_outcome, when_output, chain_key, approval, approval_timeout, on_timeout, "
-    "approval_state"
+    "approval_state, "
+    "isolated"
 )
 
 
@@ -1114,6 +1136,41 @@ def set_state(db: OutboundDb, key: str, value: str) -> None:
         "INSERT INTO session_state (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [key, value],
+    )
+
+
+def history(db: OutboundDb, dialect: str) -> list[tuple[int, list[Any]]]:
+    """The stored exchanges of ``dialect``, oldest first, as (id, messages); a row whose
+    messages are not a JSON list is left out."""
+    rows = db.execute(
+        "SELECT id, messages FROM history WHERE dialect = ? ORDER BY id", [dialect]
+    ).fetchall()
+    kept = []
+    for row_id, text in rows:
+        try:
+            messages = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(messages, list) and messages:
+            kept.append((int(row_id), messages))
+    return kept
+
+
+def add_history(db: OutboundDb, dialect: str, at: Instant, messages: Sequence[Any]) -> int:
+    """Store one exchange; returns its id."""
+    cursor = db.execute(
+        "INSERT INTO history (dialect, created_at, messages) VALUES (?, ?, ?)",
+        [dialect, at, json.dumps(list(messages), ensure_ascii=False)],
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def forget_history(db: OutboundDb, dialect: str, keep_from: int | None) -> None:
+    """Drop the exchanges of other dialects and those of ``dialect`` older than
+    ``keep_from`` (every one when None)."""
+    db.execute(
+        "DELETE FROM history WHERE dialect != ? OR id < ?",
+        [dialect, keep_from if keep_from is not None else 2**62],
     )
 
 

@@ -14,6 +14,7 @@ reconfigure its own runner. Callers pass the environment they mean.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -63,9 +64,21 @@ def _names(value: object) -> tuple[str, ...]:
     return names
 
 
+def _json_strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            value = None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("is not a JSON list of strings")
+    return tuple(value)
+
+
 Seconds = Annotated[float, BeforeValidator(_positive_seconds)]
 Count = Annotated[int, BeforeValidator(_positive_count)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+Strings = Annotated[tuple[str, ...], BeforeValidator(_json_strings)]
 
 
 class RunnerSettings(BaseSettings):
@@ -102,6 +115,9 @@ class RunnerSettings(BaseSettings):
     max_tokens: Count = 4096
     command: str = ""
     command_timeout: Seconds = DEFAULTS.gate_timeout
+    stream: bool = False
+    history_tokens: int = Field(default=DEFAULTS.history_tokens, ge=0)
+    allowed_tools: Strings = ()
     gateway: str = ""
 
     @classmethod

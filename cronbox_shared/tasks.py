@@ -197,6 +197,7 @@ class ScheduleRequest(_Policies):
     approval: bool | None = None
     approval_timeout: str | None = Field(default=None, alias="approvalTimeout")
     on_timeout: str | None = Field(default=None, alias="onTimeout")
+    isolated: bool | None = None
 
 
 class UpdateRequest(_Policies):
@@ -209,6 +210,7 @@ class UpdateRequest(_Policies):
     recurrence: str | None = None
     script: str | None = None
     ignore_quiet: bool | None = Field(default=None, alias="ignoreQuiet")
+    isolated: bool | None = None
 
 
 class OperatorUpdateRequest(UpdateRequest):
@@ -253,6 +255,7 @@ class ValidTask:
     approval: bool = False
     approval_timeout: int | None = None
     on_timeout: str | None = None
+    isolated: bool = False
 
     @property
     def content(self) -> dict[str, Any]:
@@ -321,6 +324,7 @@ def validate_schedule(
         misfire_grace=req.misfire_grace,
         timeout=req.timeout,
         ignore_quiet=bool(req.ignore_quiet),
+        isolated=bool(req.isolated),
         **policies,
         **chain,
         **gate,
@@ -612,8 +616,9 @@ def validate_update(
     settings: dict[str, Any] = {}
     if isinstance(req, OperatorUpdateRequest):
         settings = {name: getattr(req, name) for name in _SETTINGS if name in given}
-    if "ignore_quiet" in given:
-        settings["ignore_quiet"] = bool(req.ignore_quiet)
+    for flag in ("ignore_quiet", "isolated"):
+        if flag in given:
+            settings[flag] = bool(getattr(req, flag))
     if settings.get("timezone", "") is None:
         raise InvalidInput("timezone cannot be cleared; give an IANA zone such as Europe/Berlin")
     if "timezone" in settings:

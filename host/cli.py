@@ -106,6 +106,7 @@ if TYPE_CHECKING:
 PIPE_WIDTH = 200
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 NOTHING = "—"
 # Rows a streamed listing (--all) prints at a time: a table or a run of JSON objects.
 STREAM_CHUNK = 200
@@ -1045,6 +1046,25 @@ MAX_WAIT = 86400
 POLL_SECONDS = 0.5
 
 
+ANSWER_WAIT = 60
+"""Seconds ``send --wait`` and ``chat`` wait for an answer unless told."""
+
+
+def answer_timeout(help_text: str) -> Any:
+    """The ``--timeout`` option of a command that waits for the agent's answer."""
+    return typer.Option(
+        "--timeout", callback=seconds_option(1, MAX_WAIT, "too short"), help=help_text,
+        show_default=False,
+    )  # fmt: skip
+
+
+def no_answer(limit: int, what: str) -> NoReturn:
+    fail(
+        f"no answer {what}within {limit} s; is the host running? start it with cronbox run",
+        EXIT_ENVIRONMENT_ERROR,
+    )
+
+
 @app.command("send")
 def send(
     session: Annotated[str, typer.Argument(help="Session name or id.")],
@@ -1055,12 +1075,7 @@ def send(
     ] = False,
     timeout: Annotated[
         int | None,
-        typer.Option(
-            "--timeout",
-            callback=seconds_option(1, MAX_WAIT, "too short"),
-            help="With --wait: seconds to wait for the answer (default 60).",
-            show_default=False,
-        ),
+        answer_timeout(f"With --wait: seconds to wait for the answer (default {ANSWER_WAIT})."),
     ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -1083,13 +1098,10 @@ def send(
             )
         note_if_no_host(store.home)
         return
-    limit = 60 if timeout is None else timeout
+    limit = ANSWER_WAIT if timeout is None else timeout
     answered = await_answer(store, target.id, message.id, limit)
     if answered is None:
-        fail(
-            f"no answer within {limit} s; is the host running? start it with cronbox run",
-            EXIT_ENVIRONMENT_ERROR,
-        )
+        no_answer(limit, "")
     replies = store.replies(target.id, message.id)
     if as_json:
         print_json({**answered.model_dump(mode="json"), "session": target.name, "replies": replies})
@@ -1099,6 +1111,54 @@ def send(
         console = stdout_console()
         for reply in replies:
             console.print(Text(reply), soft_wrap=True)
+
+
+@app.command("chat")
+def chat(
+    session: Annotated[str, typer.Argument(help="Session name or id.")],
+    timeout: Annotated[
+        int | None,
+        answer_timeout(
+            f"Seconds to wait, after the input ends, for the answers owed (default {ANSWER_WAIT})."
+        ),
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Chat with a session's agent: each line you type is sent, replies print as they
+    arrive; Ctrl-D ends the chat (once the answers owed are in), Ctrl-C at once.
+
+    With --json each reply is one JSON record a line.
+    """
+    from host.chat import Chat, Heard, run_chat
+
+    store = open_store(home)
+    target = store.get_session(session)
+    console = stdout_console()
+    if interactive():
+        console.print(
+            Text(f"chatting with session {target.name} (agent {target.agent}); Ctrl-D to end"),
+            style="dim",
+        )
+    note_if_no_host(store.home)
+    limit = ANSWER_WAIT if timeout is None else timeout
+
+    def say(heard: Heard) -> None:
+        if as_json:  # one record a line, so a reader can parse them as they come
+            typer.echo(json.dumps(heard.record(), ensure_ascii=False))
+        else:
+            console.print(Text(heard.line()), soft_wrap=True)
+
+    def complain(sentence: str) -> None:
+        typer.echo(f"error: {sentence}", err=True)
+
+    try:
+        done = run_chat(Chat(store, target), sys.stdin, say, complain,
+                        wait=limit, poll=POLL_SECONDS)  # fmt: skip
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not done:
+        no_answer(limit, "to every message ")
 
 
 def await_answer(
@@ -1400,6 +1460,14 @@ def task_schedule(
         str | None,
         typer.Option("--on-timeout", help="With --approval-timeout: reject (default) or approve."),
     ] = None,
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated",
+            help="Run each time in a fresh conversation, without the session's chat history "
+            "(the reply still goes to the session).",
+        ),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1418,6 +1486,7 @@ def task_schedule(
             **policy_fields(missed, catchup_limit, max_failures, jitter),
             **({"ignoreQuiet": True} if ignore_quiet else {}),
             **chain_fields(after, on, when_output, approval, approval_timeout, on_timeout),
+            **({"isolated": True} if isolated else {}),
         }
     )
     store = open_store(home)
@@ -1705,6 +1774,13 @@ def task_update(
             help="Run in the session's quiet hours too, or wait for their end again.",
         ),
     ] = None,
+    isolated: Annotated[
+        bool | None,
+        typer.Option(
+            "--isolated/--shared",
+            help="Run in a fresh conversation each time, or with the session's chat history.",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1728,11 +1804,14 @@ def task_update(
     changes |= policy_fields(missed, catchup_limit, max_failures, jitter)
     if ignore_quiet is not None:
         changes["ignoreQuiet"] = ignore_quiet
+    if isolated is not None:
+        changes["isolated"] = isolated
     if len(changes) == 1:
         raise InvalidInput(
             "nothing to update; give --prompt, --prompt-file, --at, --cron, --script, "
             "--clear-cron, --clear-script, --timeout, --misfire-grace, --timezone, --missed, "
-            "--catchup-limit, --max-failures, --jitter, --ignore-quiet or --respect-quiet"
+            "--catchup-limit, --max-failures, --jitter, --ignore-quiet, --respect-quiet, "
+            "--isolated or --shared"
         )
     request = OperatorUpdateRequest.parse(changes)
     store = open_store(home)
@@ -1992,6 +2071,7 @@ def task_policies(row: InboundMessage) -> dict[str, Any]:
             else ("until answered")
         )
         shown["approval"] = f"each run waits for approval ({wait})"
+    shown["conversation"] = "isolated (fresh each run)" if row.isolated else "the session's"
     return shown
 
 

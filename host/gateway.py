@@ -4,7 +4,8 @@ Each session whose agent calls a model API gets an HTTP server on a unix socket 
 its directory (``gateway/model.sock``, mounted into its container). The runner's SDK
 client talks to that socket; the gateway adds the key from the profile's
 ``api_key_env``, forwards the call to the profile's ``base_url`` only, caps the request
-size, counts the tokens the vendor reports (figures the runner cannot forge) and refuses
+size, passes streamed answers on as they come, counts the tokens the vendor reports
+(in the JSON answer or the stream's events: figures the runner cannot forge) and refuses
 calls once the session has used its ``daily_token_budget`` for the day (UTC).
 
 The counts are written to ``cronbox.db`` (through the host's one writer) before the
@@ -21,7 +22,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ import httpx2
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cronbox_shared.agents import AgentProfile
@@ -50,9 +51,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("cronbox.gateway")
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-VENDOR_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+VENDOR_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "claude-code": "https://api.anthropic.com",
+}
 # The one call each provider makes; nothing else is forwarded.
-ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
+ROUTES = {"openai": "/chat/completions", "anthropic": "/v1/messages", "claude-code": "/v1/messages"}
 PASSED_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta")
 UPSTREAM_TIMEOUT = 600.0
 MAX_ROWS = 64
@@ -69,20 +74,83 @@ def gateway_error(status: int, message: str) -> Response:
     return JSONResponse(body, status_code=status)
 
 
+USAGE_KEYS = {"openai": ("prompt_tokens", "completion_tokens")}
+ANTHROPIC_USAGE = ("input_tokens", "output_tokens")
+"""The Messages API's names, for anthropic and claude-code."""
+
+
+def usage_counts(provider: str, usage: Any, old: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Input and output tokens of a vendor's ``usage`` object; ``old`` for a count it
+    does not give (or gives as something other than a whole number)."""
+    if not isinstance(usage, dict):
+        return old
+    keys = USAGE_KEYS.get(provider, ANTHROPIC_USAGE)
+    given = [usage.get(k) for k in keys]
+    ok = [g if isinstance(g, int) and not isinstance(g, bool) and g >= 0 else o
+          for g, o in zip(given, old, strict=True)]  # fmt: skip
+    return ok[0], ok[1]
+
+
 def usage_of(provider: str, body: bytes) -> TokenCount:
     """Input and output tokens a vendor's JSON response reports (none when it reports none)."""
     try:
         data = json.loads(body)
     except ValueError:
         return TokenCount()
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return TokenCount()
-    keys = ("prompt_tokens", "completion_tokens") if provider == "openai" else (
-        "input_tokens", "output_tokens")  # fmt: skip
-    counts = [usage.get(k) for k in keys]
-    valid = [c if isinstance(c, int) and not isinstance(c, bool) and c >= 0 else 0 for c in counts]
-    return TokenCount(input_tokens=valid[0], output_tokens=valid[1])
+    given = usage_counts(provider, data.get("usage") if isinstance(data, dict) else None)
+    return TokenCount(input_tokens=given[0], output_tokens=given[1])
+
+
+class StreamUsage:
+    """Input and output tokens a vendor reports in a stream of server-sent events.
+
+    Anthropic sends the input in ``message_start`` and the running output total in each
+    ``message_delta``; OpenAI sends both in one last chunk (``stream_options.
+    include_usage``, which the gateway sets, so no runner streams uncounted).
+    """
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.tokens = (0, 0)
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                self._event(line[5:].strip())
+
+    def _event(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return  # "[DONE]", or not ours to judge
+        if not isinstance(event, dict):
+            return
+        if self.provider == "openai":
+            self.tokens = usage_counts("openai", event.get("usage"), self.tokens)
+        elif event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            self.tokens = usage_counts(self.provider, event["message"].get("usage"))
+        elif event.get("type") == "message_delta":
+            # A running total: it replaces what message_start said.
+            self.tokens = usage_counts(self.provider, event.get("usage"), self.tokens)
+
+
+def counted_request(provider: str, body: bytes) -> bytes:
+    """The request as forwarded: an OpenAI stream always asks for its usage chunk."""
+    if provider != "openai" or b'"stream"' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return body
+    options = data.get("stream_options")
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                              "include_usage": True}  # fmt: skip
+    return json.dumps(data).encode()
 
 
 def charged_rows(header: str | None) -> list[str]:
@@ -103,7 +171,7 @@ def budget_refusal(budget: int, used: TokenCount) -> str:
 def key_headers(provider: str, key: str | None) -> dict[str, str]:
     if not key:
         return {}
-    if provider == "anthropic":
+    if provider != "openai":  # the Messages API, for anthropic and claude-code
         return {"x-api-key": key}
     return {"authorization": f"Bearer {key}"}
 
@@ -167,6 +235,38 @@ class SessionGateway:
     def close(self) -> None:
         self._server.should_exit = True
 
+    async def _charge(self, rows: list[str], status: int, tokens: TokenCount) -> None:
+        await self.writer(self.store.charge_tokens, self.session_id, rows, tokens)
+        log.info("session %s: model call %d, %d/%d tokens", self.session_id, status,
+                 tokens.input_tokens, tokens.output_tokens)  # fmt: skip
+
+    async def _relay(
+        self, upstream: httpx2.Response, provider: str, rows: list[str]
+    ) -> AsyncIterator[bytes]:
+        """Pass a streamed answer on as it comes, counting the tokens it reports.
+
+        The last chunk is held back until the tokens are recorded: as for a whole answer,
+        the runner cannot have all of it (and settle its rows) before they are charged.
+        """
+        usage = StreamUsage(provider)
+        held: bytes | None = None
+        try:
+            async for chunk in upstream.aiter_bytes():
+                usage.feed(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+        except httpx2.HTTPError as exc:
+            log.warning("session %s: the model's stream broke off: %s", self.session_id, exc)
+        finally:
+            # Also when the runner hangs up: what the vendor reported is counted.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                tokens = TokenCount(input_tokens=usage.tokens[0], output_tokens=usage.tokens[1])
+                await self._charge(rows, upstream.status_code, tokens)
+        if held is not None:
+            yield held
+
     async def forward(self, request: Request) -> Response:
         profile, key = await anyio.to_thread.run_sync(self.resolve)
         provider = profile.provider
@@ -186,15 +286,25 @@ class SessionGateway:
         base = (profile.base_url or VENDOR_URLS[provider]).rstrip("/")
         headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED_HEADERS}
         headers.update(key_headers(provider, key))
+        outgoing = self.client.build_request(
+            "POST", base + route, content=counted_request(provider, body), headers=headers
+        )
         try:
-            upstream = await self.client.post(base + route, content=body, headers=headers)
+            upstream = await self.client.send(outgoing, stream=True)
+            if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                return StreamingResponse(
+                    self._relay(upstream, provider, rows), status_code=upstream.status_code,
+                    media_type="text/event-stream", headers={"cache-control": "no-cache"},
+                )  # fmt: skip
+            try:
+                await upstream.aread()
+            finally:
+                await upstream.aclose()
         except httpx2.HTTPError as exc:
             return gateway_error(502, f"the model API at {base} could not be reached: {exc}")
         tokens = usage_of(provider, upstream.content)
         # Recorded before the runner has its answer, so before it can settle the rows.
-        await self.writer(self.store.charge_tokens, self.session_id, rows, tokens)
-        log.info("session %s: model call %d, %d/%d tokens", self.session_id,
-                 upstream.status_code, tokens.input_tokens, tokens.output_tokens)  # fmt: skip
+        await self._charge(rows, upstream.status_code, tokens)
         return Response(
             upstream.content, status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),

@@ -204,6 +204,7 @@ def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> In
         after_task=valid.after_task, after_outcome=valid.after_outcome,
         when_output=valid.when_output, approval=valid.approval,
         approval_timeout=valid.approval_timeout, on_timeout=valid.on_timeout,
+        isolated=valid.isolated,
     )  # fmt: skip
     if valid.after_task is not None:
         # A chained task waits for its parent: its runs are inserted as the parent ends.

@@ -90,7 +90,7 @@ def scheduled_row(action: ScheduleTask, now: datetime, due: str | None = None) -
         max_failures=action.max_failures, jitter=action.jitter,
         ignore_quiet=bool(action.ignore_quiet), after_task=action.after_task,
         after_outcome=action.after_outcome, when_output=action.when_output,
-        approval=bool(action.approval),
+        approval=bool(action.approval), isolated=bool(action.isolated),
     )  # fmt: skip
 
 

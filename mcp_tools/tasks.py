@@ -71,6 +71,11 @@ ZONE_UNKNOWN = (
 )
 PROMPT_PREVIEW = 80
 LIST_TASKS = "list_tasks"
+TOOL_NAMES: tuple[str, ...] = (
+    str(ActionKind.SCHEDULE), LIST_TASKS, str(ActionKind.CANCEL), str(ActionKind.PAUSE),
+    str(ActionKind.RESUME), str(ActionKind.UPDATE),
+)  # fmt: skip
+"""The six tools :func:`register` adds, by their MCP names."""
 
 # --- what the model reads --------------------------------------------------------------
 
@@ -245,6 +250,11 @@ OnTimeoutArg = Annotated[
     Field(description='With approvalTimeout: what an unanswered run becomes: "reject" '
           '(default) or "approve".'),
 ]  # fmt: skip
+IsolatedArg = Annotated[
+    bool | None,
+    Field(description="true: each run starts a fresh conversation, without the chat "
+          "history (its reply still reaches the user); for self-contained jobs."),
+]  # fmt: skip
 StatusFilter = Annotated[
     Literal["pending", "paused"] | None,
     Field(description='"pending" or "paused"; leave out for both.'),
@@ -342,6 +352,8 @@ class TaskTools:
         }
         if valid.ignore_quiet:
             fields["ignore_quiet"] = True
+        if valid.isolated:
+            fields["isolated"] = True
         sv.write_action(self.config.session_dir, ScheduleTask(**fields), now)
         tz = zone(valid.timezone)
         if valid.after_task is not None:
@@ -500,13 +512,14 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         approval: ApprovalArg = None,
         approvalTimeout: ApprovalTimeoutArg = None,
         onTimeout: OnTimeoutArg = None,
+        isolated: IsolatedArg = None,
     ) -> str:
         policies = {"missedPolicy": missedPolicy, "catchupLimit": catchupLimit,
                     "maxFailures": maxFailures, "jitter": jitter,
                     "ignoreQuiet": ignoreQuiet, "afterTask": afterTask,
                     "afterOutcome": afterOutcome, "whenOutput": whenOutput,
                     "approval": approval, "approvalTimeout": approvalTimeout,
-                    "onTimeout": onTimeout}  # fmt: skip
+                    "onTimeout": onTimeout, "isolated": isolated}  # fmt: skip
         return tools.schedule(
             prompt, processAfter, recurrence, script, timezone,
             {k: v for k, v in policies.items() if v is not None},
@@ -536,11 +549,13 @@ def register(server: MCPServer[Any], tools: TaskTools) -> None:
         maxFailures: MaxFailuresArg = None,
         jitter: JitterArg = None,
         ignoreQuiet: IgnoreQuietArg = None,
+        isolated: IsolatedArg = None,
     ) -> str:
         values = {"taskId": taskId, "prompt": prompt, "processAfter": processAfter,
                   "recurrence": recurrence, "script": script, "missedPolicy": missedPolicy,
                   "catchupLimit": catchupLimit, "maxFailures": maxFailures,
-                  "jitter": jitter, "ignoreQuiet": ignoreQuiet}  # fmt: skip
+                  "jitter": jitter, "ignoreQuiet": ignoreQuiet,
+                  "isolated": isolated}  # fmt: skip
         given = _given_arguments(ctx)
         if given is None:  # called without a request (in-process): None means "left out"
             given = {k for k, v in values.items() if v is not None}
@@ -656,6 +671,8 @@ def _task_line(state: sv.TaskState) -> str:
     ]
     if row.ignore_quiet:
         parts.insert(3, "runs in quiet hours too")
+    if row.isolated:
+        parts.insert(3, "isolated (no chat history)")
     if rec is not None:
         parts.insert(3, f"policies: {_policies(row)}")
         if row.failures:

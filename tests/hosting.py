@@ -112,6 +112,17 @@ def unless_locked(read: Callable[[], T]) -> T | None:
         return None
 
 
+def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str]:
+    """The replies to one message so far; none while the runner holds the outbox's lock
+    (a state the host itself waits out), so a poll just looks again."""
+    try:
+        return store.replies(session_id, message_id)
+    except OutboxUnreadable as exc:
+        if exc.transient:
+            return []
+        raise
+
+
 def replies(store: Cronbox, session_id: str) -> list[dict[str, Any]]:
     """The chat replies a session's runner wrote."""
     directory = store.session_dir(session_id)

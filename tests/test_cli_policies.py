@@ -182,14 +182,23 @@ def test_session_quiet_hours_are_set_shown_in_status_and_refused_when_malformed(
     assert as_json(cli("status", "--json"))["quiet"] == []
 
 
-def test_ignore_quiet_is_a_task_flag_that_update_can_turn_off(
-    cli: Cli, session: str, home: Path
+@pytest.mark.parametrize(
+    ("on", "off", "column", "shown"),
+    [
+        ("--ignore-quiet", "--respect-quiet", "ignore_quiet", "quiet hours: ignored"),
+        ("--isolated", "--shared", "isolated", "isolated (fresh each run)"),
+    ],
+)
+def test_a_task_flag_is_shown_and_update_turns_it_off_and_on_again(
+    cli: Cli, session: str, home: Path, on: str, off: str, column: str, shown: str
 ) -> None:
-    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t",
-           "--ignore-quiet"))  # fmt: skip
-    assert task_rows(home)[0].ignore_quiet
-    ok(cli("task", "update", "t", "--respect-quiet"))
-    assert not task_rows(home)[0].ignore_quiet
+    ok(cli("task", "schedule", "work", "--prompt", "p", "--cron", "@hourly", "--id", "t", on))
+    assert getattr(task_rows(home)[0], column)
+    assert shown in ok(cli("task", "show", "t")).stdout
+    ok(cli("task", "update", "t", off))
+    assert not getattr(task_rows(home)[0], column)
+    ok(cli("task", "update", "t", on))
+    assert getattr(task_rows(home)[0], column)
 
 
 def test_task_backfill_queues_the_first_past_slot_and_refuses_bad_windows(

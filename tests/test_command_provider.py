@@ -18,7 +18,7 @@ from cronbox_shared.errors import ProviderError, RunnerConfigError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.settings import RunnerSettings
 from host.service import Cronbox
-from tests.hosting import make_settings, running_host, wait_for
+from tests.hosting import make_settings, replies_to, running_host, wait_for
 
 LOOP_GUARD = 60.0
 
@@ -124,5 +124,5 @@ async def test_a_command_profile_answers_chat_through_a_real_host(
     session = store.create_session("cli", agent="cli")
     async with running_host(settings):
         ask = store.send_message(session.id, "hello there")
-        answer = await wait_for(lambda: store.replies(session.id, ask.id), LOOP_GUARD)
+        answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
     assert answer == ["chat from user"]

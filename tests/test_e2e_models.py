@@ -16,10 +16,12 @@ import anyio
 import pytest
 
 from cronbox_shared.models import RunOutcome
+from host.config import Settings
 from host.service import Cronbox
+from host.store.records import Session
 from tests.cli_harness import as_json, cli_for, ok
 from tests.fake_models import FakeModel, Turn, call, fail, fake_model, say
-from tests.hosting import make_settings, running_host, unless_locked, wait_for
+from tests.hosting import make_settings, replies_to, running_host, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -47,6 +49,13 @@ def provider(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
+def stream(request: pytest.FixtureRequest) -> bool:
+    """Whether the profile streams the model's answers (``stream = true``)."""
+    value: bool = request.param
+    return value
+
+
 def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     base_url = f"{base}/v1" if provider == "openai" else base
     lines = [
@@ -62,8 +71,22 @@ def write_profile(home: Path, provider: str, base: str, **extra: Any) -> None:
     (home / "agents.toml").write_text("\n".join(lines) + "\n")
 
 
-def replies_to(store: Cronbox, session_id: str, message_id: str) -> list[str] | None:
-    return unless_locked(lambda: store.replies(session_id, message_id))
+def model_session(
+    home: Path,
+    provider: str,
+    base: str,
+    name: str,
+    timezone: str | None = None,
+    *,
+    runtime: str = "process",
+    idle_timeout: float = 1.0,
+    **extra: Any,
+) -> tuple[Settings, Cronbox, Session]:
+    """A home whose profile ``model`` speaks to the fake at ``base``, and a session on it."""
+    write_profile(home, provider, base, **extra)
+    settings = make_settings(home, runtime=runtime, idle_timeout=idle_timeout)
+    store = Cronbox.from_settings(settings)
+    return settings, store, store.create_session(name, agent="model", timezone=timezone)
 
 
 def tool_results(fake: FakeModel, request: int) -> list[str]:
@@ -87,7 +110,7 @@ def finished_run(store: Cronbox, task_id: str) -> Any:
 
 
 async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_prompt(
-    tmp_path: Path, provider: str, runtime: str
+    tmp_path: Path, provider: str, runtime: str, stream: bool
 ) -> None:
     """With the docker runtime the container has no network: the host's gateway is its
     only way to the model (the fake vendor listens on the host's loopback)."""
@@ -98,10 +121,15 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
         Turn(text="Reminder: check the build.", input_tokens=40, output_tokens=9),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base)
-        settings = make_settings(home, runtime=runtime)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("nl", agent="model", timezone="Europe/Berlin")
+        settings, store, session = model_session(
+            home,
+            provider,
+            fake.base,
+            "nl",
+            timezone="Europe/Berlin",
+            runtime=runtime,
+            stream=stream,
+        )
         async with running_host(settings):
             ask = store.send_message(session.id, "remind me every weekday at 9 to check the build")
             answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
@@ -119,6 +147,7 @@ async def test_a_chat_becomes_a_weekday_task_whose_runs_call_the_model_with_its_
             done = await wait_for(lambda: finished_run(store, task.id), LOOP_GUARD)
             assert done.outcome is RunOutcome.OK
             chat_run = store.runs_of(session.id, [ask.id])[ask.id]
+    assert all(bool(body.get("stream")) is stream for body in fake.requests)
     first, _, third = fake.user_texts()
     assert "[chat from" in first and "remind me every weekday at 9" in first
     assert "Timezone: Europe/Berlin." in first
@@ -158,10 +187,7 @@ async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
         say("Scheduled for 09:30 daily."),
     ]
     with fake_model(turns) as fake:
-        write_profile(home, provider, fake.base)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("cron", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "cron")
         async with running_host(settings):
             ask = store.send_message(session.id, "stand-up reminder every day at 9:30")
             answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
@@ -173,14 +199,11 @@ async def test_a_bad_cron_goes_back_to_the_model_which_corrects_it(
 
 
 async def test_an_api_error_fails_the_run_with_the_vendors_text(
-    tmp_path: Path, provider: str
+    tmp_path: Path, provider: str, stream: bool
 ) -> None:
     home = tmp_path / "home"
     with fake_model([fail(404, "model 'test-model' not found")], repeat_last=True) as fake:
-        write_profile(home, provider, fake.base)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("err", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "err", stream=stream)
         task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings):
             store.run_now(task.id)
@@ -195,10 +218,7 @@ async def test_a_model_still_calling_tools_at_max_turns_fails_the_run_with_that_
     home = tmp_path / "home"
     looping = [call("list_tasks", {})]
     with fake_model(looping, repeat_last=True) as fake:
-        write_profile(home, provider, fake.base, max_turns=3)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("loop", agent="model")
+        settings, store, session = model_session(home, provider, fake.base, "loop", max_turns=3)
         task = store.schedule_task(session.id, {"prompt": "p", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings):
             store.run_now(task.id)
@@ -218,11 +238,10 @@ async def test_no_key_nor_its_name_reaches_the_runner_its_gates_logs_or_files(
     caplog.set_level(logging.DEBUG)
     home = tmp_path / "home"
     with fake_model([say("seen")]) as fake:
-        write_profile(home, "openai", fake.base)
         # The runner stays up after its work, so its container can be inspected.
-        settings = make_settings(home, runtime=runtime, idle_timeout=60.0)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("keys", agent="model")
+        settings, store, session = model_session(
+            home, "openai", fake.base, "keys", runtime=runtime, idle_timeout=60.0
+        )
         # Python, as the agent image has it (and no jq): the whole environment as data.
         script = (
             'python3 -c \'import json, os; print(json.dumps({"wakeAgent": True, '
@@ -281,10 +300,9 @@ async def test_the_daily_token_budget_stops_a_session_across_a_host_restart(
     still refuses the session's next model call, and the run fails saying why."""
     home = tmp_path / "home"
     with fake_model([Turn(text="first", input_tokens=30, output_tokens=10)]) as fake:
-        write_profile(home, "anthropic", fake.base, daily_token_budget=25)
-        settings = make_settings(home)
-        store = Cronbox.from_settings(settings)
-        session = store.create_session("budget", agent="model")
+        settings, store, session = model_session(
+            home, "anthropic", fake.base, "budget", daily_token_budget=25
+        )
         first = store.schedule_task(session.id, {"prompt": "a", "recurrence": WEEKDAYS_AT_9})
         second = store.schedule_task(session.id, {"prompt": "b", "recurrence": WEEKDAYS_AT_9})
         async with running_host(settings):
@@ -306,3 +324,53 @@ async def test_the_daily_token_budget_stops_a_session_across_a_host_restart(
     [used] = as_json(cli_for(home)("status", "--json"))["tokens_today"]["sessions"]
     assert (used["session"], used["input_tokens"], used["output_tokens"]) == ("budget", 30, 10)
     assert used["daily_token_budget"] == 25
+
+
+def conversation(fake: FakeModel, request: int) -> list[str]:
+    """The texts of one request's messages (system prompt left out), in order."""
+    texts = []
+    for message in fake.requests[request]["messages"]:
+        content = message["content"]
+        if message["role"] == "system":
+            continue
+        if isinstance(content, list):
+            content = " ".join(b.get("text") or str(b.get("content") or "") for b in content)
+        texts.append(f"{message['role']}: {content}")
+    return texts
+
+
+async def test_a_later_chat_sees_the_earlier_exchanges_and_an_isolated_task_sees_none(
+    tmp_path: Path, provider: str
+) -> None:
+    home = tmp_path / "home"
+    turns = [
+        call("list_tasks", {}),
+        say("Nice to meet you, Ada."),
+        say("Here is your digest."),
+        say("Your name is Ada."),
+    ]
+    with fake_model(turns) as fake:
+        settings, store, session = model_session(home, provider, fake.base, "talk")
+        digest = store.schedule_task(
+            session.id, {"prompt": "write the digest", "recurrence": WEEKDAYS_AT_9,
+                         "isolated": True},
+        )  # fmt: skip
+        async with running_host(settings):
+            hello = store.send_message(session.id, "my name is Ada")
+            await wait_for(lambda: replies_to(store, session.id, hello.id), LOOP_GUARD)
+            run = store.run_now(digest.id)
+            assert await wait_for(lambda: replies_to(store, session.id, run.id), LOOP_GUARD) == [
+                "Here is your digest."
+            ]
+            ask = store.send_message(session.id, "what is my name?")
+            answer = await wait_for(lambda: replies_to(store, session.id, ask.id), LOOP_GUARD)
+    assert answer == ["Your name is Ada."]
+    # The isolated run saw its own prompt only: no history.
+    [isolated] = conversation(fake, 2)
+    assert "write the digest" in isolated
+    # The next chat saw the first exchange, its tool turn included, and not the digest.
+    later = conversation(fake, 3)
+    assert "my name is Ada" in later[0] and "Nice to meet you, Ada." in later[-2]
+    assert len(later) == 5  # prompt, tool call, tool result, answer; then the new prompt
+    assert "what is my name?" in later[-1]
+    assert not any("[scheduled task" in text or "Here is your digest" in text for text in later)

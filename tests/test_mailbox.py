@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Mailbox, Settlement
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.runner import run_runner
@@ -176,6 +177,7 @@ class MemoryMailbox:
         self.settled: list[Settlement] = []
         self.beats = 0
         self.state: dict[str, str] = {}
+        self.history: list[Exchange] = []
 
     async def open(self) -> int:
         return 0
@@ -187,8 +189,15 @@ class MemoryMailbox:
         claimed, self.rows = self.rows[:limit], self.rows[limit:]
         return claimed
 
-    async def settle(self, at: datetime, settled: Sequence[Settlement]) -> None:
+    async def settle(
+        self, at: datetime, settled: Sequence[Settlement], remember: Remember | None = None
+    ) -> None:
         self.settled += settled
+        if remember is not None:
+            self.history.append(remember.exchange)
+
+    async def load_history(self, dialect: str) -> list[Exchange]:
+        return [e for e in self.history if e.dialect == dialect]
 
     async def release(self, rows: Sequence[InboundMessage]) -> None:
         self.rows[:0] = rows

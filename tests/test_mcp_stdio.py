@@ -40,13 +40,16 @@ ARGUMENTS = {
         "timezone",
         *POLICY_ARGS,
         *CHAIN_ARGS,
+        "isolated",
     ],
     "list_tasks": ["status"],
     "cancel_task": ["taskId"],
     "pause_task": ["taskId"],
     "resume_task": ["taskId"],
-    "update_task": ["taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS],
-}
+    "update_task": [
+        "taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS, "isolated",
+    ],
+}  # fmt: skip
 REQUIRED = {"schedule_task": ["prompt"], "list_tasks": []} | {
     name: ["taskId"] for name in ("cancel_task", "pause_task", "resume_task", "update_task")
 }

@@ -39,7 +39,16 @@ CHAIN_ARGS = ("afterTask", "afterOutcome", "whenOutput", "approval", "approvalTi
 SIX_TOOLS = {
     "schedule_task": (
         {"prompt"},
-        {"prompt", "processAfter", "recurrence", "script", "timezone", *POLICY_ARGS, *CHAIN_ARGS},
+        {
+            "prompt",
+            "processAfter",
+            "recurrence",
+            "script",
+            "timezone",
+            *POLICY_ARGS,
+            *CHAIN_ARGS,
+            "isolated",
+        },
     ),
     "list_tasks": (set(), {"status"}),
     "cancel_task": ({"taskId"}, {"taskId"}),
@@ -47,7 +56,7 @@ SIX_TOOLS = {
     "resume_task": ({"taskId"}, {"taskId"}),
     "update_task": (
         {"taskId"},
-        {"taskId", "prompt", "processAfter", "recurrence", "script", *POLICY_ARGS},
+        {"taskId", "prompt", "processAfter", "recurrence", "script", "isolated", *POLICY_ARGS},
     ),
 }
 
@@ -777,3 +786,24 @@ async def test_schedule_task_chains_after_a_task_and_may_ask_for_approval(
     assert task_id_in(text) in listed
     assert refused and "repeats a group that itself repeats" in why
     assert len(written(config)) == 1  # the refused call wrote nothing
+
+
+async def test_an_agent_can_make_a_task_isolated_and_shared_again(
+    config: ToolConfig, store: Cronbox, session: Session
+) -> None:
+    async with connected(config) as client:
+        args = {"prompt": "digest", "recurrence": "0 9 * * *", "isolated": True}
+        error, text = await call(client, "schedule_task", args)
+        assert not error, text
+        task_id = task_id_in(text)
+        assert written(config)[0]["content"]["isolated"] is True
+        assert await apply(store, session) == ["applied"]
+        [row] = store.inbound_rows(session.id)
+        assert row.isolated
+        _, listing = await call(client, "list_tasks", {})
+        assert "isolated (no chat history)" in listing
+        error, text = await call(client, "update_task", {"taskId": task_id, "isolated": False})
+        assert not error, text
+        assert await apply(store, session) == ["applied"]
+    [row] = store.inbound_rows(session.id)
+    assert not row.isolated

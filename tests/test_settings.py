@@ -25,6 +25,7 @@ def test_every_setting_has_one_cronbox_variable() -> None:
         "CRONBOX_MIN_INTERVAL", "CRONBOX_MAX_TASKS", "CRONBOX_SECRET_NAMES",
         "CRONBOX_MODEL", "CRONBOX_BASE_URL", "CRONBOX_API_KEY_ENV", "CRONBOX_SYSTEM",
         "CRONBOX_MAX_TURNS", "CRONBOX_MAX_TOKENS", "CRONBOX_COMMAND", "CRONBOX_COMMAND_TIMEOUT",
+        "CRONBOX_STREAM", "CRONBOX_HISTORY_TOKENS", "CRONBOX_ALLOWED_TOOLS",
         "CRONBOX_GATEWAY",
     )  # fmt: skip
     with pytest.raises(KeyError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from agent_runner.history import ConversationStore, Remember
 from cronbox_shared.models import AckStatus, InboundMessage
 
 __all__ = ["Mailbox", "SessionState", "Settlement", "wakes_agent"]
@@ -51,7 +52,7 @@ class SessionState(Protocol):
         ...
 
 
-class Mailbox(SessionState, Protocol):
+class Mailbox(SessionState, ConversationStore, Protocol):
     """A session's inbox and outbox as one runner sees them.
 
     Implementers must ensure that no method blocks the event loop (blocking work runs in
@@ -90,12 +91,16 @@ class Mailbox(SessionState, Protocol):
         """
         ...
 
-    async def settle(self, at: datetime, settled: Sequence[Settlement]) -> None:
+    async def settle(
+        self, at: datetime, settled: Sequence[Settlement], remember: Remember | None = None
+    ) -> None:
         """Record the final ack of each row at ``at``, and its reply.
 
         Implementers must write every settlement's ack (status, error, output preview,
         for the row's current try) and its reply, a chat message in reply to the row, in
-        one transaction, so the host never sees a settled row without its reply.
+        one transaction, so the host never sees a settled row without its reply; and in
+        that same transaction store ``remember``'s exchange and forget what it says to
+        forget, so the history holds an exchange exactly when its answer was delivered.
         """
         ...
 

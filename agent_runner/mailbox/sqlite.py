@@ -14,10 +14,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
+from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Settlement, wakes_agent
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import RunnerConfigError
@@ -49,13 +50,19 @@ class SqliteMailbox:
     async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
         return await _in_thread(self._claim, fmt(now), limit)
 
-    async def settle(self, at: datetime, settled: Sequence[Settlement]) -> None:
-        if settled:
-            await _in_thread(self._settle, fmt(at), settled)
+    async def settle(
+        self, at: datetime, settled: Sequence[Settlement], remember: Remember | None = None
+    ) -> None:
+        if settled or remember is not None:
+            await _in_thread(self._settle, fmt(at), settled, remember)
 
     async def release(self, rows: Sequence[InboundMessage]) -> None:
         if rows:
             await _in_thread(self._release, rows)
+
+    async def load_history(self, dialect: str) -> list[Exchange]:
+        rows = await _in_thread(self._history, dialect)
+        return [Exchange(dialect, tuple(messages), row_id) for row_id, messages in rows]
 
     async def get_state(self, key: str) -> str | None:
         return await _in_thread(self._get_state, key)
@@ -85,8 +92,12 @@ class SqliteMailbox:
                     sdb.set_ack(db, row.id, row.tries, AckStatus.PROCESSING, now)
         return rows
 
-    def _settle(self, at: str, settled: Sequence[Settlement]) -> None:
+    def _settle(self, at: str, settled: Sequence[Settlement], remember: Remember | None) -> None:
         with sdb.outbound(self.session_dir) as db, db.atomic():
+            if remember is not None:
+                dialect = remember.exchange.dialect
+                sdb.forget_history(db, dialect, remember.keep_from)
+                sdb.add_history(db, dialect, at, remember.exchange.messages)
             for s in settled:
                 if s.reply:
                     sdb.insert_outbound(
@@ -99,6 +110,10 @@ class SqliteMailbox:
         with sdb.outbound(self.session_dir) as db, db.atomic():
             for row in rows:
                 sdb.delete_ack(db, row.id, row.tries)
+
+    def _history(self, dialect: str) -> list[tuple[int, list[Any]]]:
+        with sdb.outbound(self.session_dir) as db:
+            return sdb.history(db, dialect)
 
     def _get_state(self, key: str) -> str | None:
         with sdb.outbound(self.session_dir) as db:

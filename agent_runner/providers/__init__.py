@@ -55,6 +55,12 @@ def _anthropic(settings: RunnerSettings) -> Provider:
     return AnthropicProvider(settings)
 
 
+def _claude_code(settings: RunnerSettings) -> Provider:
+    from agent_runner.providers.claude_code import ClaudeCodeProvider
+
+    return ClaudeCodeProvider(settings)
+
+
 def _command(settings: RunnerSettings) -> Provider:
     from agent_runner.providers.command import CommandProvider
 
@@ -65,6 +71,7 @@ _FACTORIES: dict[str, ProviderFactory] = {"echo": _echo, "fail": _fail, "scripte
 # Providers configured by the session's agent profile (model, base_url, command...).
 _CONFIGURED: dict[str, Callable[[RunnerSettings], Provider]] = {
     "anthropic": _anthropic,
+    "claude-code": _claude_code,
     "command": _command,
     "openai": _openai,
 }

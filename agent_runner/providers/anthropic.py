@@ -2,7 +2,8 @@
 
 The session's MCP tools are offered as tools; the shared tool loop
 (:mod:`agent_runner.toolloop`) runs each ``tool_use`` block through MCP and hands the
-``tool_result`` back until the model answers or ``max_turns`` is reached.
+``tool_result`` back until the model answers or ``max_turns`` is reached. With
+``stream = true`` in the profile each answer is streamed (server-sent events).
 """
 
 from __future__ import annotations
@@ -54,20 +55,24 @@ class Messages:
         self.client = client
         self.settings = settings
 
-    def opening(self, prompt: str) -> list[Any]:
-        return [{"role": "user", "content": prompt}]
+    name = "anthropic"
+
+    def opening(self, prompt: str, earlier: Sequence[Any] = ()) -> list[Any]:
+        return [*earlier, {"role": "user", "content": prompt}]
 
     async def call(self, messages: Sequence[Any], tools: Sequence[ToolSpec]) -> ModelTurn:
         extra: dict[str, Any] = {"system": self.settings.system} if self.settings.system else {}
         if tools:
             extra["tools"] = [messages_tool(t) for t in tools]
+        request = {"model": self.settings.model, "max_tokens": self.settings.max_tokens,
+                   "messages": list(messages), **extra}  # fmt: skip
         try:
-            response = await self.client.messages.create(
-                model=self.settings.model,
-                max_tokens=self.settings.max_tokens,
-                messages=list(messages),
-                **extra,
-            )
+            if self.settings.stream:
+                # The SDK puts the streamed events together into the same Message.
+                async with self.client.messages.stream(**request) as stream:
+                    response = await stream.get_final_message()
+            else:
+                response = await self.client.messages.create(**request)
         except anthropic.AnthropicError as exc:
             raise api_error(exc, str(self.client.base_url)) from None
         texts: list[str] = []
@@ -135,7 +140,7 @@ class AnthropicProvider:
     async def run(self, batch: Batch) -> ProviderResult:
         async with self.client(batch.ids) as client:
             dialect = Messages(client, self.settings)
-            return await answer_batch(dialect, batch, self.settings.max_turns)
+            return await answer_batch(dialect, batch, self.settings)
 
     async def ask(self, prompt: str) -> str:
         """One call without tools (``cronbox agent check``): the model's text."""
