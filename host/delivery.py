@@ -122,7 +122,7 @@ class ConsoleChannel:
     async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
         self._log.info(
             "[%s] %s", escaped(session.name), escaped(text),
-            extra=session_fields(session.name, session.id),
+            extra=session_fields(session.name, session.id, message_id=message.id),
         )  # fmt: skip
 
 

@@ -244,8 +244,9 @@ def _killed_mid_write(path: Path) -> None:
         f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
         "c.execute('PRAGMA cache_size=2')\n"
         "c.execute('BEGIN')\n"
+        "c.execute('CREATE TABLE junk (k, v)')\n"
         "for i in range(30):\n"
-        "    c.execute('INSERT INTO session_state VALUES (?, hex(randomblob(1000)))', [f'k{i}'])\n"
+        "    c.execute('INSERT INTO junk VALUES (?, hex(randomblob(1000)))', [f'k{i}'])\n"
         "print('writing', flush=True)\n"
         "time.sleep(3600)\n"
     )
