@@ -92,12 +92,17 @@ def _oversize(outbox: Path, home: Path, victim: Path) -> None:
 
 def _restore(saved: Path) -> Callable[[Path], None]:
     def heal(outbox: Path) -> None:
+        """Put the saved file back, without the journal a writer killed mid-write left
+        (rolled back into the saved file, it would make it another file)."""
         target = outbox / "outbound.db"
+        Path(f"{target}-journal").unlink(missing_ok=True)
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.is_dir():
             shutil.rmtree(target)
         shutil.copy(saved, target)
+        box = outbox.stat()  # the outbox's writer (a container's user) owns it again
+        os.chown(target, box.st_uid, box.st_gid)
 
     return heal
 
@@ -121,15 +126,19 @@ def three_sessions(
     yield store, settings.home, ids
 
 
-async def _bystander_on_time(sweeper: Sweeper, store: Cronbox, bystander: str) -> None:
+async def _bystander_on_time(
+    sweeper: Sweeper, store: Cronbox, bystander: str, normal: float = 1.0
+) -> None:
     due = store.now() + timedelta(seconds=1)
     task = store.schedule_task(bystander, {"prompt": "on time", "processAfter": fmt(due)})
-    await wait_for(lambda: any(r.outcome is RunOutcome.OK for r in store.runs_for(task.id)))
+    await wait_for(
+        lambda: any(r.outcome is RunOutcome.OK for r in store.runs_for(task.id)), limit=60
+    )
     starts = [
         s for s in sweeper.starts if s.session_id == bystander and s.due_at == parse_utc(fmt(due))
     ]
     # Within its normal lateness (the one-time task test's bound), the hostile one aside.
-    assert starts and 0 <= starts[0].lateness < 1.0
+    assert starts and 0 <= starts[0].lateness < normal
 
 
 async def _victim_and_hostile_answered(
