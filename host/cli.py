@@ -97,7 +97,7 @@ from host.config import (
     unknown_setting_warnings,
 )
 from host.limits import ContainerLimits
-from host.logs import JsonFormatter, LogFormat
+from host.logs import JsonFormatter, LogFormat, PlainFormatter
 from host.service import Cronbox, describe_recurrence
 from host.settlement import is_backfill
 from host.store.records import LogEntry, Run, Session, TaskView
@@ -1750,10 +1750,15 @@ def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> Non
     if log_format is LogFormat.JSON:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+    else:
+        # Rendering with rich costs a host under load a good part of its time; a file, a
+        # pipe or journald gets plain lines.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
