@@ -286,6 +286,12 @@ class Sweeper:
             runner = self.live.get(lease.session_id)
             if runner is None or runner.handle.ref != lease.runner_ref:
                 await self.writer(self.store.release_lease, lease.session_id, lease.runner_ref)
+            gone = known.get(lease.session_id)
+            if runner is None and gone is not None:
+                # Its runner died with the last host or exited while none ran: what it
+                # wrote since that host last read its outbox is delivered now, not at
+                # the session's next wake.
+                self.watched[gone.id] = Watched(gone, self.clock.now() + OUTBOX_WATCH)
         log.info(
             "%d sessions, %d re-derived from their files, %d runners adopted",
             len(known), len(stale), len(self.live),

@@ -19,11 +19,9 @@ Shared by ``tests/test_crashes.py`` (a few kills) and ``scripts/bench/faults.py`
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ import anyio
 from cronbox_shared.models import MessageKind, MessageStatus
 from host.service import Cronbox
 from tests.hosting import kill_group, make_settings, replies, runner_pids, wait_for
+from tests.test_e2e_restart import host_env, host_process
 from tests.test_webhook import Receiver, receiver
 
 SESSIONS = 6
@@ -77,39 +76,21 @@ class Verdict:
         )
 
 
-def host_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TZ="UTC",
-        CRONBOX_HOME=str(home),
-        CRONBOX_RUNTIME="process",
-        CRONBOX_IDLE_TIMEOUT="1",
-        CRONBOX_MIN_INTERVAL="1",
-        CRONBOX_SWEEP_INTERVAL="60",
-        CRONBOX_HTTP_PORT="0",
-        CRONBOX_WEBHOOK_TIMEOUT="2",
-        CRONBOX_WEBHOOK_COOLDOWN="0.2",
-        CRONBOX_DELIVERY_RETRY_BASE="0.05",
-        CRONBOX_DELIVERY_ATTEMPTS="1000",
-    )
-    return env
+def crash_env(home: Path) -> dict[str, str]:
+    """The restart tests' host environment, with webhook retries that keep up."""
+    return host_env(home) | {
+        "CRONBOX_WEBHOOK_TIMEOUT": "2",
+        "CRONBOX_WEBHOOK_COOLDOWN": "0.2",
+        "CRONBOX_DELIVERY_RETRY_BASE": "0.05",
+        "CRONBOX_DELIVERY_ATTEMPTS": "1000",
+    }
 
 
 @contextmanager
-def host_process(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``cronbox run`` logging JSON lines to ``log`` (appended), in its own session."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "run", "--log-format", "json"],
-            env=host_env(home), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
+def json_host(home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``cronbox run --log-format json``, its lines appended to ``log``."""
+    with host_process(home, log, args=("--log-format", "json"), env=crash_env(home)) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def completed(store: Cronbox, ids: list[str]) -> int:
@@ -158,7 +139,7 @@ async def crash_run(tmp: Path, work: Workload) -> Verdict:
         alone = with_runners = 0
         sent = 0
         for cycle in range(work.kills):
-            with host_process(home, log) as host:
+            with json_host(home, log) as host:
                 while sent < work.chats * (cycle + 1) // work.kills:
                     store.send_message(ids[sent % SESSIONS], f"chat {sent}")
                     sent += 1
@@ -175,7 +156,7 @@ async def crash_run(tmp: Path, work: Workload) -> Verdict:
         while sent < work.chats:
             store.send_message(ids[sent % SESSIONS], f"chat {sent}")
             sent += 1
-        with host_process(home, log) as host:
+        with json_host(home, log) as host:
             await wait_for(lambda: finished(store, ids, work.chats, work.one_time, hook), limit=120)
             start = {s: len(store.runs_for(s, 10_000)) for s in series}
             await wait_for(

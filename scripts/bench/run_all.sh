@@ -34,3 +34,6 @@ echo "== due -> runner start with the HTTP API under a GET /api/tasks loop, besi
 echo
 echo "== fault injection: what one hostile session costs the others (issue 14) =="
 "$python" "$here/faults.py"
+echo
+echo "== slot hand-over in a burst: runners tended concurrently beside one after another (issue 13) =="
+"$python" "$here/handover.py"
