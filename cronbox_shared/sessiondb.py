@@ -539,6 +539,32 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _rolled_back(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """``conn`` (read-only), or a fresh one once the hot journal a writer killed mid-write
+    left beside ``inbound.db`` is rolled back.
+
+    A read-only connection cannot roll a journal back, so until the next write every
+    reader would fail. inbound.db is the host's own file (not a runner's), so a reader
+    that may write it (the host, the CLI) rolls it back; a container's read-only mount
+    cannot, and waits for the host's next write.
+    """
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+        return conn
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+            return conn  # the caller's first query reports it
+        if not os.access(path, os.W_OK):
+            return conn
+    conn.close()
+    healer = _connect(path, readonly=False)
+    try:
+        healer.execute("PRAGMA schema_version").fetchone()
+    finally:
+        healer.close()
+    return _connect(path, readonly=True)
+
+
 class InboundDb(Database):
     """An open ``inbound.db``: the functions here that read or write the inbox take one."""
 
@@ -556,6 +582,8 @@ def open_db(kind: type[_DbT], path: Path, migrations: Migrations, readonly: bool
     if not readonly:
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path, readonly)
+    if readonly and kind is InboundDb:
+        conn = _rolled_back(conn, path)
     try:
         db = kind(conn)
         if not readonly:

@@ -90,7 +90,7 @@ from cronbox_shared.tasks import (
     schedule_notes,
 )
 from cronbox_shared.timeutil import fmt, parse_utc, zone
-from host.logs import JsonFormatter, LogFormat
+from host.logs import JsonFormatter, LogFormat, PlainFormatter
 from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Run, Session, TaskFilter, TaskView
 
 if TYPE_CHECKING:
@@ -2192,10 +2192,15 @@ def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> Non
     if log_format is LogFormat.JSON:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+    else:
+        # Rendering with rich costs a host under load a good part of its time; a file, a
+        # pipe or journald gets plain lines.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

@@ -122,7 +122,7 @@ class ConsoleChannel:
     async def send(self, session: Session, message: OutboundMessage, text: str) -> None:
         self._log.info(
             "[%s] %s", escaped(session.name), escaped(text),
-            extra=session_fields(session.name, session.id),
+            extra=session_fields(session.name, session.id, message_id=message.id),
         )  # fmt: skip
 
 
@@ -234,8 +234,33 @@ class Delivery:
     ) -> list[Handled]:
         handled: list[Handled] = []
         last: int | None = None
+        replies: list[tuple[OutboundMessage, str]] = []
+
+        async def take_replies() -> bool:
+            """Take in the replies read so far together; False when that failed now."""
+            if not replies:
+                return True
+            batch = list(replies)
+            replies.clear()
+            try:
+                handled.extend(await self._replies(session, batch))
+            except Exception as exc:
+                self._note_stuck(session, batch[0][0].seq, exc)
+                return False
+            for message, _ in batch:
+                self._stuck.pop((session.id, message.seq), None)
+            return True
+
         for raw in rows:
             seq = raw.get("seq")
+            reply = _valid_reply(raw)
+            if reply is not None and (last is None or reply[0].seq > last):
+                # Consecutive replies go in one inbound transaction, not one each.
+                last = reply[0].seq
+                replies.append(reply)
+                continue
+            if not await take_replies():
+                return handled
             if isinstance(seq, bool) or not isinstance(seq, int):
                 # Only a runner that rebuilt its table can write one; it is never taken in.
                 await self._refuse(session, raw, f"seq {shown(seq)} is not an integer")
@@ -257,6 +282,7 @@ class Delivery:
             self._stuck.pop((session.id, seq), None)
             if outcome is not None:
                 handled.append(outcome)
+        await take_replies()
         return handled
 
     async def refuse_strays(self, session: Session) -> int:
@@ -401,31 +427,56 @@ class Delivery:
             text = sdb.chat_text(message)
         except Rejected as exc:
             return await self._reject(session, seq, message.id, str(exc))
+        handled = await self._replies(session, [(message, text)])
+        return handled[0] if handled else None
+
+    async def _replies(
+        self, session: Session, replies: Sequence[tuple[OutboundMessage, str]]
+    ) -> list[Handled]:
+        """Take consecutive valid replies in with one inbound transaction (a channel that
+        records before it sends is recorded delivered in it), then send each in order.
+
+        A reply taken in before (a retried pass) is not sent again.
+        """
         if any(isinstance(c, SessionChannel) for c in self.channels):
             session = await read(self.app.get_session, session.id)  # its webhook as it is now
         channels = self.channels_for(session)
         names = tuple(c.name for c in channels)
         status = DeliveryStatus.PENDING if names else DeliveryStatus.DELIVERED
-        receipt = Receipt(seq, message.id, channels=names or (NO_CHANNEL,), status=status)
+        first = tuple(c.name for c in channels if getattr(c, "records_first", False))
+        receipts = [
+            Receipt(m.seq, m.id, channels=names or (NO_CHANNEL,), status=status) for m, _ in replies
+        ]
         ordered = [c for c in channels if isinstance(c, SessionChannel)]
+        seq = replies[0][0].seq
         behind = await self._queued_channels(session, seq, ordered) if ordered else set()
         await self._flush(session)  # older rejections are written first
-        try:
-            await self.writer(self.app.accept_reply, session.id, receipt)
-        except AlreadyHandled:
-            return None
+        taken = set(await self.writer(self.app.accept_replies, session.id, receipts, first))
         # Pending from here until each channel's send is recorded: a pass cancelled in
         # between (the host shutting down) leaves it to retry_due, which must look.
         self._nothing_pending.discard(session.id)
-        sent = []
-        for channel in channels:
-            if channel.name in behind:
-                sent.append(False)  # waits for the older replies; retry_due sends it in turn
+        handled = []
+        for message, text in replies:
+            if message.seq not in taken:
                 continue
-            sent.append(await self._send(session, message, channel, 0, text))
-        if not all(sent):
+            sent = []
+            for channel in channels:
+                if channel.name in first:
+                    self.metrics.delivery(channel.name, "delivered")
+                    await channel.send(session, message, text)
+                    sent.append(True)
+                elif channel.name in behind:
+                    sent.append(False)  # waits for the older replies; retry_due sends it in turn
+                else:
+                    ok = await self._send(session, message, channel, 0, text)
+                    if not ok and isinstance(channel, SessionChannel):
+                        behind.add(channel.name)  # the later replies wait behind this one
+                    sent.append(ok)
+            done = DeliveryStatus.DELIVERED if all(sent) else DeliveryStatus.PENDING
+            handled.append(Handled(message.seq, done))
+        if any(h.status is not DeliveryStatus.DELIVERED for h in handled):
             await self.note_backlog(session)
-        return Handled(seq, DeliveryStatus.DELIVERED if all(sent) else DeliveryStatus.PENDING)
+        return handled
 
     async def _queued_channels(
         self, session: Session, seq: int, channels: Sequence[Channel]
@@ -542,6 +593,21 @@ class Delivery:
                 "session %s: outbound seq %d could not be handled now, will retry: %s",
                 session.name, seq, text,
             )  # fmt: skip
+
+
+def _valid_reply(raw: dict[str, Any]) -> tuple[OutboundMessage, str] | None:
+    """A raw row that is a valid chat reply with an odd integer seq, with its text; None
+    for any other row (handled one at a time, and rejected when invalid)."""
+    seq = raw.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq % 2 == 0:
+        return None
+    try:
+        message = sdb.outbound_from_row(raw)
+        if message.kind is not MessageKind.CHAT:
+            return None
+        return message, sdb.chat_text(message)
+    except (ValueError, ValidationError, Rejected):
+        return None
 
 
 def _short(exc: Exception | str, limit: int = 200) -> str:

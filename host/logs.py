@@ -1,4 +1,5 @@
-"""How the host logs: human lines (rich) or one JSON object per line for a supervisor.
+"""How the host logs: human lines (rich on a terminal, plain otherwise) or one JSON object
+per line for a supervisor.
 
 Log calls about a session pass :func:`session_fields` as ``extra=``; the JSON format
 carries those fields beside time, level, logger and message, and the human format
@@ -65,3 +66,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    """One plain line per record, for a log that is not a terminal: time (UTC, ms, ``Z``),
+    level, logger, message, and a traceback after it when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = fmt(datetime.fromtimestamp(record.created, UTC))
+        line = f"{at} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line

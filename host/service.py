@@ -1396,9 +1396,30 @@ class Cronbox:
         """Raw ``messages_out`` rows the host has not taken in yet, oldest first (untrusted)."""
         return self.files.undelivered(session_id, limit)
 
-    def accept_reply(self, session_id: str, receipt: Receipt) -> None:
-        """Take a reply in: one delivery row per channel, pending until each is delivered."""
-        self._commit(session_id, lambda tx, done: None, receipt)
+    def accept_replies(
+        self, session_id: str, receipts: Sequence[Receipt], delivered: Sequence[str] = ()
+    ) -> list[int]:
+        """Take several replies in with one inbound transaction (one delivery row per
+        channel each), the channels in ``delivered`` recorded delivered already (those
+        that record before they send). Returns the seqs taken in; one taken in before is
+        left out and nothing is written for it."""
+        now = fmt(self.now())
+
+        def take(tx: InboxTransaction, done: _Work) -> list[int]:
+            taken = []
+            for receipt in receipts:
+                if not tx.accept_outbound(
+                    receipt.seq, receipt.message_id[:200], receipt.channels, receipt.status,
+                    now, _cap(receipt.detail, MAX_DETAIL_CHARS),
+                ):  # fmt: skip
+                    continue
+                taken.append(receipt.seq)
+                for channel in delivered:
+                    tx.record_attempt(receipt.seq, channel, DeliveryStatus.DELIVERED, now,
+                                      None, None)  # fmt: skip
+            return taken
+
+        return self._commit(session_id, take)
 
     def record_attempt(
         self, session_id: str, seq: int, channel: str, status: DeliveryStatus,

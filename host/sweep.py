@@ -92,6 +92,8 @@ class SweepConfig:
     retry_base: float = 5.0
     keep_finished: float = DEFAULTS.keep_finished
     outbox_stall: float = DEFAULTS.outbox_stall
+    tend_concurrency: int = 8
+    """Runners tended at once in a pass (1: one after another, the old path)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class LiveRunner:
     """The due rows that woke it (what its failure to start counts against)."""
     worked: bool = False
     """Whether it has claimed or finished anything."""
+    settling: bool = False
+    """Whether its exit is being settled (by the pass, or by the task that stopped it)."""
 
 
 @dataclass
@@ -289,6 +293,12 @@ class Sweeper:
             runner = self.live.get(lease.session_id)
             if runner is None or runner.handle.ref != lease.runner_ref:
                 await self.writer(self.store.release_lease, lease.session_id, lease.runner_ref)
+            gone = await self._known(lease.session_id) if runner is None else None
+            if gone is not None:
+                # Its runner died with the last host or exited while none ran: what it
+                # wrote since that host last read its outbox is delivered now, not at
+                # the session's next wake.
+                self.watched[gone.id] = Watched(gone, self.clock.now() + OUTBOX_WATCH)
         log.info(
             "%d sessions, %d re-derived from their files, %d runners adopted",
             len(agents), len(stale), len(self.live),
@@ -341,19 +351,7 @@ class Sweeper:
     async def tick(self) -> None:
         """One pass: tend live runners, then wake sessions with due work."""
         await self._check_sick()
-        for session_id in list(self.live):
-            try:
-                await self._tend(session_id)
-            except EngineUnavailable as exc:
-                self._engine_lost(exc)
-            except OutboxUnreadable as exc:
-                await self._outbox_fault(self.live[session_id].session, exc)
-            except Exception:
-                log.exception(
-                    "session %s: tending its runner failed", self.live[session_id].session.name
-                )
-            else:
-                self._engine_back()
+        await self._each(list(self.live), self._tend_one)
         if not self.accepting:
             return
         await self._watch_outboxes()
@@ -404,6 +402,41 @@ class Sweeper:
                 self.quarantine.pop(session_id, None)
                 self._engine_back()
 
+    async def _each(
+        self, session_ids: Sequence[str], work: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run ``work`` for each session, ``tend_concurrency`` at once: one session's slow
+        read (a locked outbox's wait) delays no other session's."""
+        if len(session_ids) <= 1 or self.config.tend_concurrency <= 1:
+            for session_id in session_ids:
+                await work(session_id)
+            return
+        limiter = anyio.CapacityLimiter(self.config.tend_concurrency)
+
+        async def limited(session_id: str) -> None:
+            async with limiter:
+                await work(session_id)
+
+        async with anyio.create_task_group() as tg:
+            for session_id in session_ids:
+                tg.start_soon(limited, session_id)
+
+    async def _tend_one(self, session_id: str) -> None:
+        """Tend one runner; its errors are logged with its session and stop no other."""
+        runner = self.live.get(session_id)
+        if runner is None:
+            return
+        try:
+            await self._tend(session_id)
+        except EngineUnavailable as exc:
+            self._engine_lost(exc)
+        except OutboxUnreadable as exc:
+            await self._outbox_fault(runner.session, exc)
+        except Exception:
+            log.exception("session %s: tending its runner failed", runner.session.name)
+        else:
+            self._engine_back()
+
     def rang(self, sessions: Sequence[Session]) -> None:
         """Take in what a process outside these sessions' runners wrote to their outboxes
         (an MCP server run by hand): watch each a little while and sweep now."""
@@ -436,6 +469,7 @@ class Sweeper:
         sessions that worked in the last few minutes, not all sessions.
         """
         now = self.clock.now()
+        due = []
         for session_id, watched in list(self.watched.items()):
             if session_id in self.sick:
                 continue  # read again once its quarantine lifts
@@ -444,22 +478,33 @@ class Sweeper:
             ):
                 del self.watched[session_id]
                 continue
-            try:
-                await self._deliver(watched.session)
-                self._locked_since.pop(session_id, None)
-            except OutboxUnreadable as exc:
-                await self._outbox_fault(watched.session, exc)
-            except Exception:
-                log.exception("session %s: delivering late requests failed", watched.session.name)
+            due.append(session_id)
+        await self._each(due, self._watch_one)
+
+    async def _watch_one(self, session_id: str) -> None:
+        watched = self.watched.get(session_id)
+        if watched is None:
+            return
+        try:
+            await self._deliver(watched.session)
+            self._locked_since.pop(session_id, None)
+        except OutboxUnreadable as exc:
+            await self._outbox_fault(watched.session, exc)
+        except Exception:
+            log.exception("session %s: delivering late requests failed", watched.session.name)
 
     def _name(self, session_id: str) -> str:
         """A session's name for the log, when the sweep knows it (else its id)."""
         return self._names.get(session_id, session_id)
 
     async def _stop(self, runner: LiveRunner) -> None:
-        """Stop an evicted runner; the next pass settles what it left."""
+        """Stop an evicted runner and settle what it left as soon as it is gone, so its
+        slot changes hands at once (the pass it wakes starts the waiting session)."""
         try:
             await self.runtime.stop(runner.handle, self.config.stop_grace)
+            await self._settle_exit(runner, "runner exited while working")
+        except Exception:
+            log.exception("session %s: settling its stopped runner failed", runner.session.name)
         finally:
             self.wake()
 
@@ -553,9 +598,11 @@ class Sweeper:
         raised after the liveness check, with the claims of the last good read.
         """
         runner = self.live[session_id]
+        if runner.settling:
+            return
         default_timeout = timedelta(seconds=self.config.task_timeout)
         if not await self.runtime.is_running(runner.handle):
-            await self._after_exit(runner, reason="runner exited while working")
+            await self._settle_exit(runner, "runner exited while working")
             return
         fault: OutboxUnreadable | None = None
         try:
@@ -580,8 +627,8 @@ class Sweeper:
                 extra=_runner_fields(runner),
             )  # fmt: skip
             await self.runtime.kill(runner.handle)
-            await self._after_exit(
-                runner, reason=f"runner killed: {verdict.reason}", timed_out=verdict.timed_out
+            await self._settle_exit(
+                runner, f"runner killed: {verdict.reason}", timed_out=verdict.timed_out
             )
             return
         if fault is not None:
@@ -594,6 +641,20 @@ class Sweeper:
         elif runner.busy or runner.idle_since is None:
             runner.idle_since = now
         runner.busy = busy
+
+    async def _settle_exit(
+        self, runner: LiveRunner, reason: str, timed_out: tuple[str, ...] = ()
+    ) -> None:
+        """Settle an exited runner once, whichever of the pass and the task that stopped
+        it notices first; a settlement that fails is tried again by the next pass."""
+        if runner.settling or self.live.get(runner.session.id) is not runner:
+            return
+        runner.settling = True
+        try:
+            await self._after_exit(runner, reason, timed_out)
+        except BaseException:
+            runner.settling = False
+            raise
 
     async def _after_exit(
         self, runner: LiveRunner, reason: str, timed_out: tuple[str, ...] = ()
@@ -865,7 +926,7 @@ class Sweeper:
             for session_id in list(self.live):
                 try:
                     runner = self.live[session_id]
-                    await self._after_exit(runner, reason="host shut down")
+                    await self._settle_exit(runner, "host shut down")
                 except Exception:
                     log.exception("session %s: settling at shutdown failed", session_id)
         if scope.cancelled_caught:

@@ -4,6 +4,7 @@ and a failing channel leaves the reply undelivered for that channel alone."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import DeliveryStatus, MessageKind, OutboundMessage
 from cronbox_shared.timeutil import ManualClock, fmt
-from host.delivery import ChannelRetry, Delivery
+from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.service import Cronbox
 from host.store.records import Session
 
@@ -206,3 +207,25 @@ async def test_a_reply_whose_send_was_not_recorded_is_sent_again_by_the_retries(
     assert await delivery.retry_due(session) == 1
     assert console.sent == ["first", "second", "second"]
     assert deliveries(app, session, seq)["console"].status is DeliveryStatus.DELIVERED
+
+
+async def test_a_runners_replies_are_taken_in_with_one_inbox_transaction_in_order(
+    app: Cronbox, session: Session
+) -> None:
+    console = ConsoleChannel(logging.getLogger("cronbox.test.console"))
+    hook = Recorder("webhook")
+    delivery = Delivery(app, [console, hook])
+    seqs = [write_outbound(app, session, MessageKind.CHAT, {"text": f"r{n}"}) for n in range(5)]
+    inbound = app.session_dir(session.id) / sdb.INBOUND
+    before = sdb.change_counter(inbound)
+    handled = await delivery.deliver(session, app.undelivered(session.id))
+    assert [h.seq for h in handled] == seqs
+    assert all(h.status is DeliveryStatus.DELIVERED for h in handled)
+    assert hook.sent == [f"r{n}" for n in range(5)]
+    # One transaction took all five in (the console recorded in it); then one each for
+    # the webhook's outcome, which is known only after its send.
+    assert sdb.change_counter(inbound) == (before or 0) + 1 + 5
+    assert all(deliveries(app, session, s)["console"].status is DeliveryStatus.DELIVERED
+               for s in seqs)  # fmt: skip
+    assert await delivery.deliver(session, [*app.files.outbound_rows(session.id, seqs)]) == []
+    assert hook.sent == [f"r{n}" for n in range(5)]

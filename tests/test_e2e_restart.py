@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,12 +38,14 @@ def host_env(home: Path, runtime: str = "process") -> dict[str, str]:
 
 @contextmanager
 def host_process(
-    home: Path, log: Path, runtime: str = "process"
-) -> Iterator[subprocess.Popen[bytes]]:
+    home: Path, log: Path, runtime: str = "process", *, args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """``cronbox run [args]`` in its own session, its output appended to ``log``."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "run"],
-            env=host_env(home, runtime),
+            [sys.executable, "-m", "host.cli", "run", *args],
+            env=dict(env) if env is not None else host_env(home, runtime),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -94,3 +95,37 @@ def test_run_help_names_the_log_formats() -> None:
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0
     assert "--log-format" in result.stdout and "json" in result.stdout
+
+
+async def test_text_logs_to_a_pipe_are_plain_lines_not_terminal_rendering(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = Cronbox.from_settings(make_settings(home))
+    store.send_message(store.create_session("ops").id, "hello")
+    command = [sys.executable, "-m", "host.cli", "run"]
+    async with await anyio.open_process(
+        command, env=service_env(home), cwd=tmp_path, start_new_session=True
+    ) as host:
+        assert host.stderr is not None
+        stream = BufferedByteReceiveStream(host.stderr)
+        try:
+            first: list[str] = []
+            with anyio.fail_after(60):
+                while not first or "[ops] echo: hello" not in first[-1]:
+                    first.append((await stream.receive_until(b"\n", 1 << 20)).decode())
+            host.send_signal(signal.SIGTERM)
+            with anyio.fail_after(60):
+                rest = ""
+                while True:
+                    try:
+                        rest += (await stream.receive()).decode()
+                    except anyio.EndOfStream:
+                        break
+                assert await host.wait() == 0
+        finally:
+            if host.returncode is None:
+                host.kill()
+    lines = [*first, *rest.splitlines()]
+    plain = re.compile(r"\d{4}-\d\d-\d\dT[\d:]{8}\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) +cronbox")
+    assert all(plain.match(line) for line in lines), lines
+    assert not any("\x1b" in line for line in lines)
+    assert lines[-1].endswith("cronbox.host: cronbox host stopped")

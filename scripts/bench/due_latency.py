@@ -33,6 +33,7 @@ import random
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from _common import percentile, ratio, secs, table
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.daemon import sweep_config
 from host.service import Cronbox
-from host.sweep import Sweeper
+from host.sweep import SweepConfig, Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host
 
 NANOCLAW_POLL = 60.0
@@ -69,6 +70,12 @@ def parse_args() -> argparse.Namespace:
         "--fast-poll",
         action="store_true",
         help="use the tests' fast_sweep timings (50 ms polls) instead of the production ones",
+    )
+    p.add_argument(
+        "--tend-concurrency",
+        type=int,
+        default=SweepConfig.tend_concurrency,
+        help="runners tended at once per pass (1: one after another, the old path)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--home", type=Path, help="CRONBOX_HOME to use (default: a temp dir)")
@@ -108,6 +115,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0
     )
     sweep = fast_sweep(settings) if args.fast_poll else sweep_config(settings)
+    sweep = replace(sweep, tend_concurrency=args.tend_concurrency)
     store = Cronbox.from_settings(settings)
 
     began = time.perf_counter()
@@ -136,7 +144,8 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         print(
             f"host up; first task due in {margin:.2f} s, last in "
             f"{(dues[-1] - store.now()).total_seconds():.1f} s; pool {args.pool}, "
-            f"{'fast' if args.fast_poll else 'production'} sweep timings"
+            f"{'fast' if args.fast_poll else 'production'} sweep timings, "
+            f"{args.tend_concurrency} runner(s) tended at once"
         )
         meter = TickMeter(sweeper)
         wanted = set(sessions)

@@ -11,6 +11,15 @@ a flood of invalid rows), one run with three sessions on the ``process`` runtime
 * whether any reply of the victim session was printed as the hostile one's;
 * for the flood, the rejection rate and the notes the agent got.
 
+Then a real runner SIGKILLed while it commits a large reply (its journal written, a
+reader holding the commit back), a gate script running beside it: how long until the
+same host has answered again, and whether the gate died with it.
+
+Then 30 random SIGKILLs of a real ``cronbox run`` process (half alone, half with its
+runners) over 300 one-time tasks, 10 recurring series and 60 chats, every reply going
+to the console and to a local webhook receiver counting ``Idempotency-Key`` headers
+(:mod:`tests.crashes`): what was lost, run twice, missing from history, delivered twice.
+
 Usage: python scripts/bench/faults.py
 """
 
@@ -34,6 +43,7 @@ from cronbox_shared.models import RunOutcome
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.service import Cronbox
 from host.sweep import Sweeper
+from tests.crashes import Workload, crash_run
 from tests.hosting import fast_sweep, make_settings, running_host, wait_for
 from tests.test_faults import (
     CAP,
@@ -41,7 +51,11 @@ from tests.test_faults import (
     _hold_lock,
     _killed_mid_write,
     answered,
+    big_writer,
     flood,
+    gone,
+    hot,
+    kill_runner_mid_write,
     rejected,
 )
 
@@ -127,6 +141,36 @@ async def scenario(name: str, inject: Callable[[Path, Path, Path], object] | Non
     ]
 
 
+async def runner_killed_mid_write() -> str:
+    """A real runner SIGKILLed while it commits a large reply, a gate script beside it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        big_writer(home)
+        settings = make_settings(home)
+        store = Cronbox.from_settings(settings)
+        session = store.create_session("big", agent="big")
+        bystander = store.create_session("bystander").id
+        marker = Path(tmp) / "gate-started"
+        script = f"touch {marker}; sleep 600; echo '{{\"wakeAgent\": false}}'"
+        store.schedule_task(session.id, {"prompt": "p", "processAfter": "now", "script": script})
+        async with running_host(settings) as sweeper:
+            await wait_for(marker.exists)
+            gates = await kill_runner_mid_write(sweeper, store, session.id, home)
+            killed = time.perf_counter()
+            await wait_for(lambda: answered(store, session.id))
+            recovered = time.perf_counter() - killed
+            await wait_for(lambda: gone(gates))
+            lateness = await bystander_lateness(sweeper, store, bystander)
+            journal = hot(store.session_dir(session.id) / sdb.OUTBOUND)
+            sick = session.id in sweeper.sick
+    return (
+        f"real runner SIGKILLed mid-write (hot journal): recovered without a restart in "
+        f"{secs(recovered)} (journal left: {'yes' if journal else 'no'}, quarantined: "
+        f"{'yes' if sick else 'no'}), {len(gates)} gate script(s) died with it, "
+        f"bystander lateness {secs(lateness)}"
+    )
+
+
 async def main() -> None:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("cronbox.reply").setLevel(logging.INFO)
@@ -138,6 +182,11 @@ async def main() -> None:
     rows.append(await scenario("hot journal", None))
     rows.append(await scenario("flood", None))
     table(["fault", "bystander lateness", "quarantined because", "victim leaked", ""], rows)
+    print(await runner_killed_mid_write())
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        verdict = await crash_run(Path(tmp), Workload(kills=30, one_time=300, series=10, chats=60))
+        print(f"{verdict.line()} [{time.perf_counter() - began:.0f} s]")
 
 
 if __name__ == "__main__":

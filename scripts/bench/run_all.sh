@@ -44,3 +44,6 @@ echo "== chains and approval gates: settling a parent, gating, approving, beside
 echo
 echo "== the CLI and the host on 10,000 sessions / 100,000 tasks, beside the merge base (issue 13) =="
 "$python" "$here/big_home.py"
+echo
+echo "== slot hand-over in a burst: runners tended concurrently beside one after another (issue 13) =="
+"$python" "$here/handover.py"
