@@ -23,6 +23,7 @@ host spawns it instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -88,12 +89,10 @@ def _run_python(args: list[str]) -> None:
         sys.argv = ["-c", *args[2:]]
         main = types.ModuleType("__main__")
         sys.modules["__main__"] = main
-        exec(compile(args[1], "<string>", "exec"), main.__dict__)  # noqa: S102 - python -c
+        exec(compile(args[1], "<string>", "exec"), main.__dict__)  # what python -c does
 
 
-def _become_runner(
-    args: list[str], env: dict[str, str], cwd: str, log_fd: int, set_up: int
-) -> int:
+def _become_runner(args: list[str], env: dict[str, str], cwd: str, log_fd: int, set_up: int) -> int:
     """In the forked child: turn the template into a runner, run it, return its exit code.
 
     What a fresh ``python -m agent_runner`` would have: its own session and process
@@ -138,18 +137,15 @@ def _child(args: list[str], env: dict[str, str], cwd: str, log_fd: int, set_up: 
         code = _become_runner(args, env, cwd, log_fd, set_up)
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os._exit(code & 0xFF)
 
 
 def _send(conn: socket.socket, message: dict[str, object]) -> None:
-    try:
+    # OSError: the host has gone or dropped this runner, and nobody is listening.
+    with contextlib.suppress(OSError):
         conn.send(json.dumps(message).encode())
-    except OSError:
-        pass  # the host has gone or dropped this runner: nobody is listening
 
 
 class Template:

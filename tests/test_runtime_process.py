@@ -122,8 +122,12 @@ class Runners:
         spec = RunnerSpec(session_id, self.session_dir(session_id, home), home, env or {})
         with anyio.fail_after(HANG_GUARD):
             handle = await runtime.start(spec)
-        self._started.append((runtime, handle))
+        self.track(runtime, handle)
         return handle
+
+    def track(self, runtime: ProcessRuntime, handle: RunnerHandle) -> None:
+        """Kill this runner at the end too."""
+        self._started.append((runtime, handle))
 
     async def aclose(self) -> None:
         with anyio.fail_after(HANG_GUARD):

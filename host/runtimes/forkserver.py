@@ -134,9 +134,7 @@ class ForkServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def fork(
-        self, args: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int
-    ) -> Forked:
+    def fork(self, args: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int) -> Forked:
         """Fork what ``python ARGS`` would run (``-m MODULE`` or ``-c SOURCE``, then its
         arguments) with exactly ``env`` in ``cwd``, stdout and stderr on ``log_fd``.
 
@@ -149,30 +147,23 @@ class ForkServer:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 try:
                     socket.send_fds(control, [request], [log_fd, theirs.fileno()])
+                    theirs.close()
+                    ours.settimeout(FORK_TIMEOUT)
+                    reply = ours.recv(_MAX_REPLY)
                 except OSError as exc:
-                    ours.close()
-                    self._discard()
-                    if attempt:
-                        raise ForkUnavailable(f"the runner template is gone: {exc}") from exc
-                    continue
+                    reply, failure = b"", str(exc)
+                else:
+                    failure = "it closed the connection"
                 finally:
                     theirs.close()
-                return self._answer(ours)
+                if reply:
+                    return _forked(reply, ours)
+                # The template died (perhaps while this request was on its way).
+                ours.close()
+                self._discard()
+                if attempt:
+                    raise ForkUnavailable(f"the runner template is gone: {failure}")
         raise AssertionError("unreachable")
-
-    def _answer(self, ours: socket.socket) -> Forked:
-        ours.settimeout(FORK_TIMEOUT)
-        try:
-            reply = json.loads(ours.recv(_MAX_REPLY) or b"{}")
-        except (OSError, ValueError) as exc:
-            ours.close()
-            self._discard()
-            raise ForkUnavailable(f"the runner template did not answer: {exc}") from exc
-        ours.settimeout(None)
-        if "pid" not in reply:
-            ours.close()
-            raise ForkUnavailable(str(reply.get("error") or "the runner template refused"))
-        return Forked(int(reply["pid"]), ours)
 
     def _ensure(self) -> socket.socket:
         if self._proc is not None and self._proc.poll() is None and self._control is not None:
@@ -223,6 +214,19 @@ class ForkServer:
         """Stop the template (runners it forked run on)."""
         with self._lock:
             self._discard()
+
+
+def _forked(reply: bytes, status: socket.socket) -> Forked:
+    answer: object = None
+    try:
+        answer = json.loads(reply)
+        pid = int(answer["pid"])  # type: ignore[index]
+    except (ValueError, KeyError, TypeError):
+        status.close()
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise ForkUnavailable(str(error or "the runner template refused")) from None
+    status.settimeout(None)
+    return Forked(pid, status)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -199,17 +199,16 @@ class ProcessRuntime:
             with open(spec.session_dir / RUNNER_LOG, "ab") as log:
                 log.write(f"--- runner started at {fmt(self._clock.now())} ---\n".encode())
                 log.flush()
-                popen = self._fork(env, workspace, log.fileno(), spec.session_id)
-                if popen is None:
-                    popen = subprocess.Popen(
-                        self._argv,
-                        cwd=workspace,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+                forked = self._fork(env, workspace, log.fileno(), spec.session_id)
+                popen: Forked | subprocess.Popen[bytes] = forked or subprocess.Popen(
+                    self._argv,
+                    cwd=workspace,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise RunnerStartFailed(spec.session_id, str(exc)) from exc
 
