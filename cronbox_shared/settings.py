@@ -88,6 +88,8 @@ class RunnerSettings(BaseSettings):
     timezone: str = "UTC"
     idle_timeout: Seconds = DEFAULTS.idle_timeout
     poll_interval: Seconds = DEFAULTS.runner_poll
+    idle_poll: Seconds = DEFAULTS.idle_poll
+    change_signal: bool = True
     max_batch: Count = DEFAULTS.max_batch
     gate_timeout: Seconds = DEFAULTS.gate_timeout
     min_interval: Seconds = DEFAULTS.min_interval

@@ -27,6 +27,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.policies import parse_quiet, quiet_end
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
@@ -40,7 +42,8 @@ from host.metrics import Metrics
 from host.runtimes import Runtime, get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
-from host.sweep import SweepConfig, Sweeper
+from host.store.central import CENTRAL
+from host.sweep import OUTBOX_CHANGED, SweepConfig, Sweeper
 from host.webhook import WebhookChannel
 from host.writer import Writer
 
@@ -90,6 +93,8 @@ def sweep_config(settings: Settings) -> SweepConfig:
         task_timeout=settings.task_timeout,
         keep_finished=settings.keep_finished,
         outbox_stall=settings.outbox_stall,
+        change_signal=settings.change_signal,
+        idle_poll=settings.idle_poll,
     )
 
 
@@ -190,14 +195,17 @@ async def run_host(
         )
         delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
         gateways = Gateways(lambda: clock.now().date())
+        config = sweep or sweep_config(settings)
+        changes = watch_home(settings.home) if config.change_signal else None
         sweeper = Sweeper(
             store,
             runtime,
             delivery,
-            sweep or sweep_config(settings),
+            config,
             clock,
             metrics=metrics,
             gateways=gateways,
+            changes=changes,
         )
         silent_after = timedelta(seconds=sweeper.config.heartbeat_ceiling / 2)
         stale: list[dict[str, str]] = []
@@ -221,6 +229,8 @@ async def run_host(
         await sweeper.recover()
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
+            if changes is not None:
+                stack.callback(changes.close)
             # The server lives outside the host's task group: it keeps answering (reads,
             # and 503 for writes) while the host drains, and closes last.
             serving = await stack.enter_async_context(anyio.create_task_group())
@@ -302,6 +312,7 @@ async def _watch(
     """Wake the sweep when another process commits to the store or rings a session's
     doorbell; publish status."""
     last_status = ""
+    changes = sweeper.changes
     while True:
         if await anyio.to_thread.run_sync(watcher.changed):
             sweeper.wake()
@@ -313,7 +324,24 @@ async def _watch(
         if snapshot != last_status:
             await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address, stale)
             last_status = snapshot
-        await anyio.sleep(CHANGE_POLL)
+        if changes is None:
+            await anyio.sleep(CHANGE_POLL)
+            continue
+        with anyio.move_on_after(sweeper.config.idle_poll):
+            if OUTBOX_CHANGED in await changes.wait():
+                sweeper.wake()
+
+
+def watch_home(home: Path) -> ChangeWatch | None:
+    """A change signal on cronbox.db (commits of other processes) and the doorbell; the
+    sweep adds the outboxes of its runners. None without inotify: the host then polls."""
+    changes = ChangeWatch.open()
+    if changes is None:
+        return None
+    if changes.add(home, (CENTRAL,), "central") and changes.add(home / sdb.DOORBELL, (), "bell"):
+        return changes
+    changes.close()
+    return None
 
 
 async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: HttpServer | None) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.models import AckStatus, InboundMessage
 
 __all__ = ["Mailbox", "SessionState", "Settlement", "wakes_agent"]
@@ -96,6 +97,21 @@ class Mailbox(SessionState, Protocol):
         Implementers must write every settlement's ack (status, error, output preview,
         for the row's current try) and its reply, a chat message in reply to the row, in
         one transaction, so the host never sees a settled row without its reply.
+        """
+        ...
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        """When the first pending row that is not due at ``now`` comes due; None if none.
+
+        An idle runner sleeps until then (or until the inbox changes) instead of polling.
+        """
+        ...
+
+    def inbox_changes(self) -> ChangeWatch | None:
+        """A change signal on the inbox, or None when it cannot be watched.
+
+        Implementers must make it fire on every commit the host makes to the inbox and
+        never on the runner's own reads; the caller closes it.
         """
         ...
 
