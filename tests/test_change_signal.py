@@ -108,7 +108,10 @@ def test_a_watch_reports_only_the_files_it_was_asked_for(tmp_path: Path) -> None
 
 def _runner(busy: bool, idle_for: float | None = None) -> LiveRunner:
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    session = Session.model_construct(id="s-1", name="s")
+    session = Session(
+        id="s-1", name="s", agent="echo", timezone="UTC", container={},
+        created_at="2026-01-01T00:00:00.000Z", last_active_at=None, next_due_at=None,
+    )  # fmt: skip
     handle = RunnerHandle("s-1", "1", now)
     since = now - timedelta(seconds=idle_for) if idle_for is not None else None
     return LiveRunner(handle, session, busy=busy, idle_since=since)
