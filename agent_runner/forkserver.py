@@ -8,8 +8,9 @@ agent_runner``, or ``-m``/``-c`` anything), its whole environment and working di
 file descriptors: the runner's log (its stdout and stderr) and the runner's own status
 socket. The template forks; the child makes itself a runner exactly as
 ``python -m agent_runner`` would start (see :func:`_become_runner`), and the template
-answers ``{"pid": N}`` on the status socket, then ``{"exit": code}`` once it has reaped
-the child (a negative code for a signal, as ``subprocess`` reports it).
+answers ``{"pid": N}`` on the status socket, then ``{"exit": code, "cpu": seconds}`` once
+it has reaped the child (a negative code for a signal, as ``subprocess`` reports it; the
+CPU the child used).
 
 The template exits when its standard input (a pipe from the host) closes, so it never
 outlives its host; runners it forked do, in sessions of their own, as spawned ones do.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import runpy
@@ -36,6 +38,9 @@ import time
 import traceback
 import types
 from collections.abc import Mapping
+
+import anyio
+import anyio.to_thread
 
 # What a runner imports, imported once here so a forked runner finds it loaded.
 import agent_runner.__main__
@@ -142,6 +147,15 @@ def _child(args: list[str], env: dict[str, str], cwd: str, log_fd: int, set_up: 
         os._exit(code & 0xFF)
 
 
+def _warm() -> None:
+    """Do once what every runner would do first: load the event loop's modules, then
+    freeze what is loaded, so no runner's garbage collector walks (and so copies) the
+    template's objects."""
+    anyio.run(anyio.sleep, 0)
+    gc.collect()
+    gc.freeze()
+
+
 def _send(conn: socket.socket, message: dict[str, object]) -> None:
     # OSError: the host has gone or dropped this runner, and nobody is listening.
     with contextlib.suppress(OSError):
@@ -160,6 +174,7 @@ class Template:
         os.set_blocking(self._wake_r, False)
 
     def serve(self) -> None:
+        _warm()
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w)
         # The host's Ctrl-C is for the host; it closes our stdin when it goes.
@@ -189,14 +204,15 @@ class Template:
     def _reap(self) -> None:
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             conn = self.children.pop(pid, None)
             if conn is not None:
-                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                cpu = usage.ru_utime + usage.ru_stime
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status), "cpu": cpu})
                 conn.close()
 
     def _request(self) -> bool:

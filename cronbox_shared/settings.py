@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, RunnerConfigError
@@ -68,7 +67,7 @@ Count = Annotated[int, BeforeValidator(_positive_count)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 
 
-class RunnerSettings(BaseSettings):
+class RunnerSettings(BaseModel):
     """What one agent runner, and the MCP server it starts, are told by the host.
 
     Seconds are floats; ``secret_names`` are the environment variables the agent
@@ -81,7 +80,9 @@ class RunnerSettings(BaseSettings):
     limits, so the MCP tools refuse what the host would, while the agent can still fix it.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    # A plain model, not pydantic-settings: only what the caller passes is read (never
+    # os.environ, a .env file or a secrets dir), and a runner's start imports less.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     session_dir: Path
     provider: str = Field(default="echo", min_length=1)
@@ -105,18 +106,6 @@ class RunnerSettings(BaseSettings):
     command: str = ""
     command_timeout: Seconds = DEFAULTS.gate_timeout
     gateway: str = ""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only what the caller passes: never os.environ, a .env file or a secrets dir.
-        return (init_settings,)
 
     @field_validator("session_dir")
     @classmethod

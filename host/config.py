@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_containers: int = Field(default=DEFAULTS.max_containers, ge=1)
     idle_timeout: float = Field(default=DEFAULTS.idle_timeout, gt=0)
     runtime: Literal["process", "docker"] = "process"
+    fork_server: bool = True
+    """The process runtime forks runners from a warm template instead of starting each
+    as a fresh interpreter (``CRONBOX_FORK_SERVER``; ``0`` spawns them)."""
     change_signal: bool = True
     """Idle runners and the host wait on change signals (inotify) instead of polling
     (``CRONBOX_CHANGE_SIGNAL``; ``0`` polls as before, 5 times a second)."""

@@ -276,7 +276,7 @@ def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
     """The configured runtime, checked ready: for docker, an engine and the agent image
     (EngineUnavailable or ImageMissing otherwise, each one sentence)."""
     if settings.runtime != "docker":
-        return get_runtime(settings.runtime, clock=clock)
+        return get_runtime(settings.runtime, clock=clock, fork=settings.fork_server)
     from host.runtimes.docker import DockerConfig, DockerRuntime, default_image
 
     defaults = ContainerLimits(

@@ -60,6 +60,8 @@ class Forked:
         self._proc_start = _proc_start(pid)
         self._gone = False
         self.returncode: int | None = None
+        self.cpu_seconds: float | None = None
+        """The CPU the runner used, once the template has reported its exit."""
 
     @property
     def gone(self) -> bool:
@@ -102,7 +104,9 @@ class Forked:
             data = b""
         if data:
             with contextlib.suppress(ValueError, TypeError, KeyError):
-                self.returncode = int(json.loads(data)["exit"])
+                report = json.loads(data)
+                self.returncode = int(report["exit"])
+                self.cpu_seconds = float(report["cpu"])
             self._done()
             return
         # The template died before the runner: it runs on, adopted by init.

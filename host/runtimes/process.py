@@ -150,6 +150,14 @@ class ProcessRuntime:
             return None
         return child.popen.returncode
 
+    def cpu_used(self, handle: RunnerHandle) -> float | None:
+        """CPU seconds a finished forked runner used, as its template reported; None for
+        a spawned, adopted or running one."""
+        child = self._child(handle)
+        if child is None or not isinstance(child.popen, Forked) or child.running():
+            return None
+        return child.popen.cpu_seconds
+
     async def last_words(self, handle: RunnerHandle) -> str | None:
         child = self._child(handle)
         if child is None:
