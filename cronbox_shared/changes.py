@@ -25,13 +25,14 @@ __all__ = ["ChangeWatch"]
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _IN_MODIFY = 0x002
-_IN_CLOSE_WRITE = 0x008
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_DELETE = 0x200
 _IN_ONLYDIR = 0x01000000
 _IN_Q_OVERFLOW = 0x4000
-_MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_ONLYDIR
+# Not IN_CLOSE_WRITE: SQLite opens its files read-write even to read them, so every read
+# would look like a change (and a runner and its host would wake each other forever).
+_MASK = _IN_MODIFY | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_ONLYDIR
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name, NUL-padded
 _READ_SIZE = 64 * 1024
 

@@ -245,7 +245,7 @@ async def run_host(
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
             await tg.start(jobs.run)
-            tg.start_soon(_watch, store, sweeper, settings, watcher, address, stale)
+            tg.start_soon(_watch, store, sweeper, settings, watcher, writer, address, stale)
             tg.start_soon(_signals, sweeper, tg.cancel_scope, http)
             log.info(
                 "cronbox host running on %s (runtime %s, pool %d%s)",
@@ -306,16 +306,24 @@ async def _close_http(http: HttpServer, serving: anyio.abc.TaskGroup) -> None:
 
 
 async def _watch(
-    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed,
+    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed, writer: Writer,
     address: str | None = None, stale: list[dict[str, str]] | None = None,
 ) -> None:  # fmt: skip
-    """Wake the sweep when another process commits to the store or rings a session's
-    doorbell; publish status."""
+    """Wake the sweep when another process commits to the store, rings a session's
+    doorbell or writes a watched outbox; publish status.
+
+    With change signals, a commit while the host's own writer was writing is taken for
+    the host's own (the sweep's writes would otherwise wake the sweep, forever); what
+    another process committed at that very moment is seen at the sweep's next pass.
+    """
     last_status = ""
     changes = sweeper.changes
+    writes = writer.writes
     while True:
-        if await anyio.to_thread.run_sync(watcher.changed):
+        changed = await anyio.to_thread.run_sync(watcher.changed)
+        if changed and (changes is None or writer.writes == writes):
             sweeper.wake()
+        writes = writer.writes
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
