@@ -312,18 +312,24 @@ async def _watch(
     """Wake the sweep when another process commits to the store, rings a session's
     doorbell or writes a watched outbox; publish status.
 
-    With change signals, a commit while the host's own writer was writing is taken for
-    the host's own (the sweep's writes would otherwise wake the sweep, forever); what
-    another process committed at that very moment is seen at the sweep's next pass.
+    With change signals, the host's own commits are taken off the feed as the writer
+    makes them (the sweep's writes would otherwise wake the sweep, forever); a commit of
+    another process in the instant between one of those and its check is seen at the
+    sweep's next pass.
     """
     last_status = ""
     changes = sweeper.changes
-    writes = writer.writes
+    feed = threading.Lock()
+
+    def changed() -> bool:
+        with feed:
+            return watcher.changed()
+
+    if changes is not None:
+        writer.after_write = changed
     while True:
-        changed = await anyio.to_thread.run_sync(watcher.changed)
-        if changed and (changes is None or writer.writes == writes):
+        if await anyio.to_thread.run_sync(changed):
             sweeper.wake()
-        writes = writer.writes
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,

@@ -27,6 +27,9 @@ class Writer:
         # One token: a write waits for the one before it (anyio's limiter is FIFO).
         self._limiter = anyio.CapacityLimiter(1)
         self.writes = 0
+        self.after_write: Callable[[], object] | None = None
+        """Called in the writer's thread right after each write (the host uses it to
+        tell its own commits from other processes')."""
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as the only write in progress and return its result.
@@ -36,8 +39,15 @@ class Writer:
         """
         self.writes += 1
         return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self._limiter
+            functools.partial(self._write, fn, *args, **kwargs), limiter=self._limiter
         )
+
+    def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.after_write is not None:
+                self.after_write()
 
 
 async def read(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
