@@ -70,6 +70,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="use the tests' fast_sweep timings (50 ms polls) instead of the production ones",
     )
+    p.add_argument(
+        "--before",
+        action="store_true",
+        help="the code paths this release replaced: fresh interpreters and polling",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--home", type=Path, help="CRONBOX_HOME to use (default: a temp dir)")
     return p.parse_args()
@@ -105,7 +110,8 @@ class TickMeter:
 
 async def run(args: argparse.Namespace, home: Path) -> None:
     settings = make_settings(
-        home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0
+        home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0,
+        fork_server=not args.before, change_signal=not args.before,
     )
     sweep = fast_sweep(settings) if args.fast_poll else sweep_config(settings)
     store = Cronbox.from_settings(settings)
