@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 # The benchmarks import the product (installed editable) and tests/hosting.py.
@@ -113,3 +116,23 @@ def memory_kib(pid: int) -> tuple[int, int]:
         if parts and parts[0].isdigit():
             values[name.strip()] = int(parts[0])
     return values.get("Rss", 0), values.get("Pss", 0)
+
+
+@contextmanager
+def host_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real host (``python -m host.cli run``) with ``env`` over this environment, its
+    output appended to ``log``; stopped with SIGTERM (SIGKILL after 2 minutes) at the end."""
+    with log.open("ab") as out:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "host.cli", "run"], env={**os.environ, **env},
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            yield host
+        finally:
+            host.send_signal(signal.SIGTERM)
+            try:
+                host.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()

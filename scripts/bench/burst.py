@@ -21,11 +21,7 @@ every process) and PSS summed (shared pages split among the processes mapping th
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -34,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import descendants, memory_kib, ratio, table
+from _common import descendants, host_process, memory_kib, ratio, table
 
 from cronbox_shared.timeutil import parse_utc
 from host.service import Cronbox
@@ -79,18 +75,13 @@ class Result:
 
 def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: float) -> Result:
     store = Cronbox(home)
-    log = (home / "host.log").open("ab")
     started = time.time()
-    host = subprocess.Popen(
-        [sys.executable, "-m", "host.cli", "run"], env={**os.environ, **env}, stdout=log,
-        stderr=log, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
     peak_rss = peak_pss = 0
     pending = {sid: list(ids) for sid, ids in tasks.items()}
     finished: list[datetime] = []
     outcomes: Counter[str] = Counter()
     last_look = 0.0
-    try:
+    with host_process(env, home / "host.log") as host:
         while pending:
             if time.time() - started > limit:
                 raise TimeoutError(f"{sum(map(len, pending.values()))} tasks still open")
@@ -109,14 +100,6 @@ def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: flo
                     if not pending[sid]:
                         del pending[sid]
             time.sleep(0.5)
-    finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-        log.close()
     wall = max(finished).timestamp() - started
     return Result(wall, peak_rss, peak_pss, dict(outcomes))
 

@@ -110,8 +110,12 @@ class TickMeter:
 
 async def run(args: argparse.Namespace, home: Path) -> None:
     settings = make_settings(
-        home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0,
-        fork_server=not args.before, change_signal=not args.before,
+        home,
+        max_containers=args.pool,
+        idle_timeout=args.idle_timeout,
+        min_interval=60.0,
+        fork_server=not args.before,
+        change_signal=not args.before,
     )
     sweep = fast_sweep(settings) if args.fast_poll else sweep_config(settings)
     store = Cronbox.from_settings(settings)

@@ -18,17 +18,13 @@ load only roughly: compare the ratio, and run it twice.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import cpu_seconds, descendants, ratio, table
+from _common import cpu_seconds, descendants, host_process, ratio, table
 
 from host.service import Cronbox
 from tests.hosting import make_settings, replies
@@ -61,7 +57,6 @@ def measure(
 ) -> tuple[float, float, float, int]:
     """(idle host CPU-s/min, runner CPU s/s each, host's share s/s each, processes)."""
     env = {
-        **os.environ,
         "TZ": "UTC",
         "CRONBOX_HOME": str(home),
         "CRONBOX_HTTP_PORT": "0",
@@ -69,12 +64,7 @@ def measure(
         "CRONBOX_MAX_CONTAINERS": str(args.runners),
         "CRONBOX_CHANGE_SIGNAL": "1" if signals else "0",
     }
-    log = open(home / f"host-{'signal' if signals else 'poll'}.log", "ab")  # noqa: SIM115
-    host = subprocess.Popen(
-        [sys.executable, "-m", "host.cli", "run"], env=env, stdout=log, stderr=log,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    with host_process(env, home / f"host-{'signal' if signals else 'poll'}.log") as host:
         wait(lambda: (home / "host.json").exists())
         time.sleep(2)  # start-up work done
         h0, d0 = tree_cpu(host.pid)
@@ -99,14 +89,6 @@ def measure(
         runners = (d1 - d0) / args.window / len(ids)
         host_share = max(0.0, (h1 - h0) / args.window - idle_host) / len(ids)
         return idle_host * 60, runners, host_share, live
-    finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-        log.close()
 
 
 def main() -> None:
