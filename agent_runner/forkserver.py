@@ -42,8 +42,8 @@ from collections.abc import Mapping
 import anyio
 import anyio.to_thread
 
-# What a runner imports, imported once here so a forked runner finds it loaded.
-import agent_runner.__main__
+# What a runner imports, imported once here so a forked runner finds it loaded (not
+# agent_runner.__main__ itself: ``-m agent_runner`` runs it afresh as ``__main__``).
 import agent_runner.mailbox.sqlite
 import agent_runner.providers.echo
 import agent_runner.runner  # noqa: F401
