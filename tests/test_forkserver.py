@@ -16,7 +16,7 @@ import pytest
 from cronbox_shared.environment import runner_environment
 from host.runtimes import ProcessRuntime, RunnerHandle, RunnerSpec
 from host.runtimes.forkserver import ForkServer
-from host.runtimes.process import HOME_LABEL, PID_FILE, SESSION_DIR_VAR
+from host.runtimes.process import HOME_LABEL, PID_FILE, RUNNER_LOG, SESSION_DIR_VAR
 from host.service import Cronbox
 from tests.hosting import make_settings, running_host, wait_for
 from tests.test_runtime_process import HANG_GUARD, Runners, script, until, until_exited
@@ -106,6 +106,8 @@ async def test_a_forked_runner_has_exactly_the_allowlisted_environment_and_its_o
         finally:
             (workspace / "go").write_text("1")
         await wait_for(lambda: [r for r in store.runs_for(task.id) if r.outcome])
+    log = (store.session_dir(session.id) / RUNNER_LOG).read_text()
+    assert "Warning" not in log and "Traceback" not in log
 
 
 def _read(path: Path) -> str | None:
