@@ -3,6 +3,7 @@ own tests run for both); what is particular to forking is tested here."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -19,7 +20,14 @@ from host.runtimes.forkserver import ForkServer
 from host.runtimes.process import HOME_LABEL, PID_FILE, RUNNER_LOG, SESSION_DIR_VAR
 from host.service import Cronbox
 from tests.hosting import make_settings, running_host, wait_for
-from tests.test_runtime_process import HANG_GUARD, Runners, script, until, until_exited
+from tests.test_runtime_process import (
+    HANG_GUARD,
+    Runners,
+    process_alive,
+    script,
+    until,
+    until_exited,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -184,3 +192,15 @@ async def test_a_forked_runner_that_raises_exits_1_with_the_error_as_its_last_wo
     await until_exited(runtime, handle)
     assert await runtime.exit_code(handle) == 1
     assert await runtime.last_words(handle) == "RuntimeError: boom"
+
+
+def test_a_template_server_dropped_unclosed_stops_its_template_quietly(tmp_path: Path) -> None:
+    server = ForkServer()
+    with (tmp_path / "log").open("ab") as log:
+        runner = server.fork(["-c", "pass"], {}, tmp_path, log.fileno())
+    assert runner.wait(timeout=HANG_GUARD) == 0
+    template = server.pid
+    assert template is not None
+    del server, runner
+    gc.collect()
+    assert not process_alive(template)

@@ -20,8 +20,10 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agent_runner.forkserver import READY, ROOM_BYTES, ROOM_VAR
 from cronbox_shared.environment import basic_environment
@@ -57,6 +59,8 @@ class Forked:
     def __init__(self, pid: int, status: socket.socket) -> None:
         self.pid = pid
         self._status = status
+        # Dropped while its runner runs (a runtime nobody closed): close quietly.
+        weakref.finalize(self, status.close)
         self._proc_start = _proc_start(pid)
         self._gone = False
         self.returncode: int | None = None
@@ -131,6 +135,7 @@ class ForkServer:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.starts = 0
         """How many templates were started (the first one, and each restart)."""
 
@@ -203,10 +208,15 @@ class ForkServer:
             raise ForkUnavailable("the runner template did not start")
         host_end.settimeout(None)
         self._proc, self._control = proc, host_end
+        # A server nobody closed stops its template when it is collected.
+        self._finalizer = weakref.finalize(self, _stop_quietly, proc, host_end)
         self.starts += 1
         return host_end
 
     def _discard(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -231,6 +241,11 @@ def _forked(reply: bytes, status: socket.socket) -> Forked:
         raise ForkUnavailable(str(error or "the runner template refused")) from None
     status.settimeout(None)
     return Forked(pid, status)
+
+
+def _stop_quietly(proc: subprocess.Popen[bytes], control: socket.socket) -> None:
+    control.close()
+    _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
