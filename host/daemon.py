@@ -39,7 +39,7 @@ from host.http import Api, HttpServer, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
-from host.runtimes import Runtime, get_runtime
+from host.runtimes import ProcessRuntime, Runtime, get_runtime
 from host.service import Cronbox
 from host.store.base import ChangeFeed
 from host.store.central import CENTRAL
@@ -237,6 +237,9 @@ async def run_host(
             if http is not None:
                 serving.start_soon(http.serve)
                 stack.push_async_callback(_close_http, http, serving)
+            if isinstance(runtime, ProcessRuntime):
+                # So that the first due task does not wait for the template's imports.
+                serving.start_soon(anyio.to_thread.run_sync, runtime.warm)
             # Model gateways close after the runners they serve have drained.
             await serving.start(gateways.run)
             stack.callback(gateways.close)

@@ -224,6 +224,12 @@ class ForkServer:
             _stop(self._proc)
             self._proc = None
 
+    def warm(self) -> None:
+        """Start the template now rather than at the first fork (ForkUnavailable if it
+        cannot be started)."""
+        with self._lock:
+            self._ensure()
+
     def close(self) -> None:
         """Stop the template (runners it forked run on)."""
         with self._lock:

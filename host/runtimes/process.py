@@ -186,6 +186,15 @@ class ProcessRuntime:
     async def list_own(self, home: Path) -> list[RunnerHandle]:
         return await anyio.to_thread.run_sync(self._list_own_sync, home)
 
+    def warm(self) -> None:
+        """Start the runner template ahead of the first runner (blocking: call it from a
+        worker thread); a template that cannot start leaves runners spawned."""
+        if self.template is not None:
+            try:
+                self.template.warm()
+            except ForkUnavailable as exc:
+                log.warning("runners will be spawned until it starts: %s", exc)
+
     def close(self) -> None:
         """Stop the runner template; runners run on and are found again through their
         pid files."""
