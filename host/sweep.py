@@ -99,15 +99,21 @@ OUTBOX_CHANGED = "outbox"
 
 
 def live_delay(
-    live: Sequence[LiveRunner], waiting: bool, config: SweepConfig, watching: bool, now: datetime
+    live: Sequence[LiveRunner],
+    waiting: bool,
+    config: SweepConfig,
+    watching: bool,
+    now: datetime,
+    more_to_read: bool = False,
 ) -> float:
-    """How soon the sweep must look at its live runners again.
+    """How soon the sweep must look at its live runners (and watched outboxes) again.
 
-    At the live rate while a runner works, is stopping, or a session waits for a slot.
+    At the live rate while a runner works, is stopping, a session waits for a slot, or
+    an outbox has more than one pass took in (or a channel to retry).
     With their outboxes watched (a runner's writes wake the sweep), an idle pool is
     looked at only when a runner's idle time runs out, or at the slow fallback poll.
     """
-    if not watching or waiting or any(r.busy or r.stopping for r in live):
+    if not watching or waiting or more_to_read or any(r.busy or r.stopping for r in live):
         return config.live_poll
     delay = config.idle_poll
     for runner in live:
@@ -372,11 +378,10 @@ class Sweeper:
         delay = self.config.sweep_interval
         if self.live or self.waiting or self.watched:
             watching = self.changes is not None and bool(self._outbox_watches)
+            more = any(s not in self._outbox_seen for s in [*self.live, *self.watched])
+            runners = list(self.live.values())
             delay = min(
-                delay,
-                live_delay(
-                    list(self.live.values()), bool(self.waiting), self.config, watching, now
-                ),
+                delay, live_delay(runners, bool(self.waiting), self.config, watching, now, more)
             )
         nxt = self.store.next_wake()
         if nxt is not None:

@@ -126,6 +126,7 @@ def _runner(busy: bool, idle_for: float | None = None) -> LiveRunner:
         ([_runner(busy=False, idle_for=1)], False, True, 10.0),  # the fallback poll
         ([_runner(busy=False, idle_for=25)], False, True, 5.0),  # its idle time runs out
         ([_runner(busy=False, idle_for=40)], False, True, 0.25),  # overdue: the live rate
+        ([], False, True, 10.0),  # only watched outboxes, all taken in
     ],
 )
 def test_live_delay_polls_only_for_working_runners_when_outboxes_are_watched(
@@ -134,3 +135,5 @@ def test_live_delay_polls_only_for_working_runners_when_outboxes_are_watched(
     config = SweepConfig(live_poll=0.25, idle_poll=10.0, idle_timeout=30.0)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert live_delay(runners, waiting, config, watching, now) == pytest.approx(expected)
+    # An outbox with more than a pass took in (a flood, a channel to retry): the live rate.
+    assert live_delay(runners, waiting, config, watching, now, more_to_read=True) == 0.25
