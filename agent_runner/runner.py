@@ -29,6 +29,7 @@ from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, Provider, RowOutcome, SessionContext
 from agent_runner.providers import get_provider
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.environment import gate_environment
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, preview
 from cronbox_shared.settings import RunnerSettings
@@ -151,17 +152,41 @@ class _Runner:
             "runner started for %s (provider %s, %d stale claim(s) cleared)",
             self.session_dir.name, self.config.provider, cleared,
         )  # fmt: skip
-        async with anyio.create_task_group() as jobs:
-            jobs.start_soon(self._wake_on, stop)
-            code = await self._loop(stop, jobs)
-            jobs.cancel_scope.cancel()  # only the stop watcher is left: no gate runs
+        changes = self.mailbox.inbox_changes() if self.config.change_signal else None
+        try:
+            async with anyio.create_task_group() as jobs:
+                jobs.start_soon(self._wake_on, stop)
+                if changes is not None:
+                    jobs.start_soon(self._wake_on_changes, changes)
+                code = await self._loop(stop, jobs, watching=changes is not None)
+                jobs.cancel_scope.cancel()  # only the watchers are left: no gate runs
+        finally:
+            if changes is not None:
+                changes.close()
         return code
 
     async def _wake_on(self, stop: anyio.Event) -> None:
         await stop.wait()
         self._wakeup.set()
 
-    async def _loop(self, stop: anyio.Event, jobs: TaskGroup) -> int:
+    async def _wake_on_changes(self, changes: ChangeWatch) -> None:
+        while True:
+            await changes.wait()
+            self._wakeup.set()
+
+    async def _idle_wait(self, watching: bool) -> float:
+        """How long an idle runner waits for its wakeup: with a change signal until the
+        next row comes due (or the slow fallback poll), else one poll interval."""
+        if not watching:
+            return self.config.poll_interval
+        now = self.clock.now()
+        due = await self.mailbox.next_due(now)
+        wait = self.config.idle_poll
+        if due is not None:
+            wait = min(wait, max(0.0, (due - now).total_seconds()))
+        return wait
+
+    async def _loop(self, stop: anyio.Event, jobs: TaskGroup, *, watching: bool = False) -> int:
         idle_since = anyio.current_time()
         while True:
             # Set by a gate that finishes, or by stop, at any point of this pass.
@@ -187,7 +212,7 @@ class _Runner:
                 if idle_for >= self.config.idle_timeout:
                     log.info("runner idle for %.1f s, exiting", idle_for)
                     return 0
-                wait = min(self.config.poll_interval, self.config.idle_timeout - idle_for)
+                wait = min(await self._idle_wait(watching), self.config.idle_timeout - idle_for)
             with anyio.move_on_after(wait):
                 await self._wakeup.wait()
 

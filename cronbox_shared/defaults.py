@@ -28,6 +28,9 @@ class Defaults:
     """Seconds finished rows and runs are kept before they may be cleaned up."""
     runner_poll: float = 0.2
     """Seconds between a runner's polls of its inbox (and heartbeats while it works)."""
+    idle_poll: float = 10.0
+    """Seconds between the fallback polls of an idle runner, and of the host watching
+    idle runners and its files, when they wait on change signals instead of polling."""
     max_batch: int = 10
     """Rows handed to the agent at once, oldest first."""
     failure_backoff: float = 120.0

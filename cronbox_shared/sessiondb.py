@@ -1240,6 +1240,18 @@ def _attach_inbound(db: OutboundDb, inbound_path: Path) -> None:
         db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
 
 
+def next_due_after(db: OutboundDb, inbound_path: Path, now: Instant) -> Instant | None:
+    """The earliest ``process_after`` of a pending row of the attached inbound DB that is
+    later than ``now``; None when no pending row waits for a time."""
+    _attach_inbound(db, inbound_path)
+    row = db.execute(
+        "SELECT min(m.process_after) FROM inb.messages_in m "
+        "WHERE m.status = 'pending' AND m.process_after > ?",
+        [now],
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 def trigger_waiting(db: OutboundDb, inbound_path: Path, now: Instant) -> bool:
     """Whether a due, unacked ``trigger=1`` row waits in the attached inbound DB.
 

@@ -21,8 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, RunnerConfigError
@@ -81,7 +80,7 @@ Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 Strings = Annotated[tuple[str, ...], BeforeValidator(_json_strings)]
 
 
-class RunnerSettings(BaseSettings):
+class RunnerSettings(BaseModel):
     """What one agent runner, and the MCP server it starts, are told by the host.
 
     Seconds are floats; ``secret_names`` are the environment variables the agent
@@ -94,13 +93,17 @@ class RunnerSettings(BaseSettings):
     limits, so the MCP tools refuse what the host would, while the agent can still fix it.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    # A plain model, not pydantic-settings: only what the caller passes is read (never
+    # os.environ, a .env file or a secrets dir), and a runner's start imports less.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     session_dir: Path
     provider: str = Field(default="echo", min_length=1)
     timezone: str = "UTC"
     idle_timeout: Seconds = DEFAULTS.idle_timeout
     poll_interval: Seconds = DEFAULTS.runner_poll
+    idle_poll: Seconds = DEFAULTS.idle_poll
+    change_signal: bool = True
     max_batch: Count = DEFAULTS.max_batch
     gate_timeout: Seconds = DEFAULTS.gate_timeout
     min_interval: Seconds = DEFAULTS.min_interval
@@ -119,18 +122,6 @@ class RunnerSettings(BaseSettings):
     history_tokens: int = Field(default=DEFAULTS.history_tokens, ge=0)
     allowed_tools: Strings = ()
     gateway: str = ""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only what the caller passes: never os.environ, a .env file or a secrets dir.
-        return (init_settings,)
 
     @field_validator("session_dir")
     @classmethod

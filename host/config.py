@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     max_containers: int = Field(default=DEFAULTS.max_containers, ge=1)
     idle_timeout: float = Field(default=DEFAULTS.idle_timeout, gt=0)
     runtime: Literal["process", "docker"] = "process"
+    fork_server: bool = True
+    """The process runtime forks runners from a warm template instead of starting each
+    as a fresh interpreter (``CRONBOX_FORK_SERVER``; ``0`` spawns them)."""
+    change_signal: bool = True
+    """Idle runners and the host wait on change signals (inotify) instead of polling
+    (``CRONBOX_CHANGE_SIGNAL``; ``0`` polls as before, 5 times a second)."""
+    idle_poll: float = Field(default=DEFAULTS.idle_poll, gt=0)
+    """Seconds between the fallback polls of what waits on a change signal
+    (``CRONBOX_IDLE_POLL``); keep it under the 30 s heartbeat ceiling."""
     min_interval: float = Field(default=DEFAULTS.min_interval, gt=0)
     max_tasks_per_session: int = Field(default=DEFAULTS.max_tasks_per_session, ge=1)
     task_timeout: float = Field(default=DEFAULTS.task_timeout, gt=0)

@@ -26,6 +26,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
 from host.api_process import ApiProcess
@@ -36,11 +38,12 @@ from host.http import LocalHost, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
-from host.runtimes import Runtime, get_runtime
+from host.runtimes import ProcessRuntime, Runtime, get_runtime
 from host.service import Cronbox
 from host.status import LOCK, STATUS
 from host.store.base import ChangeFeed
-from host.sweep import SweepConfig, Sweeper
+from host.store.central import CENTRAL
+from host.sweep import OUTBOX_CHANGED, SweepConfig, Sweeper
 from host.webhook import WebhookChannel
 from host.writer import Writer
 
@@ -88,6 +91,8 @@ def sweep_config(settings: Settings) -> SweepConfig:
         task_timeout=settings.task_timeout,
         keep_finished=settings.keep_finished,
         outbox_stall=settings.outbox_stall,
+        change_signal=settings.change_signal,
+        idle_poll=settings.idle_poll,
     )
 
 
@@ -188,14 +193,17 @@ async def run_host(
         )
         delivery = Delivery(store, [ConsoleChannel(), webhook], writer, retry, metrics)
         gateways = Gateways(store, writer)
+        config = sweep or sweep_config(settings)
+        changes = watch_home(settings.home) if config.change_signal else None
         sweeper = Sweeper(
             store,
             runtime,
             delivery,
-            sweep or sweep_config(settings),
+            config,
             clock,
             metrics=metrics,
             gateways=gateways,
+            changes=changes,
         )
         silent_after = timedelta(seconds=sweeper.config.heartbeat_ceiling / 2)
         stale: list[dict[str, str]] = []
@@ -220,12 +228,17 @@ async def run_host(
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
             stack.callback(writer.close)
+            if changes is not None:
+                stack.callback(changes.close)
             # The API's process is supervised outside the host's task group: it keeps
             # answering (reads, and 503 for writes) while the host drains, and closes last.
             serving = await stack.enter_async_context(anyio.create_task_group())
             if http is not None:
                 await serving.start(http.run)
                 stack.push_async_callback(_close_http, http, serving)
+            if isinstance(runtime, ProcessRuntime):
+                # So that the first due task does not wait for the template's imports.
+                serving.start_soon(anyio.to_thread.run_sync, runtime.warm)
             # Model gateways close after the runners they serve have drained.
             await serving.start(gateways.run)
             stack.callback(gateways.close)
@@ -234,7 +247,7 @@ async def run_host(
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
             await tg.start(jobs.run)
-            tg.start_soon(_watch, store, sweeper, settings, watcher, address, stale)
+            tg.start_soon(_watch, store, sweeper, settings, watcher, writer, address, stale)
             tg.start_soon(_signals, sweeper, tg.cancel_scope, http)
             log.info(
                 "cronbox host running on %s (runtime %s, pool %d%s)",
@@ -265,7 +278,7 @@ def ready_runtime(settings: Settings, clock: Clock) -> Runtime:
     """The configured runtime, checked ready: for docker, an engine and the agent image
     (EngineUnavailable or ImageMissing otherwise, each one sentence)."""
     if settings.runtime != "docker":
-        return get_runtime(settings.runtime, clock=clock)
+        return get_runtime(settings.runtime, clock=clock, fork=settings.fork_server)
     from host.runtimes.docker import DockerConfig, DockerRuntime, default_image
 
     defaults = ContainerLimits(
@@ -295,14 +308,29 @@ async def _close_http(http: ApiProcess, serving: anyio.abc.TaskGroup) -> None:
 
 
 async def _watch(
-    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed,
+    store: Cronbox, sweeper: Sweeper, settings: Settings, watcher: ChangeFeed, writer: Writer,
     address: str | None = None, stale: list[dict[str, str]] | None = None,
 ) -> None:  # fmt: skip
-    """Wake the sweep when another process commits to the store or rings a session's
-    doorbell; publish status."""
+    """Wake the sweep when another process commits to the store, rings a session's
+    doorbell or writes a watched outbox; publish status.
+
+    With change signals, the host's own commits are taken off the feed as the writer
+    makes them (the sweep's writes would otherwise wake the sweep, forever); a commit of
+    another process in the instant between one of those and its check is seen at the
+    sweep's next pass.
+    """
     last_status = ""
+    changes = sweeper.changes
+    feed = threading.Lock()
+
+    def changed() -> bool:
+        with feed:
+            return watcher.changed()
+
+    if changes is not None:
+        writer.after_write = changed
     while True:
-        if await anyio.to_thread.run_sync(watcher.changed):
+        if await anyio.to_thread.run_sync(changed):
             sweeper.wake()
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
@@ -312,7 +340,24 @@ async def _watch(
         if snapshot != last_status:
             await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address, stale)
             last_status = snapshot
-        await anyio.sleep(CHANGE_POLL)
+        if changes is None:
+            await anyio.sleep(CHANGE_POLL)
+            continue
+        with anyio.move_on_after(sweeper.config.idle_poll):
+            if OUTBOX_CHANGED in await changes.wait():
+                sweeper.wake()
+
+
+def watch_home(home: Path) -> ChangeWatch | None:
+    """A change signal on cronbox.db (commits of other processes) and the doorbell; the
+    sweep adds the outboxes of its runners. None without inotify: the host then polls."""
+    changes = ChangeWatch.open()
+    if changes is None:
+        return None
+    if changes.add(home, (CENTRAL,), "central") and changes.add(home / sdb.DOORBELL, (), "bell"):
+        return changes
+    changes.close()
+    return None
 
 
 async def _signals(sweeper: Sweeper, scope: anyio.CancelScope, http: ApiProcess | None) -> None:

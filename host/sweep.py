@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import AgentProfile
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
     EngineUnavailable,
@@ -89,11 +90,44 @@ class SweepConfig:
     startup_grace: float = 30.0
     stop_grace: float = 10.0
     runner_poll: float = DEFAULTS.runner_poll
+    idle_poll: float = DEFAULTS.idle_poll
+    change_signal: bool = True
+    """Whether idle runners and the sweep wait on change signals (inotify) rather than
+    polling at ``runner_poll`` and ``live_poll``."""
     retry_base: float = 5.0
     keep_finished: float = DEFAULTS.keep_finished
     outbox_stall: float = DEFAULTS.outbox_stall
     tend_concurrency: int = 8
     """Runners tended at once in a pass (1: one after another, the old path)."""
+
+
+OUTBOX_CHANGED = "outbox"
+"""The change signal's tag for a watched session's outbox."""
+
+
+def live_delay(
+    live: Sequence[LiveRunner],
+    waiting: bool,
+    config: SweepConfig,
+    watching: bool,
+    now: datetime,
+    more_to_read: bool = False,
+) -> float:
+    """How soon the sweep must look at its live runners (and watched outboxes) again.
+
+    At the live rate while a runner works, is stopping, a session waits for a slot, or
+    an outbox has more than one pass took in (or a channel to retry).
+    With their outboxes watched (a runner's writes wake the sweep), an idle pool is
+    looked at only when a runner's idle time runs out, or at the slow fallback poll.
+    """
+    if not watching or waiting or more_to_read or any(r.busy or r.stopping for r in live):
+        return config.live_poll
+    delay = config.idle_poll
+    for runner in live:
+        if runner.idle_since is not None:
+            left = (runner.idle_since - now).total_seconds() + config.idle_timeout
+            delay = min(delay, max(config.live_poll, left))
+    return delay
 
 
 @dataclass(frozen=True)
@@ -170,8 +204,12 @@ class Sweeper:
         host_id: str | None = None,
         metrics: Metrics | None = None,
         gateways: Gateways | None = None,
+        changes: ChangeWatch | None = None,
     ) -> None:
         self.store = store
+        self.changes = changes
+        """The change signal the host waits on; the sweep adds the outboxes it watches."""
+        self._outbox_watches: set[Path] = set()
         self.runtime = runtime
         self.delivery = delivery
         self.writer = delivery.writer
@@ -241,6 +279,8 @@ class Sweeper:
             timezone=session.timezone,
             idle_timeout=self.config.idle_timeout,
             poll_interval=self.config.runner_poll,
+            idle_poll=self.config.idle_poll,
+            change_signal=self.config.change_signal,
             min_interval=self.store.limits.min_interval.total_seconds(),
             max_tasks=self.store.limits.max_tasks_per_session,
             secret_names=(),
@@ -329,17 +369,37 @@ class Sweeper:
                     finally:
                         self._pass_over.set()
                     self.metrics.sweep_duration.observe(time.perf_counter() - began)
+                    self._watch_outbox_changes()
                     delay = await read(self._next_delay)
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
             finally:
                 self._background = None
 
+    def _watch_outbox_changes(self) -> None:
+        """Have the change signal cover the outboxes of live and watched sessions only."""
+        if self.changes is None:
+            return
+        wanted = {self.store.session_dir(s) / sdb.OUTBOX for s in [*self.live, *self.watched]}
+        for gone in self._outbox_watches - wanted:
+            self.changes.remove(gone)
+        self._outbox_watches = {
+            d for d in wanted if self.changes.add(d, (Path(sdb.OUTBOUND).name,), OUTBOX_CHANGED)
+        }
+        if len(self._outbox_watches) < len(wanted):
+            # An outbox that cannot be watched is polled, as without change signals.
+            self._outbox_watches.clear()
+
     def _next_delay(self) -> float:
         now = self.clock.now()
         delay = self.config.sweep_interval
         if self.live or self.waiting or self.watched:
-            delay = min(delay, self.config.live_poll)
+            watching = self.changes is not None and bool(self._outbox_watches)
+            more = any(s not in self._outbox_seen for s in [*self.live, *self.watched])
+            runners = list(self.live.values())
+            delay = min(
+                delay, live_delay(runners, bool(self.waiting), self.config, watching, now, more)
+            )
         nxt = self.store.next_wake()
         if nxt is not None:
             until = (nxt - now).total_seconds()

@@ -38,6 +38,9 @@ class Writer:
         self.writes = 0
         self._lock = home / WRITE_LOCK if home is not None else None
         self._fd: int | None = None
+        self.after_write: Callable[[], object] | None = None
+        """Called in the writer's thread right after each write (the host uses it to
+        tell its own commits from other processes')."""
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as the only write in progress and return its result.
@@ -52,15 +55,19 @@ class Writer:
 
     def _locked(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` under the home's write lock (in the writer's thread), when there is one."""
-        if self._lock is None:
-            return fn(*args, **kwargs)
-        if self._fd is None:
-            self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            return fn(*args, **kwargs)
+            if self._lock is None:
+                return fn(*args, **kwargs)
+            if self._fd is None:
+                self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self.after_write is not None:
+                self.after_write()
 
     def close(self) -> None:
         """Let go of the lock file (at shutdown)."""

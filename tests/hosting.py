@@ -49,6 +49,8 @@ def fast_sweep(settings: Settings, **overrides: Any) -> SweepConfig:
         "runner_poll": 0.05,
         "stop_grace": 5.0,
         "retry_base": 0.05,
+        "change_signal": settings.change_signal,
+        "idle_poll": settings.idle_poll,
     }
     values.update(overrides)
     return SweepConfig(**values)

@@ -97,7 +97,9 @@ async def test_a_ring_for_a_live_runner_leaves_it_to_the_live_tending(tmp_path: 
     session = store.create_session("busy")
     store.send_message(session.id, "hello")
     async with running_host(settings) as sweeper:
-        await wait_for(lambda: session.id in sweeper.live)
+        # Live, and past opening (and migrating) its outbox, which this test writes to.
+        heartbeat = store.session_dir(session.id) / sdb.HEARTBEAT
+        await wait_for(lambda: session.id in sweeper.live and heartbeat.exists())
         action = {"action": "schedule_task", "taskId": "rung", "prompt": "p",
                   "processAfter": fmt(store.now() + timedelta(hours=1))}  # fmt: skip
         with sdb.outbound(store.session_dir(session.id)) as db:

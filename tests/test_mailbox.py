@@ -15,6 +15,7 @@ from agent_runner.mailbox import Mailbox, Settlement
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.runner import run_runner
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.settings import RunnerSettings
@@ -201,6 +202,12 @@ class MemoryMailbox:
 
     async def release(self, rows: Sequence[InboundMessage]) -> None:
         self.rows[:0] = rows
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        return None
+
+    def inbox_changes(self) -> ChangeWatch | None:
+        return None  # nothing to watch: the runner polls
 
     async def get_state(self, key: str) -> str | None:
         return self.state.get(key)

@@ -88,12 +88,22 @@ EXITS_7 = script("import sys; sys.exit(7)")
 
 
 class Runners:
-    """Starts runners in a home under ``tmp_path`` and kills every one of them at the end."""
+    """Starts runners in a home under ``tmp_path`` and kills every one of them at the end.
 
-    def __init__(self, root: Path) -> None:
+    ``forked`` runtimes fork their runners from the template: every behaviour below holds
+    for a forked runner as for a spawned one."""
+
+    def __init__(self, root: Path, *, forked: bool) -> None:
         self.root = root
         self.home = root / "home"
+        self.forked = forked
         self._started: list[tuple[ProcessRuntime, RunnerHandle]] = []
+        self._runtimes: list[ProcessRuntime] = []
+
+    def runtime(self, argv: list[str]) -> ProcessRuntime:
+        runtime = ProcessRuntime(argv, fork=self.forked)
+        self._runtimes.append(runtime)
+        return runtime
 
     def session_dir(self, session_id: str, home: Path | None = None) -> Path:
         path = (home or self.home) / "sessions" / session_id
@@ -112,18 +122,26 @@ class Runners:
         spec = RunnerSpec(session_id, self.session_dir(session_id, home), home, env or {})
         with anyio.fail_after(HANG_GUARD):
             handle = await runtime.start(spec)
-        self._started.append((runtime, handle))
+        self.track(runtime, handle)
         return handle
+
+    def track(self, runtime: ProcessRuntime, handle: RunnerHandle) -> None:
+        """Kill this runner at the end too."""
+        self._started.append((runtime, handle))
 
     async def aclose(self) -> None:
         with anyio.fail_after(HANG_GUARD):
             for runtime, handle in self._started:
                 await runtime.kill(handle)  # also reaps the ones that already exited
+        for runtime in self._runtimes:
+            runtime.close()
 
 
-@pytest.fixture
-async def runners(anyio_backend: str, tmp_path: Path) -> AsyncIterator[Runners]:
-    pool = Runners(tmp_path)
+@pytest.fixture(params=["spawned", "forked"])
+async def runners(
+    anyio_backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Runners]:
+    pool = Runners(tmp_path, forked=request.param == "forked")
     try:
         yield pool
     finally:
@@ -171,7 +189,7 @@ def stray_sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.mark.anyio
 async def test_started_runner_is_running_until_stopped(runners: Runners) -> None:
-    runtime = ProcessRuntime(SLEEPER)
+    runtime = runners.runtime(SLEEPER)
     handle = await runners.start(runtime)
 
     assert handle.session_id == "s1"
@@ -189,7 +207,7 @@ async def test_started_runner_is_running_until_stopped(runners: Runners) -> None
 
 @pytest.mark.anyio
 async def test_stop_lets_a_runner_exit_by_itself_within_grace(runners: Runners) -> None:
-    runtime = ProcessRuntime(EXITS_3_ON_SIGTERM)
+    runtime = runners.runtime(EXITS_3_ON_SIGTERM)
     handle = await runners.start(runtime)
     await until((workspace(runners) / "ready").exists)
 
@@ -201,7 +219,7 @@ async def test_stop_lets_a_runner_exit_by_itself_within_grace(runners: Runners) 
 
 @pytest.mark.anyio
 async def test_stop_escalates_to_sigkill_after_grace(runners: Runners) -> None:
-    runtime = ProcessRuntime(IGNORES_SIGTERM)
+    runtime = runners.runtime(IGNORES_SIGTERM)
     handle = await runners.start(runtime)
     await until((workspace(runners) / "ready").exists)
 
@@ -214,7 +232,7 @@ async def test_stop_escalates_to_sigkill_after_grace(runners: Runners) -> None:
 
 @pytest.mark.anyio
 async def test_kill_ends_a_runner_that_ignores_sigterm(runners: Runners) -> None:
-    runtime = ProcessRuntime(IGNORES_SIGTERM)
+    runtime = runners.runtime(IGNORES_SIGTERM)
     handle = await runners.start(runtime)
     await until((workspace(runners) / "ready").exists)
 
@@ -227,7 +245,7 @@ async def test_kill_ends_a_runner_that_ignores_sigterm(runners: Runners) -> None
 
 @pytest.mark.anyio
 async def test_stop_and_kill_of_a_finished_runner_return_at_once(runners: Runners) -> None:
-    runtime = ProcessRuntime(EXITS_7)
+    runtime = runners.runtime(EXITS_7)
     handle = await runners.start(runtime)
     await until_exited(runtime, handle)
 
@@ -242,7 +260,7 @@ async def test_stop_and_kill_of_a_finished_runner_return_at_once(runners: Runner
 async def test_exit_code_and_pid_file_after_the_runner_exits_by_itself(
     runners: Runners,
 ) -> None:
-    runtime = ProcessRuntime(EXITS_7)
+    runtime = runners.runtime(EXITS_7)
     handle = await runners.start(runtime)
     pid_file = runners.session_dir("s1") / PID_FILE
     assert json.loads(pid_file.read_text())["pid"] == int(handle.ref)
@@ -255,7 +273,7 @@ async def test_exit_code_and_pid_file_after_the_runner_exits_by_itself(
 
 @pytest.mark.anyio
 async def test_kill_takes_the_runners_whole_process_group(runners: Runners) -> None:
-    runtime = ProcessRuntime(SPAWNS_AND_WAITS)
+    runtime = runners.runtime(SPAWNS_AND_WAITS)
     handle = await runners.start(runtime)
     child_pid_file = workspace(runners) / "child.pid"
     await until(child_pid_file.exists)
@@ -270,7 +288,7 @@ async def test_kill_takes_the_runners_whole_process_group(runners: Runners) -> N
 
 @pytest.mark.anyio
 async def test_processes_left_by_an_exited_runner_are_killed(runners: Runners) -> None:
-    runtime = ProcessRuntime(SPAWNS_AND_EXITS)
+    runtime = runners.runtime(SPAWNS_AND_EXITS)
     handle = await runners.start(runtime)
     await until_exited(runtime, handle)
     grandchild = int((workspace(runners) / "child.pid").read_text())
@@ -282,7 +300,7 @@ async def test_processes_left_by_an_exited_runner_are_killed(runners: Runners) -
 async def test_runner_sees_its_session_env_workspace_and_logs_to_runner_log(
     runners: Runners,
 ) -> None:
-    runtime = ProcessRuntime(REPORTS_ENV)
+    runtime = runners.runtime(REPORTS_ENV)
     handle = await runners.start(runtime, env={"CRONBOX_PROVIDER": "echo"})
     await until_exited(runtime, handle)
 
@@ -303,7 +321,7 @@ async def test_runner_sees_its_session_env_workspace_and_logs_to_runner_log(
 
 @pytest.mark.anyio
 async def test_runner_log_is_appended_across_runs(runners: Runners) -> None:
-    runtime = ProcessRuntime(REPORTS_ENV)
+    runtime = runners.runtime(REPORTS_ENV)
     for _ in range(2):
         handle = await runners.start(runtime)
         await until_exited(runtime, handle)
@@ -316,7 +334,7 @@ async def test_runner_log_is_appended_across_runs(runners: Runners) -> None:
 async def test_a_full_runner_log_is_rotated_when_the_next_runner_starts(runners: Runners) -> None:
     log = runners.session_dir("s1") / RUNNER_LOG
     log.write_bytes(b"old line\n" * (RUNNER_LOG_CAP // 9 + 1))
-    runtime = ProcessRuntime(REPORTS_ENV)
+    runtime = runners.runtime(REPORTS_ENV)
     handle = await runners.start(runtime)
     await until_exited(runtime, handle)
     assert (log.parent / f"{RUNNER_LOG}.1").stat().st_size >= RUNNER_LOG_CAP
@@ -326,7 +344,7 @@ async def test_a_full_runner_log_is_rotated_when_the_next_runner_starts(runners:
 
 @pytest.mark.anyio
 async def test_last_words_are_the_last_line_the_runner_printed(runners: Runners) -> None:
-    runtime = ProcessRuntime(
+    runtime = runners.runtime(
         [
             sys.executable,
             "-c",
@@ -341,7 +359,7 @@ async def test_last_words_are_the_last_line_the_runner_printed(runners: Runners)
 
 @pytest.mark.anyio
 async def test_a_runner_that_cannot_be_started_raises_a_clear_error(runners: Runners) -> None:
-    runtime = ProcessRuntime([str(runners.root / "no-such-program")])
+    runtime = runners.runtime([str(runners.root / "no-such-program")])
     spec = RunnerSpec("s1", runners.session_dir("s1"), runners.home, {})
 
     with pytest.raises(RunnerStartFailed, match="agent runner of session s1"):
@@ -357,12 +375,12 @@ async def test_a_runner_that_cannot_be_started_raises_a_clear_error(runners: Run
 async def test_list_own_finds_runners_a_previous_host_started_in_the_same_home(
     runners: Runners,
 ) -> None:
-    before_crash = ProcessRuntime(SLEEPER)
+    before_crash = runners.runtime(SLEEPER)
     mine = await runners.start(before_crash, "s1")
     other_home = runners.root / "other-home"
     await runners.start(before_crash, "s2", home=other_home)
 
-    restarted = ProcessRuntime(SLEEPER)
+    restarted = runners.runtime(SLEEPER)
     with anyio.fail_after(HANG_GUARD):
         found = await restarted.list_own(runners.home)
 
@@ -382,11 +400,11 @@ async def test_list_own_finds_runners_a_previous_host_started_in_the_same_home(
 
 @pytest.mark.anyio
 async def test_adopted_runner_is_stopped_politely(runners: Runners) -> None:
-    before_crash = ProcessRuntime(EXITS_3_ON_SIGTERM)
+    before_crash = runners.runtime(EXITS_3_ON_SIGTERM)
     await runners.start(before_crash)
     await until((workspace(runners) / "ready").exists)
 
-    restarted = ProcessRuntime(SLEEPER)
+    restarted = runners.runtime(SLEEPER)
     [adopted] = await restarted.list_own(runners.home)
     with anyio.fail_after(HANG_GUARD):
         await restarted.stop(adopted, grace=HANG_GUARD)
@@ -396,7 +414,7 @@ async def test_adopted_runner_is_stopped_politely(runners: Runners) -> None:
 
 @pytest.mark.anyio
 async def test_list_own_returns_the_same_handle_for_its_own_runner(runners: Runners) -> None:
-    runtime = ProcessRuntime(SLEEPER)
+    runtime = runners.runtime(SLEEPER)
     handle = await runners.start(runtime)
 
     assert await runtime.list_own(runners.home) == [handle]
@@ -404,7 +422,7 @@ async def test_list_own_returns_the_same_handle_for_its_own_runner(runners: Runn
 
 @pytest.mark.anyio
 async def test_list_own_of_an_empty_home_is_empty(runners: Runners) -> None:
-    assert await ProcessRuntime(SLEEPER).list_own(runners.root / "fresh") == []
+    assert await runners.runtime(SLEEPER).list_own(runners.root / "fresh") == []
 
 
 def reaped_pid() -> int:
@@ -424,7 +442,7 @@ async def test_list_own_removes_stale_pid_files(
     payload = {"pid": pid, "session_id": "s9", "started_at": "2026-03-09T13:00:00.000Z"}
     pid_file.write_text("{not json" if content == "garbage" else json.dumps(payload))
 
-    assert await ProcessRuntime(SLEEPER).list_own(runners.home) == []
+    assert await runners.runtime(SLEEPER).list_own(runners.home) == []
     assert not pid_file.exists()
     assert stray_sleeper.poll() is None
 
@@ -433,7 +451,7 @@ async def test_list_own_removes_stale_pid_files(
 async def test_a_pid_that_is_not_a_runner_is_never_signalled(
     runners: Runners, stray_sleeper: subprocess.Popen[bytes]
 ) -> None:
-    runtime = ProcessRuntime(SLEEPER)
+    runtime = runners.runtime(SLEEPER)
     handle = RunnerHandle("s1", str(stray_sleeper.pid), datetime.now(UTC))
 
     assert not await runtime.is_running(handle)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from agent_runner.history import ConversationStore, Remember
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.models import AckStatus, InboundMessage
 
 __all__ = ["Mailbox", "SessionState", "Settlement", "wakes_agent"]
@@ -101,6 +102,21 @@ class Mailbox(SessionState, ConversationStore, Protocol):
         one transaction, so the host never sees a settled row without its reply; and in
         that same transaction store ``remember``'s exchange and forget what it says to
         forget, so the history holds an exchange exactly when its answer was delivered.
+        """
+        ...
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        """When the first pending row that is not due at ``now`` comes due; None if none.
+
+        An idle runner sleeps until then (or until the inbox changes) instead of polling.
+        """
+        ...
+
+    def inbox_changes(self) -> ChangeWatch | None:
+        """A change signal on the inbox, or None when it cannot be watched.
+
+        Implementers must make it fire on every commit the host makes to the inbox and
+        never on the runner's own reads; the caller closes it.
         """
         ...
 

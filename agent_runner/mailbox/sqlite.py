@@ -21,9 +21,10 @@ import anyio
 from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Settlement, wakes_agent
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
 from cronbox_shared.models import AckStatus, InboundMessage, MessageKind
-from cronbox_shared.timeutil import fmt
+from cronbox_shared.timeutil import fmt, parse_utc
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -55,6 +56,17 @@ class SqliteMailbox:
     ) -> None:
         if settled or remember is not None:
             await _in_thread(self._settle, fmt(at), settled, remember)
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        due = await _in_thread(self._next_due, fmt(now))
+        return parse_utc(due) if due else None
+
+    def inbox_changes(self) -> ChangeWatch | None:
+        watch = ChangeWatch.open()
+        if watch is not None and not watch.add(self._inbound.parent, (self._inbound.name,)):
+            watch.close()
+            return None
+        return watch
 
     async def release(self, rows: Sequence[InboundMessage]) -> None:
         if rows:
@@ -105,6 +117,10 @@ class SqliteMailbox:
                         at, in_reply_to=s.message.id,
                     )  # fmt: skip
                 sdb.set_ack(db, s.message.id, s.message.tries, s.status, at, s.error, s.preview)
+
+    def _next_due(self, now: str) -> str | None:
+        with sdb.outbound(self.session_dir) as db:
+            return sdb.next_due_after(db, self._inbound, now)
 
     def _release(self, rows: Sequence[InboundMessage]) -> None:
         with sdb.outbound(self.session_dir) as db, db.atomic():

@@ -31,16 +31,22 @@ __all__ = [
 
 
 def get_runtime(
-    name: str, *, clock: Clock | None = None, docker: DockerConfig | None = None
+    name: str,
+    *,
+    clock: Clock | None = None,
+    docker: DockerConfig | None = None,
+    fork: bool = True,
 ) -> Runtime:
     """The runtime configured as ``CRONBOX_RUNTIME``; ``clock`` stamps ``started_at``.
+
+    The process runtime forks its runners from a warm template unless ``fork`` is False.
 
     The docker runtime takes its ``docker`` config (the image and the containers'
     default limits; this release's image with the built-in limits when None). Creating a
     runtime contacts no engine.
     """
     if name == "process":
-        return ProcessRuntime(clock=clock)
+        return ProcessRuntime(clock=clock, fork=fork)
     if name == "docker":
         from host.runtimes.docker import DockerConfig, DockerRuntime
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -38,8 +39,11 @@ from cronbox_shared.sessiondb import WORKSPACE
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, parse_utc
 from host.runtimes.base import RunnerHandle, RunnerSpec, RunnerStartFailed
+from host.runtimes.forkserver import Forked, ForkServer, ForkUnavailable
 
 __all__ = ["HOME_LABEL", "PID_FILE", "RUNNER_LOG", "SESSION_DIR_VAR", "ProcessRuntime"]
+
+log = logging.getLogger("cronbox.runtime")
 
 HOME_LABEL = "CRONBOX_HOST_HOME"
 # The runner's own setting doubles as the label that names its session.
@@ -59,11 +63,17 @@ _MAX_POLL = 0.2
 
 @dataclass
 class _Child:
-    """A runner this host process spawned (and so must reap)."""
+    """A runner this host process started: spawned (so it must be reaped) or forked by
+    the template (which reaps it and reports its exit code)."""
 
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Forked
     session_dir: Path
     finished: bool = False
+
+    def running(self) -> bool:
+        if isinstance(self.popen, Forked):
+            return not self.popen.gone
+        return self.popen.poll() is None
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,23 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        fork: bool | None = None,
+    ) -> None:
+        """``argv`` replaces ``python -m agent_runner``; ``fork`` (default: when ``argv``
+        is not given) forks runners from a warm template instead of spawning them, when
+        ``argv`` is this interpreter's ``-m MODULE`` or ``-c SOURCE``."""
         self._argv: tuple[str, ...] = (
             tuple(argv) if argv is not None else (sys.executable, "-m", "agent_runner")
         )
         self._clock: Clock = clock or SystemClock()
+        forkable = self._argv[0] == sys.executable and self._argv[1:2] in (("-m",), ("-c",))
+        wanted = argv is None if fork is None else fork
+        self.template: ForkServer | None = ForkServer() if wanted and forkable else None
         # Touched from worker threads (start, list_own) and the event loop alike.
         self._lock = threading.Lock()
         self._children: dict[RunnerHandle, _Child] = {}
@@ -109,7 +131,7 @@ class ProcessRuntime:
     async def is_running(self, handle: RunnerHandle) -> bool:
         child = self._child(handle)
         if child is not None:
-            if child.popen.poll() is None:
+            if child.running():
                 return True
             if not child.finished:
                 await anyio.to_thread.run_sync(self._finish_sync, child)
@@ -127,6 +149,14 @@ class ProcessRuntime:
         if child is None or await self.is_running(handle):
             return None
         return child.popen.returncode
+
+    def cpu_used(self, handle: RunnerHandle) -> float | None:
+        """CPU seconds a finished forked runner used, as its template reported; None for
+        a spawned, adopted or running one."""
+        child = self._child(handle)
+        if child is None or not isinstance(child.popen, Forked) or child.running():
+            return None
+        return child.popen.cpu_seconds
 
     async def last_words(self, handle: RunnerHandle) -> str | None:
         child = self._child(handle)
@@ -156,8 +186,20 @@ class ProcessRuntime:
     async def list_own(self, home: Path) -> list[RunnerHandle]:
         return await anyio.to_thread.run_sync(self._list_own_sync, home)
 
+    def warm(self) -> None:
+        """Start the runner template ahead of the first runner (blocking: call it from a
+        worker thread); a template that cannot start leaves runners spawned."""
+        if self.template is not None:
+            try:
+                self.template.warm()
+            except ForkUnavailable as exc:
+                log.warning("runners will be spawned until it starts: %s", exc)
+
     def close(self) -> None:
-        """Nothing to release: runners are found again through their pid files."""
+        """Stop the runner template; runners run on and are found again through their
+        pid files."""
+        if self.template is not None:
+            self.template.close()
 
     # -- blocking halves, run in worker threads ---------------------------------------
 
@@ -174,7 +216,8 @@ class ProcessRuntime:
             with open(spec.session_dir / RUNNER_LOG, "ab") as log:
                 log.write(f"--- runner started at {fmt(self._clock.now())} ---\n".encode())
                 log.flush()
-                popen = subprocess.Popen(
+                forked = self._fork(env, workspace, log.fileno(), spec.session_id)
+                popen: Forked | subprocess.Popen[bytes] = forked or subprocess.Popen(
                     self._argv,
                     cwd=workspace,
                     env=env,
@@ -206,6 +249,18 @@ class ProcessRuntime:
             self._finish_sync(self._children[handle])
             raise RunnerStartFailed(spec.session_id, f"cannot write its pid file: {exc}") from exc
         return handle
+
+    def _fork(
+        self, env: dict[str, str], workspace: Path, log_fd: int, session_id: str
+    ) -> Forked | None:
+        """The runner forked from the template; None when it must be spawned instead."""
+        if self.template is None:
+            return None
+        try:
+            return self.template.fork(self._argv[1:], env, workspace, log_fd)
+        except ForkUnavailable as exc:
+            log.warning("session %s: spawning its runner: %s", session_id, exc)
+            return None
 
     def _finish_sync(self, child: _Child) -> None:
         """Tidy up after a reaped child, once: kill what it left in its group, drop its
@@ -291,7 +346,7 @@ class ProcessRuntime:
                 if c.popen.pid == pid and c.session_dir == session_dir and not c.finished
             ]
         for handle, child in matches:
-            if child.popen.poll() is None:
+            if child.running():
                 return handle
             self._finish_sync(child)
         return None
@@ -307,9 +362,11 @@ class ProcessRuntime:
         child = self._child(handle)
         if child is None:
             await anyio.to_thread.run_sync(self._signal_foreign_sync, handle, sig, group)
-        elif child.popen.returncode is None:
+        elif child.running():
             # Not reaped yet, so the pid (and group id) cannot have been reused.
-            if group:
+            if isinstance(child.popen, Forked):
+                child.popen.send_signal(sig, group=group)
+            elif group:
                 _killpg(child.popen.pid, sig)
             else:
                 child.popen.send_signal(sig)

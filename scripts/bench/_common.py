@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 # The benchmarks import the product (installed editable) and tests/hosting.py.
@@ -56,3 +60,79 @@ def secs(value: float, unit: str = "s") -> str:
     if unit == "ms":
         return f"{value * 1000:,.2f} ms"
     return f"{value:,.3f} s"
+
+
+# -- processes: CPU and memory from /proc -------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU of ``pid`` (all its threads); with ``children``, of the children
+    it has reaped instead. 0 for a process that is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    first = 13 if children else 11  # cutime, cstime / utime, stime (fields 16-17 / 14-15)
+    return (int(fields[first]) + int(fields[first + 1])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s live descendants (children, their children…), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                parent[int(entry.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        nxt = [p for p, pp in parent.items() if pp in frontier]
+        found += nxt
+        frontier = nxt
+    return found
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """``(RSS, PSS)`` of ``pid`` in KiB (PSS shares each page among the processes that
+    map it, so forked runners' shared pages count once in a sum); (0, 0) when gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    values = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[name.strip()] = int(parts[0])
+    return values.get("Rss", 0), values.get("Pss", 0)
+
+
+@contextmanager
+def host_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real host (``python -m host.cli run``) with ``env`` over this environment, its
+    output appended to ``log``; stopped with SIGTERM (SIGKILL after 2 minutes) at the end."""
+    with log.open("ab") as out:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "host.cli", "run"], env={**os.environ, **env},
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            yield host
+        finally:
+            host.send_signal(signal.SIGTERM)
+            try:
+                host.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()

@@ -77,6 +77,11 @@ def parse_args() -> argparse.Namespace:
         default=SweepConfig.tend_concurrency,
         help="runners tended at once per pass (1: one after another, the old path)",
     )
+    p.add_argument(
+        "--before",
+        action="store_true",
+        help="the code paths this release replaced: fresh interpreters and polling",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--home", type=Path, help="CRONBOX_HOME to use (default: a temp dir)")
     return p.parse_args()
@@ -112,7 +117,12 @@ class TickMeter:
 
 async def run(args: argparse.Namespace, home: Path) -> None:
     settings = make_settings(
-        home, max_containers=args.pool, idle_timeout=args.idle_timeout, min_interval=60.0
+        home,
+        max_containers=args.pool,
+        idle_timeout=args.idle_timeout,
+        min_interval=60.0,
+        fork_server=not args.before,
+        change_signal=not args.before,
     )
     sweep = fast_sweep(settings) if args.fast_poll else sweep_config(settings)
     sweep = replace(sweep, tend_concurrency=args.tend_concurrency)

@@ -16,6 +16,19 @@ echo
 echo "== the same at a rate 2 cores can start runners (one task every 500 ms) =="
 "$python" "$here/due_latency.py" --stagger 0.5
 echo
+echo "== due -> runner start at 1 task / 2 s, now and with the code paths before (issue 13) =="
+"$python" "$here/due_latency.py" --tasks 30 --stagger 2
+"$python" "$here/due_latency.py" --tasks 30 --stagger 2 --before
+echo
+echo "== CPU of one runner start: forked, spawned, the bare imports =="
+"$python" "$here/runner_start.py"
+echo
+echo "== what idling costs: idle host and idle runners, change signals beside polling =="
+"$python" "$here/idle_cost.py"
+echo
+echo "== burst: 2,000 due one-time tasks over 200 sessions, pool 16, beside before and nanoclaw =="
+"$python" "$here/burst.py"
+echo
 echo "== idle sweep (10,000 sessions x 10 future tasks) =="
 "$python" "$here/idle_sweep.py"
 echo
