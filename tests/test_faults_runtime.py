@@ -27,7 +27,7 @@ from host.sweep import Sweeper
 from tests.hosting import fast_sweep, make_settings, running_host, wait_for
 from tests.test_faults import (
     CAP,
-    _bystander_on_time,
+    _bystander_served,
     _restore,
     _victim_and_hostile_answered,
     printed,
@@ -129,11 +129,6 @@ RACY_IN_A_CONTAINER = {
     "directory": "in a container the directory act is sometimes undone before it is read (open)",
 }
 
-# A runner's start is the normal lateness: a process in well under a second, a container
-# in a few seconds on a shared machine.
-NORMAL_LATENESS = {"process": 1.0, "docker": 5.0}
-
-
 @pytest.mark.parametrize("kind", list(ACTS))
 async def test_an_outbox_its_own_runner_made_hostile_quarantines_only_that_session(
     tmp_path: Path, runtime: str, kind: str, caplog: pytest.LogCaptureFixture,
@@ -165,7 +160,7 @@ async def test_an_outbox_its_own_runner_made_hostile_quarantines_only_that_sessi
                 # A read that the act's rename overtook is told as such: also the act.
                 assert reason in found or "replaced while it was read" in found, found
                 assert ids["hostile"] not in sweeper.live
-            await _bystander_on_time(sweeper, store, ids["bystander"], NORMAL_LATENESS[runtime])
+            await _bystander_served(sweeper, store, ids["bystander"])
             assert not [m for m in printed(caplog, "hostile") if "VICTIM" in m]
             if not kind.startswith("lock"):
                 _restore(saved)(hostile_dir / sdb.OUTBOX)
