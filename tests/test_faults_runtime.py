@@ -129,6 +129,7 @@ RACY_IN_A_CONTAINER = {
     "directory": "in a container the directory act is sometimes undone before it is read (open)",
 }
 
+
 @pytest.mark.parametrize("kind", list(ACTS))
 async def test_an_outbox_its_own_runner_made_hostile_quarantines_only_that_session(
     tmp_path: Path, runtime: str, kind: str, caplog: pytest.LogCaptureFixture,
