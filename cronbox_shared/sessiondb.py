@@ -384,6 +384,10 @@ def _check_file(name: str, st: os.stat_result, owners: set[int]) -> None:
         raise OutboxUnreadable(f"{name} is a directory")
     if not stat.S_ISREG(st.st_mode):
         raise OutboxUnreadable(f"{name} is not a regular file")
+    if st.st_nlink == 0:
+        # Looked at in the instant its writer removed it (a journal at commit) or renamed
+        # another file over it: what the path names next is looked at next time.
+        raise OutboxUnreadable(f"{name} was being removed by its writer", transient=True)
     if st.st_nlink != 1:
         raise OutboxUnreadable(f"{name} has {st.st_nlink} hard links")
     if st.st_uid not in owners:

@@ -45,7 +45,7 @@ from host.store.base import ChangeFeed
 from host.store.central import CENTRAL
 from host.sweep import OUTBOX_CHANGED, SweepConfig, Sweeper
 from host.webhook import WebhookChannel
-from host.writer import Writer
+from host.writer import OutsideCommits, Writer
 
 log = logging.getLogger("cronbox.host")
 CHANGE_POLL = 0.2
@@ -315,20 +315,21 @@ async def _watch(
     doorbell or writes a watched outbox; publish status.
 
     With change signals, the host's own commits are taken off the feed as the writer
-    makes them (the sweep's writes would otherwise wake the sweep, forever); a commit of
-    another process in the instant between one of those and its check is seen at the
-    sweep's next pass.
+    makes them (:class:`OutsideCommits`); one of another process that lands in the
+    instant of a host write is taken with it, so the sweep is also woken when the
+    store's next wake moved before the one it sleeps until.
     """
     last_status = ""
     changes = sweeper.changes
-    feed = threading.Lock()
+    outside = OutsideCommits(watcher)
+    if changes is not None:
+        outside.follow(writer)
 
     def changed() -> bool:
-        with feed:
-            return watcher.changed()
+        if outside.changed():
+            return True
+        return changes is not None and sweeper.sleeps_past(store.next_wake())
 
-    if changes is not None:
-        writer.after_write = changed
     while True:
         if await anyio.to_thread.run_sync(changed):
             sweeper.wake()

@@ -244,12 +244,24 @@ class Sweeper:
         """When the loop last completed a pass (for ``/health``)."""
         self._pass_over = anyio.Event()
         self._pass_over.set()
+        self.asleep_until: datetime | None = None
+        """While the loop sleeps between passes, when it means to wake (else None)."""
+        self.planned_for: datetime | None = None
+        """The store's next wake the loop last planned its sleep by."""
 
     # --- plumbing --------------------------------------------------------------------
 
     def wake(self) -> None:
         """Make the loop run a pass now (something changed)."""
         self._wake.set()
+
+    def sleeps_past(self, nxt: datetime | None) -> bool:
+        """Whether the loop sleeps past ``nxt``, a next wake of the store it did not plan
+        by (a commit of another process made it earlier, and its signal was missed)."""
+        until, planned = self.asleep_until, self.planned_for
+        if nxt is None or until is None or nxt >= until:
+            return False
+        return planned is None or nxt < planned
 
     async def between_passes(self) -> None:
         """Return once no pass is in progress (at once when none is).
@@ -371,8 +383,12 @@ class Sweeper:
                     self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     self._watch_outbox_changes()
                     delay = await read(self._next_delay)
-                    with anyio.move_on_after(delay):
-                        await self._wake.wait()
+                    self.asleep_until = self.clock.now() + timedelta(seconds=delay)
+                    try:
+                        with anyio.move_on_after(delay):
+                            await self._wake.wait()
+                    finally:
+                        self.asleep_until = None
             finally:
                 self._background = None
 
@@ -400,7 +416,7 @@ class Sweeper:
             delay = min(
                 delay, live_delay(runners, bool(self.waiting), self.config, watching, now, more)
             )
-        nxt = self.store.next_wake()
+        nxt = self.planned_for = self.store.next_wake()
         if nxt is not None:
             until = (nxt - now).total_seconds()
             # Work already due is being served (or is waiting for a slot, or quarantined);

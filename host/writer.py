@@ -17,12 +17,15 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
+
+from host.store.base import ChangeFeed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,9 +41,11 @@ class Writer:
         self.writes = 0
         self._lock = home / WRITE_LOCK if home is not None else None
         self._fd: int | None = None
+        self.before_write: Callable[[], object] | None = None
         self.after_write: Callable[[], object] | None = None
-        """Called in the writer's thread right after each write (the host uses it to
-        tell its own commits from other processes')."""
+        """Called in the writer's thread right before and right after each write, under
+        the write lock (the host uses them to tell its own commits from other
+        processes')."""
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as the only write in progress and return its result.
@@ -55,16 +60,21 @@ class Writer:
 
     def _locked(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` under the home's write lock (in the writer's thread), when there is one."""
+        if self._lock is None:
+            return self._watched(fn, *args, **kwargs)
+        if self._fd is None:
+            self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            if self._lock is None:
-                return fn(*args, **kwargs)
-            if self._fd is None:
-                self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return self._watched(fn, *args, **kwargs)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _watched(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.before_write is not None:
+            self.before_write()
+        try:
+            return fn(*args, **kwargs)
         finally:
             if self.after_write is not None:
                 self.after_write()
@@ -79,3 +89,37 @@ class Writer:
 async def read(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking read in a worker thread."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+class OutsideCommits:
+    """Tells the commits of other processes (the CLI, the API) from the host's own.
+
+    The feed reports every commit of another connection, the host's own writer's
+    included; those would wake the sweep after each of its passes, forever. Followed
+    by the writer, the feed is read right before each write (what it holds then is
+    another process's, and kept) and right after it (the host's own, dropped). A
+    commit of another process in the instant between the two is dropped with it: the
+    caller needs a check of its own for what must not be missed.
+    """
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        self._feed = feed
+        self._lock = threading.Lock()
+        self._kept = False
+
+    def follow(self, writer: Writer) -> None:
+        writer.before_write, writer.after_write = self._before, self._after
+
+    def _before(self) -> None:
+        with self._lock:
+            self._kept = self._feed.changed() or self._kept
+
+    def _after(self) -> None:
+        with self._lock:
+            self._feed.changed()
+
+    def changed(self) -> bool:
+        """True once for every batch of outside commits since the last call."""
+        with self._lock:
+            seen, self._kept = self._feed.changed() or self._kept, False
+        return seen

@@ -22,6 +22,7 @@ from host.runtimes import RunnerHandle
 from host.service import Cronbox
 from host.store.records import Session
 from host.sweep import LiveRunner, SweepConfig, live_delay
+from host.writer import OutsideCommits, Writer
 from tests.hosting import fast_sweep, make_settings, replies, running_host, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -86,6 +87,45 @@ async def test_the_host_starts_and_settles_a_task_another_process_scheduled_with
         # The runner idles; a chat reaches it, and its reply the host, by signals alone.
         chat = cli.send_message(session.id, "and now?")
         await wait_for(lambda: replied_to(cli, session.id, chat.id))
+
+
+async def test_a_commit_of_another_process_just_before_a_host_write_is_not_taken_for_the_hosts(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    host, cli = Cronbox(home, clock=SystemClock()), Cronbox(home, clock=SystemClock())
+    feed = host.watch_changes()
+    writer = Writer(home)
+    outside = OutsideCommits(feed)
+    outside.follow(writer)
+    try:
+        outside.changed()
+        await writer(host.create_session, "the-hosts-own")
+        assert not outside.changed()
+        cli.create_session("the-clis")  # the host has not looked yet when it writes again
+        await writer(host.create_session, "the-hosts-next")
+        assert outside.changed()
+        assert not outside.changed()
+    finally:
+        writer.close()
+        feed.close()
+
+
+async def test_a_task_committed_in_the_instant_of_a_host_write_still_wakes_the_sweep(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    settings = make_settings(home, sweep_interval=NEVER, idle_poll=NEVER, idle_timeout=NEVER)
+    cli = Cronbox.from_settings(settings)
+    session = cli.create_session("in-the-instant")
+    async with running_host(settings, fast_sweep(settings, live_poll=NEVER)) as sweeper:
+        await wait_for(lambda: sweeper.asleep_until)
+        # Another process commits while the host's writer holds the write: its commit is
+        # taken off the feed with the host's own, so only the next wake's check is left.
+        task = await sweeper.writer(
+            cli.schedule_task, session.id, {"prompt": "now", "processAfter": "now"}
+        )
+        await wait_for(lambda: [r for r in cli.runs_for(task.id) if r.outcome])
 
 
 def test_a_watch_reports_only_the_files_it_was_asked_for(tmp_path: Path) -> None:

@@ -304,6 +304,32 @@ def test_reading_an_outbox_follows_no_link_and_names_why(tmp_path: Path) -> None
         pass
 
 
+def test_a_journal_seen_as_its_writer_removes_it_is_looked_at_again_and_a_linked_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = tmp_path / "sessions" / "s-000000000001"
+    with sdb.outbound(session) as db, db.atomic():
+        sdb.set_state(db, "who", session.name)
+    journal = session / f"{sdb.OUTBOUND}-journal"
+    journal.write_bytes(b"")
+    os.link(journal, tmp_path / "elsewhere")
+    with pytest.raises(OutboxUnreadable, match="has 2 hard links") as linked:
+        sdb.check_outbox(session)
+    assert not linked.value.transient
+    (tmp_path / "elsewhere").unlink()
+    real = os.lstat
+
+    def mid_unlink(path: os.PathLike[str] | str) -> os.stat_result:
+        # The path looked up in the instant before SQLite removed the journal at commit.
+        st = real(path)
+        return os.stat_result((*st[:3], 0, *st[4:])) if Path(path) == journal else st
+
+    monkeypatch.setattr(os, "lstat", mid_unlink)
+    with pytest.raises(OutboxUnreadable, match="being removed by its writer") as removed:
+        sdb.check_outbox(session)
+    assert removed.value.transient
+
+
 async def test_session_reset_moves_a_bad_outbox_aside_and_the_session_is_served_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

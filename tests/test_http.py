@@ -112,7 +112,7 @@ async def test_version_names_cronbox_python_and_the_runtime(host: Host) -> None:
 
 
 async def test_health_is_503_once_no_pass_completed_within_three_sweep_intervals(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ManualClock("2026-01-15T08:00:00Z")
     settings = make_settings(tmp_path / "home", sweep_interval=60.0)
@@ -122,6 +122,19 @@ async def test_health_is_503_once_no_pass_completed_within_three_sweep_intervals
         httpx2.AsyncClient(base_url=base_url(sock)) as client,
     ):
         await wait_for(lambda: sweeper.last_pass_at)
+        # From here every pass hangs, as a stuck sweep's does: none completes while the
+        # clock moves (a pass the host's own start-up work woke would, otherwise).
+        entered, release, tick = anyio.Event(), anyio.Event(), sweeper.tick
+
+        async def stuck() -> None:
+            entered.set()
+            await release.wait()
+            await tick()
+
+        monkeypatch.setattr(sweeper, "tick", stuck)
+        sweeper.wake()
+        with anyio.fail_after(30):
+            await entered.wait()
         clock.advance(179)
         assert (await client.get("/health")).status_code == 200
         clock.advance(2)
@@ -129,7 +142,7 @@ async def test_health_is_503_once_no_pass_completed_within_three_sweep_intervals
         assert stalled.status_code == 503
         assert stalled.json()["status"] == "stalled"
         assert stalled.json()["sweep_lag_seconds"] == 181
-        sweeper.wake()  # a pass completes: healthy again
+        release.set()  # the pass completes: healthy again
         await wait_for(lambda: sweeper.last_pass_at == clock.now())
         assert (await client.get("/health")).status_code == 200
 
