@@ -122,8 +122,9 @@ async def test_a_task_committed_in_the_instant_of_a_host_write_still_wakes_the_s
         await wait_for(lambda: sweeper.asleep_until)
         # Another process commits while the host's writer holds the write: its commit is
         # taken off the feed with the host's own, so only the next wake's check is left.
+        # (Due a second later: a pass something else woke plans by it as well.)
         task = await sweeper.writer(
-            cli.schedule_task, session.id, {"prompt": "now", "processAfter": "now"}
+            cli.schedule_task, session.id, {"prompt": "soon", "processAfter": "+1s"}
         )
         await wait_for(lambda: [r for r in cli.runs_for(task.id) if r.outcome])
 
