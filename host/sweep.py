@@ -425,12 +425,24 @@ class Sweeper:
         return delay
 
     async def tick(self) -> None:
-        """One pass: tend live runners, then wake sessions with due work."""
+        """One pass: tend live runners, then wake sessions with due work.
+
+        Due work for which a slot is free starts first: tending reads every live
+        runner's outbox, and a start that waited for it would be late by that much.
+        """
         await self._check_sick()
-        await self._each(list(self.live), self._tend_one)
+        tend = list(self.live)
+        if tend and self.accepting and len(tend) < self.config.max_containers:
+            await self._start_due(evict=False)
+        await self._each(tend, self._tend_one)
         if not self.accepting:
             return
         await self._watch_outboxes()
+        await self._start_due(evict=True)
+
+    async def _start_due(self, *, evict: bool) -> None:
+        """Start the sessions with due work the free slots allow; with ``evict``, stop
+        the idle runners the waiting sessions need the slots of."""
         now = self.clock.now()
         due = await read(self.store.due_sessions, now)
         self.waiting = {
@@ -448,7 +460,7 @@ class Sweeper:
             timedelta(seconds=self.config.idle_timeout),
             now,
         )
-        for session_id in plan.evict:
+        for session_id in plan.evict if evict else ():
             runner = self.live[session_id]
             if not runner.stopping:
                 runner.stopping = True
