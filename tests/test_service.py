@@ -23,6 +23,7 @@ from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
 from host.service import Cronbox
+from host.store.central import SqliteCentral
 from host.sweep import SweepConfig, Sweeper
 from host.writer import Writer
 
@@ -52,7 +53,7 @@ def test_a_settlement_with_no_news_commits_nothing_and_one_after_a_stale_view_re
         assert [r.outcome for r in app.runs_for(task.id)] == [RunOutcome.OK]
 
         # A view another writer left behind this inbox's is brought up to date anyway.
-        with app.central.transaction() as db:
+        with SqliteCentral(app.home).transaction() as db:
             db.execute("UPDATE sessions SET next_due_at = NULL, inbound_version = -1")
         app.settle_acks(session.id, timedelta(minutes=10))
         assert feed.changed()
