@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import CronboxError, RunnerConfigError
-from cronbox_shared.sessiondb import INBOUND
+from cronbox_shared.outbox import INBOUND
 from cronbox_shared.timeutil import zone
 
 ENV_PREFIX = "CRONBOX_"

@@ -17,7 +17,8 @@ from agent_runner.runner import run_runner
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
-from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import AckStatus, MessageKind
+from cronbox_shared.rows import InboxRow
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.service import Cronbox
@@ -173,7 +174,7 @@ async def test_beat_touches_the_heartbeat_the_host_reads(
 class MemoryMailbox:
     """A mailbox that is nothing but Python lists: no file, no SQL."""
 
-    def __init__(self, rows: Sequence[InboundMessage]) -> None:
+    def __init__(self, rows: Sequence[InboxRow]) -> None:
         self.rows = list(rows)
         self.settled: list[Settlement] = []
         self.beats = 0
@@ -186,7 +187,7 @@ class MemoryMailbox:
     async def beat(self) -> None:
         self.beats += 1
 
-    async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
+    async def claim(self, now: datetime, limit: int) -> list[InboxRow]:
         claimed, self.rows = self.rows[:limit], self.rows[limit:]
         return claimed
 
@@ -200,7 +201,7 @@ class MemoryMailbox:
     async def load_history(self, dialect: str) -> list[Exchange]:
         return [e for e in self.history if e.dialect == dialect]
 
-    async def release(self, rows: Sequence[InboundMessage]) -> None:
+    async def release(self, rows: Sequence[InboxRow]) -> None:
         self.rows[:0] = rows
 
     async def next_due(self, now: datetime) -> datetime | None:
@@ -217,9 +218,9 @@ class MemoryMailbox:
 
 
 async def test_the_runner_reaches_its_session_only_through_its_mailbox(tmp_path: Path) -> None:
-    row = InboundMessage(
+    row = InboxRow(
         id="chat-1", seq=2, kind=MessageKind.CHAT, created_at="2026-01-15T09:00:00.000Z",
-        status=MessageStatus.PENDING, process_after=None, scheduled_for=None, recurrence=None,
+        process_after=None, scheduled_for=None, recurrence=None,
         timezone="UTC", series_id=None, tries=0, trigger=1, content={"text": "ping"},
     )  # fmt: skip
     mailbox = MemoryMailbox([row])
