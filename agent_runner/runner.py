@@ -17,11 +17,11 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 
-from agent_runner.gate import GateResult, GateVerdict, run_gate
 from agent_runner.history import Remember
 from agent_runner.mailbox import Mailbox, Settlement, wakes_agent
 from agent_runner.mailbox.sqlite import SqliteMailbox
@@ -34,6 +34,9 @@ from cronbox_shared.environment import gate_environment
 from cronbox_shared.rows import AckStatus, InboxRow, MessageKind, preview
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, zone
+
+if TYPE_CHECKING:
+    from agent_runner.gate import GateResult
 
 log = logging.getLogger("agent_runner")
 
@@ -88,6 +91,8 @@ def gate_error(reason: str | None) -> str:
 
 def settle_gate(message: InboxRow, result: GateResult) -> Settlement | None:
     """The ack of a row whose gate decided not to wake the agent; None when it does."""
+    from agent_runner.gate import GateVerdict  # loaded with the first gate script
+
     if result.verdict is GateVerdict.WAKE:
         return None
     output = preview(result.output_preview) or None
@@ -246,6 +251,9 @@ class _Runner:
 
     async def _gate(self, row: InboxRow, script: str) -> None:
         """Run one row's gate beside the loop; settle the row, or make it ready."""
+        # A wake with no gated row never loads the gate scripts' machinery.
+        from agent_runner.gate import run_gate
+
         try:
             async with self._gate_slots:
                 result = await run_gate(

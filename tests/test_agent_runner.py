@@ -6,6 +6,7 @@ in-process (or as ``python -m agent_runner``) against those files alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -89,7 +90,7 @@ def config_for(store: Cronbox, session_id: str, **overrides: Any) -> RunnerSetti
     base = RunnerSettings(
         session_dir=store.session_dir(session_id), idle_timeout=0.5, poll_interval=0.05
     )
-    return base.model_copy(update=overrides)
+    return dataclasses.replace(base, **overrides)
 
 
 async def run(config: RunnerSettings, clock: Clock | None = None, **kwargs: Any) -> int:

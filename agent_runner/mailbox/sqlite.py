@@ -10,7 +10,7 @@ in a worker thread, so the heartbeat keeps beating while a query waits for the h
 from __future__ import annotations
 
 import functools
-import secrets
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -113,7 +113,7 @@ class SqliteMailbox:
             for s in settled:
                 if s.reply:
                     sdb.insert_outbound(
-                        db, f"out-{secrets.token_hex(8)}", MessageKind.CHAT, {"text": s.reply},
+                        db, f"out-{os.urandom(8).hex()}", MessageKind.CHAT, {"text": s.reply},
                         at, in_reply_to=s.message.id,
                     )  # fmt: skip
                 sdb.set_ack(db, s.message.id, s.message.tries, s.status, at, s.error, s.preview)
