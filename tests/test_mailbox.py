@@ -3,17 +3,20 @@ runner that reaches its session through nothing else."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
+from sqlite_utils import Database
 
 from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Mailbox, Settlement
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.runner import run_runner
+from cronbox_shared import outbox
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
@@ -73,6 +76,35 @@ async def test_open_clears_only_the_claims_an_earlier_runner_left(
     assert (first.id, second.id) == (stale, done)
     assert await SqliteMailbox(store.session_dir(session_id)).open() == 1
     assert acks(store, session_id, stale, done) == {done: "completed"}
+
+
+def test_the_runners_list_of_outbound_migrations_is_the_migrations_themselves() -> None:
+    with sqlite3.connect(":memory:") as conn:
+        pending = sdb.outbound_migrations.pending(Database(conn))
+    assert tuple(m.name for m in pending) == outbox.OUTBOUND_MIGRATIONS
+
+
+async def test_an_outbox_an_older_runner_wrote_is_migrated_before_the_runner_uses_it(
+    store: Cronbox, session_id: str, mailbox: Mailbox, clock: ManualClock
+) -> None:
+    session_dir = store.session_dir(session_id)
+    path = session_dir / sdb.OUTBOUND
+    path.parent.mkdir(exist_ok=True)
+    with sqlite3.connect(path) as conn:  # as a runner before ``started_at`` left it
+        sdb.outbound_migrations.apply(Database(conn), stop_before="m002_ack_started_at")
+        conn.execute("INSERT INTO processing_ack VALUES ('old', 0, 'processing', 'x', NULL, NULL)")
+    conn.close()
+    chat = store.send_message(session_id, "after the upgrade").id
+
+    assert await mailbox.open() == 1  # the old runner's claim is dropped
+    [row] = await mailbox.claim(clock.now(), 10)
+    await mailbox.settle(clock.now(), [Settlement(row, AckStatus.COMPLETED, reply="done")])
+
+    with sdb.outbound(session_dir, readonly=True) as db:
+        assert sdb.outbound_ready(db)
+        [ack] = sdb.acks_for(db, [chat])
+    assert (ack["status"], ack["started_at"]) == ("completed", fmt(clock.now()))
+    assert store.replies(session_id, chat) == ["done"]
 
 
 async def test_claim_takes_due_rows_oldest_first_and_marks_them_processing(
