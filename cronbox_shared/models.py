@@ -20,6 +20,7 @@ from cronbox_shared.rows import (
     MessageKind,
     MessageStatus,
     MissedPolicy,
+    RowContent,
     RunOutcome,
     preview,
 )
@@ -36,7 +37,7 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class InboundMessage(Record):
+class InboundMessage(Record, RowContent):
     """One row of a session's ``messages_in``."""
 
     id: str
@@ -85,15 +86,6 @@ class InboundMessage(Record):
     isolated: bool = False
     """Runs in a fresh conversation: the model sees none of the session's history, and
     the run adds none to it (its reply still goes to the session)."""
-
-    @property
-    def prompt(self) -> str:
-        return str(self.content.get("prompt") or self.content.get("text") or "")
-
-    @property
-    def script(self) -> str | None:
-        script = self.content.get("script")
-        return str(script) if script else None
 
 
 class OutboundMessage(Record):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 MAX_PROMPT_BYTES = 64 * 1024
 MAX_SCRIPT_BYTES = 64 * 1024
@@ -102,8 +102,28 @@ def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class RowContent:
+    """What an inbox row asks, read from its ``content``: shared by the runner's
+    :class:`InboxRow` and the host's ``InboundMessage``."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        content: dict[str, Any]
+
+    @property
+    def prompt(self) -> str:
+        """A task's prompt, or a message's text."""
+        return str(self.content.get("prompt") or self.content.get("text") or "")
+
+    @property
+    def script(self) -> str | None:
+        """The row's gate script, None when it has none."""
+        script = self.content.get("script")
+        return str(script) if script else None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
-class InboxRow:
+class InboxRow(RowContent):
     """One ``messages_in`` row as a runner claims it: what the agent is asked to do.
 
     The host's own view of the row is :class:`cronbox_shared.models.InboundMessage`
@@ -124,17 +144,7 @@ class InboxRow:
     timezone: str = "UTC"
     series_id: str | None = None
     isolated: bool = False
-    """Runs in a fresh conversation: the model sees none of the session's history, and
-    the run adds none to it (its reply still goes to the session)."""
-
-    @property
-    def prompt(self) -> str:
-        return str(self.content.get("prompt") or self.content.get("text") or "")
-
-    @property
-    def script(self) -> str | None:
-        script = self.content.get("script")
-        return str(script) if script else None
+    """Runs in a fresh conversation (as ``InboundMessage.isolated`` says)."""
 
     @classmethod
     def from_columns(cls, values: dict[str, Any]) -> InboxRow:
