@@ -33,7 +33,8 @@ SEQ_FLOOR = "seq_floor"
 
 OUTBOUND_MIGRATION_SET = "cronbox.outbound"
 OUTBOUND_MIGRATIONS = ("m001_outbound", "m002_ack_started_at", "m003_history")
-"""The names of ``sessiondb.outbound_migrations``, in order (a test holds them equal)."""
+"""The names of ``sessiondb.outbound_migrations``, in order: a new outbound migration's
+name goes here too (a test holds the two equal), so the runner knows a file lacks it."""
 MIGRATIONS_TABLE = "_sqlite_migrations"
 
 # A row a runner may take: not approval-gated, a run the operator asked for (``task run``,

@@ -8,6 +8,10 @@ container; the docker runtime mounts ``inbox/`` read-only), ``outbox/outbound.db
 Both use ``journal_mode=DELETE`` so a reader in another mount namespace sees the pages
 once the writer closes. Seq numbers are even in ``messages_in`` and odd in
 ``messages_out``, so a seq alone names a message in either table.
+
+The statements a runner's wake runs (its claims, acks, replies, state and history) live
+in :mod:`cronbox_shared.outbox`, over plain ``sqlite3``, and are re-exported here; the
+schema and its migrations stay here.
 """
 
 from __future__ import annotations
