@@ -1051,7 +1051,7 @@ def _mtime(path: Path) -> datetime | None:
 def _profile_fields(profile: AgentProfile) -> dict[str, Any]:
     """Every profile field of RunnerSettings, so a host variable never fills one in."""
     defaults = {
-        name: RunnerSettings.model_fields[name].default
+        name: RunnerSettings.default(name)
         for name in ("model", "base_url", "api_key_env", "system", "command")
     }
     return {**defaults, **profile.runner_fields()}
