@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack, contextmanager
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -120,12 +121,13 @@ def seed_demo(store: Cronbox) -> None:
     store.send_message(session.id, "Hello! Is anyone there?")
 
 
-def write_status(
+def status_of(
     store: Cronbox, sweeper: Sweeper, settings: Settings, http: str | None = None,
     stale: list[dict[str, str]] | None = None,
-) -> None:  # fmt: skip
-    """Publish the pool's state for ``cronbox status`` (written atomically)."""
-    status = {
+) -> dict[str, Any]:  # fmt: skip
+    """The pool's state for ``cronbox status``, taken on the event loop: the sweep
+    changes its live runners there, so no other thread may walk them."""
+    return {
         "pid": os.getpid(),
         "updated_at": fmt(store.now()),
         "runtime": settings.runtime,
@@ -150,12 +152,16 @@ def write_status(
         ],
         "stale": stale or [],
     }
-    tmp = store.home / (STATUS + ".tmp")
+
+
+def write_status(home: Path, status: dict[str, Any]) -> None:
+    """Publish the state :func:`status_of` took (written atomically, in a worker thread)."""
+    tmp = home / (STATUS + ".tmp")
     # The status loop's last write may still be running in its thread when shutdown
     # writes the final one: one at a time, so neither renames the other's file away.
     with _STATUS_LOCK:
         tmp.write_text(json.dumps(status, indent=2))
-        tmp.replace(store.home / STATUS)
+        tmp.replace(home / STATUS)
 
 
 async def run_host(
@@ -267,9 +273,8 @@ async def run_host(
                 await sweeper.drain()
                 with anyio.CancelScope(shield=True):
                     await webhook.aclose()
-                    await anyio.to_thread.run_sync(
-                        write_status, store, sweeper, settings, address, stale
-                    )
+                    status = status_of(store, sweeper, settings, address, stale)
+                    await anyio.to_thread.run_sync(write_status, store.home, status)
         # Only now: the HTTP server closed last, as the exit stack unwound.
         log.info("cronbox host stopped")
 
@@ -339,7 +344,8 @@ async def _watch(
              sorted(sweeper.problems.items()), sweeper.engine_down, stale)
         )  # fmt: skip
         if snapshot != last_status:
-            await anyio.to_thread.run_sync(write_status, store, sweeper, settings, address, stale)
+            status = status_of(store, sweeper, settings, address, stale)
+            await anyio.to_thread.run_sync(write_status, store.home, status)
             last_status = snapshot
         if changes is None:
             await anyio.sleep(CHANGE_POLL)
