@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -465,6 +465,19 @@ class SqliteCentral:
         with self._open() as db:
             rows = db.execute(
                 f"SELECT {', '.join(_SESSION_COLS)} FROM sessions {where} ORDER BY created_at, id"
+            ).fetchall()
+        return [_session(r) for r in rows]
+
+    def token_sessions(self, day: str, agents: Collection[str]) -> list[Session]:
+        """Sessions that used tokens on ``day`` or run one of ``agents``, oldest first."""
+        names = sorted(agents)
+        by_agent = f" OR agent IN ({', '.join('?' * len(names))})" if names else ""
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions WHERE id IN "
+                f"(SELECT session_id FROM token_usage WHERE day = ?){by_agent} "
+                "ORDER BY created_at, id",
+                [day, *names],
             ).fetchall()
         return [_session(r) for r in rows]
 
