@@ -30,11 +30,11 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
+from host.api_link import LocalHost, bind, check_bind
 from host.api_process import ApiProcess
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.gateway import Gateways
-from host.http import LocalHost, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
