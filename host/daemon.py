@@ -224,7 +224,6 @@ async def run_host(
                 http_socket = await anyio.to_thread.run_sync(bind, settings)
             http = ApiProcess(local, http_socket, settings)
         address = http.address if http else None
-        await sweeper.recover()
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
             stack.callback(writer.close)
@@ -233,9 +232,13 @@ async def run_host(
             # The API's process is supervised outside the host's task group: it keeps
             # answering (reads, and 503 for writes) while the host drains, and closes last.
             serving = await stack.enter_async_context(anyio.create_task_group())
-            if http is not None:
-                await serving.start(http.run)
-                stack.push_async_callback(_close_http, http, serving)
+            async with anyio.create_task_group() as starting:
+                if http is not None:
+                    stack.push_async_callback(_close_http, http, serving)
+                    # The API's process starts (its imports, on the other core) while
+                    # the host recovers; its socket already queues connections.
+                    starting.start_soon(serving.start, http.run)
+                await sweeper.recover()
             if isinstance(runtime, ProcessRuntime):
                 # So that the first due task does not wait for the template's imports.
                 serving.start_soon(anyio.to_thread.run_sync, runtime.warm)
