@@ -15,8 +15,8 @@ from cronbox_shared.errors import InvalidInput, TaskNotFound, TaskStateError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
-from host.store.central import SqliteCentral
 from host.status import host_status
+from host.store.central import SqliteCentral
 from host.store.records import Session, TaskView, TokenCount
 from host.views import TokensTodayOut
 
