@@ -309,16 +309,11 @@ class Sweeper:
     # --- start-up --------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Re-derive state from the files and adopt or reap runners a previous host left."""
+        """Adopt or reap runners a previous host left, before the first pass; sessions whose
+        files changed after their central view are re-derived by :meth:`rederive_stale`."""
         # Names and agents only: a home of 10,000 sessions builds no 10,000 records here.
         agents = {sid: (name, agent) for sid, name, agent in await read(self.store.session_agents)}
         self._names.update((sid, name) for sid, (name, _) in agents.items())
-        stale = await read(self.store.stale_sessions)
-        for session_id in stale:
-            try:
-                await self.writer(self.store.sync_session, session_id)
-            except Exception:
-                log.exception("session %s: could not re-derive its state", session_id)
         for handle in await self.runtime.list_own(self.store.home):
             session = await self._known(handle.session_id) if handle.session_id in agents else None
             if session is None:
@@ -351,10 +346,27 @@ class Sweeper:
                 # wrote since that host last read its outbox is delivered now, not at
                 # the session's next wake.
                 self.watched[gone.id] = Watched(gone, self.clock.now() + OUTBOX_WATCH)
-        log.info(
-            "%d sessions, %d re-derived from their files, %d runners adopted",
-            len(agents), len(stale), len(self.live),
-        )  # fmt: skip
+        log.info("%d sessions, %d runners adopted", len(agents), len(self.live))
+
+    async def rederive_stale(self) -> list[str]:
+        """Re-derive the sessions whose inbound.db changed after their central view (a host
+        died between the two writes), then wake the loop; returns their ids.
+
+        The host runs this right after it is ready, beside the sweep: finding them reads
+        every session's change counter (10,000 files on a big home), which need not hold
+        up the due work the index already knows of; what a re-derived session has due is
+        served by the pass this wakes.
+        """
+        stale = await read(self.store.stale_sessions)
+        for session_id in stale:
+            try:
+                await self.writer(self.store.sync_session, session_id)
+            except Exception:
+                log.exception("session %s: could not re-derive its state", session_id)
+        if stale:
+            self.wake()
+        log.info("%d sessions re-derived from their files", len(stale))
+        return stale
 
     # --- the loop ----------------------------------------------------------------------
 
