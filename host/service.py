@@ -326,10 +326,17 @@ class Cronbox:
             # Merging a run record again is harmless, losing one is not: the last
             # transaction's records are merged again with this one's.
             carried = tx.carry_runs(done.runs)
+        version = self.files.version(session_id)
+        if (
+            done.series == [] and not (carried or done.runs or done.audit)
+            and version is not None and self.central.inbound_version(session_id) == version
+        ):  # fmt: skip
+            # Nothing was written (a settlement with no news, the common case while a
+            # runner works) and the central view is this very inbox's: no commit.
+            return result
         self.central.apply_view(
-            session_id, view, self.files.version(session_id), now=now,
-            runs=[*carried, *done.runs], audit=done.audit,
-        )  # fmt: skip
+            session_id, view, version, now=now, runs=[*carried, *done.runs], audit=done.audit
+        )
         return result
 
     def record_audit(

@@ -23,6 +23,7 @@ from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime
 from host.service import Cronbox
+from host.store.central import SqliteCentral
 from host.sweep import SweepConfig, Sweeper
 from host.writer import Writer
 
@@ -32,6 +33,34 @@ def run_once(app: Cronbox, clock: ManualClock, session_id: str, message_id: str)
     with sdb.outbound(app.session_dir(session_id)) as db, db.atomic():
         sdb.set_ack(db, message_id, 0, AckStatus.COMPLETED, fmt(clock.now()), None, "ok")
     app.settle_acks(session_id, timedelta(minutes=10))
+
+
+def test_a_settlement_with_no_news_commits_nothing_and_one_after_a_stale_view_repairs_it(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    session = app.create_session("quiet")
+    task = app.schedule_task(session.id, {"prompt": "tick", "recurrence": "@hourly"})
+    clock.set("2026-01-15T09:00:01Z")
+    feed = app.watch_changes()
+    try:
+        run_once(app, clock, session.id, task.id)
+        assert feed.changed()
+        app.settle_acks(session.id, timedelta(minutes=10))  # hands the run journal over
+        feed.changed()
+        for _ in range(3):  # a runner still at work: its outbox holds nothing new
+            app.settle_acks(session.id, timedelta(minutes=10))
+            assert not feed.changed()
+        assert [r.outcome for r in app.runs_for(task.id)] == [RunOutcome.OK]
+
+        # A view another writer left behind this inbox's is brought up to date anyway.
+        with SqliteCentral(app.home).transaction() as db:
+            db.execute("UPDATE sessions SET next_due_at = NULL, inbound_version = -1")
+        app.settle_acks(session.id, timedelta(minutes=10))
+        assert feed.changed()
+        assert app.get_session(session.id).next_due_at == "2026-01-15T10:00:00.000Z"
+        assert app.central.inbound_version(session.id) == app.files.version(session.id)
+    finally:
+        feed.close()
 
 
 def test_pruning_drops_old_finished_rows_but_keeps_each_series_and_the_history(

@@ -409,11 +409,14 @@ def _kill_session_strays(session_dir: Path) -> None:
     their own, so killing the runner's group does not reach them. Never the host's own
     group."""
     own = os.getpgrp()
+    # Every process's environment is read at each runner's exit: the parse is left to
+    # those that name a session at all.
+    marks = (f"{HOME_LABEL}=".encode(), f"{SESSION_DIR_VAR}=".encode())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         pid = int(entry.name)
-        env = _proc_environ(pid)
+        env = _proc_environ(pid, marks)
         if env is None or HOME_LABEL not in env or SESSION_DIR_VAR not in env:
             continue
         if not _same_path(env[SESSION_DIR_VAR], session_dir):
@@ -451,10 +454,13 @@ def _proc_start(pid: int) -> int | None:
     return stat[1] if stat else None
 
 
-def _proc_environ(pid: int) -> dict[str, str] | None:
+def _proc_environ(pid: int, marks: tuple[bytes, ...] = ()) -> dict[str, str] | None:
+    """``pid``'s environment; None when it is gone, unreadable or lacks one of ``marks``."""
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not all(mark in raw for mark in marks):
         return None
     env: dict[str, str] = {}
     for entry in raw.split(b"\0"):

@@ -88,6 +88,10 @@ class CentralRepository(Protocol):
         """(session id, inbox version its view was derived from) for every session."""
         ...
 
+    def inbound_version(self, session_id: str) -> int | None:
+        """The inbox version one session's view was derived from (None: not known)."""
+        ...
+
     def watch(self) -> ChangeFeed:
         """A feed of commits made by other processes."""
         ...

@@ -527,6 +527,13 @@ class SqliteCentral:
             rows = db.execute("SELECT id, inbound_version FROM sessions").fetchall()
         return [(str(r[0]), r[1]) for r in rows]
 
+    def inbound_version(self, session_id: str) -> int | None:
+        with self._open() as db:
+            row = db.execute(
+                "SELECT inbound_version FROM sessions WHERE id = ?", [session_id]
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     # --- the derived view, runs and audit in one transaction ---------------------------
 
     def apply_view(

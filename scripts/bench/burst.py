@@ -15,12 +15,15 @@ idle timeout 1 s) on its copy:
 Per scenario: wall time from the host's start to the last run recorded (the host's own
 ``finished_at``), tasks/s and sessions/s, outcomes, and the peak memory of the host with
 every process under it, sampled twice a second: RSS summed (shared pages counted in
-every process) and PSS summed (shared pages split among the processes mapping them).
+every process) and PSS summed (shared pages split among the processes mapping them);
+and the CPU time of the host with every process under it, which does not depend on what
+else the machine runs at the time (the wall time does).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import tempfile
 import time
@@ -30,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import descendants, host_process, memory_kib, ratio, table
+from _common import cpu_seconds, descendants, host_process, memory_kib, ratio, table
 
 from cronbox_shared.timeutil import parse_utc
 from host.service import Cronbox
@@ -71,6 +74,10 @@ class Result:
     rss_kib: int
     pss_kib: int
     outcomes: dict[str, int]
+    cpu: float
+    """CPU seconds of the host and every process under it (reaped in turn), start to exit."""
+    host_cpu: float
+    """The host's own share of ``cpu`` (all its threads), up to the last run."""
 
 
 def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: float) -> Result:
@@ -81,10 +88,13 @@ def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: flo
     finished: list[datetime] = []
     outcomes: Counter[str] = Counter()
     last_look = 0.0
+    cpu_before = children_cpu()
+    host_cpu = 0.0
     with host_process(env, home / "host.log") as host:
         while pending:
             if time.time() - started > limit:
                 raise TimeoutError(f"{sum(map(len, pending.values()))} tasks still open")
+            host_cpu = cpu_seconds(host.pid) or host_cpu
             mem = [memory_kib(p) for p in [host.pid, *descendants(host.pid)]]
             peak_rss = max(peak_rss, sum(r for r, _ in mem))
             peak_pss = max(peak_pss, sum(p for _, p in mem))
@@ -101,7 +111,12 @@ def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: flo
                         del pending[sid]
             time.sleep(0.5)
     wall = max(finished).timestamp() - started
-    return Result(wall, peak_rss, peak_pss, dict(outcomes))
+    return Result(wall, peak_rss, peak_pss, dict(outcomes), children_cpu() - cpu_before, host_cpu)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -141,12 +156,17 @@ def main() -> None:
     rows = [
         [
             name, f"{r.wall:.1f} s", f"{total / r.wall:.1f}", f"{len(tasks) / r.wall:.2f}",
+            f"{r.cpu:.1f} s", f"{r.host_cpu:.1f} s", f"{r.cpu / total * 1000:.1f} ms",
             f"{r.rss_kib / 1024:,.0f} MiB", f"{r.pss_kib / 1024:,.0f} MiB",
             ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items())),
         ]
         for name, r in results.items()
     ]  # fmt: skip
-    table(["scenario", "wall", "tasks/s", "sessions/s", "peak RSS", "peak PSS", "outcomes"], rows)
+    table(
+        ["scenario", "wall", "tasks/s", "sessions/s", "CPU", "host's", "CPU/task", "peak RSS",
+         "peak PSS", "outcomes"],
+        rows,
+    )  # fmt: skip
     now = results[NOW]
     print(f"\nnow vs before: {ratio(results[BEFORE].wall, now.wall)} the tasks/s (target >= 5x)")
     if NANOCLAW in results:
