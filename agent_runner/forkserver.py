@@ -44,9 +44,14 @@ import anyio.to_thread
 
 # What a runner imports, imported once here so a forked runner finds it loaded (not
 # agent_runner.__main__ itself: ``-m agent_runner`` runs it afresh as ``__main__``).
+# Eagerly, on purpose: a cold runner loads the gate scripts' machinery and the outbound
+# migrations (sqlite-utils) only for a row or a file that needs them, a forked one finds
+# them loaded already.
+import agent_runner.gate
 import agent_runner.mailbox.sqlite
 import agent_runner.providers.echo
 import agent_runner.runner  # noqa: F401
+import cronbox_shared.sessiondb  # noqa: F401
 
 ROOM_VAR = "CRONBOX_TEMPLATE_ROOM"
 ROOM_BYTES = 32 * 1024

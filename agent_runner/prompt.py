@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cronbox_shared.models import InboundMessage, MessageKind
+from cronbox_shared.rows import InboxRow, MessageKind
 
 
 def render_context(timezone: str, local_time: datetime) -> str:
@@ -23,7 +23,7 @@ def render_data(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
-def render_row(message: InboundMessage, *, gated: bool = False, gate_data: Any = None) -> str:
+def render_row(message: InboxRow, *, gated: bool = False, gate_data: Any = None) -> str:
     """One row as the agent reads it.
 
     A chat message is ``[chat from <sender>] <text>``; a task is ``[scheduled task

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from agent_runner.history import ConversationStore, Remember
 from agent_runner.mailbox import SessionState
-from cronbox_shared.models import InboundMessage
-from cronbox_shared.sessiondb import WORKSPACE
+from cronbox_shared.outbox import WORKSPACE
+from cronbox_shared.rows import InboxRow
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class BatchItem:
     contains that data.
     """
 
-    message: InboundMessage
+    message: InboxRow
     text: str
     gated: bool = False
     gate_data: Any = None

@@ -17,23 +17,26 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 
-from agent_runner.gate import GateResult, GateVerdict, run_gate
 from agent_runner.history import Remember
 from agent_runner.mailbox import Mailbox, Settlement, wakes_agent
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.prompt import render_batch, render_context, render_row
 from agent_runner.provider import Batch, BatchItem, Provider, RowOutcome, SessionContext
 from agent_runner.providers import get_provider
-from cronbox_shared import sessiondb as sdb
+from cronbox_shared import outbox as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.environment import gate_environment
-from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, preview
+from cronbox_shared.rows import AckStatus, InboxRow, MessageKind, preview
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, zone
+
+if TYPE_CHECKING:
+    from agent_runner.gate import GateResult
 
 log = logging.getLogger("agent_runner")
 
@@ -41,7 +44,7 @@ log = logging.getLogger("agent_runner")
 # --- pure decisions ----------------------------------------------------------------------
 
 
-def provider_needed(claimed: Sequence[InboundMessage], survivors: Sequence[InboundMessage]) -> bool:
+def provider_needed(claimed: Sequence[InboxRow], survivors: Sequence[InboxRow]) -> bool:
     """Whether the rows left after the gates go to the provider.
 
     They do when one of them wakes the agent. A batch just claimed with no ``trigger=1``
@@ -54,7 +57,7 @@ def provider_needed(claimed: Sequence[InboundMessage], survivors: Sequence[Inbou
     return bool(claimed) and bool(survivors) and not wakes_agent(claimed)
 
 
-def claim_limit(ready: Sequence[InboundMessage], max_batch: int) -> int:
+def claim_limit(ready: Sequence[InboxRow], max_batch: int) -> int:
     """How many rows to claim while ``ready`` rows already wait for the provider.
 
     Ready rows with a trigger row go in the next batch, so claim only what fills it.
@@ -86,8 +89,10 @@ def gate_error(reason: str | None) -> str:
     return reason if reason.startswith("gate script") else f"gate script: {reason}"
 
 
-def settle_gate(message: InboundMessage, result: GateResult) -> Settlement | None:
+def settle_gate(message: InboxRow, result: GateResult) -> Settlement | None:
     """The ack of a row whose gate decided not to wake the agent; None when it does."""
+    from agent_runner.gate import GateVerdict  # loaded with the first gate script
+
     if result.verdict is GateVerdict.WAKE:
         return None
     output = preview(result.output_preview) or None
@@ -96,7 +101,7 @@ def settle_gate(message: InboundMessage, result: GateResult) -> Settlement | Non
     return Settlement(message, AckStatus.FAILED, error=gate_error(result.reason), preview=output)
 
 
-def settle_outcome(message: InboundMessage, outcome: RowOutcome) -> Settlement:
+def settle_outcome(message: InboxRow, outcome: RowOutcome) -> Settlement:
     """The ack of a row the provider handled (or failed to)."""
     if outcome.ok:
         return Settlement(
@@ -192,7 +197,7 @@ class _Runner:
             # Set by a gate that finishes, or by stop, at any point of this pass.
             self._wakeup = anyio.Event()
             await self.mailbox.beat()
-            claimed: list[InboundMessage] = []
+            claimed: list[InboxRow] = []
             limit = claim_limit([item.message for item in self._ready], self.config.max_batch)
             if not stop.is_set() and limit > 0:
                 async with self._writing:
@@ -216,7 +221,7 @@ class _Runner:
             with anyio.move_on_after(wait):
                 await self._wakeup.wait()
 
-    def _take(self, claimed: Sequence[InboundMessage], jobs: TaskGroup) -> None:
+    def _take(self, claimed: Sequence[InboxRow], jobs: TaskGroup) -> None:
         """Start the gate of each gated row; every other row is ready for the provider."""
         for row in claimed:
             if row.kind is MessageKind.TASK and row.script:
@@ -225,7 +230,7 @@ class _Runner:
             else:
                 self._ready.append(BatchItem(row, render_row(row)))
 
-    async def _hand_over(self, claimed: Sequence[InboundMessage]) -> bool:
+    async def _hand_over(self, claimed: Sequence[InboxRow]) -> bool:
         """Give the ready rows to the provider if they need it; True when it was called."""
         rows = [item.message for item in self._ready]
         if provider_needed(claimed, rows):
@@ -244,8 +249,11 @@ class _Runner:
             log.info("%d context row(s) held back for the next trigger row", len(rows))
         return False
 
-    async def _gate(self, row: InboundMessage, script: str) -> None:
+    async def _gate(self, row: InboxRow, script: str) -> None:
         """Run one row's gate beside the loop; settle the row, or make it ready."""
+        # A wake with no gated row never loads the gate scripts' machinery.
+        from agent_runner.gate import run_gate
+
         try:
             async with self._gate_slots:
                 result = await run_gate(

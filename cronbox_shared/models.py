@@ -1,101 +1,43 @@
-"""State enums, size limits and frozen record models shared by host, runner and MCP server."""
+"""Frozen record models shared by host and MCP server, and the state enums and size limits
+of :mod:`cronbox_shared.rows` (re-exported here)."""
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# The vocabulary lives in a module free of pydantic (a runner's wake imports only that);
+# everything in it is this module's too.
+from cronbox_shared.rows import (
+    LIVE_STATUSES,
+    MAX_CHAT_BYTES,
+    MAX_PROMPT_BYTES,
+    MAX_SCRIPT_BYTES,
+    PREVIEW_CHARS,
+    AckStatus,
+    DeliveryStatus,
+    MessageKind,
+    MessageStatus,
+    MissedPolicy,
+    RowContent,
+    RunOutcome,
+    preview,
+)
 from cronbox_shared.timeutil import Instant
 
-MAX_PROMPT_BYTES = 64 * 1024
-MAX_SCRIPT_BYTES = 64 * 1024
-MAX_CHAT_BYTES = 64 * 1024
-PREVIEW_CHARS = 500
-
-
-class MessageKind(StrEnum):
-    CHAT = "chat"
-    TASK = "task"
-    SYSTEM = "system"
-
-
-class MessageStatus(StrEnum):
-    PENDING = "pending"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-    WAITING = "waiting"
-    """A chained task waiting for its parent (its runs are inserted as the parent ends)."""
-    AWAITING_APPROVAL = "awaiting_approval"
-    """An occurrence of an approval-gated task that came due and waits for a person."""
-
-    @property
-    def live(self) -> bool:
-        """Pending, paused, waiting and awaiting rows are live: they may still run."""
-        return self in LIVE_STATUSES
-
-
-LIVE_STATUSES = (
-    MessageStatus.PENDING, MessageStatus.PAUSED, MessageStatus.WAITING,
-    MessageStatus.AWAITING_APPROVAL,
-)  # fmt: skip
-
-
-class AckStatus(StrEnum):
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class MissedPolicy(StrEnum):
-    """What a recurring series does with slots that passed while nothing ran them."""
-
-    LATEST = "latest"
-    """Run once for the latest missed slot (coalesce)."""
-    ALL = "all"
-    """Run each missed slot in order, at most ``catchup_limit``; older ones are missed."""
-    SKIP = "skip"
-    """Record every missed slot ``missed`` and continue at the next slot."""
-
-
-class RunOutcome(StrEnum):
-    OK = "ok"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-    SKIPPED = "skipped"
-    MISSED = "missed"
-    REJECTED = "rejected"
-    """An approval-gated occurrence a person (or its timeout) rejected: it never ran."""
-
-
-class DeliveryStatus(StrEnum):
-    """The host's state of one outbound row on one channel."""
-
-    PENDING = "pending"
-    """Not delivered yet: the channel failed and its next attempt is due later."""
-    DELIVERED = "delivered"
-    APPLIED = "applied"
-    """An agent action the host applied to the inbox."""
-    REJECTED = "rejected"
-    """An invalid row; the agent was told why."""
-    FAILED = "failed"
-    """The channel gave up after its last attempt."""
-
-    @property
-    def final(self) -> bool:
-        return self is not DeliveryStatus.PENDING
+__all__ = [
+    "LIVE_STATUSES", "MAX_CHAT_BYTES", "MAX_PROMPT_BYTES", "MAX_SCRIPT_BYTES", "PREVIEW_CHARS",
+    "Ack", "AckStatus", "DeliveryStatus", "InboundMessage", "MessageKind", "MessageStatus",
+    "MissedPolicy", "OutboundMessage", "Record", "RunOutcome", "preview",
+]  # fmt: skip
 
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class InboundMessage(Record):
+class InboundMessage(Record, RowContent):
     """One row of a session's ``messages_in``."""
 
     id: str
@@ -145,15 +87,6 @@ class InboundMessage(Record):
     """Runs in a fresh conversation: the model sees none of the session's history, and
     the run adds none to it (its reply still goes to the session)."""
 
-    @property
-    def prompt(self) -> str:
-        return str(self.content.get("prompt") or self.content.get("text") or "")
-
-    @property
-    def script(self) -> str | None:
-        script = self.content.get("script")
-        return str(script) if script else None
-
 
 class OutboundMessage(Record):
     """One row of a session's ``messages_out``."""
@@ -176,10 +109,3 @@ class Ack(Record):
     error: str | None
     output_preview: str | None
     started_at: str | None = None
-
-
-def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
-    """Shorten ``text`` for run history and tables."""
-    if text is None:
-        return None
-    return text if len(text) <= limit else text[: limit - 1] + "…"

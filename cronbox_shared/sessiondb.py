@@ -8,6 +8,10 @@ container; the docker runtime mounts ``inbox/`` read-only), ``outbox/outbound.db
 Both use ``journal_mode=DELETE`` so a reader in another mount namespace sees the pages
 once the writer closes. Seq numbers are even in ``messages_in`` and odd in
 ``messages_out``, so a seq alone names a message in either table.
+
+The statements a runner's wake runs (its claims, acks, replies, state and history) live
+in :mod:`cronbox_shared.outbox`, over plain ``sqlite3``, and are re-exported here; the
+schema and its migrations stay here.
 """
 
 from __future__ import annotations
@@ -31,18 +35,39 @@ from cronbox_shared.errors import OutboxUnreadable, Rejected
 from cronbox_shared.models import (
     MAX_CHAT_BYTES,
     Ack,
-    AckStatus,
     DeliveryStatus,
     InboundMessage,
     MessageKind,
     MessageStatus,
     OutboundMessage,
 )
+
+# Everything a runner needs of a session's files lives in cronbox_shared.outbox (plain
+# sqlite3, so a runner's wake imports no sqlite-utils); it is this module's too.
+from cronbox_shared.outbox import APPROVED as APPROVED
+from cronbox_shared.outbox import BUSY_TIMEOUT_MS as BUSY_TIMEOUT_MS
+from cronbox_shared.outbox import HEARTBEAT as HEARTBEAT
+from cronbox_shared.outbox import INBOUND as INBOUND
+from cronbox_shared.outbox import INBOX as INBOX
+from cronbox_shared.outbox import OUTBOUND as OUTBOUND
+from cronbox_shared.outbox import OUTBOX as OUTBOX
+from cronbox_shared.outbox import SEQ_FLOOR as SEQ_FLOOR
+from cronbox_shared.outbox import WORKSPACE as WORKSPACE
+from cronbox_shared.outbox import add_history as add_history
+from cronbox_shared.outbox import claimable as claimable
+from cronbox_shared.outbox import clear_processing_acks as clear_processing_acks
+from cronbox_shared.outbox import connect as connect
+from cronbox_shared.outbox import delete_ack as delete_ack
+from cronbox_shared.outbox import forget_history as forget_history
+from cronbox_shared.outbox import get_state as get_state
+from cronbox_shared.outbox import history as history
+from cronbox_shared.outbox import insert_outbound as _insert_outbound
+from cronbox_shared.outbox import next_due_after as next_due_after
+from cronbox_shared.outbox import set_ack as set_ack
+from cronbox_shared.outbox import set_state as set_state
+from cronbox_shared.outbox import trigger_waiting as trigger_waiting
 from cronbox_shared.timeutil import Instant
 
-INBOX = "inbox"
-OUTBOX = "outbox"
-WORKSPACE = "workspace"
 GATEWAY = "gateway"
 """The directory of the session's model gateway socket (host/gateway.py)."""
 GATEWAY_SOCKET = "model.sock"
@@ -51,16 +76,9 @@ GATEWAY_ROWS_HEADER = "x-cronbox-rows"
 the gateway charges the call's tokens to their runs. Never forwarded to the vendor."""
 GATEWAY_ERROR_TYPE = "gateway_error"
 """The ``error.type`` of a call the gateway refused itself (its message is the reason)."""
-# Paths relative to a session directory.
-INBOUND = f"{INBOX}/inbound.db"
-OUTBOUND = f"{OUTBOX}/outbound.db"
-HEARTBEAT = f"{OUTBOX}/.heartbeat"
-BUSY_TIMEOUT_MS = 10_000
 # A read-only reader of an untrusted outbox waits this long for its writer's lock, then
 # gives up for this pass: a lock held by one runner must never stall the host's sweep.
 OUTBOX_BUSY_MS = 50
-# The session_state key that keeps a reset outbox's seqs above its predecessor's.
-SEQ_FLOOR = "seq_floor"
 # A cronbox home holds each session at ``sessions/<id>``, and the host's ``doorbell/``:
 # a process outside the session's runner (an MCP server run by hand) that writes to an
 # outbox leaves an empty file named by the session id there, so a running host takes the
@@ -69,16 +87,6 @@ SESSIONS = "sessions"
 DOORBELL = "doorbell"
 
 _DbT = TypeVar("_DbT", bound=Database)
-
-# A row a runner may take: not approval-gated, a run the operator asked for (``task run``,
-# a backfill; a chained run is not one), or approved for this very occurrence (the
-# decision names the occurrence, so a series' next occurrence asks again).
-APPROVED = (
-    "(approval = 0 OR (json_extract(content, '$.manual') IS NOT NULL "
-    "AND json_extract(content, '$.chain') IS NULL) "
-    "OR coalesce(json_extract(approval_state, '$.occurrence') = (id) "
-    "AND json_extract(approval_state, '$.decision') = 'approved', 0))"
-)
 
 inbound_migrations = Migrations("cronbox.inbound")
 outbound_migrations = Migrations("cronbox.outbound")
@@ -533,16 +541,6 @@ def migrate_layout(session_dir: Path) -> bool:
     return True
 
 
-def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    else:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute("PRAGMA journal_mode=DELETE")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    return conn
-
-
 def _rolled_back(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
     """``conn`` (read-only), or a fresh one once the hot journal a writer killed mid-write
     left beside ``inbound.db`` is rolled back.
@@ -561,12 +559,12 @@ def _rolled_back(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
         if not os.access(path, os.W_OK):
             return conn
     conn.close()
-    healer = _connect(path, readonly=False)
+    healer = connect(path, readonly=False)
     try:
         healer.execute("PRAGMA schema_version").fetchone()
     finally:
         healer.close()
-    return _connect(path, readonly=True)
+    return connect(path, readonly=True)
 
 
 class InboundDb(Database):
@@ -585,7 +583,7 @@ def open_db(kind: type[_DbT], path: Path, migrations: Migrations, readonly: bool
     """
     if not readonly:
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _connect(path, readonly)
+    conn = connect(path, readonly)
     if readonly and kind is InboundDb:
         conn = _rolled_back(conn, path)
     try:
@@ -1023,20 +1021,7 @@ def insert_outbound(
 ) -> int:
     """Append to ``messages_out`` with the next odd seq; returns the seq."""
     with db.atomic():
-        # After ``cronbox session reset`` the new file carries the old one's last seq, so
-        # seqs keep growing across files and the host takes the new rows in.
-        (max_seq,) = db.execute(
-            "SELECT max(coalesce((SELECT max(seq) FROM messages_out), -1), "
-            "coalesce((SELECT CAST(value AS INTEGER) FROM session_state "
-            f"WHERE key = '{SEQ_FLOOR}'), -1))"
-        ).fetchone()
-        seq = int(max_seq) + 2
-        db.execute(
-            "INSERT INTO messages_out (id, seq, kind, created_at, in_reply_to, content) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [message_id, seq, kind.value, created_at, in_reply_to, json.dumps(content)],
-        )
-    return seq
+        return _insert_outbound(db, message_id, kind, content, created_at, in_reply_to)
 
 
 def fresh_outbox(session_dir: Path, seq_floor: int) -> None:
@@ -1086,32 +1071,6 @@ def outbound_by_seqs(db: OutboundDb, seqs: Sequence[int]) -> list[dict[str, Any]
     return _raw_rows(db, f"{_OUT_SELECT} WHERE seq IN ({marks}) ORDER BY seq", seqs)
 
 
-def set_ack(
-    db: OutboundDb,
-    message_id: str,
-    attempt: int,
-    status: AckStatus,
-    at: Instant,
-    error: str | None = None,
-    output_preview: str | None = None,
-) -> None:
-    """Record the container's state for one attempt at an inbound row.
-
-    The attempt's ``started_at`` is the time of its first ack and is kept when the ack
-    later becomes ``completed`` or ``failed``, so the host learns when work started even
-    if it never saw the ``processing`` state.
-    """
-    db.execute(
-        "INSERT INTO processing_ack (message_id, attempt, status, updated_at, error, "
-        "output_preview, started_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (message_id, attempt) DO UPDATE "
-        "SET status = excluded.status, updated_at = excluded.updated_at, "
-        "error = excluded.error, output_preview = excluded.output_preview, "
-        "started_at = coalesce(processing_ack.started_at, excluded.started_at)",
-        [message_id, attempt, status.value, at, error, output_preview, at],
-    )
-
-
 def acks_for(db: OutboundDb, message_ids: Sequence[str]) -> list[dict[str, Any]]:
     """Raw ack rows for the given inbound ids (untrusted; the host validates)."""
     if not message_ids:
@@ -1122,87 +1081,6 @@ def acks_for(db: OutboundDb, message_ids: Sequence[str]) -> list[dict[str, Any]]
         "SELECT message_id, attempt, status, updated_at, error, output_preview, started_at "
         f"FROM processing_ack WHERE message_id IN ({marks})",
         message_ids,
-    )
-
-
-def clear_processing_acks(db: OutboundDb) -> int:
-    """Drop this container's stale ``processing`` acks (at runner start)."""
-    cur = db.execute("DELETE FROM processing_ack WHERE status = 'processing'")
-    return cur.rowcount
-
-
-# A row of the attached inbox that is due and has no ack for its current try (and, for
-# an approval-gated task, was approved: the host gates it before any runner sees it).
-_DUE_UNACKED = (
-    "m.status = 'pending' AND (m.process_after IS NULL OR m.process_after <= ?) "
-    f"AND {APPROVED.replace('approval', 'm.approval').replace('(id)', '(m.id)')} "
-    "AND NOT EXISTS (SELECT 1 FROM processing_ack a WHERE a.message_id = m.id "
-    "AND a.attempt = m.tries)"
-)
-
-
-def claimable(db: OutboundDb, inbound_path: Path, now: Instant, limit: int) -> list[InboundMessage]:
-    """Due pending rows of the attached inbound DB that have no ack for their current try.
-
-    The ack filter is applied before the limit so claimed rows never hide new work.
-    """
-    _attach_inbound(db, inbound_path)
-    cols = ", ".join(f"m.{c.strip()}" for c in _IN_COLUMNS.split(","))
-    rows = db.execute(
-        f"SELECT {cols} FROM inb.messages_in m WHERE {_DUE_UNACKED} "
-        "ORDER BY coalesce(m.process_after, m.created_at), m.seq LIMIT ?",
-        [now, limit],
-    ).fetchall()
-    return [_row_to_inbound(r) for r in rows]
-
-
-def get_state(db: OutboundDb, key: str) -> str | None:
-    """A value from the container's key/value store."""
-    row = db.execute("SELECT value FROM session_state WHERE key = ?", [key]).fetchone()
-    return str(row[0]) if row else None
-
-
-def set_state(db: OutboundDb, key: str, value: str) -> None:
-    """Set a value in the container's key/value store."""
-    db.execute(
-        "INSERT INTO session_state (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )
-
-
-def history(db: OutboundDb, dialect: str) -> list[tuple[int, list[Any]]]:
-    """The stored exchanges of ``dialect``, oldest first, as (id, messages); a row whose
-    messages are not a JSON list is left out."""
-    rows = db.execute(
-        "SELECT id, messages FROM history WHERE dialect = ? ORDER BY id", [dialect]
-    ).fetchall()
-    kept = []
-    for row_id, text in rows:
-        try:
-            messages = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(messages, list) and messages:
-            kept.append((int(row_id), messages))
-    return kept
-
-
-def add_history(db: OutboundDb, dialect: str, at: Instant, messages: Sequence[Any]) -> int:
-    """Store one exchange; returns its id."""
-    cursor = db.execute(
-        "INSERT INTO history (dialect, created_at, messages) VALUES (?, ?, ?)",
-        [dialect, at, json.dumps(list(messages), ensure_ascii=False)],
-    )
-    return int(cursor.lastrowid or 0)
-
-
-def forget_history(db: OutboundDb, dialect: str, keep_from: int | None) -> None:
-    """Drop the exchanges of other dialects and those of ``dialect`` older than
-    ``keep_from`` (every one when None)."""
-    db.execute(
-        "DELETE FROM history WHERE dialect != ? OR id < ?",
-        [dialect, keep_from if keep_from is not None else 2**62],
     )
 
 
@@ -1236,38 +1114,6 @@ def chat_text(message: OutboundMessage) -> str:
     if size > MAX_CHAT_BYTES:
         raise Rejected(f"a chat reply is over {MAX_CHAT_BYTES // 1024} KiB")
     return text
-
-
-def _attach_inbound(db: OutboundDb, inbound_path: Path) -> None:
-    attached = {r[1] for r in db.execute("PRAGMA database_list")}
-    if "inb" not in attached:
-        db.execute("ATTACH DATABASE ? AS inb", [f"file:{inbound_path}?mode=ro"])
-
-
-def next_due_after(db: OutboundDb, inbound_path: Path, now: Instant) -> Instant | None:
-    """The earliest ``process_after`` of a pending row of the attached inbound DB that is
-    later than ``now``; None when no pending row waits for a time."""
-    _attach_inbound(db, inbound_path)
-    row = db.execute(
-        "SELECT min(m.process_after) FROM inb.messages_in m "
-        "WHERE m.status = 'pending' AND m.process_after > ?",
-        [now],
-    ).fetchone()
-    return str(row[0]) if row and row[0] else None
-
-
-def trigger_waiting(db: OutboundDb, inbound_path: Path, now: Instant) -> bool:
-    """Whether a due, unacked ``trigger=1`` row waits in the attached inbound DB.
-
-    The runner asks this when a full batch holds only context rows: the row that
-    should wake the agent may sit behind them, past the batch limit.
-    """
-    _attach_inbound(db, inbound_path)
-    row = db.execute(
-        f'SELECT 1 FROM inb.messages_in m WHERE m."trigger" = 1 AND {_DUE_UNACKED} LIMIT 1',
-        [now],
-    ).fetchone()
-    return row is not None
 
 
 def recent_rows(db: InboundDb, now: Instant, limit: int) -> list[InboundMessage]:
@@ -1312,13 +1158,6 @@ def all_rows(db: InboundDb) -> list[InboundMessage]:
     """Every ``messages_in`` row, oldest first."""
     rows = db.execute(f"SELECT {_IN_COLUMNS} FROM messages_in ORDER BY seq").fetchall()
     return [_row_to_inbound(r) for r in rows]
-
-
-def delete_ack(db: OutboundDb, message_id: str, attempt: int) -> None:
-    """Forget the container's ack of one attempt, so the row is claimable again."""
-    db.execute(
-        "DELETE FROM processing_ack WHERE message_id = ? AND attempt = ?", [message_id, attempt]
-    )
 
 
 def outbound_ready(db: OutboundDb) -> bool:

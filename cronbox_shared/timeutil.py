@@ -11,10 +11,8 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from pydantic import AfterValidator
 
 from cronbox_shared.errors import InvalidTime, InvalidTimezone
 
@@ -82,7 +80,17 @@ def _canonical(text: str) -> str:
     return text
 
 
-Instant = Annotated[str, AfterValidator(_canonical)]
+class _Canonical:
+    """Pydantic metadata checking the stored spelling; pydantic is imported only when a
+    model using it is built, so a runner that reads these values imports none of it."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(_canonical, handler(source))
+
+
+Instant = Annotated[str, _Canonical()]
 """An instant as stored and passed between modules: ``2026-03-09T13:00:00.000Z``.
 
 String order is time order; pydantic records reject any other spelling."""

@@ -440,7 +440,9 @@ class Sweeper:
         """One pass: tend live runners, then wake sessions with due work.
 
         Due work for which a slot is free starts first: tending reads every live
-        runner's outbox, and a start that waited for it would be late by that much.
+        runner's outbox, and a start that waited for it would be late by that much. A
+        session whose outbox holds what was not taken in yet (a runner that just exited,
+        an MCP server run by hand) starts after it is, as before.
         """
         await self._check_sick()
         tend = list(self.live)
@@ -483,6 +485,8 @@ class Sweeper:
                 )  # fmt: skip
                 await self._beside(partial(self._stop, runner))
         for session_id in plan.start:
+            if not evict and session_id in self.watched and not await self._outbox_read(session_id):
+                continue  # what its outbox holds (a pause, say) is applied first, after tending
             try:
                 await self._start(session_id)
             except Exception as exc:
@@ -998,6 +1002,14 @@ class Sweeper:
                 self._outbox_seen.pop(session.id, None)  # more to read next pass
         await self.delivery.retry_due(session)
 
+    async def _outbox_read(self, session_id: str) -> bool:
+        """Whether everything in the session's outbox was taken in already."""
+        try:
+            counter = await read(self._outbox_counter, session_id)
+        except OSError:
+            return False
+        return counter is not None and self._outbox_seen.get(session_id) == counter
+
     def _outbox_counter(self, session_id: str) -> int | None:
         """The outbox's change counter, after the checks every read makes (so a link is
         reported, not followed to another session's file)."""
@@ -1051,7 +1063,7 @@ def _mtime(path: Path) -> datetime | None:
 def _profile_fields(profile: AgentProfile) -> dict[str, Any]:
     """Every profile field of RunnerSettings, so a host variable never fills one in."""
     defaults = {
-        name: RunnerSettings.model_fields[name].default
+        name: RunnerSettings.default(name)
         for name in ("model", "base_url", "api_key_env", "system", "command")
     }
     return {**defaults, **profile.runner_fields()}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import ToolConfigError
-from cronbox_shared.sessiondb import INBOUND
+from cronbox_shared.outbox import INBOUND
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, SystemClock
 
@@ -32,8 +32,9 @@ class ToolConfig:
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
-    def from_settings(cls, settings: RunnerSettings) -> ToolConfig:
-        """The tools' view of the runner's settings.
+    def from_settings(cls, settings: RunnerSettings, *, zone_told: bool) -> ToolConfig:
+        """The tools' view of the runner's settings; ``zone_told``: whether the runner
+        was told its zone (``CRONBOX_TIMEZONE``) rather than left with the default.
 
         Raises ToolConfigError when the session directory holds no inbound.db: the tools
         read it, so without it they could only fail later, one call at a time.
@@ -44,10 +45,9 @@ class ToolConfig:
                 f"{INBOUND}; point it at a cronbox session directory"
             )
         # A zone the runner was not told is left to the session's inbox, never taken as UTC.
-        told = "timezone" in settings.model_fields_set
         return cls(
             session_dir=settings.session_dir,
-            timezone=settings.timezone if told else None,
+            timezone=settings.timezone if zone_told else None,
             min_interval=timedelta(seconds=settings.min_interval),
             max_tasks=settings.max_tasks,
         )
@@ -59,4 +59,5 @@ class ToolConfig:
         Raises RunnerConfigError (or ToolConfigError) naming the variable and its value.
         """
         env = os.environ if environ is None else environ
-        return cls.from_settings(RunnerSettings.from_env(env))
+        told = bool(env.get(RunnerSettings.env_name("timezone"), "").strip())
+        return cls.from_settings(RunnerSettings.from_env(env), zone_told=told)

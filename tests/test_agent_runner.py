@@ -6,6 +6,7 @@ in-process (or as ``python -m agent_runner``) against those files alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -34,7 +35,8 @@ from agent_runner.providers.failing import FAIL_MESSAGE
 from agent_runner.runner import claim_limit, provider_needed, run_runner
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import InvalidInput
-from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import AckStatus, InboundMessage, MessageKind
+from cronbox_shared.rows import InboxRow
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import Clock, ManualClock, SystemClock
 from host.service import Cronbox
@@ -88,7 +90,7 @@ def config_for(store: Cronbox, session_id: str, **overrides: Any) -> RunnerSetti
     base = RunnerSettings(
         session_dir=store.session_dir(session_id), idle_timeout=0.5, poll_interval=0.05
     )
-    return base.model_copy(update=overrides)
+    return dataclasses.replace(base, **overrides)
 
 
 async def run(config: RunnerSettings, clock: Clock | None = None, **kwargs: Any) -> int:
@@ -648,10 +650,10 @@ async def test_stop_lets_a_running_gate_finish_and_its_row_be_answered(
 # --- pure parts ------------------------------------------------------------------------
 
 
-def message(kind: MessageKind, content: dict[str, Any], trigger: int = 1) -> InboundMessage:
-    return InboundMessage(
+def message(kind: MessageKind, content: dict[str, Any], trigger: int = 1) -> InboxRow:
+    return InboxRow(
         id=f"{kind.value}-1", seq=2, kind=kind, created_at="2026-01-15T08:00:00.000Z",
-        status=MessageStatus.PENDING, process_after=None, scheduled_for=None,
+        process_after=None, scheduled_for=None,
         recurrence=None, timezone="UTC", series_id="series-1" if kind is MessageKind.TASK
         else None, tries=0, trigger=trigger, content=content,
     )  # fmt: skip
@@ -679,7 +681,7 @@ def test_context_line_names_zone_local_time_and_weekday() -> None:
          "[note from cronbox] fyi"),
     ],
 )  # fmt: skip
-def test_render_row(row: InboundMessage, gate: Any, expected: str) -> None:
+def test_render_row(row: InboxRow, gate: Any, expected: str) -> None:
     if gate is None:
         assert render_row(row) == expected
     else:
@@ -708,7 +710,7 @@ NOTE = message(MessageKind.SYSTEM, {"text": "y"}, trigger=0)
     ],
 )
 def test_provider_needed(
-    claimed: list[InboundMessage], survivors: list[InboundMessage], expected: bool
+    claimed: list[InboxRow], survivors: list[InboxRow], expected: bool
 ) -> None:
     assert provider_needed(claimed, survivors) is expected
 
@@ -721,7 +723,7 @@ def test_provider_needed(
         ([NOTE, NOTE], 10),  # held context rows must not make fresh context look full
     ],
 )
-def test_claim_limit(ready: list[InboundMessage], expected: int) -> None:
+def test_claim_limit(ready: list[InboxRow], expected: int) -> None:
     assert claim_limit(ready, 10) == expected
 
 

@@ -41,12 +41,12 @@ def anyio_backend() -> str:
 
 
 def settings_for(session_dir: Path, **extra: str) -> RunnerSettings:
-    values = {
+    values: dict[str, Any] = {
         "session_dir": session_dir, "provider": "claude-code", "model": "claude-sonnet-4-5",
         "system": "You schedule things.", "max_turns": 5, "secret_names": ("GITHUB_TOKEN",),
         "allowed_tools": ("Read", "Bash(git status)"), **extra,
     }  # fmt: skip
-    return RunnerSettings.model_validate(values)
+    return RunnerSettings(**values)
 
 
 def test_the_options_carry_the_sessions_mcp_server_its_tools_prompt_limits_and_resume(

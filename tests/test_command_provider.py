@@ -15,7 +15,8 @@ from agent_runner.prompt import render_row
 from agent_runner.provider import Batch, BatchItem, RowOutcome, SessionContext
 from agent_runner.providers.command import CommandProvider
 from cronbox_shared.errors import ProviderError, RunnerConfigError
-from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import MessageKind
+from cronbox_shared.rows import InboxRow
 from cronbox_shared.settings import RunnerSettings
 from host.service import Cronbox
 from tests.hosting import make_settings, replies_to, running_host, wait_for
@@ -28,16 +29,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def row(n: int, trigger: int = 1) -> InboundMessage:
-    return InboundMessage(
+def row(n: int, trigger: int = 1) -> InboxRow:
+    return InboxRow(
         id=f"chat-{n}", seq=2 * n, kind=MessageKind.CHAT, created_at="2026-01-15T08:00:00.000Z",
-        status=MessageStatus.PENDING, process_after=None, scheduled_for=None, recurrence=None,
+        process_after=None, scheduled_for=None, recurrence=None,
         timezone="UTC", series_id=None, tries=0, trigger=trigger,
         content={"text": f"message {n}", "sender": "ana"},
     )  # fmt: skip
 
 
-def batch_in(session_dir: Path, *rows: InboundMessage) -> Batch:
+def batch_in(session_dir: Path, *rows: InboxRow) -> Batch:
     (session_dir / "workspace").mkdir(exist_ok=True)
     local = datetime(2026, 1, 15, 9, 0, tzinfo=ZoneInfo("UTC"))
     items = tuple(BatchItem(r, render_row(r)) for r in rows)

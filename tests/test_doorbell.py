@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import MessageKind
+from cronbox_shared.models import MessageKind, MessageStatus
 from cronbox_shared.timeutil import fmt
 from host.service import Cronbox
 from tests.hosting import make_settings, running_host, wait_for
@@ -107,3 +107,38 @@ async def test_a_ring_for_a_live_runner_leaves_it_to_the_live_tending(tmp_path: 
         sweeper.rang([session])
         assert session.id not in sweeper.watched
         await wait_for(lambda: [t.series_id for t in store.list_tasks()] == ["rung"], 20)
+
+
+async def test_due_work_starts_only_after_what_its_outbox_holds_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass starts due work before it tends the live runners, but not a session whose
+    outbox holds requests not taken in yet: a pause written by hand wins over the run."""
+    settings = make_settings(tmp_path / "home", idle_timeout=3600.0)
+    store = Cronbox.from_settings(settings)
+    other, held = store.create_session("other"), store.create_session("held")
+    store.send_message(other.id, "stay a while")
+    async with running_host(settings) as sweeper:
+        await wait_for(lambda: other.id in sweeper.live)  # so due work starts before tending
+        # Hold the sweep while the task comes due and its pause waits in the outbox.
+        entered, release, tick = anyio.Event(), anyio.Event(), sweeper.tick
+
+        async def held_back() -> None:
+            entered.set()
+            await release.wait()
+            await tick()
+
+        monkeypatch.setattr(sweeper, "tick", held_back)
+        sweeper.wake()
+        with anyio.fail_after(SUBPROCESS_GUARD):
+            await entered.wait()
+        task = store.schedule_task(held.id, {"taskId": "now", "prompt": "p", "processAfter": "now"})
+        pause = {"action": "pause_task", "taskId": task.id}
+        with sdb.outbound(store.session_dir(held.id)) as db:
+            sdb.insert_outbound(db, "pause-it", MessageKind.SYSTEM, pause, fmt(store.now()))
+        sweeper.rang([held])
+        monkeypatch.setattr(sweeper, "tick", tick)
+        release.set()
+        await wait_for(lambda: store.get_task(task.id).status is MessageStatus.PAUSED, 20)
+        assert held.id not in {start.session_id for start in sweeper.starts}
+        assert store.runs_for(task.id) == []

@@ -13,7 +13,8 @@ from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.provider import BatchItem
 from agent_runner.runner import next_batch
 from cronbox_shared import sessiondb as sdb
-from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import MessageKind
+from cronbox_shared.rows import InboxRow
 from cronbox_shared.timeutil import ManualClock
 from host.service import Cronbox
 
@@ -148,9 +149,9 @@ async def test_a_history_row_that_is_not_a_message_list_is_left_out(
 
 
 def item(name: str, *, trigger: int = 1, isolated: bool = False) -> BatchItem:
-    row = InboundMessage(
+    row = InboxRow(
         id=name, seq=2, kind=MessageKind.TASK, created_at="2026-01-15T09:00:00.000Z",
-        status=MessageStatus.PENDING, process_after=None, scheduled_for=None, recurrence=None,
+        process_after=None, scheduled_for=None, recurrence=None,
         timezone="UTC", series_id=name, tries=0, trigger=trigger, content={"prompt": name},
         isolated=isolated,
     )  # fmt: skip

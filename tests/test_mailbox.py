@@ -3,21 +3,25 @@ runner that reaches its session through nothing else."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
+from sqlite_utils import Database
 
 from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Mailbox, Settlement
 from agent_runner.mailbox.sqlite import SqliteMailbox
 from agent_runner.runner import run_runner
+from cronbox_shared import outbox
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
-from cronbox_shared.models import AckStatus, InboundMessage, MessageKind, MessageStatus
+from cronbox_shared.models import AckStatus, MessageKind
+from cronbox_shared.rows import InboxRow
 from cronbox_shared.settings import RunnerSettings
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.service import Cronbox
@@ -72,6 +76,37 @@ async def test_open_clears_only_the_claims_an_earlier_runner_left(
     assert (first.id, second.id) == (stale, done)
     assert await SqliteMailbox(store.session_dir(session_id)).open() == 1
     assert acks(store, session_id, stale, done) == {done: "completed"}
+
+
+def test_the_runners_list_of_outbound_migrations_is_the_migrations_themselves() -> None:
+    with sqlite3.connect(":memory:") as conn:
+        pending = sdb.outbound_migrations.pending(Database(conn))
+    # A new outbound migration's name goes into outbox.OUTBOUND_MIGRATIONS too, or the
+    # runner would take a file that lacks it for migrated.
+    assert tuple(m.name for m in pending) == outbox.OUTBOUND_MIGRATIONS
+
+
+async def test_an_outbox_an_older_runner_wrote_is_migrated_before_the_runner_uses_it(
+    store: Cronbox, session_id: str, mailbox: Mailbox, clock: ManualClock
+) -> None:
+    session_dir = store.session_dir(session_id)
+    path = session_dir / sdb.OUTBOUND
+    path.parent.mkdir(exist_ok=True)
+    with sqlite3.connect(path) as conn:  # as a runner before ``started_at`` left it
+        sdb.outbound_migrations.apply(Database(conn), stop_before="m002_ack_started_at")
+        conn.execute("INSERT INTO processing_ack VALUES ('old', 0, 'processing', 'x', NULL, NULL)")
+    conn.close()
+    chat = store.send_message(session_id, "after the upgrade").id
+
+    assert await mailbox.open() == 1  # the old runner's claim is dropped
+    [row] = await mailbox.claim(clock.now(), 10)
+    await mailbox.settle(clock.now(), [Settlement(row, AckStatus.COMPLETED, reply="done")])
+
+    with sdb.outbound(session_dir, readonly=True) as db:
+        assert sdb.outbound_ready(db)
+        [ack] = sdb.acks_for(db, [chat])
+    assert (ack["status"], ack["started_at"]) == ("completed", fmt(clock.now()))
+    assert store.replies(session_id, chat) == ["done"]
 
 
 async def test_claim_takes_due_rows_oldest_first_and_marks_them_processing(
@@ -173,7 +208,7 @@ async def test_beat_touches_the_heartbeat_the_host_reads(
 class MemoryMailbox:
     """A mailbox that is nothing but Python lists: no file, no SQL."""
 
-    def __init__(self, rows: Sequence[InboundMessage]) -> None:
+    def __init__(self, rows: Sequence[InboxRow]) -> None:
         self.rows = list(rows)
         self.settled: list[Settlement] = []
         self.beats = 0
@@ -186,7 +221,7 @@ class MemoryMailbox:
     async def beat(self) -> None:
         self.beats += 1
 
-    async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
+    async def claim(self, now: datetime, limit: int) -> list[InboxRow]:
         claimed, self.rows = self.rows[:limit], self.rows[limit:]
         return claimed
 
@@ -200,7 +235,7 @@ class MemoryMailbox:
     async def load_history(self, dialect: str) -> list[Exchange]:
         return [e for e in self.history if e.dialect == dialect]
 
-    async def release(self, rows: Sequence[InboundMessage]) -> None:
+    async def release(self, rows: Sequence[InboxRow]) -> None:
         self.rows[:0] = rows
 
     async def next_due(self, now: datetime) -> datetime | None:
@@ -217,9 +252,9 @@ class MemoryMailbox:
 
 
 async def test_the_runner_reaches_its_session_only_through_its_mailbox(tmp_path: Path) -> None:
-    row = InboundMessage(
+    row = InboxRow(
         id="chat-1", seq=2, kind=MessageKind.CHAT, created_at="2026-01-15T09:00:00.000Z",
-        status=MessageStatus.PENDING, process_after=None, scheduled_for=None, recurrence=None,
+        process_after=None, scheduled_for=None, recurrence=None,
         timezone="UTC", series_id=None, tries=0, trigger=1, content={"text": "ping"},
     )  # fmt: skip
     mailbox = MemoryMailbox([row])

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from agent_runner.history import ConversationStore, Remember
 from cronbox_shared.changes import ChangeWatch
-from cronbox_shared.models import AckStatus, InboundMessage
+from cronbox_shared.rows import AckStatus, InboxRow
 
 __all__ = ["Mailbox", "SessionState", "Settlement", "wakes_agent"]
 
@@ -25,14 +25,14 @@ __all__ = ["Mailbox", "SessionState", "Settlement", "wakes_agent"]
 class Settlement:
     """The final ack of one row, and the chat reply to write with it (if any)."""
 
-    message: InboundMessage
+    message: InboxRow
     status: AckStatus
     error: str | None = None
     preview: str | None = None
     reply: str | None = None
 
 
-def wakes_agent(rows: Sequence[InboundMessage]) -> bool:
+def wakes_agent(rows: Sequence[InboxRow]) -> bool:
     """A claimed batch is worth waking the agent for when it holds a ``trigger=1`` row."""
     return any(row.trigger for row in rows)
 
@@ -79,7 +79,7 @@ class Mailbox(SessionState, ConversationStore, Protocol):
         """
         ...
 
-    async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
+    async def claim(self, now: datetime, limit: int) -> list[InboxRow]:
         """Claim the next batch due at ``now``: at most ``limit`` rows, oldest first.
 
         Implementers must consider only rows that are pending, due (no ``process_after``
@@ -120,7 +120,7 @@ class Mailbox(SessionState, ConversationStore, Protocol):
         """
         ...
 
-    async def release(self, rows: Sequence[InboundMessage]) -> None:
+    async def release(self, rows: Sequence[InboxRow]) -> None:
         """Give claimed rows back unprocessed (context rows waiting for a trigger row).
 
         Implementers must forget the claim of each row's current try, in one

@@ -10,7 +10,7 @@ in a worker thread, so the heartbeat keeps beating while a query waits for the h
 from __future__ import annotations
 
 import functools
-import secrets
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +20,10 @@ import anyio
 
 from agent_runner.history import Exchange, Remember
 from agent_runner.mailbox import Settlement, wakes_agent
-from cronbox_shared import sessiondb as sdb
+from cronbox_shared import outbox as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import RunnerConfigError
-from cronbox_shared.models import AckStatus, InboundMessage, MessageKind
+from cronbox_shared.rows import AckStatus, InboxRow, MessageKind
 from cronbox_shared.timeutil import fmt, parse_utc
 
 P = ParamSpec("P")
@@ -48,7 +48,7 @@ class SqliteMailbox:
     async def beat(self) -> None:
         await _in_thread(self._heartbeat.touch)
 
-    async def claim(self, now: datetime, limit: int) -> list[InboundMessage]:
+    async def claim(self, now: datetime, limit: int) -> list[InboxRow]:
         return await _in_thread(self._claim, fmt(now), limit)
 
     async def settle(
@@ -68,7 +68,7 @@ class SqliteMailbox:
             return None
         return watch
 
-    async def release(self, rows: Sequence[InboundMessage]) -> None:
+    async def release(self, rows: Sequence[InboxRow]) -> None:
         if rows:
             await _in_thread(self._release, rows)
 
@@ -89,11 +89,11 @@ class SqliteMailbox:
             raise RunnerConfigError(
                 f"{self.session_dir} has no {sdb.INBOUND}; is it a cronbox session directory?"
             )
-        with sdb.outbound(self.session_dir) as db, db.atomic():
+        with sdb.open_outbox(self.session_dir) as db, db.atomic():
             return sdb.clear_processing_acks(db)
 
-    def _claim(self, now: str, limit: int) -> list[InboundMessage]:
-        with sdb.outbound(self.session_dir) as db:
+    def _claim(self, now: str, limit: int) -> list[InboxRow]:
+        with sdb.open_outbox(self.session_dir) as db:
             rows = sdb.claimable(db, self._inbound, now, limit)
             if not wakes_agent(rows) and not (
                 len(rows) == limit and sdb.trigger_waiting(db, self._inbound, now)
@@ -105,7 +105,7 @@ class SqliteMailbox:
         return rows
 
     def _settle(self, at: str, settled: Sequence[Settlement], remember: Remember | None) -> None:
-        with sdb.outbound(self.session_dir) as db, db.atomic():
+        with sdb.open_outbox(self.session_dir) as db, db.atomic():
             if remember is not None:
                 dialect = remember.exchange.dialect
                 sdb.forget_history(db, dialect, remember.keep_from)
@@ -113,28 +113,28 @@ class SqliteMailbox:
             for s in settled:
                 if s.reply:
                     sdb.insert_outbound(
-                        db, f"out-{secrets.token_hex(8)}", MessageKind.CHAT, {"text": s.reply},
+                        db, f"out-{os.urandom(8).hex()}", MessageKind.CHAT, {"text": s.reply},
                         at, in_reply_to=s.message.id,
                     )  # fmt: skip
                 sdb.set_ack(db, s.message.id, s.message.tries, s.status, at, s.error, s.preview)
 
     def _next_due(self, now: str) -> str | None:
-        with sdb.outbound(self.session_dir) as db:
+        with sdb.open_outbox(self.session_dir) as db:
             return sdb.next_due_after(db, self._inbound, now)
 
-    def _release(self, rows: Sequence[InboundMessage]) -> None:
-        with sdb.outbound(self.session_dir) as db, db.atomic():
+    def _release(self, rows: Sequence[InboxRow]) -> None:
+        with sdb.open_outbox(self.session_dir) as db, db.atomic():
             for row in rows:
                 sdb.delete_ack(db, row.id, row.tries)
 
     def _history(self, dialect: str) -> list[tuple[int, list[Any]]]:
-        with sdb.outbound(self.session_dir) as db:
+        with sdb.open_outbox(self.session_dir) as db:
             return sdb.history(db, dialect)
 
     def _get_state(self, key: str) -> str | None:
-        with sdb.outbound(self.session_dir) as db:
+        with sdb.open_outbox(self.session_dir) as db:
             return sdb.get_state(db, key)
 
     def _set_state(self, key: str, value: str) -> None:
-        with sdb.outbound(self.session_dir) as db, db.atomic():
+        with sdb.open_outbox(self.session_dir) as db, db.atomic():
             sdb.set_state(db, key, value)

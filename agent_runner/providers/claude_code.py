@@ -29,7 +29,7 @@ from agent_runner.mcp_client import server_parameters
 from agent_runner.provider import Batch, ProviderResult, SessionContext, one_reply
 from agent_runner.toolloop import api_key
 from cronbox_shared.errors import ProviderError
-from cronbox_shared.sessiondb import WORKSPACE
+from cronbox_shared.outbox import WORKSPACE
 from cronbox_shared.settings import RunnerSettings
 from mcp_tools.tasks import TOOL_NAMES
 

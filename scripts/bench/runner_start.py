@@ -7,7 +7,9 @@ is reaped (``RUSAGE_CHILDREN`` of this process for a spawned runner, the templat
 ``wait4()`` of a forked one), plus the host's own CPU inside ``runtime.start``.
 Spawned and forked starts alternate, one at a time, so the machine's load falls on both
 alike. Beside them, in the same run: a bare ``python -c pass`` (the interpreter's floor)
-and ``python -c "import <the runner's modules>"`` (the cold import alone).
+and ``python -c "import <the runner's modules>"`` (the cold import alone), and the same
+with the modules a wake no longer imports unless it needs them (pydantic, sqlite-utils,
+the gate machinery: the import before the runner's path shed them, as a baseline).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from host.runtimes import ProcessRuntime, RunnerSpec
 from host.service import Cronbox
 
 RUNNER_MODULES = "import agent_runner.__main__, agent_runner.runner, agent_runner.mailbox.sqlite"
+# Beside them, what a wake imported before the runner's path shed them: the session
+# files over sqlite-utils, the pydantic records and settings, the gate machinery (a
+# wake still loads these when it must migrate its outbox, or runs a gate script).
+EAGER_MODULES = (
+    f"{RUNNER_MODULES}, cronbox_shared.sessiondb, cronbox_shared.models, agent_runner.gate"
+)
 
 
 def children_cpu() -> float:
@@ -74,6 +82,7 @@ async def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="cronbox-runner-start-"))
     store = Cronbox(home)
     sessions = [store.create_session(f"start-{i}") for i in range(args.starts)]
+    warm_up = store.create_session("warm-up")
     spawner = ProcessRuntime(fork=False)
     forker = ProcessRuntime(fork=True)
     assert forker.template is not None
@@ -85,33 +94,43 @@ async def main() -> None:
 
     # The template's own start (once per host): warm it with one runner, not counted.
     template_before = time.perf_counter()
-    await one_start(forker, spec(sessions[0].id), forked=True)
+    await one_start(forker, spec(warm_up.id), forked=True)
     template_wall = time.perf_counter() - template_before
     template_cpu = cpu_seconds(forker.template.pid or 0)
 
+    first: list[tuple[float, float]] = []
     spawned: list[tuple[float, float]] = []
     forked: list[tuple[float, float]] = []
     for session in sessions:
+        # A session's first wake creates and migrates its outbox; every later one finds
+        # it migrated.
+        first.append(await one_start(spawner, spec(session.id), forked=False))
         spawned.append(await one_start(spawner, spec(session.id), forked=False))
         forked.append(await one_start(forker, spec(session.id), forked=True))
     forker.close()
 
     floor = cold([sys.executable, "-c", "pass"], args.starts)
     imports = cold([sys.executable, "-c", RUNNER_MODULES], args.starts)
+    eager = cold([sys.executable, "-c", EAGER_MODULES], args.starts)
 
     def row(name: str, values: list[float]) -> list[str]:
         return [name, secs(percentile(values, 50), "ms"), secs(percentile(values, 99), "ms")]
 
-    print(f"{args.starts} starts of each kind, one at a time, spawned and forked alternating\n")
+    print(
+        f"{args.starts} starts of each kind, one at a time: per session its first wake "
+        "(spawned), then a spawned and a forked wake\n"
+    )
     table(
         ["CPU per start", "p50", "p99"],
         [
             row("interpreter floor: python -c pass", floor),
             row("cold import of the runner's modules", imports),
+            row("  baseline: with pydantic, sqlite-utils and the gate loaded too", eager),
             row(
                 "spawned runner (today's path; the docker runtime's cold start)",
                 [r for r, _ in spawned],
             ),
+            row("  a session's first wake (it migrates the new outbox)", [r for r, _ in first]),
             row("  + host CPU in start (spawn)", [h for _, h in spawned]),
             row("forked runner (fork server)", [r for r, _ in forked]),
             row("  + host CPU in start (fork)", [h for _, h in forked]),
@@ -128,6 +147,11 @@ async def main() -> None:
     print(
         f"template start (once per host): {template_cpu * 1000:.0f} ms CPU, "
         f"{template_wall:.2f} s wall"
+    )
+    print(
+        f"cold import: {secs(percentile(imports, 50), 'ms')} against "
+        f"{secs(percentile(eager, 50), 'ms')} with pydantic, sqlite-utils and the gate: "
+        f"{ratio(percentile(eager, 50), percentile(imports, 50))} cheaper"
     )
     print(
         f"targets: forked <= 30 ms CPU (p50 {percentile(fork_total, 50) * 1000:.1f} ms); "
