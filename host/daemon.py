@@ -1,8 +1,8 @@
 """``cronbox run``: the host process — one per home, composed in one task group.
 
-Start-up adopts or reaps the runners a previous host left behind before the host
-reports ready; the sessions whose files changed after their central view (a host that
-died between the two writes) are re-derived right after, beside the sweep. Shutdown
+Start-up re-derives the sessions whose files changed after their central view (a host
+that died between the two writes) and adopts or reaps the runners a previous host left
+behind, while the API's process starts. Shutdown
 is staged: the HTTP API stops taking changes (it answers 503 to writes, reads still
 work), the sweep stops waking sessions, running runners finish within a grace period
 (their last replies delivered) and are then stopped — rows they leave claimed go back
@@ -250,7 +250,6 @@ async def run_host(
             stack.callback(watcher.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(sweeper.run)
-            tg.start_soon(sweeper.rederive_stale)
             await tg.start(jobs.run)
             tg.start_soon(_watch, store, sweeper, settings, watcher, writer, address, stale)
             tg.start_soon(_signals, sweeper, tg.cancel_scope, http)

@@ -243,8 +243,8 @@ async def test_a_row_written_behind_the_index_before_a_crash_is_served_after_the
     tmp_path: Path,
 ) -> None:
     """A host that died between committing to a session's inbound.db and updating the
-    index left a due row the index does not know of: the host reports ready without
-    waiting to find it, then re-derives that session beside the sweep and serves it."""
+    index left a due row the index does not know of: the restarted host re-derives that
+    session from its files and serves the row."""
     settings = make_settings(tmp_path / "home")
     store = Cronbox.from_settings(settings)
     crashed = store.create_session("crashed")
