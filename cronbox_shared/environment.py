@@ -22,6 +22,8 @@ BASIC_PREFIX = "LC_"
 # environment, whatever environment it is given; a secret of such a name would leak.
 PASSED_BY_MCP = ("USER", "LOGNAME", "SHELL", "TERM")
 SECRET_NAMES = RunnerSettings.env_name("secret_names")
+HOME_LABEL = "CRONBOX_HOST_HOME"
+"""The process runtime's label on a runner: the home of the host that started it."""
 
 
 def is_basic(name: str) -> bool:

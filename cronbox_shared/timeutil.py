@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronbox_shared.errors import InvalidTime, InvalidTimezone
 
@@ -139,7 +139,13 @@ def _system_zone_name(etc: Path) -> str | None:
     if target is not None and "zoneinfo" in target.parts:
         parts = target.parts
         name = "/".join(parts[parts.index("zoneinfo") + 1 :])
-        if name in available_timezones():
+        # Loading the one zone, not listing every zone file (available_timezones walks
+        # the whole tz database, a good part of a CLI command's start).
+        try:
+            zone(name)
+        except InvalidTimezone:
+            pass
+        else:
             return name
     try:
         name = (etc / "timezone").read_text(encoding="utf-8").strip()

@@ -38,15 +38,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from cronbox_shared.errors import CronboxError
+from host.api_link import HostRefused, HostUnavailable, LocalHost, status_code
 from host.config import Settings
-from host.http import (
-    Api,
-    HostRefused,
-    HostUnavailable,
-    HttpServer,
-    LocalHost,
-    status_code,
-)
 from host.service import Cronbox
 from host.views import HealthOut, JobOut
 from host.writer import Writer
@@ -269,7 +262,7 @@ async def _ready_or_exited(ready: anyio.Event, process: Process) -> bool:
 
 
 class HostClient:
-    """The child's :class:`host.http.HostLink`: questions to the host over the pair."""
+    """The child's :class:`host.api_link.HostLink`: questions to the host over the pair."""
 
     def __init__(self, stream: ByteStream) -> None:
         self.stream = stream
@@ -341,6 +334,9 @@ class HostClient:
 
 async def serve(link_fd: int, listen_fd: int) -> None:
     """The child: serve the API on the inherited socket until the host says close."""
+    # Only this process serves HTTP: the host never imports the web framework.
+    from host.http import Api, HttpServer
+
     stream = await anyio.abc.UNIXSocketStream.from_socket(link_fd)
     listening = socket.socket(fileno=listen_fd)
     client = HostClient(stream)

@@ -7,6 +7,7 @@ import difflib
 import os
 from collections.abc import Iterable, Mapping
 from datetime import time
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cronbox_shared.defaults import DEFAULTS
+from cronbox_shared.environment import HOME_LABEL
 from cronbox_shared.settings import ENV_PREFIX, RunnerSettings
 from cronbox_shared.timeutil import resolve_host_timezone
 
@@ -95,11 +97,10 @@ class Settings(BaseSettings):
         return tz.key
 
 
+@cache
 def known_setting_names() -> frozenset[str]:
     """Every ``CRONBOX_*`` variable cronbox reads: the host's settings, the runner's, and
     the process runtime's label of the host home."""
-    from host.runtimes.process import HOME_LABEL
-
     host = (f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields)
     return frozenset((*host, *RunnerSettings.env_names(), HOME_LABEL))
 

@@ -1,11 +1,12 @@
 """``cronbox run``: the host process — one per home, composed in one task group.
 
-Start-up re-derives every session's state from the files and adopts or reaps runners
-a previous host left behind. Shutdown is staged: the HTTP API stops taking changes (it
-answers 503 to writes, reads still work), the sweep stops waking sessions, running
-runners finish within a grace period (their last replies delivered) and are then
-stopped — rows they leave claimed go back to ``pending`` with a retry — and only then
-does the HTTP server close.
+Start-up re-derives the sessions whose files changed after their central view (a host
+that died between the two writes) and adopts or reaps the runners a previous host left
+behind, while the API's process starts. Shutdown
+is staged: the HTTP API stops taking changes (it answers 503 to writes, reads still
+work), the sweep stops waking sessions, running runners finish within a grace period
+(their last replies delivered) and are then stopped — rows they leave claimed go back
+to ``pending`` with a retry — and only then does the HTTP server close.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.errors import HostAlreadyRunning
 from cronbox_shared.timeutil import Clock, SystemClock, fmt, zone
+from host.api_link import LocalHost, bind, check_bind
 from host.api_process import ApiProcess
 from host.config import Settings
 from host.delivery import ChannelRetry, ConsoleChannel, Delivery
 from host.gateway import Gateways
-from host.http import LocalHost, bind, check_bind
 from host.jobs import JobRunner, check_stale, host_jobs
 from host.limits import ContainerLimits, check_limits
 from host.metrics import Metrics
@@ -230,7 +231,6 @@ async def run_host(
                 http_socket = await anyio.to_thread.run_sync(bind, settings)
             http = ApiProcess(local, http_socket, settings)
         address = http.address if http else None
-        await sweeper.recover()
         async with AsyncExitStack() as stack:
             stack.callback(runtime.close)
             stack.callback(writer.close)
@@ -239,9 +239,13 @@ async def run_host(
             # The API's process is supervised outside the host's task group: it keeps
             # answering (reads, and 503 for writes) while the host drains, and closes last.
             serving = await stack.enter_async_context(anyio.create_task_group())
-            if http is not None:
-                await serving.start(http.run)
-                stack.push_async_callback(_close_http, http, serving)
+            async with anyio.create_task_group() as starting:
+                if http is not None:
+                    stack.push_async_callback(_close_http, http, serving)
+                    # The API's process starts (its imports, on the other core) while
+                    # the host recovers; its socket already queues connections.
+                    starting.start_soon(serving.start, http.run)
+                await sweeper.recover()
             if isinstance(runtime, ProcessRuntime):
                 # So that the first due task does not wait for the template's imports.
                 serving.start_soon(anyio.to_thread.run_sync, runtime.warm)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -1157,10 +1157,17 @@ class Cronbox:
         """The tokens the session's model calls used today (UTC)."""
         return self.central.tokens_on(self.token_day(), session_id).get(session_id, TokenCount())
 
-    def token_use_today(self) -> list[tuple[Session, TokenCount]]:
-        """Every session, oldest first, with the tokens it used today (UTC)."""
-        used = self.central.tokens_on(self.token_day())
-        return [(s, used.get(s.id, TokenCount())) for s in self.list_sessions()]
+    def token_use_today(
+        self, agents: Collection[str] | None = None
+    ) -> list[tuple[Session, TokenCount]]:
+        """Every session, oldest first, with the tokens it used today (UTC); given
+        ``agents``, only the sessions that used tokens today or run one of those."""
+        day = self.token_day()
+        used = self.central.tokens_on(day)
+        sessions = (
+            self.list_sessions() if agents is None else self.central.token_sessions(day, agents)
+        )
+        return [(s, used.get(s.id, TokenCount())) for s in sessions]
 
     def token_day(self) -> str:
         """Today as token budgets count days: the UTC date, ``YYYY-MM-DD``."""

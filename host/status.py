@@ -51,7 +51,10 @@ def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
         budgets = {name: p.daily_token_budget for name, p in store.agent_profiles().items()}
     except AgentConfigError:
         budgets = {}  # the host reports the file; the counts are still worth showing
-    tokens = TokensTodayOut.of(store.token_day(), store.token_use_today(), budgets)
+    # Only the sessions the report lists are read: those that used tokens today or run
+    # a profile with a daily budget (not every session of a big home).
+    budgeted = {name for name, budget in budgets.items() if budget is not None}
+    tokens = TokensTodayOut.of(store.token_day(), store.token_use_today(budgeted), budgets)
     quiet_count, quiet = store.quiet_sessions(QUIET_SHOWN)
     return {
         "host": published

@@ -313,12 +313,7 @@ class Sweeper:
         # Names and agents only: a home of 10,000 sessions builds no 10,000 records here.
         agents = {sid: (name, agent) for sid, name, agent in await read(self.store.session_agents)}
         self._names.update((sid, name) for sid, (name, _) in agents.items())
-        stale = await read(self.store.stale_sessions)
-        for session_id in stale:
-            try:
-                await self.writer(self.store.sync_session, session_id)
-            except Exception:
-                log.exception("session %s: could not re-derive its state", session_id)
+        await self.rederive_stale()
         for handle in await self.runtime.list_own(self.store.home):
             session = await self._known(handle.session_id) if handle.session_id in agents else None
             if session is None:
@@ -351,10 +346,26 @@ class Sweeper:
                 # wrote since that host last read its outbox is delivered now, not at
                 # the session's next wake.
                 self.watched[gone.id] = Watched(gone, self.clock.now() + OUTBOX_WATCH)
-        log.info(
-            "%d sessions, %d re-derived from their files, %d runners adopted",
-            len(agents), len(stale), len(self.live),
-        )  # fmt: skip
+        log.info("%d sessions, %d runners adopted", len(agents), len(self.live))
+
+    async def rederive_stale(self) -> list[str]:
+        """Re-derive the sessions whose inbound.db changed after their central view (a host
+        died between the two writes), then wake the loop; returns their ids.
+
+        Part of :meth:`recover`, before the first pass. (Run beside the sweep after
+        ready instead, it saved about 0.1 s of a 10,000-session start but raced the
+        change feed's telling of outside commits from the host's own.)
+        """
+        stale = await read(self.store.stale_sessions)
+        for session_id in stale:
+            try:
+                await self.writer(self.store.sync_session, session_id)
+            except Exception:
+                log.exception("session %s: could not re-derive its state", session_id)
+        if stale:
+            self.wake()
+        log.info("%d sessions re-derived from their files", len(stale))
+        return stale
 
     # --- the loop ----------------------------------------------------------------------
 

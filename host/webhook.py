@@ -25,13 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-
-import httpx2
+from typing import TYPE_CHECKING
 
 from cronbox_shared.errors import CronboxError
 from cronbox_shared.models import OutboundMessage
 from cronbox_shared.timeutil import Clock, SystemClock, fmt
 from host.store.records import Session
+
+if TYPE_CHECKING:
+    import httpx2
 
 SIGNATURE_HEADER = "X-Cronbox-Signature"
 TIMESTAMP_HEADER = "X-Cronbox-Timestamp"
@@ -188,6 +190,8 @@ class WebhookChannel:
                     f"{session.name}, is not set in the host's environment"
                 )
             headers[SIGNATURE_HEADER] = signature(secret, stamp, body)
+        import httpx2  # with the first delivery, not with every host start
+
         try:
             response = await self._http().post(url, content=body, headers=headers)
         except httpx2.TimeoutException:
@@ -202,6 +206,8 @@ class WebhookChannel:
         circuit.succeeded(self.clock.now())
 
     def _http(self) -> httpx2.AsyncClient:
+        import httpx2
+
         if self._client is None:
             self._client = httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False)
         return self._client

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import MessageStatus, RunOutcome
 from cronbox_shared.timeutil import fmt, parse_utc
 from host.service import Cronbox
@@ -236,3 +237,28 @@ async def test_host_shutdown_leaves_no_claimed_row_without_a_retry(tmp_path: Pat
     row = next(r for r in store.inbound_rows(session.id) if r.id == task.id)
     assert row.status is MessageStatus.PENDING
     assert row.tries == 1
+
+
+async def test_a_row_written_behind_the_index_before_a_crash_is_served_after_the_start(
+    tmp_path: Path,
+) -> None:
+    """A host that died between committing to a session's inbound.db and updating the
+    index left a due row the index does not know of: the restarted host re-derives that
+    session from its files and serves the row."""
+    settings = make_settings(tmp_path / "home")
+    store = Cronbox.from_settings(settings)
+    crashed = store.create_session("crashed")
+    now = fmt(store.now())
+    with sdb.inbound(store.session_dir(crashed.id)) as db, db.atomic():
+        sdb.insert_inbound(
+            db,
+            {"id": "orphan", "kind": "chat", "created_at": now, "status": "pending",
+             "process_after": now, "timezone": "UTC", "trigger": 1,
+             "content": {"text": "still there?"}},
+        )  # fmt: skip
+    assert store.stale_sessions() == [crashed.id]
+    assert store.get_session(crashed.id).next_due_at is None
+    async with running_host(settings):
+        [reply] = await wait_for(lambda: replies(store, crashed.id))
+    assert reply["in_reply_to"] == "orphan"
+    assert store.stale_sessions() == []

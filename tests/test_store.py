@@ -15,8 +15,10 @@ from cronbox_shared.errors import InvalidInput, TaskNotFound, TaskStateError
 from cronbox_shared.models import InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
+from host.status import host_status
 from host.store.central import SqliteCentral
 from host.store.records import Session, TaskView, TokenCount
+from host.views import TokensTodayOut
 
 START = "2026-01-15T12:00:00.000Z"  # 07:00 in New York, 21:00 in Tokyo
 
@@ -650,6 +652,33 @@ def test_tokens_count_by_utc_day_and_a_series_sums_its_runs(
     clock.advance(hours=12)  # 00:00 UTC: a new day (19:00 in the session's New York)
     assert store.tokens_today(session.id) == TokenCount()
     assert [(s.name, t) for s, t in store.token_use_today()] == [("work", TokenCount())]
+
+
+def test_the_status_token_report_reads_only_sessions_it_lists_and_matches_a_full_read(
+    store: Cronbox, clock: ManualClock
+) -> None:
+    """``status`` asks for the sessions that used tokens today or run a budgeted
+    profile; its report is the one a read of every session gives."""
+    (store.home / "agents.toml").write_text(
+        '[agents.capped]\nprovider = "echo"\ndaily_token_budget = 100\n'
+    )
+    made = []
+    for name, agent in (("spent", "echo"), ("idle", "echo"), ("capped", "capped")):
+        made.append(store.create_session(name, agent=agent))
+        clock.advance(minutes=1)  # oldest first: the order the report keeps
+    spent, idle, capped = made
+    store.charge_tokens(spent.id, [], TokenCount(input_tokens=3, output_tokens=1))
+    assert [s.name for s, _ in store.token_use_today(set())] == ["spent"]
+    assert [s.name for s, _ in store.token_use_today({"capped"})] == ["spent", "capped"]
+    assert [s.name for s, _ in store.token_use_today()] == ["spent", "idle", "capped"]
+    budgets = {name: p.daily_token_budget for name, p in store.agent_profiles().items()}
+    full = TokensTodayOut.of(store.token_day(), store.token_use_today(), budgets)
+    report = host_status(store, max_containers=5)["tokens_today"]
+    assert report == full.model_dump(mode="json")
+    assert [(s["session_id"], s["daily_token_budget"]) for s in report["sessions"]] == [
+        (spent.id, None), (capped.id, 100)
+    ]  # fmt: skip
+    assert idle.id not in {s["session_id"] for s in report["sessions"]}
 
 
 def test_pruning_runs_drops_the_token_counts_of_the_days_before(

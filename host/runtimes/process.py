@@ -33,7 +33,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from cronbox_shared.environment import runner_environment
+from cronbox_shared.environment import HOME_LABEL, runner_environment
 from cronbox_shared.errors import CronboxError
 from cronbox_shared.sessiondb import WORKSPACE
 from cronbox_shared.settings import RunnerSettings
@@ -45,7 +45,6 @@ __all__ = ["HOME_LABEL", "PID_FILE", "RUNNER_LOG", "SESSION_DIR_VAR", "ProcessRu
 
 log = logging.getLogger("cronbox.runtime")
 
-HOME_LABEL = "CRONBOX_HOST_HOME"
 # The runner's own setting doubles as the label that names its session.
 SESSION_DIR_VAR = RunnerSettings.env_name("session_dir")
 PID_FILE = ".runner.pid"

@@ -8,7 +8,7 @@ hosts share one database and the lease rows say which host runs which session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,6 +214,11 @@ class CentralRepository(Protocol):
     def tokens_on(self, day: str, session_id: str | None = None) -> dict[str, TokenCount]:
         """The tokens each session (or only ``session_id``) used on ``day``, by id; a
         session that used none is left out."""
+        ...
+
+    def token_sessions(self, day: str, agents: Collection[str]) -> list[Session]:
+        """Sessions that used tokens on ``day`` or run one of ``agents``, oldest first,
+        read through the indexes rather than by loading every session."""
         ...
 
     def job_states(self) -> list[JobRecord]:

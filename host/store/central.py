@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -468,6 +468,19 @@ class SqliteCentral:
             ).fetchall()
         return [_session(r) for r in rows]
 
+    def token_sessions(self, day: str, agents: Collection[str]) -> list[Session]:
+        """Sessions that used tokens on ``day`` or run one of ``agents``, oldest first."""
+        names = sorted(agents)
+        by_agent = f" OR agent IN ({', '.join('?' * len(names))})" if names else ""
+        with self._open() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_SESSION_COLS)} FROM sessions WHERE id IN "
+                f"(SELECT session_id FROM token_usage WHERE day = ?){by_agent} "
+                "ORDER BY created_at, id",
+                [day, *names],
+            ).fetchall()
+        return [_session(r) for r in rows]
+
     def session_agents(self) -> list[tuple[str, str, str]]:
         """(id, name, agent) of every session, oldest first."""
         with self._open() as db:
@@ -676,16 +689,22 @@ class SqliteCentral:
                 start = int(row[0])
             where = ["t.listed > ?"]
             args: list[Any] = [start]
+            view = _TASK_VIEW
             if query.session_id is not None:
                 where.append("t.session_id = ?")
                 args.append(query.session_id)
             if query.states == LIVE_STATES:
                 where.append(f"t.{LIVE_TASK}")  # the partial index's own condition
+                if query.session_id is None:
+                    # Left to itself the planner reads (status, listed) once per live
+                    # state and sorts every live task to return the first page.
+                    view = _TASK_VIEW.replace(" FROM tasks t ", " FROM tasks t INDEXED BY "
+                                              "tasks_live_listed ", 1)  # fmt: skip
             elif query.states is not None:
                 where.append(f"t.status IN ({', '.join('?' for _ in query.states)})")
                 args.extend(state.value for state in query.states)
             rows = db.execute(
-                f"{_TASK_VIEW} WHERE {' AND '.join(where)} ORDER BY t.listed LIMIT ?",
+                f"{view} WHERE {' AND '.join(where)} ORDER BY t.listed LIMIT ?",
                 [*args, query.limit],
             ).fetchall()
         return [_task_view(r) for r in rows]

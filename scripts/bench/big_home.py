@@ -13,7 +13,9 @@ home, in the same run):
 * ``cronbox --help``, beside ``python -c pass`` (the interpreter alone).
 
 Every figure is a median of ``--repeat`` runs of a fresh process (the page cache is warm:
-the build, or the first run, read the files). Targets: first page and status ≤ 0.3 s,
+the build, or the first run, read the files), in wall seconds and in CPU seconds (user
+and system: of each command, and of the host process until it is ready), which other
+work on a shared machine moves far less than the wall clock. Targets: first page and status ≤ 0.3 s,
 ready ≤ 1.5 s, host RSS ≤ 150 MB.
 
 How the home is built (printed separately, not measured): the first session is made
@@ -31,6 +33,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -187,18 +190,33 @@ def env_for(code: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def timed(code: Path, home: Path, argv: Sequence[str]) -> tuple[float, int]:
-    """Wall seconds of one fresh ``python -m host.cli ARGV``, and its stdout's bytes."""
+def children_cpu() -> float:
+    """CPU seconds (user and system) of this process's waited-for children so far."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def timed(code: Path, home: Path, argv: Sequence[str]) -> tuple[float, int, float]:
+    """Wall seconds of one fresh ``python -m host.cli ARGV``, its stdout's bytes and its
+    CPU seconds (steadier than the wall clock on a shared machine)."""
+    cpu = children_cpu()
     began = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "host.cli", *argv], cwd=code, env=env_for(code, home),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True,
     )  # fmt: skip
-    return time.perf_counter() - began, len(done.stdout)
+    return time.perf_counter() - began, len(done.stdout), children_cpu() - cpu
 
 
-def ready(code: Path, home: Path) -> tuple[float, float, float]:
-    """(seconds until ``cronbox run`` logs that it runs, its RSS then, its peak RSS) in MB."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ready(code: Path, home: Path) -> tuple[float, float, float, float]:
+    """(seconds until ``cronbox run`` logs that it runs, its RSS then, its peak RSS in MB,
+    the CPU seconds the host process used until then)."""
     # With its HTTP API on, as by default, on a port free right now.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -214,6 +232,7 @@ def ready(code: Path, home: Path) -> tuple[float, float, float]:
         for line in host.stderr:
             if READY in line:
                 took = time.perf_counter() - began
+                cpu = process_cpu(host.pid)
                 break
         else:
             raise RuntimeError(f"the host exited ({host.wait()}) before it was ready")
@@ -224,7 +243,7 @@ def ready(code: Path, home: Path) -> tuple[float, float, float]:
     finally:
         host.terminate()
         host.wait(timeout=60)
-    return took, rss, peak
+    return took, rss, peak, cpu
 
 
 def median(values: Sequence[float]) -> float:
@@ -257,31 +276,37 @@ def main() -> None:
         figures: dict[str, tuple[float, float]] = {}
         for label, argv in commands.items():
             spans: dict[str, list[float]] = {"old": [], "new": []}
+            cpus: dict[str, list[float]] = {"old": [], "new": []}
             sizes: dict[str, int] = {}
             for _ in range(args.repeat):
                 for which, code in (("old", old_tree), ("new", new)):
-                    took, size = timed(code, home, argv)
+                    took, size, cpu = timed(code, home, argv)
                     spans[which].append(took)
+                    cpus[which].append(cpu)
                     sizes[which] = size
             old, now = median(spans["old"]), median(spans["new"])
+            old_cpu, new_cpu = median(cpus["old"]), median(cpus["new"])
             figures[label] = (old, now)
             rows.append([label, f"{old:.3f} s", f"{now:.3f} s", ratio(old, now),
+                         f"{old_cpu:.3f} s", f"{new_cpu:.3f} s", ratio(old_cpu, new_cpu),
                          f"{sizes['old']:,} / {sizes['new']:,} B"])  # fmt: skip
         floor = median([timed_floor() for _ in range(args.repeat)])
-        rows.append(["python -c pass (floor)", "", f"{floor:.3f} s", "", ""])
-        readies: dict[str, list[tuple[float, float, float]]] = {"old": [], "new": []}
+        rows.append(["python -c pass (floor)", "", f"{floor:.3f} s", "", "", "", "", ""])
+        readies: dict[str, list[tuple[float, float, float, float]]] = {"old": [], "new": []}
         for _ in range(args.repeat):
             for which, code in (("old", old_tree), ("new", new)):
                 readies[which].append(ready(code, home))
-        old_ready = [median([r[i] for r in readies["old"]]) for i in range(3)]
-        new_ready = [median([r[i] for r in readies["new"]]) for i in range(3)]
+        old_ready = [median([r[i] for r in readies["old"]]) for i in range(4)]
+        new_ready = [median([r[i] for r in readies["new"]]) for i in range(4)]
         rows.append(["cronbox run: ready", f"{old_ready[0]:.3f} s", f"{new_ready[0]:.3f} s",
-                     ratio(old_ready[0], new_ready[0]), ""])  # fmt: skip
+                     ratio(old_ready[0], new_ready[0]), f"{old_ready[3]:.3f} s",
+                     f"{new_ready[3]:.3f} s", ratio(old_ready[3], new_ready[3]), ""])  # fmt: skip
         rows.append(["host RSS at ready", f"{old_ready[1]:.0f} MB", f"{new_ready[1]:.0f} MB",
-                     ratio(old_ready[1], new_ready[1]), ""])  # fmt: skip
+                     ratio(old_ready[1], new_ready[1]), "", "", "", ""])  # fmt: skip
         rows.append(["host peak RSS (VmHWM)", f"{old_ready[2]:.0f} MB", f"{new_ready[2]:.0f} MB",
-                     ratio(old_ready[2], new_ready[2]), ""])  # fmt: skip
-        table(["measure (median)", f"before ({old_rev})", "now", "ratio", "stdout"], rows)
+                     ratio(old_ready[2], new_ready[2]), "", "", "", ""])  # fmt: skip
+        table(["measure (median)", f"before ({old_rev})", "now", "ratio", "CPU before",
+               "CPU now", "CPU ratio", "stdout"], rows)  # fmt: skip
         print()
         checks = [
             (
