@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import pytest
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.errors import OutboxUnreadable
@@ -91,6 +92,28 @@ async def running_host(
             yield sweeper
         finally:
             tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def sweep_held(sweeper: Sweeper, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Hold the sweep inside a pass, as a stuck pass is, for the block; when it ends the
+    held pass goes on and later ones run as usual."""
+    entered, release, tick = anyio.Event(), anyio.Event(), sweeper.tick
+
+    async def held() -> None:
+        entered.set()
+        await release.wait()
+        await tick()
+
+    monkeypatch.setattr(sweeper, "tick", held)
+    sweeper.wake()
+    with anyio.fail_after(30):
+        await entered.wait()
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(sweeper, "tick", tick)
+        release.set()
 
 
 async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:

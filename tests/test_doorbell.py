@@ -15,7 +15,7 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import MessageKind, MessageStatus
 from cronbox_shared.timeutil import fmt
 from host.service import Cronbox
-from tests.hosting import make_settings, running_host, wait_for
+from tests.hosting import make_settings, running_host, sweep_held, wait_for
 
 pytestmark = pytest.mark.anyio
 # Bounds that turn a hang into a failure; never a statement about how long things take.
@@ -121,24 +121,14 @@ async def test_due_work_starts_only_after_what_its_outbox_holds_is_applied(
     async with running_host(settings) as sweeper:
         await wait_for(lambda: other.id in sweeper.live)  # so due work starts before tending
         # Hold the sweep while the task comes due and its pause waits in the outbox.
-        entered, release, tick = anyio.Event(), anyio.Event(), sweeper.tick
-
-        async def held_back() -> None:
-            entered.set()
-            await release.wait()
-            await tick()
-
-        monkeypatch.setattr(sweeper, "tick", held_back)
-        sweeper.wake()
-        with anyio.fail_after(SUBPROCESS_GUARD):
-            await entered.wait()
-        task = store.schedule_task(held.id, {"taskId": "now", "prompt": "p", "processAfter": "now"})
-        pause = {"action": "pause_task", "taskId": task.id}
-        with sdb.outbound(store.session_dir(held.id)) as db:
-            sdb.insert_outbound(db, "pause-it", MessageKind.SYSTEM, pause, fmt(store.now()))
-        sweeper.rang([held])
-        monkeypatch.setattr(sweeper, "tick", tick)
-        release.set()
+        async with sweep_held(sweeper, monkeypatch):
+            task = store.schedule_task(
+                held.id, {"taskId": "now", "prompt": "p", "processAfter": "now"}
+            )
+            pause = {"action": "pause_task", "taskId": task.id}
+            with sdb.outbound(store.session_dir(held.id)) as db:
+                sdb.insert_outbound(db, "pause-it", MessageKind.SYSTEM, pause, fmt(store.now()))
+            sweeper.rang([held])
         await wait_for(lambda: store.get_task(task.id).status is MessageStatus.PAUSED, 20)
         assert held.id not in {start.session_id for start in sweeper.starts}
         assert store.runs_for(task.id) == []

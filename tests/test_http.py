@@ -36,6 +36,7 @@ from tests.hosting import (
     make_settings,
     process_gone,
     running_host,
+    sweep_held,
     unless_locked,
     wait_for,
 )
@@ -122,27 +123,17 @@ async def test_health_is_503_once_no_pass_completed_within_three_sweep_intervals
         httpx2.AsyncClient(base_url=base_url(sock)) as client,
     ):
         await wait_for(lambda: sweeper.last_pass_at)
-        # From here every pass hangs, as a stuck sweep's does: none completes while the
-        # clock moves (a pass the host's own start-up work woke would, otherwise).
-        entered, release, tick = anyio.Event(), anyio.Event(), sweeper.tick
-
-        async def stuck() -> None:
-            entered.set()
-            await release.wait()
-            await tick()
-
-        monkeypatch.setattr(sweeper, "tick", stuck)
-        sweeper.wake()
-        with anyio.fail_after(30):
-            await entered.wait()
-        clock.advance(179)
-        assert (await client.get("/health")).status_code == 200
-        clock.advance(2)
-        stalled = await client.get("/health")
-        assert stalled.status_code == 503
-        assert stalled.json()["status"] == "stalled"
-        assert stalled.json()["sweep_lag_seconds"] == 181
-        release.set()  # the pass completes: healthy again
+        # No pass completes while the clock moves (a pass the host's own start-up work
+        # woke would, otherwise): the sweep is stuck, as a 503 reports.
+        async with sweep_held(sweeper, monkeypatch):
+            clock.advance(179)
+            assert (await client.get("/health")).status_code == 200
+            clock.advance(2)
+            stalled = await client.get("/health")
+            assert stalled.status_code == 503
+            assert stalled.json()["status"] == "stalled"
+            assert stalled.json()["sweep_lag_seconds"] == 181
+        # The pass completes: healthy again.
         await wait_for(lambda: sweeper.last_pass_at == clock.now())
         assert (await client.get("/health")).status_code == 200
 
