@@ -51,6 +51,9 @@ from host.writer import OutsideCommits, Writer
 
 log = logging.getLogger("cronbox.host")
 CHANGE_POLL = 0.2
+# After a signal that cronbox.db changed, the feed is read again this long after it, and
+# after each of these (seconds): the signal can come before the commit is visible.
+CENTRAL_RECHECKS = (0.005, 0.02, 0.1, 0.5, 2.0)
 _STATUS_LOCK = threading.Lock()
 # How long the HTTP server may take to finish open requests once the host has drained.
 HTTP_CLOSE_GRACE = 10.0
@@ -339,9 +342,11 @@ async def _watch(
             return True
         return changes is not None and sweeper.sleeps_past(store.next_wake())
 
+    rechecks: list[float] = []
     while True:
         if await anyio.to_thread.run_sync(changed):
             sweeper.wake()
+            rechecks = []
         sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
@@ -354,9 +359,14 @@ async def _watch(
         if changes is None:
             await anyio.sleep(CHANGE_POLL)
             continue
-        with anyio.move_on_after(sweeper.config.idle_poll):
-            if OUTBOX_CHANGED in await changes.wait():
+        with anyio.move_on_after(rechecks.pop(0) if rechecks else sweeper.config.idle_poll):
+            tags = await changes.wait()
+            if OUTBOX_CHANGED in tags:
                 sweeper.wake()
+            if "central" in tags:
+                # The WAL's write is signalled before its commit shows (SQLite makes it
+                # visible after its fsync): look again a few times after it.
+                rechecks = list(CENTRAL_RECHECKS)
 
 
 def watch_home(home: Path) -> ChangeWatch | None:
