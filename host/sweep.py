@@ -248,7 +248,6 @@ class Sweeper:
         """While the loop sleeps between passes, when it means to wake (else None)."""
         self.planned_for: datetime | None = None
         """The store's next wake the loop last planned its sleep by."""
-        self._in_pass = False
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -261,7 +260,7 @@ class Sweeper:
         did not plan by (a commit of another process made it earlier, and its signal was
         missed)."""
         until, planned = self.asleep_until, self.planned_for
-        if nxt is None or self._in_pass or (until is not None and nxt >= until):
+        if nxt is None or not self._pass_over.is_set() or (until is not None and nxt >= until):
             return False  # a pass in progress plans by what it reads at its end
         # Asleep, or planning by a read that may have come before the commit.
         return planned is None or nxt < planned
@@ -386,7 +385,6 @@ class Sweeper:
                     self._wake = anyio.Event()
                     began = time.perf_counter()
                     self._pass_over = anyio.Event()
-                    self._in_pass = True
                     try:
                         await self.tick()
                     except Exception:
@@ -394,7 +392,6 @@ class Sweeper:
                     else:
                         self.last_pass_at = self.clock.now()
                     finally:
-                        self._in_pass = False
                         self._pass_over.set()
                     self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     self._watch_outbox_changes()

@@ -33,7 +33,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import ratio, table
+from _common import children_cpu, ratio, table
 from idle_sweep import NOT_BEFORE, task_requests
 
 from cronbox_shared import sessiondb as sdb
@@ -188,12 +187,6 @@ def env_for(code: Path, home: Path) -> dict[str, str]:
         CRONBOX_RUNTIME="process", COLUMNS="200",
     )  # fmt: skip
     return env
-
-
-def children_cpu() -> float:
-    """CPU seconds (user and system) of this process's waited-for children so far."""
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
 
 
 def timed(code: Path, home: Path, argv: Sequence[str]) -> tuple[float, int, float]:

@@ -23,7 +23,6 @@ else the machine runs at the time (the wall time does).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import tempfile
 import time
@@ -33,7 +32,15 @@ from datetime import datetime
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import cpu_seconds, descendants, host_process, memory_kib, ratio, table
+from _common import (
+    children_cpu,
+    cpu_seconds,
+    descendants,
+    host_process,
+    memory_kib,
+    ratio,
+    table,
+)
 
 from cronbox_shared.timeutil import parse_utc
 from host.service import Cronbox
@@ -112,11 +119,6 @@ def run(home: Path, tasks: dict[str, list[str]], env: dict[str, str], limit: flo
             time.sleep(0.5)
     wall = max(finished).timestamp() - started
     return Result(wall, peak_rss, peak_pss, dict(outcomes), children_cpu() - cpu_before, host_cpu)
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

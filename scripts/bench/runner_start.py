@@ -15,7 +15,6 @@ the gate machinery: the import before the runner's path shed them, as a baseline
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts the repo on sys.path)
 import anyio
-from _common import cpu_seconds, percentile, ratio, secs, table
+from _common import children_cpu, cpu_seconds, percentile, ratio, secs, table
 
 from cronbox_shared.settings import RunnerSettings
 from host.runtimes import ProcessRuntime, RunnerSpec
@@ -37,11 +36,6 @@ RUNNER_MODULES = "import agent_runner.__main__, agent_runner.runner, agent_runne
 EAGER_MODULES = (
     f"{RUNNER_MODULES}, cronbox_shared.sessiondb, cronbox_shared.models, agent_runner.gate"
 )
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def parse_args() -> argparse.Namespace:
