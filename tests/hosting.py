@@ -116,6 +116,22 @@ async def sweep_held(sweeper: Sweeper, monkeypatch: pytest.MonkeyPatch) -> Async
         release.set()
 
 
+def quarantines(sweeper: Sweeper, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, bool]]:
+    """Every quarantine the sweep puts a session in from now on, as it happens:
+    (session id, reason, whether its runner was still live). A quarantine can lift on the
+    very next pass (a lock freed by killing its holder), too soon for a poll of
+    ``sweeper.sick`` to see it."""
+    seen: list[tuple[str, str, bool]] = []
+    quarantine = sweeper._quarantine
+
+    async def recorded(session: Any, reason: str, *args: Any, **kwargs: Any) -> None:
+        seen.append((session.id, reason, session.id in sweeper.live))
+        await quarantine(session, reason, *args, **kwargs)
+
+    monkeypatch.setattr(sweeper, "_quarantine", recorded)
+    return seen
+
+
 async def wait_for(check: Callable[[], T | None], limit: float = 30.0) -> T:
     """Poll ``check`` (run in a thread) until it returns something truthy."""
     with anyio.fail_after(limit):
