@@ -20,6 +20,7 @@ from cronbox_shared.timeutil import Clock
 from host.config import Settings
 from host.daemon import run_host
 from host.service import Cronbox
+from host.store.records import Session
 from host.sweep import SweepConfig, Sweeper
 
 T = TypeVar("T")
@@ -124,7 +125,7 @@ def quarantines(sweeper: Sweeper, monkeypatch: pytest.MonkeyPatch) -> list[tuple
     seen: list[tuple[str, str, bool]] = []
     quarantine = sweeper._quarantine
 
-    async def recorded(session: Any, reason: str, *args: Any, **kwargs: Any) -> None:
+    async def recorded(session: Session, reason: str, *args: Any, **kwargs: Any) -> None:
         seen.append((session.id, reason, session.id in sweeper.live))
         await quarantine(session, reason, *args, **kwargs)
 
