@@ -786,8 +786,10 @@ class Sweeper:
             retry_base=timedelta(seconds=self.config.retry_base),
         )  # fmt: skip
         await self._finished(runner.session, plan.finished)
-        await self._forget_runner(runner)
+        # Watched before it leaves the pool (no await between the two): a session whose
+        # runner is gone is never, even for the lease's release, neither live nor watched.
         self.watched[session_id] = Watched(runner.session, self.clock.now() + OUTBOX_WATCH)
+        await self._forget_runner(runner)
         if claims:
             ended = len(plan.finished)
             retried = len(plan.runs) - ended
