@@ -52,7 +52,18 @@ HOLD = (
     "pathlib.Path('locked').touch()\n"
     "time.sleep(600)\n"
 )
-# Each act replaces the outbox in one step (a rename, or a retry until it holds): the
+# A directory takes the outbox's place in one step: renameat2's RENAME_EXCHANGE swaps
+# the two names (a plain rename cannot put a directory over a file). Removing the file
+# first would leave a moment with no outbox, in which the runner, polling beside its
+# gate, makes a fresh one, and a crash of the runner there kills the act half done.
+SWAP = (
+    "import ctypes, os\n"
+    "os.mkdir('../outbox/.act')\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    f"if libc.renameat2(-100, b'../outbox/.act', -100, {OUTBOX.encode()!r}, 2) != 0:\n"
+    "    raise OSError(ctypes.get_errno(), 'renameat2 failed')\n"
+)
+# Each act replaces the outbox in one step (a rename, or an exchange of two names): the
 # runner may open ``outbound.db`` while the act runs, and a window in which the path is
 # missing or empty would let SQLite make a fresh database there, undoing the act.
 ACTS = {
@@ -60,10 +71,7 @@ ACTS = {
         f"yes garbage | head -c 40000 > ../outbox/.act && mv -f ../outbox/.act {OUTBOX}",
         "unreadable",
     ),
-    "directory": (
-        f"until [ -d {OUTBOX} ]; do rm -f {OUTBOX}; mkdir {OUTBOX} 2>/dev/null; done",
-        "is a directory",
-    ),
+    "directory": ("python3 swap.py", "is a directory"),
     "symlink to another session": (
         f"ln -s ../../VICTIM/outbox/outbound.db ../outbox/.act && mv -fT ../outbox/.act {OUTBOX}",
         "symbolic link",
@@ -83,6 +91,7 @@ def plant(store: Cronbox, session_id: str, victim: str, act: str) -> None:
     workspace.mkdir(exist_ok=True)
     (workspace / "grow.py").write_text(GROW)
     (workspace / "hold.py").write_text(HOLD)
+    (workspace / "swap.py").write_text(SWAP)
     script = (
         "if [ ! -e acted ]; then touch acted; "
         f"{act.replace('VICTIM', victim)}; fi; "
@@ -121,23 +130,12 @@ async def stop_the_writer(sweeper: Sweeper, store: Cronbox, session_id: str, run
         os.kill(pid, signal.SIGSTOP)
 
 
-# Known open: in a container the directory act is sometimes undone (about 1 run in 3:
-# the act's marker is written, yet a regular outbound.db is back and the gate's row
-# settles as skipped), so the test would check nothing. The same fault injected from
-# outside is covered by tests/test_faults.py.
-RACY_IN_A_CONTAINER = {
-    "directory": "in a container the directory act is sometimes undone before it is read (open)",
-}
-
-
 @pytest.mark.parametrize("kind", list(ACTS))
 async def test_an_outbox_its_own_runner_made_hostile_quarantines_only_that_session(
     tmp_path: Path, runtime: str, kind: str, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("TZ", "UTC")
-    if runtime == "docker" and kind in RACY_IN_A_CONTAINER:
-        pytest.skip(RACY_IN_A_CONTAINER[kind])
     act, reason = ACTS[kind]
     caplog.set_level(logging.INFO, logger="cronbox.reply")
     with three_sessions(tmp_path, runtime=runtime) as (store, home, ids):
