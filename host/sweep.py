@@ -797,12 +797,28 @@ class Sweeper:
                 "session %s: %s; %d rows to retry, %d ended",
                 runner.session.name, reason, retried, ended, extra=_runner_fields(runner),
             )  # fmt: skip
+        elif (died := await self._died(runner, reason)) is not None:
+            log.warning("session %s: %s", runner.session.name, died, extra=_runner_fields(runner))
         else:
             log.info(
                 "session %s: runner finished", runner.session.name, extra=_runner_fields(runner)
             )
         await self._prune(runner.session)
         self.wake()
+
+    async def _died(self, runner: LiveRunner, why: str) -> str | None:
+        """How a runner the host neither stopped nor killed went, when it failed (a
+        non-zero status, a signal, its container out of memory); None for a runner that
+        simply ended. ``why`` is how the sweep saw it go."""
+        if runner.stopping or why.startswith("runner killed"):
+            return None
+        code = await self.runtime.exit_code(runner.handle)
+        if code is None or code == 0:
+            return None
+        words = await self.runtime.last_words(runner.handle)
+        return f"runner exited with status {code}, holding no work" + (
+            f": {words}" if words else ""
+        )
 
     async def _forget_runner(self, runner: LiveRunner) -> None:
         """A runner that is gone leaves the pool and its lease."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -163,6 +164,28 @@ async def test_runner_killed_mid_task_is_retried_then_failed_after_five_tries(
     assert run.outcome is RunOutcome.ERROR
     assert run.tries == 5
     assert "runner exited" in (run.error or "")
+
+
+async def test_a_runner_killed_while_it_holds_nothing_is_told_as_killed_not_finished(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing is retried (it held nothing), but the log says how it went."""
+    settings = make_settings(tmp_path / "home", idle_timeout=60.0)
+    store = Cronbox.from_settings(settings)
+    session = store.create_session("idle")
+    async with running_host(settings) as sweeper:
+        message = store.send_message(session.id, "hello")
+        await wait_for(
+            lambda: [r for r in replies(store, session.id) if r["in_reply_to"] == message.id]
+        )
+        runner = await wait_for(lambda: sweeper.live.get(session.id))
+        await wait_for(lambda: not runner.claims and not runner.busy)
+        kill_group(int(runner.handle.ref))
+        await wait_for(lambda: session.id not in sweeper.live)
+    said = [r.getMessage() for r in caplog.records if r.name == "cronbox.sweep"]
+    told = f"session idle: runner exited with status -{signal.SIGKILL}, holding no work"
+    assert [m for m in said if m.startswith(told)], said
+    assert "session idle: runner finished" not in said
 
 
 async def test_pool_of_two_never_runs_more_than_two_and_serves_earliest_due_first(
