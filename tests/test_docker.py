@@ -219,7 +219,9 @@ async def test_a_gate_that_exhausts_its_container_fails_and_the_runner_lives_on(
     """A fork bomb meets the pids limit, a memory hog the memory limit: either is a failed
     gate with its reason, and the same runner answers the next message."""
     monkeypatch.setenv("CRONBOX_GATE_TIMEOUT", "3")
-    settings = make_settings(tmp_path / "home", runtime="docker", idle_timeout=30.0)
+    # Idle for longer than the test can take, so a second start can only mean that the
+    # first runner died (the host logs how: a status, or its container out of memory).
+    settings = make_settings(tmp_path / "home", runtime="docker", idle_timeout=300.0)
     store = Cronbox.from_settings(settings)
     session = store.create_session("greedy", limits=limits)
     task = store.schedule_task(session.id, {"prompt": "p", "processAfter": "now", "script": script})
