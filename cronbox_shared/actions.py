@@ -69,7 +69,9 @@ class UpdateTask(UpdateRequest, _Action):
 
 
 class _TaskRef(_Action):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, strict=True, defer_build=True
+    )
 
     task_id: str = Field(alias="taskId")
 

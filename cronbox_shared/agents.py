@@ -43,7 +43,7 @@ PROVIDERS: tuple[str, ...] = (
 class AgentProfile(BaseModel):
     """One ``[agents.NAME]`` table of ``agents.toml``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     provider: str
     model: str | None = None

@@ -34,7 +34,7 @@ __all__ = [
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 class InboundMessage(Record, RowContent):

@@ -151,7 +151,9 @@ def validation_sentence(
 class StrictRequest(BaseModel):
     """A task request from outside: strict, frozen, no unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, strict=True, defer_build=True
+    )
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Self:

@@ -170,7 +170,7 @@ class RunQueued(Record):
 class ErrorOut(BaseModel):
     """Every refused HTTP request: one sentence that says what to fix."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     error: str
 
@@ -218,7 +218,7 @@ class JobOut(Record):
 class JobTrigger(BaseModel):
     """``POST /api/scheduler``: run one job now."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
     action: Literal["trigger"]
     job: str

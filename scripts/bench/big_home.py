@@ -12,6 +12,10 @@ home, in the same run):
   the host logs that it is running, and the host's RSS then (and its peak, ``VmHWM``);
 * ``cronbox --help``, beside ``python -c pass`` (the interpreter alone).
 
+Both trees' modules are compiled to bytecode first (``compileall``), as an installed
+package is: the figures are what a user's command costs, not a compile of every module
+(which ``PYTHONDONTWRITEBYTECODE``, set on some machines, would otherwise add to every run).
+
 Every figure is a median of ``--repeat`` runs of a fresh process (the page cache is warm:
 the build, or the first run, read the files), in wall seconds and in CPU seconds (user
 and system: of each command, and of the host process until it is ready), which other
@@ -180,6 +184,15 @@ def baseline_tree(rev: str | None) -> tuple[Path, str]:
     return where, short
 
 
+PACKAGES = ("host", "cronbox_shared", "mcp_tools", "agent_runner")
+
+
+def compiled(code: Path) -> None:
+    """Compile a tree's modules to bytecode, as installing the package does."""
+    present = [str(code / name) for name in PACKAGES if (code / name).is_dir()]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *present], check=True)
+
+
 def env_for(code: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBOX_")}
     env.update(
@@ -258,6 +271,8 @@ def main() -> None:
     try:
         build(args, home)
         new = _common.REPO
+        for code in (old_tree, new):
+            compiled(code)
         print(f"\nbaseline: {old_rev} (a temporary worktree); {args.repeat} runs each\n")
         rows = []
         commands = {
