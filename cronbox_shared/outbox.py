@@ -28,6 +28,12 @@ INBOUND = f"{INBOX}/inbound.db"
 OUTBOUND = f"{OUTBOX}/outbound.db"
 HEARTBEAT = f"{OUTBOX}/.heartbeat"
 BUSY_TIMEOUT_MS = 10_000
+# A cronbox home holds each session at ``sessions/<id>``, and the host's ``doorbell/``:
+# a process outside the session's runner (an MCP server run by hand) that writes to an
+# outbox leaves an empty file named by the session id there, so a running host takes the
+# rows in within a second instead of at the session's next wake.
+SESSIONS = "sessions"
+DOORBELL = "doorbell"
 # The session_state key that keeps a reset outbox's seqs above its predecessor's.
 SEQ_FLOOR = "seq_floor"
 
@@ -86,15 +92,16 @@ class OutboxFile:
         self.conn.execute("COMMIT")
 
 
-def _migrated(conn: sqlite3.Connection) -> bool:
+def migrated(conn: sqlite3.Connection, migration_set: str, names: Sequence[str]) -> bool:
+    """Whether every one of ``names`` of ``migration_set`` is applied to the file (read
+    from sqlite-utils' migrations table with a plain query, importing nothing)."""
     try:
         rows = conn.execute(
-            f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?",
-            [OUTBOUND_MIGRATION_SET],
+            f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?", [migration_set]
         ).fetchall()
     except sqlite3.OperationalError:  # no migrations table: a new file
         return False
-    return set(OUTBOUND_MIGRATIONS) <= {name for (name,) in rows}
+    return set(names) <= {name for (name,) in rows}
 
 
 @contextmanager
@@ -109,7 +116,7 @@ def open_outbox(session_dir: Path) -> Iterator[OutboxFile]:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path, readonly=False)
     try:
-        if not _migrated(conn):
+        if not migrated(conn, OUTBOUND_MIGRATION_SET, OUTBOUND_MIGRATIONS):
             from cronbox_shared import sessiondb  # only to migrate
 
             conn.close()

@@ -46,12 +46,14 @@ from cronbox_shared.models import (
 # sqlite3, so a runner's wake imports no sqlite-utils); it is this module's too.
 from cronbox_shared.outbox import APPROVED as APPROVED
 from cronbox_shared.outbox import BUSY_TIMEOUT_MS as BUSY_TIMEOUT_MS
+from cronbox_shared.outbox import DOORBELL as DOORBELL
 from cronbox_shared.outbox import HEARTBEAT as HEARTBEAT
 from cronbox_shared.outbox import INBOUND as INBOUND
 from cronbox_shared.outbox import INBOX as INBOX
 from cronbox_shared.outbox import OUTBOUND as OUTBOUND
 from cronbox_shared.outbox import OUTBOX as OUTBOX
 from cronbox_shared.outbox import SEQ_FLOOR as SEQ_FLOOR
+from cronbox_shared.outbox import SESSIONS as SESSIONS
 from cronbox_shared.outbox import WORKSPACE as WORKSPACE
 from cronbox_shared.outbox import add_history as add_history
 from cronbox_shared.outbox import claimable as claimable
@@ -79,12 +81,6 @@ GATEWAY_ERROR_TYPE = "gateway_error"
 # A read-only reader of an untrusted outbox waits this long for its writer's lock, then
 # gives up for this pass: a lock held by one runner must never stall the host's sweep.
 OUTBOX_BUSY_MS = 50
-# A cronbox home holds each session at ``sessions/<id>``, and the host's ``doorbell/``:
-# a process outside the session's runner (an MCP server run by hand) that writes to an
-# outbox leaves an empty file named by the session id there, so a running host takes the
-# rows in within a second instead of at the session's next wake.
-SESSIONS = "sessions"
-DOORBELL = "doorbell"
 
 _DbT = TypeVar("_DbT", bound=Database)
 

@@ -18,7 +18,8 @@ from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus, MessageStatus
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.service import Cronbox
-from host.store.central import CENTRAL, central_migrations
+from host.store.central import CENTRAL
+from host.store.central_schema import central_migrations
 from host.store.records import MAX_PAGE, TaskFilter
 from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 

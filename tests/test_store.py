@@ -691,3 +691,38 @@ def test_pruning_runs_drops_the_token_counts_of_the_days_before(
     store.central.prune_runs(fmt(store.now()))
     assert store.central.tokens_on(day) == {}
     assert store.tokens_today(session.id) == TokenCount(input_tokens=7)
+
+
+def test_the_central_list_of_migrations_is_the_migrations_themselves() -> None:
+    from sqlite_utils import Database
+
+    from host.store.central import CENTRAL_MIGRATIONS
+    from host.store.central_schema import central_migrations
+
+    with sqlite3.connect(":memory:") as conn:
+        pending = central_migrations.pending(Database(conn))
+    # A new central migration's name goes into CENTRAL_MIGRATIONS too, or an old file
+    # would be taken for up to date and never get it.
+    assert tuple(m.name for m in pending) == CENTRAL_MIGRATIONS
+
+
+def test_a_central_transaction_commits_whole_or_not_at_all_and_nests_as_a_savepoint(
+    tmp_path: Path,
+) -> None:
+    central = SqliteCentral(tmp_path / "home")
+    note = "INSERT INTO audit_log (at, actor, action) VALUES ('t', 'test', ?)"
+    with central.transaction() as db:
+        db.execute(note, ["kept"])
+        with pytest.raises(RuntimeError), db.atomic():
+            db.execute(note, ["inner, undone"])
+            raise RuntimeError
+        with db.atomic():
+            db.execute(note, ["inner, kept"])
+    with pytest.raises(RuntimeError), central.transaction() as db:
+        db.execute(note, ["outer, undone"])
+        raise RuntimeError
+    with central.transaction() as db:
+        actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY id")]
+    assert actions == ["kept", "inner, kept"]
+    with sqlite3.connect(central.path) as conn:  # and so another connection sees it
+        assert [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")] == actions
