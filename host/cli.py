@@ -95,6 +95,7 @@ from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Run, Session, Task
 
 if TYPE_CHECKING:
     from host.config import Settings
+    from host.reading import Reader
     from host.service import Cronbox
     from host.views import JobOut
 
@@ -505,6 +506,15 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
     return Cronbox.from_settings(settings, create=create)
 
 
+def open_reader(home: Path | None) -> Reader:
+    """The read side of an existing ``home`` (default from the settings), for a command
+    that reads only the central index: it starts without importing the write side."""
+    from host.reading import Reader
+
+    settings = load_settings()
+    return Reader(settings.home if home is None else home, create=False)
+
+
 NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
 
 
@@ -696,7 +706,7 @@ def schedule_cell(recurrence: str | None, view: TaskView | None = None) -> str:
     elif recurrence is None:
         text = "once"
     else:
-        from host.service import describe_recurrence
+        from host.reading import describe_recurrence
 
         text = f"{recurrence} ({describe_recurrence(recurrence)})"
     return text + ("; needs approval" if view is not None and view.approval else "")
@@ -1614,7 +1624,7 @@ def task_list(
     states = status_filter.states
     if include_all and ctx.get_parameter_source("status_filter") is ParameterSource.DEFAULT:
         states = None  # --all alone has always meant finished tasks too
-    store = open_store(home)
+    store = open_reader(home)
     now = store.now()
     if include_all:
         rows: Iterable[TaskView] = store.iter_tasks(session, states=states, after=after)
@@ -2247,7 +2257,7 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Show the pool, live runners, due counts, the next wake-up and today's model tokens."""
     from host.status import host_status
 
-    store = open_store(home)
+    store = open_reader(home)
     report = host_status(store, load_settings().max_containers)
     if as_json:
         print_json(report)

@@ -18,19 +18,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.actions import ActionKind, TaskChange, transition
-from cronbox_shared.agents import AgentProfile, check_agent, load_profiles, resolve_agent
+from cronbox_shared.agents import AgentProfile, check_agent, resolve_agent
 from cronbox_shared.chains import MAX_CHAIN_DEPTH
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.errors import (
@@ -70,7 +69,7 @@ from cronbox_shared.tasks import (
     wake_limit,
     wakes_per_day,
 )
-from cronbox_shared.timeutil import Clock, Instant, SystemClock, fmt, parse_utc, zone
+from cronbox_shared.timeutil import Clock, Instant, fmt, parse_utc, zone
 from host.approvals import (
     TIMEOUT_ACTOR,
     Decision,
@@ -85,6 +84,7 @@ from host.chains import parent_ends, plan_chain
 from host.config import Settings
 from host.limits import ContainerLimits, check_limits
 from host.liveness import Claim
+from host.reading import Page, Reader, check_limit
 from host.settlement import (
     OCCURRENCE_SEP,
     InboxChanges,
@@ -98,11 +98,9 @@ from host.settlement import (
     series_of,
     settle_acks,
 )
-from host.store.base import CentralRepository, ChangeFeed, InboxTransaction, SessionFiles
-from host.store.central import SqliteCentral
+from host.store.base import ChangeFeed, InboxTransaction, SessionFiles
 from host.store.files import SqliteSessionFiles
 from host.store.records import (
-    LIVE_STATES,
     MAX_PAGE,
     PAGE_SIZE,
     AuditEntry,
@@ -112,7 +110,6 @@ from host.store.records import (
     Run,
     RunRecord,
     Session,
-    TaskQuery,
     TaskView,
     TokenCount,
 )
@@ -167,19 +164,6 @@ class Rejection:
     action: str
 
 
-K = TypeVar("K", str, int)
-
-
-@dataclass(frozen=True)
-class Page(Generic[T, K]):
-    """One page of a listing (``task list``, ``task history``): its rows, and the key of
-    the row the next page starts after."""
-
-    rows: list[T]
-    next_after: K | None
-    """What to pass as ``after`` for the next page; None on the last page."""
-
-
 @dataclass
 class _Work:
     """What one inbound transaction changed, for the central view."""
@@ -215,17 +199,7 @@ def task_row(valid: ValidTask, now: Instant, policy: Policy | None = None) -> In
     return row.model_copy(update={"process_after": fmt(due)})
 
 
-@lru_cache(maxsize=4096)
-def describe_recurrence(expr: str | None) -> str:
-    """The recurrence in words, or "once".
-
-    Kept per expression: parsing it again and cron-descriptor loading its message
-    catalogue for every row were most of what listing many tasks cost.
-    """
-    return stored_recurrence(expr).describe() if expr else "once"
-
-
-class Cronbox:
+class Cronbox(Reader):
     """cronbox's commands and queries over one ``CRONBOX_HOME``."""
 
     def __init__(
@@ -240,11 +214,9 @@ class Cronbox:
         outbox_read_limit: float = DEFAULTS.outbox_read_limit,
     ) -> None:
         """The service over ``home``; without ``create`` a missing home raises HomeNotFound."""
-        self.home = Path(home)
-        self.clock: Clock = clock or SystemClock()
+        super().__init__(home, clock=clock, create=create)
         self.default_timezone = zone(default_timezone, "the host timezone").key
         self.limits = limits or Limits()
-        self.central: CentralRepository = SqliteCentral(self.home, create=create)
         self.files: SessionFiles = SqliteSessionFiles(
             self.home, outbox_max_bytes=outbox_max_bytes, outbox_read_limit=outbox_read_limit
         )
@@ -269,10 +241,6 @@ class Cronbox:
         )
 
     # --- plumbing ----------------------------------------------------------------------
-
-    def now(self) -> datetime:
-        """The current instant from the injected clock."""
-        return self.clock.now()
 
     def session_dir(self, session_id: str) -> Path:
         """The directory holding a session's files."""
@@ -351,10 +319,6 @@ class Cronbox:
         return self.central.audit_entries(session_id, limit)
 
     # --- agent profiles ----------------------------------------------------------------
-
-    def agent_profiles(self) -> dict[str, AgentProfile]:
-        """The profiles of ``$CRONBOX_HOME/agents.toml`` (AgentConfigError for a bad file)."""
-        return load_profiles(self.home)
 
     def agent_profile(self, name: str, environ: Mapping[str, str] | None = None) -> AgentProfile:
         """The profile a session named ``name`` runs with, its key variable checked in
@@ -519,14 +483,6 @@ class Cronbox:
                           {"kept": str(aside)})  # fmt: skip
         return aside
 
-    def get_session(self, ref: str) -> Session:
-        """A session by id or name."""
-        return self.central.session(ref)
-
-    def list_sessions(self) -> list[Session]:
-        """Every session, oldest first."""
-        return self.central.sessions()
-
     def session_agents(self) -> list[tuple[str, str, str]]:
         """(id, name, agent profile) of every session: what a starting host needs of each."""
         return self.central.session_agents()
@@ -538,11 +494,6 @@ class Cronbox:
     def chat_due_sessions(self, now: datetime) -> set[str]:
         """Sessions with a chat message due by ``now`` (the pool serves them first)."""
         return self.central.chat_due_sessions(fmt(now))
-
-    def next_wake(self) -> datetime | None:
-        """The earliest ``next_due_at`` over all sessions."""
-        value = self.central.next_wake()
-        return parse_utc(value) if value else None
 
     # --- the central view --------------------------------------------------------------
 
@@ -765,55 +716,6 @@ class Cronbox:
         """Task series, live ones by default, soonest next run first."""
         session_id = self.get_session(session_ref).id if session_ref is not None else None
         return self.central.task_views(session_id=session_id, live_only=not include_all)
-
-    def task_page(
-        self,
-        session_ref: str | None = None,
-        *,
-        states: tuple[MessageStatus, ...] | None = LIVE_STATES,
-        after: str | None = None,
-        limit: int = PAGE_SIZE,
-    ) -> Page[TaskView, str]:
-        """One page of task series (live ones by default) in listing order: the order
-        they were first scheduled in, which nothing changes later, so following
-        ``next_after`` from page to page skips and repeats nothing."""
-        _check_limit(limit)
-        session_id = self.get_session(session_ref).id if session_ref is not None else None
-        query = TaskQuery(session_id=session_id, states=states, after=after, limit=limit + 1)
-        views = self.central.task_page(query)
-        more = len(views) > limit
-        return Page(views[:limit], views[limit - 1].series_id if more else None)
-
-    def iter_tasks(
-        self,
-        session_ref: str | None = None,
-        *,
-        states: tuple[MessageStatus, ...] | None = LIVE_STATES,
-        after: str | None = None,
-    ) -> Iterator[TaskView]:
-        """Every task series from ``after`` on, page after page as they are read."""
-        while True:
-            page = self.task_page(session_ref, states=states, after=after, limit=MAX_PAGE)
-            yield from page.rows
-            if page.next_after is None:
-                return
-            after = page.next_after
-
-    def live_task_count(self) -> int:
-        """Live task series over every session."""
-        return self.central.live_task_count()
-
-    def counts(self) -> dict[str, int]:
-        """The counts the central index keeps (sessions, task series per state)."""
-        return self.central.counts()
-
-    def due_count(self, now: datetime) -> int:
-        """How many sessions have work due by ``now``."""
-        return self.central.due_count(fmt(now))
-
-    def quiet_sessions(self, limit: int) -> tuple[int, list[tuple[str, str, str]]]:
-        """How many sessions keep quiet hours, and (name, window, zone) of ``limit``."""
-        return self.central.quiet_sessions(limit)
 
     def _change_status(
         self, ref: str, kind: TaskChange, actor: str, session_id: str | None,
@@ -1079,14 +981,6 @@ class Cronbox:
         session, series = self._locate(ref, None)
         return self.files.waiting_children(session, series)
 
-    def awaiting_count(self) -> int:
-        """Occurrences awaiting approval over every session."""
-        return self.central.awaiting_count()
-
-    def decision_counts(self) -> dict[str, int]:
-        """Approval decisions in the kept run history, by decision."""
-        return self.central.decision_counts()
-
     def upcoming(self, ref: str, n: int = 10) -> list[tuple[datetime, datetime]]:
         """(slot, when it runs) of a task's next ``n`` runs, as the host will run them
         (:func:`host.settlement.preview_runs`); none for an ended task."""
@@ -1117,7 +1011,7 @@ class Cronbox:
     ) -> Page[Run, int]:
         """One page of a task series' past runs, newest first: those listed after run
         ``after`` (older ones) when given."""
-        _check_limit(limit)
+        check_limit(limit)
         session, series = self._locate(ref, None)
         runs = self.central.runs(session, series, limit + 1, after)
         return Page(runs[:limit], runs[limit - 1].id if len(runs) > limit else None)
@@ -1156,22 +1050,6 @@ class Cronbox:
     def tokens_today(self, session_id: str) -> TokenCount:
         """The tokens the session's model calls used today (UTC)."""
         return self.central.tokens_on(self.token_day(), session_id).get(session_id, TokenCount())
-
-    def token_use_today(
-        self, agents: Collection[str] | None = None
-    ) -> list[tuple[Session, TokenCount]]:
-        """Every session, oldest first, with the tokens it used today (UTC); given
-        ``agents``, only the sessions that used tokens today or run one of those."""
-        day = self.token_day()
-        used = self.central.tokens_on(day)
-        sessions = (
-            self.list_sessions() if agents is None else self.central.token_sessions(day, agents)
-        )
-        return [(s, used.get(s.id, TokenCount())) for s in sessions]
-
-    def token_day(self) -> str:
-        """Today as token budgets count days: the UTC date, ``YYYY-MM-DD``."""
-        return self.now().astimezone(UTC).date().isoformat()
 
     # --- the conversation --------------------------------------------------------------
 
@@ -1602,14 +1480,6 @@ def _session_name(name: str) -> str:
             f'session name "{name[:80]}" is not valid; use 1-64 characters without spaces'
         )
     return name
-
-
-def _check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(
-            f"limit {limit} is out of range; give 1 to {MAX_PAGE} rows a page and page on "
-            "with after"
-        )
 
 
 def _cap(text: str | None, limit: int) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 from cronbox_shared.errors import AgentConfigError
 from cronbox_shared.policies import parse_quiet, quiet_end
 from cronbox_shared.timeutil import fmt, zone
-from host.service import Cronbox
+from host.reading import Reader
 from host.store.records import LIVE_STATES
 from host.views import TokensTodayOut
 
@@ -29,7 +29,7 @@ STATUS = "host.json"
 QUIET_SHOWN = 20
 
 
-def host_status(store: Cronbox, max_containers: int) -> dict[str, Any]:
+def host_status(store: Reader, max_containers: int) -> dict[str, Any]:
     """What ``cronbox status`` shows: the host's published pool state plus due counts.
 
     Only counts the central index keeps and index ranges are read, so it costs the same

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutcome
 from cronbox_shared.timeutil import Instant, fmt, parse_utc, zone
-from host.service import describe_recurrence
+from host.reading import describe_recurrence
 from host.settlement import is_backfill
 from host.store.records import Run, Session, TaskView, TokenCount
 

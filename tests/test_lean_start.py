@@ -55,7 +55,11 @@ def test_a_read_only_command_loads_neither_the_host_nor_its_runtimes(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRONBOX_")}
     env["CRONBOX_HOME"] = str(home)
     modules = imported(["-m", "host.cli", *command], env)
-    assert "host.service" in modules  # it did open the store
+    assert "host.reading" in modules  # it did open the central index
     assert of_packages(modules, WEB) == set()
     host_side = {"host.daemon", "host.sweep", "host.runtimes", "host.http", "host.gateway"}
     assert host_side & modules == set()
+    # Nor the write side: the service's commands, the session files, sqlite-utils.
+    write_side = {"host.service", "host.store.files", "cronbox_shared.sessiondb"}
+    assert write_side & modules == set()
+    assert of_packages(modules, ("sqlite_utils",)) == set()
