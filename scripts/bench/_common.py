@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,13 +128,18 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 @contextmanager
-def host_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def host_process(
+    env: dict[str, str], log: Path, code: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real host (``python -m host.cli run``) with ``env`` over this environment, its
-    output appended to ``log``; stopped with SIGTERM (SIGKILL after 2 minutes) at the end."""
+    output appended to ``log``; stopped with SIGTERM (SIGKILL after 2 minutes) at the end.
+    ``code`` is the tree it and its runners run from (a :func:`baseline_tree`, through
+    :func:`tree_python`), by default this one."""
+    python = sys.executable if code is None else str(tree_python(code))
     with log.open("ab") as out:
         host = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "run"], env={**os.environ, **env},
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            [python, "-m", "host.cli", "run"], env={**os.environ, **env},
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=code,
         )  # fmt: skip
         try:
             yield host
@@ -143,3 +150,54 @@ def host_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[by
             except subprocess.TimeoutExpired:
                 host.kill()
                 host.wait()
+
+
+# --- the code to compare with -------------------------------------------------------
+
+
+def baseline_tree(rev: str | None) -> tuple[Path, str]:
+    """A temporary worktree of the code to compare with (by default the merge base with
+    ``main``), and its short revision; remove it with :func:`drop_tree`."""
+    git = ["git", "-C", str(REPO)]
+    if rev is None:
+        rev = subprocess.run(
+            [*git, "merge-base", "HEAD", "main"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    where = Path(tempfile.mkdtemp(prefix="cronbox-baseline-")) / "tree"
+    subprocess.run([*git, "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    short = subprocess.run(
+        [*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return where, short
+
+
+def drop_tree(tree: Path) -> None:
+    """Remove a worktree :func:`baseline_tree` made."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False
+    )
+    shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def tree_python(tree: Path) -> Path:
+    """An interpreter that imports cronbox from ``tree`` (and every other package from
+    this one's environment), for the processes that code starts too: a runner the host
+    spawns is ``sys.executable -m agent_runner`` with the environment allowlist, so
+    ``PYTHONPATH`` would not reach it, and this environment's editable install would
+    hand it this tree's runner."""
+    venv = tree.parent / "venv"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        [site] = (venv / "lib").glob("python3*/site-packages")
+        here = [p for p in sys.path if p.endswith("site-packages")]
+        (site / "cronbox-tree.pth").write_text("\n".join([str(tree), *here]) + "\n")
+    return venv / "bin" / "python"
+
+
+PACKAGES = ("host", "cronbox_shared", "mcp_tools", "agent_runner")
+
+
+def compiled(code: Path) -> None:
+    """Compile a tree's modules to bytecode, as installing the package does."""
+    present = [str(code / name) for name in PACKAGES if (code / name).is_dir()]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *present], check=True)

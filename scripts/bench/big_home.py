@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import children_cpu, ratio, table
+from _common import baseline_tree, children_cpu, compiled, drop_tree, ratio, table
 from idle_sweep import NOT_BEFORE, task_requests
 
 from cronbox_shared import sessiondb as sdb
@@ -166,31 +166,6 @@ def build(args: argparse.Namespace, home: Path) -> None:
 
 
 # --- measuring -------------------------------------------------------------------------
-
-
-def baseline_tree(rev: str | None) -> tuple[Path, str]:
-    """A temporary worktree of the code to compare with, and its short revision."""
-    repo = _common.REPO
-    git = ["git", "-C", str(repo)]
-    if rev is None:
-        rev = subprocess.run(
-            [*git, "merge-base", "HEAD", "main"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    where = Path(tempfile.mkdtemp(prefix="cronbox-baseline-")) / "tree"
-    subprocess.run([*git, "worktree", "add", "--detach", "-q", str(where), rev], check=True)
-    short = subprocess.run(
-        [*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return where, short
-
-
-PACKAGES = ("host", "cronbox_shared", "mcp_tools", "agent_runner")
-
-
-def compiled(code: Path) -> None:
-    """Compile a tree's modules to bytecode, as installing the package does."""
-    present = [str(code / name) for name in PACKAGES if (code / name).is_dir()]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *present], check=True)
 
 
 def env_for(code: Path, home: Path) -> dict[str, str]:
@@ -331,11 +306,7 @@ def main() -> None:
             verdict = "met" if value <= target else "MISSED"
             print(f"target {label} <= {target} {unit}: {value:.3f} {unit} ({verdict})")
     finally:
-        subprocess.run(
-            ["git", "-C", str(_common.REPO), "worktree", "remove", "--force", str(old_tree)],
-            check=False,
-        )
-        shutil.rmtree(old_tree.parent, ignore_errors=True)
+        drop_tree(old_tree)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
