@@ -161,13 +161,13 @@ def test_cleanup_removes_exactly_the_rows_past_their_age_and_audits_the_counts(
             )
     # Chat rows finished 8, 7.5 and 6 days ago, and one 30 days old never finished.
     chats = [store.send_message(session.id, f"chat {n}").id for n in range(4)]
-    with sdb.inbound(store.session_dir(session.id)) as db, db:
+    with sdb.inbound(store.session_dir(session.id)) as inbox, inbox:
         for message_id, age in zip(chats, [8, 7.5, 6], strict=False):
-            db.execute(
+            inbox.execute(
                 "UPDATE messages_in SET status = 'completed', updated_at = ? WHERE id = ?",
                 [fmt(now - timedelta(days=age)), message_id],
             )
-        db.execute(
+        inbox.execute(
             "UPDATE messages_in SET created_at = ? WHERE id = ?",
             [fmt(now - timedelta(days=30)), chats[3]],
         )
