@@ -409,9 +409,12 @@ def _kill_session_strays(session_dir: Path) -> None:
     their own, so killing the runner's group does not reach them. Never the host's own
     group."""
     own = os.getpgrp()
-    # Every process's environment is read at each runner's exit: the parse is left to
-    # those that name a session at all.
-    marks = (f"{HOME_LABEL}=".encode(), f"{SESSION_DIR_VAR}=".encode())
+    # Every process's environment is read at each runner's exit: the parse (and the
+    # paths' resolution) is left to those that name this session's directory, whose
+    # last part is the session id however the home is spelt.
+    marks = (
+        f"{HOME_LABEL}=".encode(), f"{SESSION_DIR_VAR}=".encode(), os.fsencode(session_dir.name)
+    )  # fmt: skip
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
