@@ -54,6 +54,9 @@ CHANGE_POLL = 0.2
 # After a signal that cronbox.db changed, the feed is read again this long after it, and
 # after each of these (seconds): the signal can come before the commit is visible.
 CENTRAL_RECHECKS = (0.005, 0.02, 0.1, 0.5, 2.0)
+# The change signal's tags for cronbox.db and the doorbell (the sweep's outboxes have theirs).
+CENTRAL_CHANGED = "central"
+BELL_RANG = "bell"
 _STATUS_LOCK = threading.Lock()
 # How long the HTTP server may take to finish open requests once the host has drained.
 HTTP_CLOSE_GRACE = 10.0
@@ -343,11 +346,16 @@ async def _watch(
         return changes is not None and sweeper.sleeps_past(store.next_wake())
 
     rechecks: list[float] = []
+    # What the last wait saw change; None (the first pass, a fallback poll, a recheck)
+    # looks at everything. An outbox's write alone (hundreds a second in a burst) asks
+    # neither cronbox.db nor the doorbell again.
+    tags: set[str] | None = None
     while True:
-        if await anyio.to_thread.run_sync(changed):
+        if (tags is None or CENTRAL_CHANGED in tags) and await anyio.to_thread.run_sync(changed):
             sweeper.wake()
             rechecks = []
-        sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
+        if tags is None or BELL_RANG in tags:
+            sweeper.rang(await anyio.to_thread.run_sync(store.rung_sessions))
         snapshot = repr(
             (sorted(sweeper.live), sorted(sweeper.waiting), sweeper.started_total,
              sorted(sweeper.problems.items()), sweeper.engine_down, stale)
@@ -359,11 +367,12 @@ async def _watch(
         if changes is None:
             await anyio.sleep(CHANGE_POLL)
             continue
+        tags = None
         with anyio.move_on_after(rechecks.pop(0) if rechecks else sweeper.config.idle_poll):
             tags = await changes.wait()
             if OUTBOX_CHANGED in tags:
                 sweeper.wake()
-            if "central" in tags:
+            if CENTRAL_CHANGED in tags:
                 # The WAL's write is signalled before its commit shows (SQLite makes it
                 # visible after its fsync): look again a few times after it.
                 rechecks = list(CENTRAL_RECHECKS)
@@ -375,7 +384,9 @@ def watch_home(home: Path) -> ChangeWatch | None:
     changes = ChangeWatch.open()
     if changes is None:
         return None
-    if changes.add(home, (CENTRAL,), "central") and changes.add(home / sdb.DOORBELL, (), "bell"):
+    if changes.add(home, (CENTRAL,), CENTRAL_CHANGED) and changes.add(
+        home / sdb.DOORBELL, (), BELL_RANG
+    ):
         return changes
     changes.close()
     return None
