@@ -63,3 +63,5 @@ def test_a_read_only_command_loads_neither_the_host_nor_its_runtimes(
     write_side = {"host.service", "host.store.files", "cronbox_shared.sessiondb"}
     assert write_side & modules == set()
     assert of_packages(modules, ("sqlite_utils",)) == set()
+    # A stored recurrence is described without croniter, which checked it when stored.
+    assert of_packages(modules, ("croniter",)) == set()
