@@ -807,18 +807,24 @@ class Sweeper:
         self.wake()
 
     async def _died(self, runner: LiveRunner, why: str) -> str | None:
-        """How a runner the host neither stopped nor killed went, when it failed (a
-        non-zero status, a signal, its container out of memory); None for a runner that
-        simply ended. ``why`` is how the sweep saw it go."""
+        """How a runner holding no work that the host neither stopped nor killed went,
+        when it failed (a non-zero status, a signal, its container out of memory); None
+        for one that simply ended (a kill is logged where it is made)."""
         if runner.stopping or why.startswith("runner killed"):
             return None
-        code = await self.runtime.exit_code(runner.handle)
-        if code is None or code == 0:
+        return await self._exit_story(runner, why, ", holding no work")
+
+    async def _exit_story(self, runner: LiveRunner, why: str, context: str) -> str | None:
+        """How a runner that failed went, with its last words: ``why`` for one the sweep
+        killed, else its exit status followed by ``context``; None for a clean exit.
+        ``why`` is how the sweep saw it go."""
+        killed = why.startswith("runner killed")
+        code = None if killed else await self.runtime.exit_code(runner.handle)
+        if not killed and (code is None or code == 0):
             return None
         words = await self.runtime.last_words(runner.handle)
-        return f"runner exited with status {code}, holding no work" + (
-            f": {words}" if words else ""
-        )
+        story = why if killed else f"runner exited with status {code}{context}"
+        return f"{story}: {words}" if words else story
 
     async def _forget_runner(self, runner: LiveRunner) -> None:
         """A runner that is gone leaves the pool and its lease."""
@@ -948,14 +954,9 @@ class Sweeper:
         """A runner that failed before taking any work: each row it was woken for counts
         a failed try (the 5-try rule), so a broken session cannot make the host restart
         its runner forever. ``why`` is how the sweep saw it go."""
-        code = await self.runtime.exit_code(runner.handle)
-        killed = why.startswith("runner killed")
-        if not killed and (code is None or code == 0):
+        reason = await self._exit_story(runner, why, " before taking any work")
+        if reason is None:
             return [], "runner finished"
-        words = await self.runtime.last_words(runner.handle)
-        reason = why if killed else f"runner exited with status {code} before taking any work"
-        if words:
-            reason += f": {words}"
         self.problems[runner.session.id] = Problem(runner.session.name, reason, self.clock.now())
         now = self.clock.now()
         timeout = timedelta(seconds=self.config.task_timeout)
