@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from cronbox_shared.timeutil import ManualClock, fmt, parse_utc
 from host.service import Cronbox, Limits
 from host.status import host_status
 from host.store.central import SqliteCentral
-from host.store.records import Session, TaskView, TokenCount
+from host.store.records import AuditEntry, Session, TaskView, TokenCount
 from host.views import TokensTodayOut
 
 START = "2026-01-15T12:00:00.000Z"  # 07:00 in New York, 21:00 in Tokyo
@@ -726,3 +727,45 @@ def test_a_central_transaction_commits_whole_or_not_at_all_and_nests_as_a_savepo
     assert actions == ["kept", "inner, kept"]
     with sqlite3.connect(central.path) as conn:  # and so another connection sees it
         assert [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")] == actions
+
+
+def test_each_thread_reuses_its_central_connection_and_no_use_carries_a_transaction(
+    tmp_path: Path,
+) -> None:
+    central = SqliteCentral(tmp_path)
+    entry = AuditEntry(at="2026-01-15T09:00:00.000Z", actor="test", action="probe",
+                       session_id=None, target="first")  # fmt: skip
+
+    # A failure inside a transaction leaves nothing, and the next use starts clean.
+    with pytest.raises(RuntimeError), central.transaction() as db:
+        db.execute("INSERT INTO audit_log (at, actor, action, target) VALUES ('x', 'a', 'b', 'c')")
+        raise RuntimeError("mid-way")
+    # A use that opened a transaction and never ended it does not hand it on either.
+    with central._open() as db:
+        db.execute("BEGIN")
+        db.execute("INSERT INTO audit_log (at, actor, action, target) VALUES ('x', 'a', 'b', 'd')")
+    central.record_audit(entry)
+    other = sqlite3.connect(tmp_path / "cronbox.db")
+    try:
+        assert other.execute("SELECT target FROM audit_log").fetchall() == [("first",)]
+    finally:
+        other.close()
+
+    # Uses inside one another get connections of their own; threads each have theirs.
+    with central._open() as outer, central._open() as inner:
+        assert outer.conn is not inner.conn
+    failures: list[BaseException] = []
+
+    def reads() -> None:
+        try:
+            for _ in range(50):
+                assert [e.target for e in central.audit_entries()] == ["first"]
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reads) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
