@@ -657,12 +657,17 @@ def carry_run_journal(db: InboundDb, records: Sequence[str]) -> list[str]:
     Runs inside the caller's transaction: the inbox keeps the run records of its last
     transaction, so a crash before they reach ``cronbox.db`` loses none of them.
     """
-    held = [r[0] for r in db.execute("SELECT record FROM run_journal ORDER BY id")]
+    held = run_journal(db)
     if held:
         db.execute("DELETE FROM run_journal")
     if records:
         db.conn.executemany("INSERT INTO run_journal (record) VALUES (?)", [(r,) for r in records])
     return held
+
+
+def run_journal(db: InboundDb) -> list[str]:
+    """The run records (JSON) the inbox's last transaction kept, oldest first."""
+    return [r[0] for r in db.execute("SELECT record FROM run_journal ORDER BY id")]
 
 
 def unread_rejection_note(db: InboundDb) -> InboundMessage | None:

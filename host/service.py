@@ -98,7 +98,7 @@ from host.settlement import (
     series_of,
     settle_acks,
 )
-from host.store.base import ChangeFeed, InboxTransaction, SessionFiles
+from host.store.base import ChangeFeed, InboxTransaction, SessionFiles, WouldWrite
 from host.store.files import SqliteSessionFiles
 from host.store.records import (
     MAX_PAGE,
@@ -295,10 +295,7 @@ class Cronbox(Reader):
             # transaction's records are merged again with this one's.
             carried = tx.carry_runs(done.runs)
         version = self.files.version(session_id)
-        if (
-            done.series == [] and not (carried or done.runs or done.audit)
-            and version is not None and self.central.inbound_version(session_id) == version
-        ):  # fmt: skip
+        if self._central_current(session_id, done, carried, version):
             # Nothing was written (a settlement with no news, the common case while a
             # runner works) and the central view is this very inbox's: no commit.
             return result
@@ -306,6 +303,44 @@ class Cronbox(Reader):
             session_id, view, version, now=now, runs=[*carried, *done.runs], audit=done.audit
         )
         return result
+
+    def _peek(self, session_id: str, work: Callable[[InboxTransaction, _Work], T]) -> T | None:
+        """``work``'s result when it needs no write: run on a read-only snapshot of the
+        inbox, it wrote nothing there and left nothing for the central view, which is
+        this very inbox's already. None when it needs a write: the caller then runs it
+        through :meth:`_commit` (under the host's one writer).
+
+        A settlement with no news, the common case while a runner works, then costs no
+        write transaction and never waits for the writer. Its result is the one a
+        commit at the snapshot's instant would have had.
+        """
+        done = _Work()
+        try:
+            with self.files.snapshot(session_id) as tx:
+                result = work(tx, done)
+                carried = tx.carried_runs()
+                # Read under the snapshot's lock: no commit can land in between.
+                version = self.files.version(session_id)
+        except WouldWrite:
+            return None
+        # Run records the history holds already (a claim's start, the same at every
+        # settlement while it runs) need neither the journal nor a merge.
+        if done.series != [] or done.audit or version is None:
+            return None
+        if self.central.inbound_version(session_id) != version:
+            return None
+        return result if self.central.runs_recorded(session_id, [*carried, *done.runs]) else None
+
+    def _central_current(
+        self, session_id: str, done: _Work, carried: Sequence[RunRecord], version: int | None
+    ) -> bool:
+        """Whether a unit of work that changed ``done`` leaves the central view as it is:
+        it changed no series, recorded no run or audit entry, and the view is derived
+        from the inbox at ``version``."""
+        return (
+            done.series == [] and not (carried or done.runs or done.audit)
+            and version is not None and self.central.inbound_version(session_id) == version
+        )  # fmt: skip
 
     def record_audit(
         self, actor: str, action: str, session_id: str | None, target: str | None,
@@ -1089,7 +1124,14 @@ class Cronbox(Reader):
         self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan],
         audit: Sequence[AuditEntry] = (),
     ) -> SettlementPlan:  # fmt: skip
-        """Apply a plan in one inbound transaction, with the missed-run policy of the
+        """Apply a plan in one inbound transaction (see :meth:`_plan_work`)."""
+        return self._commit(session_id, self._plan_work(session_id, plan_of, audit))
+
+    def _plan_work(
+        self, session_id: str, plan_of: Callable[[InboxTransaction], SettlementPlan],
+        audit: Sequence[AuditEntry] = (),
+    ) -> Callable[[InboxTransaction, _Work], SettlementPlan]:  # fmt: skip
+        """The unit of work that applies a plan, with the missed-run policy of the
         occurrences it inserted that are due already (a series finishing late), so a
         live runner never claims one before its policy was applied.
 
@@ -1127,7 +1169,7 @@ class Cronbox(Reader):
             done.audit += audit
             return plan
 
-        return self._commit(session_id, apply)
+        return apply
 
     def _expire_approvals(
         self, tx: InboxTransaction, done: _Work, now: datetime, session_id: str
@@ -1234,6 +1276,22 @@ class Cronbox(Reader):
         """
         if not self.files.has_outbox(session_id):
             return SettlementPlan()
+        return self._commit(session_id, self._settlement(session_id, default_timeout))
+
+    def settle_acks_unwritten(
+        self, session_id: str, default_timeout: timedelta
+    ) -> SettlementPlan | None:
+        """:meth:`settle_acks` when it would write nothing (no news from the runner, no
+        time-driven change due), read without a write transaction; None when it would
+        write (then call :meth:`settle_acks`, under the writer)."""
+        if not self.files.has_outbox(session_id):
+            return SettlementPlan()
+        return self._peek(session_id, self._settlement(session_id, default_timeout))
+
+    def _settlement(
+        self, session_id: str, default_timeout: timedelta
+    ) -> Callable[[InboxTransaction, _Work], SettlementPlan]:
+        """The unit of work of :meth:`settle_acks`."""
 
         def plan(tx: InboxTransaction) -> SettlementPlan:
             now = self.now()
@@ -1241,7 +1299,7 @@ class Cronbox(Reader):
             due = {r.id: r for r in tx.due_rows(fmt(now))}
             return settle_acks(due, self.files.acks(session_id, list(due)), now, policy)
 
-        return self._apply_plan(session_id, plan)
+        return self._plan_work(session_id, plan)
 
     def requeue(
         self, session_id: str, claims: Sequence[Claim], reason: str, *,

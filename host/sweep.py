@@ -975,7 +975,11 @@ class Sweeper:
             log.info("session %s: pruned %d finished inbox rows", session.name, removed)
 
     async def _settle(self, runner: LiveRunner, default_timeout: timedelta) -> list[Claim]:
-        plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
+        # Most settlements while a runner works bring no news: read, they never wait for
+        # the writer (nor hold it from the settlements that do).
+        plan = await read(self.store.settle_acks_unwritten, runner.session.id, default_timeout)
+        if plan is None:
+            plan = await self.writer(self.store.settle_acks, runner.session.id, default_timeout)
         await self._finished(runner.session, plan.finished)
         if plan.gated:
             await self.delivery.announce(runner.session)

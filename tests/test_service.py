@@ -63,6 +63,46 @@ def test_a_settlement_with_no_news_commits_nothing_and_one_after_a_stale_view_re
         feed.close()
 
 
+def test_a_settlement_read_without_writing_is_the_one_a_commit_makes_and_none_when_it_must_write(
+    app: Cronbox, clock: ManualClock
+) -> None:
+    timeout = timedelta(minutes=10)
+    session = app.create_session("peek")
+    task = app.schedule_task(session.id, {"prompt": "tick", "recurrence": "@hourly"})
+    gated = app.schedule_task(session.id, {"prompt": "ask", "processAfter": "+90m",
+                                           "approval": True})  # fmt: skip
+    clock.set("2026-01-15T09:00:01Z")
+    with sdb.outbound(app.session_dir(session.id)) as db, db.atomic():
+        sdb.set_ack(db, task.id, 0, AckStatus.PROCESSING, fmt(clock.now()))
+    # News (a claim): it must be written, so the read gives it back to the writer.
+    assert app.settle_acks_unwritten(session.id, timeout) is None
+    written = app.settle_acks(session.id, timeout)
+    assert [c.message_id for c in written.claims] == [task.id]
+
+    # No news while the runner works: the same plan, and nothing written anywhere.
+    version, feed = app.files.version(session.id), app.watch_changes()
+    try:
+        peeked = app.settle_acks_unwritten(session.id, timeout)
+        assert app.files.version(session.id) == version and not feed.changed()
+    finally:
+        feed.close()
+    assert peeked is not None and [c.message_id for c in peeked.claims] == [task.id]
+    assert peeked == app.settle_acks(session.id, timeout)
+
+    # Time alone makes news: an approval-gated task falls due, and must start waiting.
+    clock.set("2026-01-15T09:30:01Z")
+    assert app.settle_acks_unwritten(session.id, timeout) is None
+    assert app.settle_acks(session.id, timeout).gated == (gated.id,)
+    assert app.settle_acks_unwritten(session.id, timeout) == app.settle_acks(session.id, timeout)
+
+    # The claimed run ends: its history row holds the start only, so that is news too.
+    with sdb.outbound(app.session_dir(session.id)) as db, db.atomic():
+        sdb.set_ack(db, task.id, 0, AckStatus.COMPLETED, fmt(clock.now()), None, "done")
+    assert app.settle_acks_unwritten(session.id, timeout) is None
+    assert [f.message_id for f in app.settle_acks(session.id, timeout).finished] == [task.id]
+    assert [r.outcome for r in app.runs_for(task.id)] == [RunOutcome.OK]
+
+
 def test_pruning_drops_old_finished_rows_but_keeps_each_series_and_the_history(
     app: Cronbox, clock: ManualClock
 ) -> None:

@@ -32,6 +32,10 @@ from host.store.records import (
 )
 
 
+class WouldWrite(Exception):
+    """A unit of work tried on a read-only snapshot of an inbox needs a write."""
+
+
 class ChangeFeed(Protocol):
     """Tells the host that another process changed the central state."""
 
@@ -110,6 +114,10 @@ class CentralRepository(Protocol):
 
     def next_wake(self) -> Instant | None:
         """The earliest ``next_due_at`` of all sessions."""
+        ...
+
+    def runs_recorded(self, session_id: str, runs: Sequence[RunRecord]) -> bool:
+        """Whether merging these run records into the history would change nothing."""
         ...
 
     def apply_view(
@@ -282,6 +290,10 @@ class InboxTransaction(Protocol):
         crash came between the inbox's commit and its own)."""
         ...
 
+    def carried_runs(self) -> list[RunRecord]:
+        """The run records the last transaction kept (read only)."""
+        ...
+
     def unread_rejection_note(self) -> InboundMessage | None:
         """The newest note about rejected requests the agent has not been handed yet."""
         ...
@@ -422,6 +434,11 @@ class SessionFiles(Protocol):
 
     def transaction(self, session_id: str) -> AbstractContextManager[InboxTransaction]:
         """A write transaction on the session's inbox, committed when the block ends."""
+        ...
+
+    def snapshot(self, session_id: str) -> AbstractContextManager[InboxTransaction]:
+        """A read-only transaction on the session's inbox: one consistent view, never
+        written; a write in it raises :class:`WouldWrite`."""
         ...
 
     def version(self, session_id: str) -> int | None:

@@ -142,6 +142,13 @@ class CentralDb:
             raise
 
 
+# The columns of ``runs`` a run record's merge sets when the record has them.
+_MERGED = (
+    "started_at", "finished_at", "outcome", "error", "output_preview", "decision",
+    "decided_by", "decided_at", "decision_note",
+)  # fmt: skip
+
+
 class _PerThread(threading.local):
     """A thread's own connection to cronbox.db, and whether a use holds it now."""
 
@@ -428,6 +435,35 @@ class SqliteCentral:
                     row.after_task, row.after_outcome, row.when_output, int(row.approval),
                 ],
             )  # fmt: skip
+
+    def runs_recorded(self, session_id: str, runs: Sequence[RunRecord]) -> bool:
+        """Whether merging these run records (as :meth:`_upsert_run` does) would change
+        nothing: each has its row, which holds every field the record sets."""
+        if not runs:
+            return True
+        marks = ", ".join("?" for _ in runs)
+        with self._open() as db:
+            rows = {
+                str(r[0]): r[1:]
+                for r in db.execute(
+                    f"SELECT message_id, {', '.join(_MERGED)}, tries FROM runs "
+                    f"WHERE session_id = ? AND message_id IN ({marks})",
+                    [session_id, *(run.message_id for run in runs)],
+                )
+            }
+        for run in runs:
+            row = rows.get(run.message_id)
+            if row is None or run.tries > row[-1]:
+                return False
+            mine = run.model_dump(mode="json", include=set(_MERGED))
+            for name, stored in zip(_MERGED, row[:-1], strict=True):
+                value = mine[name]
+                if value is None or value == stored:
+                    continue
+                if name == "started_at" and stored is not None:
+                    continue  # the first start is kept
+                return False
+        return True
 
     @staticmethod
     def _upsert_run(db: CentralDb, session_id: str, run: RunRecord) -> None:

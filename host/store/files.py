@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import DeliveryStatus, InboundMessage, MessageKind, MessageStatus
 from cronbox_shared.timeutil import Instant
 from host.settlement import InboxChanges, RowChange
+from host.store.base import WouldWrite
 from host.store.records import RunRecord, SessionView
 
 
@@ -54,6 +56,10 @@ class InboxTx:
         """Journal this transaction's run records; returns the last transaction's."""
         held = sdb.carry_run_journal(self.db, [r.model_dump_json() for r in runs])
         return [RunRecord.model_validate_json(r) for r in held]
+
+    def carried_runs(self) -> list[RunRecord]:
+        """The run records the last transaction journaled (read only)."""
+        return [RunRecord.model_validate_json(r) for r in sdb.run_journal(self.db)]
 
     def unread_rejection_note(self) -> InboundMessage | None:
         """The newest rejection note not handed to the agent yet."""
@@ -291,6 +297,21 @@ class SqliteSessionFiles:
                 db.conn.rollback()
                 raise
             db.conn.commit()
+
+    @contextmanager
+    def snapshot(self, session_id: str) -> Iterator[InboxTx]:
+        """A read-only transaction on the session's inbound.db (a shared lock held from
+        its first read to its end: one consistent view); a write in it raises WouldWrite,
+        and so does a file that cannot be read as it stands (one a write would migrate)."""
+        try:
+            with sdb.inbound(self.directory(session_id), readonly=True) as db:
+                db.execute("BEGIN")
+                try:
+                    yield InboxTx(db)
+                finally:
+                    db.conn.rollback()
+        except sqlite3.Error as exc:
+            raise WouldWrite(str(exc)) from exc
 
     def version(self, session_id: str) -> int | None:
         """inbound.db's change counter (None when unreadable)."""
