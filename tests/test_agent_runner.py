@@ -477,9 +477,13 @@ async def test_stop_finishes_the_current_batch_first(
 async def test_unknown_provider_is_refused_before_touching_files(
     store: Cronbox, session_id: str
 ) -> None:
+    outbox = store.session_dir(session_id) / sdb.OUTBOX
+    before = {p.name: p.read_bytes() for p in outbox.iterdir()}
+    assert (store.session_dir(session_id) / sdb.OUTBOUND).name in before
     with pytest.raises(UnknownProvider, match=r'"nope".*echo, fail'):
         await run(config_for(store, session_id, provider="nope"))
-    assert not (store.session_dir(session_id) / sdb.OUTBOUND).exists()
+    # The outbox the session was made with, byte for byte, and nothing beside it.
+    assert {p.name: p.read_bytes() for p in outbox.iterdir()} == before
 
 
 # --- gates run beside the loop --------------------------------------------------------

@@ -91,7 +91,8 @@ async def test_an_outbox_an_older_runner_wrote_is_migrated_before_the_runner_use
 ) -> None:
     session_dir = store.session_dir(session_id)
     path = session_dir / sdb.OUTBOUND
-    path.parent.mkdir(exist_ok=True)
+    # Sessions are made with their outbox now; an older release's runner made its own.
+    path.unlink()
     with sqlite3.connect(path) as conn:  # as a runner before ``started_at`` left it
         sdb.outbound_migrations.apply(Database(conn), stop_before="m002_ack_started_at")
         conn.execute("INSERT INTO processing_ack VALUES ('old', 0, 'processing', 'x', NULL, NULL)")

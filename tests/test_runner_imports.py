@@ -69,9 +69,11 @@ async def test_a_plain_wake_imports_neither_pydantic_nor_sqlite_utils(tmp_path: 
     session_id = store.create_session("light").id
     outbound = store.session_dir(session_id) / sdb.OUTBOUND
 
-    # The session's first wake creates and migrates its outbox: that one loads the
-    # migrations (sqlite-utils, and the host's models beside them), which shows the
-    # hook sees what a wake imports.
+    # A wake that finds no outbox creates and migrates one (a session an older release
+    # made: sessions are made with theirs now): that one loads the migrations
+    # (sqlite-utils, and the host's models beside them), which shows the hook sees what
+    # a wake imports.
+    outbound.unlink()
     first = store.send_message(session_id, "first").id
     loaded, _ = await wake(store, session_id, tmp_path)
     assert {"pydantic", "sqlite_utils"} <= loaded

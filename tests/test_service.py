@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import timedelta
 
@@ -9,6 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from cronbox_shared import outbox
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.agents import BUILTIN_AGENTS, check_agent
 from cronbox_shared.errors import (
@@ -101,6 +103,19 @@ def test_a_settlement_read_without_writing_is_the_one_a_commit_makes_and_none_wh
     assert app.settle_acks_unwritten(session.id, timeout) is None
     assert [f.message_id for f in app.settle_acks(session.id, timeout).finished] == [task.id]
     assert [r.outcome for r in app.runs_for(task.id)] == [RunOutcome.OK]
+
+
+def test_a_new_session_is_made_with_its_outbox_migrated_and_empty(app: Cronbox) -> None:
+    """So its first wake does not make one: the runner only opens it."""
+    session = app.create_session("fresh")
+    path = app.session_dir(session.id) / sdb.OUTBOUND
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert outbox.migrated(conn, outbox.OUTBOUND_MIGRATION_SET, outbox.OUTBOUND_MIGRATIONS)
+        assert conn.execute("SELECT count(*) FROM messages_out").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM processing_ack").fetchone() == (0,)
+    finally:
+        conn.close()
 
 
 def test_pruning_drops_old_finished_rows_but_keeps_each_series_and_the_history(

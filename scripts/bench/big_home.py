@@ -23,8 +23,8 @@ work on a shared machine moves far less than the wall clock. Targets: first page
 ready ≤ 1.5 s, host RSS ≤ 150 MB.
 
 How the home is built (printed separately, not measured): the first session is made
-with ``Cronbox.create_session``; the others get a copy of its fresh ``inbound.db`` in
-their own directory (the schema the store made), their tasks validated with
+with ``Cronbox.create_session``; the others get a copy of its fresh ``inbound.db`` and
+``outbound.db`` in their own directory (the schema the store made), their tasks validated with
 ``validate_schedule`` and written with ``sessiondb.insert_inbound`` in the row shape
 ``task_row`` makes, in ``--workers`` processes; the central rows go in through the
 store's own schema, sessions in one transaction and the task mirror with
@@ -85,9 +85,9 @@ def parse_args() -> argparse.Namespace:
 # --- building the home ---------------------------------------------------------------
 
 
-def build_chunk(job: tuple[str, bytes, int, int, int, int]) -> list[Any]:
+def build_chunk(job: tuple[str, bytes, bytes, int, int, int, int]) -> list[Any]:
     """Session files of sessions ``start..stop``, and each one's view (a worker process)."""
-    home, template, start, stop, per_session, seed = job
+    home, template, outbox, start, stop, per_session, seed = job
     files = SqliteSessionFiles(Path(home))
     now = fmt(_now())
     ref = _now() + NOT_BEFORE
@@ -100,6 +100,7 @@ def build_chunk(job: tuple[str, bytes, int, int, int, int]) -> list[Any]:
         inbound = directory / sdb.INBOUND
         inbound.parent.mkdir(parents=True, exist_ok=True)
         inbound.write_bytes(template)
+        (directory / sdb.OUTBOUND).write_bytes(outbox)
         rng = random.Random(seed * 1_000_003 + index)
         with sdb.inbound(directory) as db:
             db.execute("BEGIN IMMEDIATE")
@@ -131,10 +132,11 @@ def build(args: argparse.Namespace, home: Path) -> None:
     began = time.perf_counter()
     first = store.create_session("big-template")
     template = (store.session_dir(first.id) / sdb.INBOUND).read_bytes()
+    outbox = (store.session_dir(first.id) / sdb.OUTBOUND).read_bytes()
     store.delete_session(first.name, actor="bench")
     chunk = 250
     jobs = [
-        (str(home), template, start, min(start + chunk, args.sessions),
+        (str(home), template, outbox, start, min(start + chunk, args.sessions),
          args.tasks_per_session, args.seed)
         for start in range(0, args.sessions, chunk)
     ]  # fmt: skip
