@@ -584,14 +584,40 @@ class Sweeper:
                 del self.watched[session_id]
                 continue
             due.append(session_id)
-        await self._each(due, self._watch_one)
+        # One read of every watched outbox's change counter (hundreds of sessions after a
+        # burst, each a thread hop of its own otherwise); only those that changed are
+        # read, concurrently. The others only retry their failed channels when due.
+        counters = await read(self._outbox_counters, due)
+        changed = []
+        for session_id in due:
+            counter = counters.get(session_id)
+            if counter is None or self._outbox_seen.get(session_id) != counter:
+                changed.append(session_id)
+            else:
+                await self._watch_one(session_id, counter)
+        await self._each(changed, self._watch_one)
 
-    async def _watch_one(self, session_id: str) -> None:
+    def _outbox_counters(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """The outbox change counters of these sessions, leaving out those that cannot be
+        read (their own read reports why)."""
+        counters = {}
+        for session_id in session_ids:
+            try:
+                counter = self._outbox_counter(session_id)
+            except Exception:  # reported by the session's own read, which raises it again
+                continue
+            if counter is not None:
+                counters[session_id] = counter
+        return counters
+
+    async def _watch_one(self, session_id: str, counter: int | None = None) -> None:
+        """Deliver what a watched session's outbox holds; ``counter``, when given, is its
+        change counter as just read."""
         watched = self.watched.get(session_id)
         if watched is None:
             return
         try:
-            await self._deliver(watched.session)
+            await self._deliver(watched.session, counter)
             self._locked_since.pop(session_id, None)
         except OutboxUnreadable as exc:
             await self._outbox_fault(watched.session, exc)
@@ -1007,13 +1033,15 @@ class Sweeper:
         runs = await read(self.store.runs_of, session.id, [d.message_id for d in finished])
         self.metrics.finished(runs.values())
 
-    async def _deliver(self, session: Session) -> None:
+    async def _deliver(self, session: Session, counter: int | None = None) -> None:
         """Take in the runner's new outbound rows, then retry failed channels.
 
-        The outbox's change counter (a header read, no database opened) says whether
-        anything was written since everything was last taken in; only then is it read.
+        The outbox's change counter (a header read, no database opened; ``counter`` when
+        the caller read it just now) says whether anything was written since everything
+        was last taken in; only then is it read.
         """
-        counter = await read(self._outbox_counter, session.id)
+        if counter is None:
+            counter = await read(self._outbox_counter, session.id)
         if counter is None or self._outbox_seen.get(session.id) != counter:
             rows = await read(self.delivery.pending, session.id)
             handled = await self.delivery.deliver(session, rows) if rows else []
