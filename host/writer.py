@@ -111,12 +111,21 @@ class OutsideCommits:
         writer.before_write, writer.after_write = self._before, self._after
 
     def _before(self) -> None:
-        with self._lock:
+        # Held until the write's end: a look from another thread in the middle of the
+        # write (the change signal fires as the commit lands, before the writer returns)
+        # would take the host's own commit for another process's.
+        self._lock.acquire()
+        try:
             self._kept = self._feed.changed() or self._kept
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _after(self) -> None:
-        with self._lock:
+        try:
             self._feed.changed()
+        finally:
+            self._lock.release()
 
     def changed(self) -> bool:
         """True once for every batch of outside commits since the last call."""

@@ -6,6 +6,7 @@ hang guard happened because of a change signal (or a row's own due time).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +107,35 @@ async def test_a_commit_of_another_process_just_before_a_host_write_is_not_taken
         await writer(host.create_session, "the-hosts-next")
         assert outside.changed()
         assert not outside.changed()
+    finally:
+        writer.close()
+        feed.close()
+
+
+async def test_a_look_in_the_middle_of_a_host_write_does_not_take_its_commit_for_another_s(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    host = Cronbox(home, clock=SystemClock())
+    feed = host.watch_changes()
+    writer = Writer(home)
+    outside = OutsideCommits(feed)
+    outside.follow(writer)
+    looked: list[bool] = []
+    watcher = threading.Thread(target=lambda: looked.append(outside.changed()))
+
+    def write_and_look_meanwhile() -> None:
+        host.create_session("the-hosts-own")  # committed: the change signal fires now
+        # Another thread looks before the write returns. It waits for the write's end
+        # (a look that did not would answer at once, and wrongly).
+        watcher.start()
+        watcher.join(timeout=0.5)
+
+    try:
+        outside.changed()
+        await writer(write_and_look_meanwhile)
+        watcher.join()
+        assert looked == [False]
     finally:
         writer.close()
         feed.close()
