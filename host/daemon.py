@@ -45,7 +45,7 @@ from host.service import Cronbox
 from host.status import LOCK, STATUS
 from host.store.base import ChangeFeed
 from host.store.central import CENTRAL
-from host.sweep import OUTBOX_CHANGED, SweepConfig, Sweeper
+from host.sweep import SweepConfig, Sweeper, outbox_sessions
 from host.webhook import WebhookChannel
 from host.writer import OutsideCommits, Writer
 
@@ -370,8 +370,8 @@ async def _watch(
         tags = None
         with anyio.move_on_after(rechecks.pop(0) if rechecks else sweeper.config.idle_poll):
             tags = await changes.wait()
-            if OUTBOX_CHANGED in tags:
-                sweeper.wake()
+            if written := outbox_sessions(tags):
+                sweeper.outboxes_written(written)
             if CENTRAL_CHANGED in tags:
                 # The WAL's write is signalled before its commit shows (SQLite makes it
                 # visible after its fsync): look again a few times after it.

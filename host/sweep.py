@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -102,7 +102,18 @@ class SweepConfig:
 
 
 OUTBOX_CHANGED = "outbox"
-"""The change signal's tag for a watched session's outbox."""
+"""The change signal's tag prefix for a watched session's outbox: ``outbox:<session id>``."""
+
+
+def outbox_tag(session_id: str) -> str:
+    """The change signal's tag for one session's outbox."""
+    return f"{OUTBOX_CHANGED}:{session_id}"
+
+
+def outbox_sessions(tags: Collection[str]) -> set[str]:
+    """The sessions whose outboxes the change signal's ``tags`` name."""
+    prefix = f"{OUTBOX_CHANGED}:"
+    return {t.removeprefix(prefix) for t in tags if t.startswith(prefix)}
 
 
 def live_delay(
@@ -159,6 +170,8 @@ class LiveRunner:
     """Whether it has claimed or finished anything."""
     settling: bool = False
     """Whether its exit is being settled (by the pass, or by the task that stopped it)."""
+    tended_at: datetime | None = None
+    """When a pass last tended it (None: not yet)."""
 
 
 @dataclass
@@ -223,6 +236,10 @@ class Sweeper:
         self.waiting: dict[str, datetime] = {}
         self.accepting = True
         self._wake = anyio.Event()
+        self._tend_all = True
+        """Whether the next pass tends every live runner (see :meth:`_to_tend`)."""
+        self._written: set[str] = set()
+        """Sessions whose outboxes the change signal saw written since their last tend."""
         self._background: TaskGroup | None = None
         self.started_total = 0
         self.peak_live = 0
@@ -252,7 +269,19 @@ class Sweeper:
     # --- plumbing --------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the loop run a pass now (something changed)."""
+        """Make the loop run a pass now (something changed), tending every live runner."""
+        self._tend_all = True
+        self._wake.set()
+
+    def outboxes_written(self, session_ids: Collection[str]) -> None:
+        """Make the loop run a pass now for what these sessions' runners wrote: it tends
+        those runners (and any not tended for ``live_poll``), not all of them."""
+        self._written.update(session_ids)
+        self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """Make the loop run a pass now to start what waits for the slot a runner left;
+        nothing about the other runners changed."""
         self._wake.set()
 
     def sleeps_past(self, nxt: datetime | None) -> bool:
@@ -409,12 +438,13 @@ class Sweeper:
         """Have the change signal cover the outboxes of live and watched sessions only."""
         if self.changes is None:
             return
-        wanted = {self.store.session_dir(s) / sdb.OUTBOX for s in [*self.live, *self.watched]}
-        for gone in self._outbox_watches - wanted:
+        wanted = {self.store.session_dir(s) / sdb.OUTBOX: s for s in [*self.live, *self.watched]}
+        for gone in self._outbox_watches - wanted.keys():
             self.changes.remove(gone)
         self._outbox_watches = {
-            d for d in wanted if self.changes.add(d, (Path(sdb.OUTBOUND).name,), OUTBOX_CHANGED)
-        }
+            d for d, s in wanted.items()
+            if self.changes.add(d, (Path(sdb.OUTBOUND).name,), outbox_tag(s))
+        }  # fmt: skip
         if len(self._outbox_watches) < len(wanted):
             # An outbox that cannot be watched is polled, as without change signals.
             self._outbox_watches.clear()
@@ -446,14 +476,33 @@ class Sweeper:
         an MCP server run by hand) starts after it is, as before.
         """
         await self._check_sick()
-        tend = list(self.live)
-        if tend and self.accepting and len(tend) < self.config.max_containers:
+        tend = self._to_tend(self.clock.now())
+        if self.live and self.accepting and len(self.live) < self.config.max_containers:
             await self._start_due(evict=False)
         await self._each(tend, self._tend_one)
         if not self.accepting:
             return
         await self._watch_outboxes()
         await self._start_due(evict=True)
+
+    def _to_tend(self, now: datetime) -> list[str]:
+        """The live runners this pass tends.
+
+        Every one, unless the pass was woken only by outbox writes the change signal
+        named (or by a slot changing hands): then the runners that wrote, and those not
+        tended for ``live_poll`` (as often as a pass tended every runner while any was
+        busy). So in a burst a pass reads the few outboxes that changed, not all.
+        Without change signals every pass tends every runner.
+        """
+        everyone, self._tend_all = self._tend_all, False
+        written, self._written = self._written, set()
+        if everyone or self.changes is None or not self._outbox_watches:
+            return list(self.live)
+        overdue = now - timedelta(seconds=self.config.live_poll)
+        return [
+            sid for sid, r in self.live.items()
+            if sid in written or r.tended_at is None or r.tended_at <= overdue
+        ]  # fmt: skip
 
     async def _start_due(self, *, evict: bool) -> None:
         """Start the sessions with due work the free slots allow; with ``evict``, stop
@@ -637,7 +686,7 @@ class Sweeper:
         except Exception:
             log.exception("session %s: settling its stopped runner failed", runner.session.name)
         finally:
-            self.wake()
+            self._slot_freed()
 
     def _gateway_profile(self, session_id: str) -> tuple[AgentProfile, str | None]:
         """What the session's gateway forwards with, read again for every model call."""
@@ -731,6 +780,7 @@ class Sweeper:
         runner = self.live[session_id]
         if runner.settling:
             return
+        runner.tended_at = self.clock.now()
         default_timeout = timedelta(seconds=self.config.task_timeout)
         if not await self.runtime.is_running(runner.handle):
             await self._settle_exit(runner, "runner exited while working")
@@ -830,7 +880,7 @@ class Sweeper:
                 "session %s: runner finished", runner.session.name, extra=_runner_fields(runner)
             )
         await self._prune(runner.session)
-        self.wake()
+        self._slot_freed()
 
     async def _died(self, runner: LiveRunner, why: str) -> str | None:
         """How a runner holding no work that the host neither stopped nor killed went,

@@ -14,10 +14,12 @@ import anyio
 import pytest
 
 from cronbox_shared import sessiondb as sdb
+from cronbox_shared.changes import ChangeWatch
 from cronbox_shared.models import AckStatus, MessageKind, MessageStatus, RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
 from host.delivery import Delivery
 from host.runtimes import ProcessRuntime, RunnerSpec
+from host.runtimes.base import RunnerHandle
 from host.service import Cronbox
 from host.store.central import SqliteCentral
 from host.sweep import LiveRunner, SweepConfig, Sweeper
@@ -329,3 +331,40 @@ async def test_a_pass_over_an_unchanged_outbox_opens_no_session_file(
         sdb.insert_outbound(db, "out-2", MessageKind.CHAT, {"text": "again"}, fmt(store.now()))
     await sweeper._deliver(session)
     assert store.undelivered(session.id) == []
+
+
+def test_a_pass_woken_by_outbox_writes_tends_the_runners_that_wrote_and_the_overdue(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock("2026-01-01T00:00:00Z")
+    store = Cronbox(tmp_path / "home", clock=clock)
+    wrote, quiet, new = (store.create_session(n) for n in ("wrote", "quiet", "new"))
+    watch = ChangeWatch.open()
+    assert watch is not None, "inotify is available on Linux"
+    config = SweepConfig(live_poll=0.25)
+    sweeper = Sweeper(store, ProcessRuntime(), Delivery(store, []), config, clock, changes=watch)
+    try:
+        for session in (wrote, quiet):
+            handle = RunnerHandle(session.id, "1", clock.now())
+            sweeper.live[session.id] = LiveRunner(handle, session, tended_at=clock.now())
+        sweeper._watch_outbox_changes()
+        assert sweeper._to_tend(clock.now()) == [wrote.id, quiet.id]  # the first pass: all
+
+        sweeper.outboxes_written({wrote.id})
+        assert sweeper._to_tend(clock.now()) == [wrote.id]
+        clock.advance(0.1)
+        assert sweeper._to_tend(clock.now()) == []  # a slot changed hands: nobody is due
+        sweeper.live[new.id] = LiveRunner(RunnerHandle(new.id, "2", clock.now()), new)
+        assert sweeper._to_tend(clock.now()) == [new.id]  # never tended yet
+        clock.advance(0.25)
+        assert sweeper._to_tend(clock.now()) == [wrote.id, quiet.id, new.id]  # overdue
+        sweeper.wake()  # anything else that wakes the sweep (a CLI write): every runner
+        assert sweeper._to_tend(clock.now()) == [wrote.id, quiet.id, new.id]
+
+        # Without change signals every pass tends every runner, as it always did.
+        polling = Sweeper(store, ProcessRuntime(), Delivery(store, []), config, clock)
+        polling.live = dict(sweeper.live)
+        polling._to_tend(clock.now())
+        assert polling._to_tend(clock.now()) == [wrote.id, quiet.id, new.id]
+    finally:
+        watch.close()
