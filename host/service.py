@@ -295,7 +295,7 @@ class Cronbox(Reader):
             # transaction's records are merged again with this one's.
             carried = tx.carry_runs(done.runs)
         version = self.files.version(session_id)
-        if self._central_current(session_id, done, carried, version):
+        if self._central_current(session_id, done, version, [*carried, *done.runs]):
             # Nothing was written (a settlement with no news, the common case while a
             # runner works) and the central view is this very inbox's: no commit.
             return result
@@ -325,21 +325,19 @@ class Cronbox(Reader):
             return None
         # Run records the history holds already (a claim's start, the same at every
         # settlement while it runs) need neither the journal nor a merge.
-        if done.series != [] or done.audit or version is None:
-            return None
-        if self.central.inbound_version(session_id) != version:
-            return None
-        return result if self.central.runs_recorded(session_id, [*carried, *done.runs]) else None
+        current = self._central_current(session_id, done, version, [*carried, *done.runs])
+        return result if current else None
 
     def _central_current(
-        self, session_id: str, done: _Work, carried: Sequence[RunRecord], version: int | None
+        self, session_id: str, done: _Work, version: int | None, runs: Sequence[RunRecord]
     ) -> bool:
         """Whether a unit of work that changed ``done`` leaves the central view as it is:
-        it changed no series, recorded no run or audit entry, and the view is derived
-        from the inbox at ``version``."""
+        it changed no series and recorded no audit entry, the view is derived from the
+        inbox at ``version``, and the history holds ``runs`` already."""
         return (
-            done.series == [] and not (carried or done.runs or done.audit)
-            and version is not None and self.central.inbound_version(session_id) == version
+            done.series == [] and not done.audit and version is not None
+            and self.central.inbound_version(session_id) == version
+            and self.central.runs_recorded(session_id, runs)
         )  # fmt: skip
 
     def record_audit(
