@@ -41,11 +41,10 @@ class Writer:
         self.writes = 0
         self._lock = home / WRITE_LOCK if home is not None else None
         self._fd: int | None = None
-        self.before_write: Callable[[], object] | None = None
-        self.after_write: Callable[[], object] | None = None
+        self._hooks: tuple[Callable[[], object], Callable[[], object]] | None = None
         """Called in the writer's thread right before and right after each write, under
         the write lock (the host uses them to tell its own commits from other
-        processes')."""
+        processes'); see :meth:`around_writes`."""
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as the only write in progress and return its result.
@@ -70,14 +69,22 @@ class Writer:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def around_writes(self, before: Callable[[], object], after: Callable[[], object]) -> None:
+        """Call ``before`` and ``after`` around every write from now on. A write already
+        in progress gets neither: each write takes the pair as it starts, so the two
+        always go together (``after`` may release what ``before`` took)."""
+        self._hooks = (before, after)
+
     def _watched(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self.before_write is not None:
-            self.before_write()
+        hooks = self._hooks
+        if hooks is None:
+            return fn(*args, **kwargs)
+        before, after = hooks
+        before()
         try:
             return fn(*args, **kwargs)
         finally:
-            if self.after_write is not None:
-                self.after_write()
+            after()
 
     def close(self) -> None:
         """Let go of the lock file (at shutdown)."""
@@ -108,7 +115,7 @@ class OutsideCommits:
         self._kept = False
 
     def follow(self, writer: Writer) -> None:
-        writer.before_write, writer.after_write = self._before, self._after
+        writer.around_writes(self._before, self._after)
 
     def _before(self) -> None:
         # Held until the write's end: a look from another thread in the middle of the

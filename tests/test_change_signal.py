@@ -141,6 +141,37 @@ async def test_a_look_in_the_middle_of_a_host_write_does_not_take_its_commit_for
         feed.close()
 
 
+async def test_a_write_in_progress_when_the_host_starts_following_its_writes_completes(
+    tmp_path: Path,
+) -> None:
+    """The host follows its writer once its watch starts, perhaps in the middle of a
+    write: that write is not followed (it took no lock the end would release)."""
+    home = tmp_path / "home"
+    host = Cronbox(home, clock=SystemClock())
+    feed = host.watch_changes()
+    writer = Writer(home)
+    outside = OutsideCommits(feed)
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow_write() -> str:
+        started.set()
+        go_on.wait()
+        return host.create_session("in-progress").id
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer, slow_write)
+            await anyio.to_thread.run_sync(started.wait)
+            outside.follow(writer)
+            go_on.set()
+        outside.changed()
+        await writer(host.create_session, "followed")
+        assert not outside.changed()
+    finally:
+        writer.close()
+        feed.close()
+
+
 async def test_a_task_committed_in_the_instant_of_a_host_write_still_wakes_the_sweep(
     tmp_path: Path,
 ) -> None:
