@@ -102,8 +102,12 @@ async def test_a_ring_for_a_live_runner_leaves_it_to_the_live_tending(tmp_path: 
         await wait_for(lambda: session.id in sweeper.live and heartbeat.exists())
         action = {"action": "schedule_task", "taskId": "rung", "prompt": "p",
                   "processAfter": fmt(store.now() + timedelta(hours=1))}  # fmt: skip
+        # The write lock taken first: a deferred transaction that has read cannot wait
+        # for a write of the runner's in progress (SQLite refuses it at once, a deadlock).
         with sdb.outbound(store.session_dir(session.id)) as db:
+            db.execute("BEGIN IMMEDIATE")
             sdb.insert_outbound(db, "rung-action", MessageKind.SYSTEM, action, fmt(store.now()))
+            db.conn.commit()
         sweeper.rang([session])
         assert session.id not in sweeper.watched
         await wait_for(lambda: [t.series_id for t in store.list_tasks()] == ["rung"], 20)
