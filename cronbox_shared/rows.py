@@ -17,6 +17,9 @@ MAX_PROMPT_BYTES = 64 * 1024
 MAX_SCRIPT_BYTES = 64 * 1024
 MAX_CHAT_BYTES = 64 * 1024
 PREVIEW_CHARS = 500
+# An occurrence of a series is ``<series>~<n>``; a backfill run ``<series>~backfill-<slot>``.
+OCCURRENCE_SEP = "~"
+BACKFILL = "backfill"
 
 
 class MessageKind(StrEnum):
@@ -100,6 +103,11 @@ def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
     if text is None:
         return None
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def is_backfill(message_id: str) -> bool:
+    """Whether an occurrence id names a backfill run."""
+    return f"{OCCURRENCE_SEP}{BACKFILL}-" in message_id
 
 
 class RowContent:

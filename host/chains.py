@@ -17,8 +17,9 @@ from datetime import datetime
 
 from cronbox_shared.chains import AfterOutcome, output_matches, render_prompt
 from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutcome
+from cronbox_shared.rows import OCCURRENCE_SEP
 from cronbox_shared.timeutil import fmt
-from host.settlement import OCCURRENCE_SEP, InboxChanges, RowChange
+from host.settlement import InboxChanges, RowChange
 
 
 class ParentEnd(Record):

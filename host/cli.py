@@ -16,6 +16,7 @@ turned into the same one-line ``error: …`` by :class:`CronboxGroup` and
 
 from __future__ import annotations
 
+import copy
 import getpass
 import json
 import logging
@@ -23,7 +24,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -33,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
+from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
@@ -45,6 +47,8 @@ from typer._click.exceptions import (
     UsageError,
 )
 from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.main import get_command_from_info, get_command_name, get_group_from_info
+from typer.models import TyperInfo
 
 from cronbox_shared.errors import (
     CronboxError,
@@ -89,7 +93,7 @@ from cronbox_shared.tasks import (
     parse_when,
     schedule_notes,
 )
-from cronbox_shared.timeutil import fmt, parse_utc, zone
+from cronbox_shared.timeutil import fmt, parse_utc, resolve_host_timezone, zone
 from host.logs import JsonFormatter, LogFormat, PlainFormatter
 from host.store.records import MAX_PAGE, PAGE_SIZE, LogEntry, Run, Session, TaskFilter, TaskView
 
@@ -198,6 +202,75 @@ class CronboxTyper(typer.Typer):
         self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return super().command(name, cls=cls or CronboxCommand, **kwargs)
+
+    def lazy_command(self) -> TyperGroup:
+        """This app as click commands, as ``typer.main.get_command`` makes them, except that
+        each command and group is made the first time it is looked up.
+
+        Making one means reading its function's signature and annotations: for all of
+        cronbox's commands that is about 30 ms, which every call of ``cronbox`` paid
+        although it runs one. ``--help`` looks up every command of its group.
+        """
+        assert not self._add_completion, "completion options are made eagerly by typer"
+        return _lazy_group(TyperInfo(self), self)
+
+
+class _Pending:
+    """A command of a :class:`LazyCommands` not made yet."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """A group's commands by name, in the order they were defined, each made on first use."""
+
+    def __init__(self, pending: dict[str, Callable[[], Any]]) -> None:
+        self._commands: dict[str, Any] = {n: _Pending(make) for n, make in pending.items()}
+
+    def __getitem__(self, name: str) -> Any:
+        command = self._commands[name]
+        if isinstance(command, _Pending):
+            command = self._commands[name] = command.make()
+        return command
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._commands[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._commands[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._commands)
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+
+def _lazy_group(info: TyperInfo, root: typer.Typer) -> TyperGroup:
+    """The group ``info`` describes, made by typer without its commands, which it gets as
+    :class:`LazyCommands`: each made by typer's own function when first looked up."""
+    app = info.typer_instance
+    assert app is not None
+    bare = copy.copy(app)
+    bare.registered_commands, bare.registered_groups = [], []
+    shell = copy.copy(info)
+    shell.typer_instance = bare
+    options: dict[str, Any] = {
+        "pretty_exceptions_short": root.pretty_exceptions_short,
+        "rich_markup_mode": root.rich_markup_mode,
+    }
+    group = get_group_from_info(shell, suggest_commands=root.suggest_commands, **options)
+    pending: dict[str, Callable[[], Any]] = {}
+    for command in app.registered_commands:
+        assert command.callback is not None
+        name = command.name or get_command_name(command.callback.__name__)
+        pending[name] = partial(get_command_from_info, command, **options)
+    for sub in app.registered_groups:
+        assert isinstance(sub.name, str), "every group of cronbox is added with its name"
+        pending[sub.name] = partial(_lazy_group, sub, root)
+    group.commands = LazyCommands(pending)
+    return group
 
 
 def _is_utf8(text: str) -> bool:
@@ -466,10 +539,13 @@ def load_settings(warn: Callable[[str], None] | None = None) -> Settings:
     log) or as a ``warning:`` line on stderr.
     """
     from host.config import Settings
+    from host.environ import not_utf8
 
     _warn_unknown_settings(warn)
     try:
         return Settings()
+    except UnicodeDecodeError as exc:
+        raise not_utf8(exc) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "CRONBOX_" + "_".join(str(p) for p in err["loc"]).upper()
@@ -480,7 +556,7 @@ _warned: set[str] = set()
 
 
 def _warn_unknown_settings(warn: Callable[[str], None] | None) -> None:
-    from host.config import configured_names, known_setting_names, unknown_setting_warnings
+    from host.environ import configured_names, known_setting_names, unknown_setting_warnings
 
     names = configured_names(os.environ)
     for warning in unknown_setting_warnings(names, known_setting_names()):
@@ -508,12 +584,16 @@ def open_store(home: Path | None, *, create: bool = False) -> Cronbox:
 
 
 def open_reader(home: Path | None) -> Reader:
-    """The read side of an existing ``home`` (default from the settings), for a command
-    that reads only the central index: it starts without importing the write side."""
+    """The read side of an existing ``home`` (default ``CRONBOX_HOME``, read as the settings
+    read it), for a command that reads only the central index: it starts without
+    importing the write side."""
+    from host.environ import configured_home
     from host.reading import Reader
 
-    settings = load_settings()
-    return Reader(settings.home if home is None else home, create=False)
+    # The home is the one setting such a command uses: the others are left to the
+    # commands that use them (importing the settings' validation costs 30 ms).
+    _warn_unknown_settings(None)
+    return Reader(configured_home(os.environ) if home is None else home, create=False)
 
 
 NO_HOST_NOTE = "note: no cronbox host is running on this home; start one with cronbox run"
@@ -750,11 +830,29 @@ def fit_columns(
     dropped: frozenset[str] = frozenset()
     table = build(dropped)
     for name in optional:
+        # Measuring a page of tasks costs a third of rendering it; a table that fits
+        # with every cell on one line needs no measure.
+        if unwrapped_width(table) <= console.width:
+            break
         if Measurement.get(console, unbounded, table).minimum <= console.width:
             break
         dropped |= {name}
         table = build(dropped)
     return table
+
+
+def unwrapped_width(table: Table) -> int:
+    """The width of ``table`` with no cell wrapped: its widest layout, at most what rich
+    measures as its maximum (cells of other kinds than text count as unbounded)."""
+    _top, right, _bottom, left = table.padding
+    width = len(table.columns) + 1  # the rules between columns and at the edges
+    for column in table.columns:
+        cells = [column.header, *column.cells]
+        if not all(isinstance(c, str | Text) for c in cells):
+            return sys.maxsize
+        widest = max(cell_len(line) for c in cells for line in str(c).split("\n"))
+        width += max(widest, column.min_width or 0) + left + right
+    return width
 
 
 def id_column(header: str, width: int) -> Column:
@@ -1863,7 +1961,7 @@ def span_cell(delta: timedelta | None) -> str:
 
 
 def render_history(runs: Sequence[Run], tz: ZoneInfo, now: datetime, console: Console) -> Table:
-    from host.settlement import is_backfill
+    from cronbox_shared.rows import is_backfill
 
     id_width = max(len(str(r.id)) for r in runs)
 
@@ -2192,7 +2290,7 @@ def cron_preview(
 
 def main() -> None:
     """Entry point of the ``cronbox`` console script (and of ``python -m host.cli``)."""
-    app(prog_name="cronbox")
+    app.lazy_command()(prog_name="cronbox")
 
 
 # --- the host ---------------------------------------------------------------------------
@@ -2259,7 +2357,7 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     from host.status import host_status
 
     store = open_reader(home)
-    report = host_status(store, load_settings().max_containers)
+    report = host_status(store)
     if as_json:
         print_json(report)
         return
@@ -2285,7 +2383,7 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         )
     )
     nxt = report["next_wake"]
-    tz = zone(load_settings().timezone())
+    tz, _source = resolve_host_timezone()
     console.print(Text(f"next wake: {when_cell(nxt, tz, now) if nxt else 'nothing scheduled'}"))
     if host is not None and host.get("engine_down"):
         console.print(Text(f"problem: {host['engine_down']}", style="yellow"), soft_wrap=True)
@@ -2430,7 +2528,7 @@ def run_job(store: Cronbox, name: str) -> JobOut:
     from host.views import JobOut
 
     settings = load_settings()
-    host = host_status(store, settings.max_containers)["host"]
+    host = host_status(store)["host"]
     address = host.get("http") if host else None
     if address is None:
         return run_here(store, settings, name)

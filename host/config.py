@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import os
-from collections.abc import Iterable, Mapping
 from datetime import time
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from dotenv import dotenv_values
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cronbox_shared.defaults import DEFAULTS
-from cronbox_shared.environment import HOME_LABEL
-from cronbox_shared.settings import ENV_PREFIX, RunnerSettings
+from cronbox_shared.settings import ENV_PREFIX
 from cronbox_shared.timeutil import resolve_host_timezone
-
-
-def default_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "cronbox"
+from host.environ import DOTENV, default_home
 
 
 class Settings(BaseSettings):
     """Everything an operator can set; see the configuration table in README.md."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=DOTENV, extra="ignore")
 
     home: Path = Field(default_factory=default_home)
     sweep_interval: float = Field(default=DEFAULTS.sweep_interval, gt=0)
@@ -95,35 +84,3 @@ class Settings(BaseSettings):
         """The host's zone name (TZ env, ``TZ=`` in ./.env, system zone, UTC)."""
         tz, _source = resolve_host_timezone()
         return tz.key
-
-
-@cache
-def known_setting_names() -> frozenset[str]:
-    """Every ``CRONBOX_*`` variable cronbox reads: the host's settings, the runner's, and
-    the process runtime's label of the host home."""
-    host = (f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields)
-    return frozenset((*host, *RunnerSettings.env_names(), HOME_LABEL))
-
-
-def unknown_setting_warnings(names: Iterable[str], known: Iterable[str]) -> list[str]:
-    """One warning per ``CRONBOX_*`` name in ``names`` that is not in ``known``, naming the
-    closest known name when there is one (names are compared case-insensitively, as
-    pydantic-settings reads them)."""
-    known_names = sorted(known)
-    warnings = []
-    for name in sorted({n.upper() for n in names if n.upper().startswith(ENV_PREFIX)}):
-        if name in known_names:
-            continue
-        close = difflib.get_close_matches(name, known_names, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        warnings.append(f"{name} is not a cronbox setting{hint}")
-    return warnings
-
-
-def configured_names(environ: Mapping[str, str], dotenv: Path = Path(".env")) -> set[str]:
-    """The variable names set in ``environ`` and in the ``.env`` file Settings reads."""
-    names = set(environ)
-    # Settings reports an unreadable .env itself.
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        names.update(dotenv_values(dotenv) if dotenv.is_file() else {})
-    return names

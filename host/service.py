@@ -54,6 +54,7 @@ from cronbox_shared.models import (
 )
 from cronbox_shared.policies import QUIET_KEY, parse_quiet
 from cronbox_shared.recurrence import stored_recurrence
+from cronbox_shared.rows import OCCURRENCE_SEP, is_backfill
 from cronbox_shared.tasks import (
     MAX_WAKES_PER_DAY,
     WAKES_KEY,
@@ -86,12 +87,10 @@ from host.limits import ContainerLimits, check_limits
 from host.liveness import Claim
 from host.reading import Page, Reader, check_limit
 from host.settlement import (
-    OCCURRENCE_SEP,
     InboxChanges,
     Policy,
     SettlementPlan,
     backfill_row,
-    is_backfill,
     plan_catch_up,
     plan_requeue,
     preview_runs,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from cronbox_shared.defaults import DEFAULTS
 from cronbox_shared.models import (
@@ -42,11 +42,11 @@ from cronbox_shared.policies import (
     plan_missed,
 )
 from cronbox_shared.recurrence import next_fire, stored_recurrence
+from cronbox_shared.rows import BACKFILL, OCCURRENCE_SEP, is_backfill
 from cronbox_shared.timeutil import Instant, fmt, parse_utc, zone
 from host.liveness import Claim, plan_retry
 from host.store.records import RunRecord
 
-OCCURRENCE_SEP = "~"
 MAX_ERROR_CHARS = 2000
 MAX_PREVIEW_CHARS = 500
 _TICK = timedelta(microseconds=1)
@@ -116,7 +116,7 @@ class Paused(Record):
 class SettlementPlan(Record):
     """Everything one settlement decided."""
 
-    changes: InboxChanges = InboxChanges()
+    changes: InboxChanges = Field(default_factory=InboxChanges)
     runs: tuple[RunRecord, ...] = ()
     claims: tuple[Claim, ...] = ()
     finished: tuple[Finished, ...] = ()
@@ -197,18 +197,12 @@ def next_occurrence(
     )  # fmt: skip
 
 
-BACKFILL = "backfill"
 BACKFILL_REST = "backfill_rest"
 
 
 def backfill_id(series_id: str, slot: datetime) -> str:
     """The id of a series' backfill run for ``slot`` (one per slot, so a repeat is a no-op)."""
     return f"{series_id}{OCCURRENCE_SEP}{BACKFILL}-{_compact(slot)}"
-
-
-def is_backfill(message_id: str) -> bool:
-    """Whether an occurrence id names a backfill run."""
-    return f"{OCCURRENCE_SEP}{BACKFILL}-" in message_id
 
 
 def backfill_row(

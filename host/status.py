@@ -29,7 +29,7 @@ STATUS = "host.json"
 QUIET_SHOWN = 20
 
 
-def host_status(store: Reader, max_containers: int) -> dict[str, Any]:
+def host_status(store: Reader) -> dict[str, Any]:
     """What ``cronbox status`` shows: the host's published pool state plus due counts.
 
     Only counts the central index keeps and index ranges are read, so it costs the same
@@ -61,7 +61,7 @@ def host_status(store: Reader, max_containers: int) -> dict[str, Any]:
         and {
             "pid": published.get("pid"),
             "runtime": published.get("runtime"),
-            "max_containers": published.get("max_containers", max_containers),
+            "max_containers": published.get("max_containers"),
             "updated_at": published.get("updated_at"),
             "engine_down": published.get("engine_down"),
             "http": published.get("http"),

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict
 
 from cronbox_shared.models import InboundMessage, MessageStatus, Record, RunOutcome
+from cronbox_shared.rows import is_backfill
 from cronbox_shared.timeutil import Instant, fmt, parse_utc, zone
 from host.reading import describe_recurrence
-from host.settlement import is_backfill
 from host.store.records import Run, Session, TaskView, TokenCount
 
 # Names of UTC itself. A zone that merely sits at offset 0 for now (Europe/London in

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt, is_canonical, parse_utc
-from host.cli import app
+from host.cli import LazyCommands, _Pending, app
 from host.service import Cronbox
 from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 
@@ -111,6 +111,54 @@ def test_help_flag_prints_the_commands_description(path: tuple[str, ...]) -> Non
     assert result.exit_code == 0, result.output
     first_line = (lookup(path).help or "").strip().splitlines()[0]
     assert first_line and first_line in " ".join(result.stdout.split())
+
+
+def help_text(root: Any, path: tuple[str, ...]) -> str:
+    """What ``cronbox PATH --help`` prints, run through the click command ``root``."""
+    with CliRunner().isolation() as (stdout, _stderr, _output):
+        with pytest.raises(SystemExit) as exited:
+            root.main(args=[*path, "--help"], prog_name="cronbox")
+        text = stdout.getvalue().decode()
+    assert exited.value.code == 0
+    return text
+
+
+def param_shape(param: Any) -> tuple[Any, ...]:
+    return (
+        type(param), param.name, param.opts, param.secondary_opts, param.required,
+        repr(param.default), param.type_descriptor.annotation, param.nargs, param.multiple,
+        getattr(param, "is_flag", None), getattr(param, "help", None),
+    )  # fmt: skip
+
+
+def test_the_lazily_made_commands_equal_the_ones_typer_makes() -> None:
+    lazy = app.lazy_command()
+    assert list(walk(lazy)) == COMMAND_PATHS
+    for path in COMMAND_PATHS:
+        made: Any = lazy
+        expected: Any = ROOT
+        for name in path:
+            made, expected = made.commands[name], expected.commands[name]
+        assert type(made) is type(expected)
+        assert (made.name, made.help, made.no_args_is_help) == (
+            expected.name, expected.help, expected.no_args_is_help,
+        )  # fmt: skip
+        assert [param_shape(p) for p in made.params] == [param_shape(p) for p in expected.params]
+        assert help_text(lazy, path) == help_text(ROOT, path)
+
+
+def test_a_command_is_made_only_when_it_is_looked_up() -> None:
+    def made(group: Any) -> set[str]:
+        commands: LazyCommands = group.commands
+        return {n for n, c in commands._commands.items() if not isinstance(c, _Pending)}
+
+    lazy = app.lazy_command()
+    assert made(lazy) == set()
+    task: Any = lazy.commands["task"]
+    assert made(lazy) == {"task"}
+    assert made(task) == set()
+    task.commands["list"]
+    assert made(task) == {"list"}
 
 
 def test_the_cli_offers_the_commands_of_the_spec() -> None:

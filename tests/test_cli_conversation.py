@@ -19,11 +19,14 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Column, Table
+from rich.text import Text
 
 from cronbox_shared import sessiondb as sdb
 from cronbox_shared.models import AckStatus
 from cronbox_shared.timeutil import fmt
-from host.cli import render_history, render_tasks
+from host.cli import render_history, render_tasks, unwrapped_width
 from host.service import Cronbox
 from tests.cli_harness import Cli, as_json, cli_for, fresh_home, ok
 from tests.hosting import make_settings, running_host, wait_for
@@ -313,6 +316,32 @@ def test_task_list_in_80_columns_keeps_every_id_whole(cli: Cli, session: str, ho
     for view in views:
         assert any(f"│ {view.series_id} │" in line for line in lines), out.getvalue()
     assert "…" not in "".join(line.split("│")[1] for line in lines if "│" in line)
+
+
+TABLES = {
+    "words": [["a few words here", "x"], ["one", "two three four five"]],
+    "wide characters": [["日本語のテキスト", "ok"], ["€ and ümlauts", "a"]],
+    "lines": [["first line\nand a much longer second line", "b"]],
+    "empty cells": [["", ""], ["", "z"]],
+}
+
+
+@pytest.mark.parametrize("rows", TABLES.values(), ids=TABLES.keys())
+@pytest.mark.parametrize("min_width", [None, 30])
+def test_the_unwrapped_width_bounds_what_rich_measures(
+    rows: list[list[str]], min_width: int | None
+) -> None:
+    table = Table(Column("first", min_width=min_width), Column("second", no_wrap=True))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console, out = narrow(10_000)
+    unbounded = console.options.update(max_width=10**6)
+    assert unwrapped_width(table) >= Measurement.get(console, unbounded, table).maximum
+    # Laid out in that width, no cell wraps: the table is as many lines as its rows'.
+    console.width = unwrapped_width(table)
+    console.print(table)
+    lines = sum(max(len(cell.split("\n")) for cell in row) for row in rows)
+    assert len(out.getvalue().splitlines()) == lines + 4  # rules and the header
 
 
 def test_history_in_80_columns_keeps_the_run_id(cli: Cli, session: str, home: Path) -> None:

@@ -15,8 +15,8 @@ from cronbox_shared.recurrence import parse_recurrence
 from cronbox_shared.tasks import parse_duration, parse_when
 from cronbox_shared.timeutil import resolve_host_timezone
 from host.cli import app, relative
-from host.config import known_setting_names, unknown_setting_warnings
 from host.daemon import home_lock
+from host.environ import known_setting_names, unknown_setting_warnings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -674,7 +674,7 @@ def test_the_status_token_report_reads_only_sessions_it_lists_and_matches_a_full
     assert [s.name for s, _ in store.token_use_today()] == ["spent", "idle", "capped"]
     budgets = {name: p.daily_token_budget for name, p in store.agent_profiles().items()}
     full = TokensTodayOut.of(store.token_day(), store.token_use_today(), budgets)
-    report = host_status(store, max_containers=5)["tokens_today"]
+    report = host_status(store)["tokens_today"]
     assert report == full.model_dump(mode="json")
     assert [(s["session_id"], s["daily_token_budget"]) for s in report["sessions"]] == [
         (spent.id, None), (capped.id, 100)
