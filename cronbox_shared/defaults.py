@@ -7,11 +7,13 @@ are floats, counts are ints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
 class Defaults:
+    # Class attributes read through the one instance, which has none of its own and
+    # takes none (no slots): read-only, and cheaper to define than a dataclass, whose
+    # generated methods for these 36 fields cost every process 1.5 ms at start.
+    __slots__ = ()
+
     sweep_interval: float = 60.0
     """Seconds between safety-net sweeps (due work wakes the host sooner)."""
     max_containers: int = 5

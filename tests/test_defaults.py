@@ -56,3 +56,10 @@ def test_gate_scripts_default_to_the_tables_timeout_and_output_cap() -> None:
     defaults = gate.run_gate.__kwdefaults__ or {}
     assert defaults["timeout"] == DEFAULTS.gate_timeout == 30.0
     assert defaults["output_cap"] == DEFAULTS.gate_output_cap == 1024 * 1024
+
+
+def test_the_table_cannot_be_changed_while_cronbox_runs() -> None:
+    with pytest.raises(AttributeError):
+        DEFAULTS.sweep_interval = 1.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        DEFAULTS.not_a_default = 1  # type: ignore[attr-defined]
