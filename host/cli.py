@@ -832,9 +832,10 @@ def fit_columns(
     for name in optional:
         # Measuring a page of tasks costs a third of rendering it; a table that fits
         # with every cell on one line needs no measure.
-        if unwrapped_width(table) <= console.width:
-            break
-        if Measurement.get(console, unbounded, table).minimum <= console.width:
+        if (
+            unwrapped_width(table) <= console.width
+            or Measurement.get(console, unbounded, table).minimum <= console.width
+        ):
             break
         dropped |= {name}
         table = build(dropped)
@@ -842,8 +843,8 @@ def fit_columns(
 
 
 def unwrapped_width(table: Table) -> int:
-    """The width of ``table`` with no cell wrapped: its widest layout, at most what rich
-    measures as its maximum (cells of other kinds than text count as unbounded)."""
+    """The width of ``table`` with no cell wrapped: its widest layout, never less than
+    what rich measures as its maximum (cells other than text count as unbounded)."""
     _top, right, _bottom, left = table.padding
     width = len(table.columns) + 1  # the rules between columns and at the edges
     for column in table.columns:

@@ -107,7 +107,7 @@ def configured_home(environ: Mapping[str, str], dotenv: Path = DOTENV) -> Path:
     """
     for source in (environ, _dotenv(dotenv)):
         # pydantic-settings folds the names to lower case: of two spellings, the last counts.
-        folded = {name.upper(): value for name, value in source.items()}
-        if folded.get(HOME) is not None:
-            return Path(str(folded[HOME]))
+        value = {name.upper(): value for name, value in source.items()}.get(HOME)
+        if value is not None:
+            return Path(value)
     return default_home()

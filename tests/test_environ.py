@@ -15,8 +15,6 @@ from host.config import Settings
 from host.environ import HOST_SETTINGS, configured_home
 from tests.cli_harness import fresh_home
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def test_the_names_it_knows_are_the_fields_of_the_settings() -> None:
     assert frozenset(Settings.model_fields) == HOST_SETTINGS
@@ -72,7 +70,7 @@ def cronbox(home: Path, *args: str, env: dict[str, str]) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "host.cli", *args], cwd=home.parent, capture_output=True,
         text=True, timeout=60, check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO), "CRONBOX_HOME": str(home), **env},
+        env={**os.environ, "CRONBOX_HOME": str(home), **env},
     )  # fmt: skip
 
 
