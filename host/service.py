@@ -1321,12 +1321,18 @@ class Cronbox(Reader):
 
         Returns the plan (the occurrences it recorded ``missed`` are in ``finished``).
         """
+        return self._apply_plan(session_id, self._catch_up)
 
-        def plan(tx: InboxTransaction) -> SettlementPlan:
-            now = self.now()
-            return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy(tx))
+    def prepare_due_unwritten(self, session_id: str) -> SettlementPlan | None:
+        """:meth:`prepare_due` when it would write nothing (nothing to catch up, the common
+        case), read without a write transaction; None when it would write (then call
+        :meth:`prepare_due`, under the writer)."""
+        return self._peek(session_id, self._plan_work(session_id, self._catch_up))
 
-        return self._apply_plan(session_id, plan)
+    def _catch_up(self, tx: InboxTransaction) -> SettlementPlan:
+        """The plan of :meth:`prepare_due`: the catch-up rule over the inbox's due rows."""
+        now = self.now()
+        return plan_catch_up(tx.due_rows(fmt(now)), now, self._policy(tx))
 
     def prune_finished(self, session_id: str, keep: timedelta) -> int:
         """Delete a session's finished inbox rows older than ``keep`` (run history stays)."""

@@ -38,7 +38,7 @@ from cronbox_shared.errors import (
 )
 from cronbox_shared.models import DeliveryStatus, RunOutcome
 from cronbox_shared.settings import RunnerSettings
-from cronbox_shared.timeutil import Clock, parse_utc
+from cronbox_shared.timeutil import Clock, Instant, parse_utc
 from host.delivery import Delivery
 from host.gateway import ROUTES as GATEWAY_ROUTES
 from host.gateway import Gateways
@@ -49,7 +49,7 @@ from host.metrics import Metrics
 from host.pool import Live, Waiting, plan_pool
 from host.runtimes import RunnerHandle, RunnerSpec, Runtime
 from host.service import UNDELIVERED_BATCH, Cronbox
-from host.settlement import Finished
+from host.settlement import Finished, SettlementPlan
 from host.store.records import Session
 from host.writer import read
 
@@ -67,6 +67,9 @@ OUTBOX_WATCH = timedelta(minutes=5)
 # How long a session whose doorbell rang is watched: long enough to read its outbox
 # again if the first read fails; the writer rings again after every write.
 RING_WATCH = timedelta(seconds=30)
+# How early the loop wakes to sleep out the rest of a planned wait precisely (the
+# event loop's poll rounds its timeout up to whole milliseconds).
+WAKE_LEAD = 0.001
 
 
 @dataclass
@@ -152,6 +155,20 @@ class StartRecord:
     @property
     def lateness(self) -> float:
         return (self.started_at - self.due_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class _Wakeup:
+    """What the sweep reads to start a session's runner."""
+
+    caught_up: SettlementPlan
+    """What the catch-up rule did to the session's due rows (see ``prepare_due``)."""
+    session: Session
+    profile: AgentProfile
+    refused: InvalidInput | None
+    """Why no runner can serve the session's agent profile (``profile`` is then a stand-in)."""
+    session_dir: Path
+    woken_for: tuple[str, ...]
 
 
 @dataclass
@@ -424,11 +441,10 @@ class Sweeper:
                         self._pass_over.set()
                     self.metrics.sweep_duration.observe(time.perf_counter() - began)
                     self._watch_outbox_changes()
-                    delay = await read(self._next_delay)
+                    delay, deadline = await read(self._next_deadline)
                     self.asleep_until = self.clock.now() + timedelta(seconds=delay)
                     try:
-                        with anyio.move_on_after(delay):
-                            await self._wake.wait()
+                        await self._sleep_until(deadline)
                     finally:
                         self.asleep_until = None
             finally:
@@ -448,6 +464,27 @@ class Sweeper:
         if len(self._outbox_watches) < len(wanted):
             # An outbox that cannot be watched is polled, as without change signals.
             self._outbox_watches.clear()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` (``time.monotonic()``) or a wake, whichever is first.
+
+        The event loop's poll takes whole milliseconds, rounded up, so a pass planned
+        for a due time would start up to a millisecond after it: the loop is woken
+        :data:`WAKE_LEAD` early instead and sleeps out the rest on the clock, holding
+        the loop no longer than that.
+        """
+        with anyio.move_on_after(deadline - WAKE_LEAD - time.monotonic()):
+            await self._wake.wait()
+            return
+        rest = deadline - time.monotonic()
+        if rest > 0 and not self._wake.is_set():
+            time.sleep(rest)  # noqa: ASYNC251 - under a millisecond, on purpose (above)
+
+    def _next_deadline(self) -> tuple[float, float]:
+        """How long the loop may sleep, and when that is on ``time.monotonic()``'s clock
+        (fixed here, so the hop back to the loop does not make the wake late)."""
+        delay = self._next_delay()
+        return delay, time.monotonic() + delay
 
     def _next_delay(self) -> float:
         now = self.clock.now()
@@ -504,11 +541,20 @@ class Sweeper:
             if sid in written or r.tended_at is None or r.tended_at <= overdue
         ]  # fmt: skip
 
+    def _due_now(
+        self, now: datetime, live: frozenset[str]
+    ) -> tuple[list[tuple[str, Instant]], set[str]]:
+        """The sessions with due work, and of those not live the ones with a chat message
+        due (read in one hop off the loop)."""
+        due = self.store.due_sessions(now)
+        waiting = any(sid not in live for sid, _ in due)
+        return due, self.store.chat_due_sessions(now) if waiting else set()
+
     async def _start_due(self, *, evict: bool) -> None:
         """Start the sessions with due work the free slots allow; with ``evict``, stop
         the idle runners the waiting sessions need the slots of."""
         now = self.clock.now()
-        due = await read(self.store.due_sessions, now)
+        due, chat = await read(self._due_now, now, frozenset(self.live))
         self.waiting = {
             sid: parse_utc(at)
             for sid, at in due
@@ -516,7 +562,6 @@ class Sweeper:
             and sid not in self.sick
             and self.quarantine.get(sid, (now, 0))[0] <= now
         }
-        chat = await read(self.store.chat_due_sessions, now) if self.waiting else set()
         plan = plan_pool(
             [Waiting(sid, at, sid in chat) for sid, at in self.waiting.items()],
             [Live(sid, r.busy, r.idle_since) for sid, r in self.live.items()],
@@ -718,23 +763,46 @@ class Sweeper:
         log.warning("session %s: %s", session.name, reason)
         self.problems[session.id] = Problem(session.name, reason, self.clock.now())
 
+    def _wakeup(self, session_id: str, caught_up: SettlementPlan | None = None) -> _Wakeup | None:
+        """What starting a session's runner reads, read in one go (one hop off the loop:
+        each hop is a thread's wake-up, and on a busy machine each one costs).
+
+        Without ``caught_up`` the catch-up rule is applied here too when it writes
+        nothing; None when it would write (the caller applies it under the writer and
+        passes its plan).
+        """
+        if caught_up is None:
+            caught_up = self.store.prepare_due_unwritten(session_id)
+            if caught_up is None:
+                return None
+        session = self.store.get_session(session_id)
+        try:
+            profile, refused = self.store.agent_profile(session.agent), None
+        except InvalidInput as exc:
+            profile, refused = AgentProfile.model_construct(provider=session.agent), exc
+        return _Wakeup(
+            caught_up, session, profile, refused, self.store.session_dir(session.id).resolve(),
+            self.store.due_ids(session.id),
+        )  # fmt: skip
+
     async def _start(self, session_id: str) -> None:
-        caught_up = await self.writer(self.store.prepare_due, session_id)
-        session = await read(self.store.get_session, session_id)
+        wakeup = await read(self._wakeup, session_id)
+        if wakeup is None:
+            caught_up = await self.writer(self.store.prepare_due, session_id)
+            wakeup = await read(self._wakeup, session_id, caught_up)
+            assert wakeup is not None
+        caught_up = wakeup.caught_up
+        session, profile, session_dir = wakeup.session, wakeup.profile, wakeup.session_dir
         await self._finished(session, caught_up.finished)
         if caught_up.gated:
             await self.delivery.announce(session)  # approval requests, on its webhook
         self._names[session.id] = session.name
         if session.next_due_at is None or parse_utc(session.next_due_at) > self.clock.now():
             return  # catch-up moved or settled the work; nothing is due after all
-        try:
-            profile = await read(self.store.agent_profile, session.agent)
-        except InvalidInput as exc:
+        if wakeup.refused is not None:
             # The runner refuses the name and the rows' tries run out, as for any runner
             # that fails before taking work; the problem says why in the host's words.
-            self._profile_problem(session, exc)
-            profile = AgentProfile.model_construct(provider=session.agent)
-        session_dir = self.store.session_dir(session.id).resolve()
+            self._profile_problem(session, wakeup.refused)
         env = self.runner_env(session, profile)
         key = profile.api_key_env
         secrets = {key: os.environ[key]} if key else {}
@@ -754,9 +822,10 @@ class Sweeper:
             limits=ContainerLimits.of(session.container),
         )
         due_at = parse_utc(session.next_due_at)
-        woken_for = await read(self.store.due_ids, session.id)
         handle = await self.runtime.start(spec)
-        self.live[session.id] = LiveRunner(handle=handle, session=session, woken_for=woken_for)
+        self.live[session.id] = LiveRunner(
+            handle=handle, session=session, woken_for=wakeup.woken_for
+        )
         self.waiting.pop(session.id, None)
         self.started_total += 1
         self.peak_live = max(self.peak_live, len(self.live))
