@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from cronbox_shared.errors import InsecureBind, TaskNotFound
 from cronbox_shared.models import RunOutcome
 from cronbox_shared.timeutil import ManualClock, fmt
+from host.api_process import API_NICENESS
 from host.daemon import run_host
 from host.http import Api, LocalHost, build_app
 from host.metrics import Metrics
@@ -496,6 +497,18 @@ async def test_the_api_is_served_by_a_child_process_started_again_when_it_dies(
         assert [s["name"] for s in (await client.get("/api/sessions")).json()] == ["alpha"]
         assert (await client.get("/health")).status_code == 200
     assert process_gone(again)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+async def test_the_api_process_takes_only_the_cpu_the_sweep_leaves(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    sock = ephemeral_socket()
+    async with running_host(settings, http_socket=sock):
+        [child] = await wait_for(lambda: api_processes(os.getpid()))
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
+        assert os.sched_getscheduler(os.getpid()) == os.SCHED_OTHER  # the host keeps its own
+        ours = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, ours + API_NICENESS)
 
 
 async def test_the_api_process_does_not_outlive_a_host_that_is_killed(tmp_path: Path) -> None:

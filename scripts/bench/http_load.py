@@ -1,13 +1,20 @@
 """Due -> runner-start lateness with the HTTP API under load, beside the same without (issue 11).
 
-Two rounds in one run, each on a fresh home with the same shape: ``--tasks`` sessions
-with one one-time task each, due ``--stagger`` seconds apart, served by the real host
-(``run_host``, ``process`` runtime, real runner subprocesses, the HTTP API served by
-its own process on an ephemeral port). In the loaded round ``--clients`` other processes loop ``GET
-/api/tasks`` against the host's API as fast as they can for the whole round. The figure
-is ``StartRecord.lateness`` (the sweep's runner start minus the work's due time); the
-baseline is the unloaded round of the same run, and the ratio loaded / baseline should
-stay within 1.10.
+Three rounds a pair, alternating, each on a fresh home with the same shape: ``--tasks``
+sessions with one one-time task each, due ``--stagger`` seconds apart, served by the real
+host (``run_host``, ``process`` runtime, real runner subprocesses, the HTTP API served by
+its own process on an ephemeral port).
+
+* baseline: nothing else runs;
+* loaded: ``--clients`` other processes loop ``GET /api/tasks`` against the host's API
+  as fast as it answers, for the whole round (``--client raw`` by default: kept-alive
+  requests that cost the load generator little, as ``wrk``'s do, so the load falls on
+  the server; ``--client httpx`` for the SDK client, whose own CPU weighs on a small
+  machine as the control's does);
+* control: the same number of processes spin on the CPU, with no HTTP at all.
+
+The figure is ``StartRecord.lateness`` (the sweep's runner start minus the work's due
+time); the ratio loaded / baseline should stay within 1.10.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import _common  # noqa: F401  (puts the repo on sys.path)
 import anyio
@@ -39,6 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="baseline/loaded pairs, alternating")
     p.add_argument("--pool", type=int, default=5, help="CRONBOX_MAX_CONTAINERS")
     p.add_argument("--clients", type=int, default=1, help="load processes in the loaded round")
+    p.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw",
+        help="the load's HTTP client: raw keep-alive requests (as wrk), or the httpx SDK",
+    )  # fmt: skip
     p.add_argument("--lead", type=float, default=2.0, help="seconds from host-up to first due")
     p.add_argument("--load", help=argparse.SUPPRESS)  # internal: be a load process on URL
     p.add_argument("--burn", action="store_true", help=argparse.SUPPRESS)  # internal: spin
@@ -60,10 +74,14 @@ def burn() -> None:
     print(0, flush=True)
 
 
-def be_load(url: str) -> None:
-    """Loop GET /api/tasks until SIGTERM; print the request count."""
-    import httpx2
+def be_load(url: str, client: str) -> None:
+    """Loop GET /api/tasks until SIGTERM; print the request count.
 
+    The ``raw`` client writes the request on one kept-alive connection and reads the
+    answer by its Content-Length, as ``wrk`` does: it costs little per request, so the
+    load falls on the server, not on the machine the load generator shares with it.
+    ``httpx`` loops the SDK client instead (several times the CPU per request).
+    """
     count = 0
     stop = False
 
@@ -72,15 +90,69 @@ def be_load(url: str) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, done)
-    with httpx2.Client(base_url=url) as client:
-        while not stop:
-            try:
-                client.get("/api/tasks").raise_for_status()
-                count += 1
-            except httpx2.HTTPError as exc:
-                print(f"load: {exc!r}", file=sys.stderr, flush=True)
-                time.sleep(0.01)  # a failing server is not hammered
+    get = _httpx_get(url) if client == "httpx" else _raw_get(url)
+    while not stop:
+        try:
+            get()
+            count += 1
+        except (OSError, ValueError) as exc:
+            print(f"load: {exc!r}", file=sys.stderr, flush=True)
+            time.sleep(0.01)  # a failing server is not hammered
     print(count, flush=True)
+
+
+def _httpx_get(url: str) -> Callable[[], None]:
+    import httpx2
+
+    client = httpx2.Client(base_url=url)
+
+    def get() -> None:
+        try:
+            client.get("/api/tasks").raise_for_status()
+        except httpx2.HTTPError as exc:
+            raise ValueError(str(exc)) from exc
+
+    return get
+
+
+def _raw_get(url: str) -> Callable[[], None]:
+    parts = urlsplit(url)
+    request = f"GET /api/tasks HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    conn: socket.socket | None = None
+    buffered = b""
+
+    def receive() -> None:
+        nonlocal buffered
+        assert conn is not None
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffered += chunk
+
+    def get() -> None:
+        nonlocal conn, buffered
+        if conn is None:
+            conn, buffered = socket.create_connection((parts.hostname, parts.port)), b""
+        try:
+            conn.sendall(request)
+            while b"\r\n\r\n" not in buffered:
+                receive()
+            head, _, buffered = buffered.partition(b"\r\n\r\n")
+            status, *fields = head.decode("latin-1").split("\r\n")
+            if not status.startswith("HTTP/1.1 200"):
+                raise ValueError(f"answered {status!r}")
+            length = next(
+                int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:")
+            )
+            while len(buffered) < length:
+                receive()
+            buffered = buffered[length:]
+        except BaseException:
+            conn.close()
+            conn = None
+            raise
+
+    return get
 
 
 async def one_round(
@@ -97,7 +169,8 @@ async def one_round(
             sid, {"taskId": f"due-{i:04d}", "prompt": "ping", "processAfter": fmt(due)}
         )
     sock = ephemeral_socket()
-    command = [sys.executable, __file__, *(["--burn"] if control else ["--load", base_url(sock)])]
+    load = ["--load", base_url(sock), "--client", args.client]
+    command = [sys.executable, __file__, *(["--burn"] if control else load)]
     async with running_host(settings, sweep_config(settings), http_socket=sock) as sweeper:
         began = time.perf_counter()
         loads = [await anyio.open_process(command, stderr=None) for _ in range(clients)]
@@ -142,7 +215,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         f"pool {args.pool}, production sweep timings, {args.repeat} alternating round pairs"
     )
     print(
-        f"load: {args.clients} process(es) looping GET /api/tasks at "
+        f"load: {args.clients} process(es) looping GET /api/tasks ({args.client} client) at "
         f"{sum(rates) / len(rates):,.0f} requests/s on average"
     )
     print()
@@ -179,7 +252,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
 def main() -> None:
     args = parse_args()
     if args.load:
-        be_load(args.load)
+        be_load(args.load, args.client)
         return
     if args.burn:
         burn()
