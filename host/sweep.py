@@ -476,7 +476,7 @@ class Sweeper:
         with anyio.move_on_after(deadline - WAKE_LEAD - time.monotonic()):
             await self._wake.wait()
             return
-        rest = deadline - time.monotonic()
+        rest = min(WAKE_LEAD, deadline - time.monotonic())
         if rest > 0 and not self._wake.is_set():
             time.sleep(rest)  # noqa: ASYNC251 - under a millisecond, on purpose (above)
 
@@ -541,27 +541,28 @@ class Sweeper:
             if sid in written or r.tended_at is None or r.tended_at <= overdue
         ]  # fmt: skip
 
+    def _held(self, now: datetime) -> frozenset[str]:
+        """The sessions whose due work does not wait for a slot now: live, sick, or
+        quarantined until later."""
+        quarantined = (sid for sid, (until, _) in self.quarantine.items() if until > now)
+        return frozenset([*self.live, *self.sick, *quarantined])
+
     def _due_now(
-        self, now: datetime, live: frozenset[str]
+        self, now: datetime, held: frozenset[str]
     ) -> tuple[list[tuple[str, Instant]], set[str]]:
-        """The sessions with due work, and of those not live the ones with a chat message
-        due (read in one hop off the loop)."""
+        """The sessions with due work, and when any of them is not ``held`` the ones with
+        a chat message due (read in one hop off the loop)."""
         due = self.store.due_sessions(now)
-        waiting = any(sid not in live for sid, _ in due)
+        waiting = any(sid not in held for sid, _ in due)
         return due, self.store.chat_due_sessions(now) if waiting else set()
 
     async def _start_due(self, *, evict: bool) -> None:
         """Start the sessions with due work the free slots allow; with ``evict``, stop
         the idle runners the waiting sessions need the slots of."""
         now = self.clock.now()
-        due, chat = await read(self._due_now, now, frozenset(self.live))
-        self.waiting = {
-            sid: parse_utc(at)
-            for sid, at in due
-            if sid not in self.live
-            and sid not in self.sick
-            and self.quarantine.get(sid, (now, 0))[0] <= now
-        }
+        due, chat = await read(self._due_now, now, self._held(now))
+        held = self._held(now)  # again: a runner may have gone during the read
+        self.waiting = {sid: parse_utc(at) for sid, at in due if sid not in held}
         plan = plan_pool(
             [Waiting(sid, at, sid in chat) for sid, at in self.waiting.items()],
             [Live(sid, r.busy, r.idle_since) for sid, r in self.live.items()],
