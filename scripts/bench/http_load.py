@@ -141,9 +141,10 @@ def _raw_get(url: str) -> Callable[[], None]:
             status, *fields = head.decode("latin-1").split("\r\n")
             if not status.startswith("HTTP/1.1 200"):
                 raise ValueError(f"answered {status!r}")
-            length = next(
-                int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:")
-            )
+            sizes = [f.split(":", 1)[1] for f in fields if f.lower().startswith("content-length:")]
+            if not sizes:
+                raise ValueError("an answer without Content-Length")
+            length = int(sizes[0])
             while len(buffered) < length:
                 receive()
             buffered = buffered[length:]
